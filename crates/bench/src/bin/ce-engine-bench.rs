@@ -1,0 +1,224 @@
+//! `ce-engine-bench`: the bare engine's speed on the standard workload, for
+//! every dtype, against a GEMM peak measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p ce-bench --bin ce-engine-bench -- --threads 2
+//! ```
+//!
+//! Batches are whole requests (1 query × `--passages` passages) in request
+//! order, as a server would compute them without cross-request batching.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ce_bench::gemm_peak::{self, GemmPeak};
+use ce_bench::{Workload, WorkloadConfig};
+use ce_common::TokenBatch;
+use clap::Parser;
+use model_worker::{Engine, EngineConfig, WeightDType};
+use tokenizer_worker::Truncation;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Benchmark the cross-encoder engine on the standard workload"
+)]
+struct Args {
+    /// Model directory or hub id.
+    #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
+    model: String,
+    /// Comma-separated dtypes to measure.
+    #[arg(long, default_value = "f32,f16,bf16,q8_0,q4_0", value_delimiter = ',')]
+    dtypes: Vec<WeightDType>,
+    /// Pairs to score per dtype.
+    #[arg(long, default_value_t = 1024)]
+    pairs: usize,
+    /// Passages per request (= pairs per batch).
+    #[arg(long, default_value_t = 128)]
+    passages: usize,
+    /// Stop a dtype early after this many seconds (slow dtypes report fewer pairs).
+    #[arg(long, default_value_t = 120.0)]
+    max_seconds: f64,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Workload seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct DtypeResult {
+    dtype: WeightDType,
+    pairs: usize,
+    seconds: f64,
+    pairs_per_second: f64,
+    tokens_per_second: f64,
+    linear_padding_ratio: f64,
+    attention_padding_ratio: f64,
+    useful_gflops: f64,
+    fraction_of_peak: f64,
+    load_seconds: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    threads: usize,
+    pairs_per_batch: usize,
+    mean_tokens_per_pair: f64,
+    gflop_per_pair: f64,
+    tokenize_pairs_per_second: f64,
+    gemm_peak: GemmPeak,
+    results: Vec<DtypeResult>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(threads) = args.threads {
+        // SAFETY: first statement after argument parsing; no thread exists yet.
+        unsafe { model_worker::threads::set_compute_threads(threads) }?;
+    }
+    let threads = model_worker::threads::compute_threads();
+
+    eprintln!("measuring the GEMM peak with {threads} thread(s)…");
+    let peak = gemm_peak::machine_peak(threads, Duration::from_secs(3));
+
+    // Tokenize the workload once, with the f32 engine's tokenizer.
+    let reference = Engine::load(&EngineConfig::new(&args.model)).context("loading the model")?;
+    let requests = args.pairs.div_ceil(args.passages);
+    let mut workload = Workload::new(WorkloadConfig {
+        seed: args.seed,
+        passages: args.passages,
+        ..Default::default()
+    });
+    let texts: Vec<_> = workload.by_ref().take(requests).collect();
+    let started = Instant::now();
+    let batches: Vec<TokenBatch> = texts
+        .iter()
+        .map(|r| {
+            reference
+                .tokenizer()
+                .encode_query(&r.query, &r.passages, Truncation::Right)
+        })
+        .collect::<Result<_, _>>()?;
+    let tokenize_rate = (requests * args.passages) as f64 / started.elapsed().as_secs_f64();
+    let config = reference.config().clone();
+    drop(reference);
+
+    let total_pairs: usize = batches.iter().map(TokenBatch::len).sum();
+    let total_tokens: usize = batches.iter().map(TokenBatch::total_tokens).sum();
+    let mean_tokens = total_tokens as f64 / total_pairs as f64;
+    let batch_flops: Vec<f64> = batches
+        .iter()
+        .map(|b| {
+            (0..b.len())
+                .map(|i| config.flops_per_sequence(b.seq_len(i)))
+                .sum()
+        })
+        .collect();
+    let gflop_per_pair = batch_flops.iter().sum::<f64>() / total_pairs as f64 / 1e9;
+
+    let mut results = Vec::new();
+    for &dtype in &args.dtypes {
+        let mut engine_config = EngineConfig::new(&args.model);
+        engine_config.dtype = dtype;
+        let load_started = Instant::now();
+        let engine = Engine::load(&engine_config)?;
+        let load_seconds = load_started.elapsed().as_secs_f64();
+        // Warm-up: first-touch of weights and allocator growth.
+        engine.score(&batches[0])?;
+
+        let (mut pairs, mut tokens, mut slots, mut flops) = (0usize, 0usize, 0usize, 0f64);
+        let started = Instant::now();
+        for (batch, batch_flop) in batches.iter().zip(&batch_flops) {
+            let scores = engine.score(batch)?;
+            pairs += batch.len();
+            tokens += scores.tokens;
+            slots += scores.attention_slots;
+            flops += batch_flop;
+            if started.elapsed().as_secs_f64() > args.max_seconds {
+                break;
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let useful_gflops = flops / seconds / 1e9;
+        let r = DtypeResult {
+            dtype,
+            pairs,
+            seconds,
+            pairs_per_second: pairs as f64 / seconds,
+            tokens_per_second: tokens as f64 / seconds,
+            linear_padding_ratio: 1.0,
+            attention_padding_ratio: slots as f64 / tokens as f64,
+            useful_gflops,
+            fraction_of_peak: useful_gflops / peak.gflops,
+            load_seconds,
+        };
+        eprintln!(
+            "{dtype}: {:.1} pairs/s over {} pairs",
+            r.pairs_per_second, r.pairs
+        );
+        results.push(r);
+    }
+
+    let report = Report {
+        threads,
+        pairs_per_batch: args.passages,
+        mean_tokens_per_pair: mean_tokens,
+        gflop_per_pair,
+        tokenize_pairs_per_second: tokenize_rate,
+        gemm_peak: peak,
+        results,
+    };
+    print_markdown(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_markdown(r: &Report) {
+    println!(
+        "Engine, {} thread(s), batches of {} pairs, {:.1} tokens/pair ({:.2} GFLOP/pair); \
+         GEMM peak {:.1} GFLOP/s ({}x{}x{}); tokenizer {:.0} pairs/s (1 thread)\n",
+        r.threads,
+        r.pairs_per_batch,
+        r.mean_tokens_per_pair,
+        r.gflop_per_pair,
+        r.gemm_peak.gflops,
+        r.gemm_peak.m,
+        r.gemm_peak.n,
+        r.gemm_peak.k,
+        r.tokenize_pairs_per_second,
+    );
+    println!(
+        "| dtype | pairs | pairs/s | tokens/s | padded/real (linear) | padded/real (attention) | useful GFLOP/s | % of GEMM peak | vs f32 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let f32_rate = r
+        .results
+        .iter()
+        .find(|x| x.dtype == WeightDType::F32)
+        .map(|x| x.pairs_per_second);
+    for x in &r.results {
+        let vs = f32_rate.map_or("–".to_string(), |f| {
+            format!("{:.2}×", x.pairs_per_second / f)
+        });
+        println!(
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.3} | {:.1} | {:.1}% | {} |",
+            x.dtype,
+            x.pairs,
+            x.pairs_per_second,
+            x.tokens_per_second,
+            x.linear_padding_ratio,
+            x.attention_padding_ratio,
+            x.useful_gflops,
+            100.0 * x.fraction_of_peak,
+            vs
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! Benchmarking for ce-supervisor.
+//!
+//! * [`workload`] — the seeded standard workload (1 query × N passages of
+//!   realistic length) that every benchmark uses.
+//! * [`gemm_peak`] — a GEMM peak measured on this machine, the roofline that
+//!   throughput is reported against.
+//! * `src/bin/ce-engine-bench.rs` — the engine benchmark (pairs/s, tokens/s,
+//!   padding, GFLOP/s and % of peak for every dtype).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod gemm_peak;
+pub mod workload;
+
+pub use workload::{Request, Workload, WorkloadConfig};

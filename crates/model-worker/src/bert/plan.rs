@@ -1,0 +1,159 @@
+//! The index plan of one packed batch: computed once per forward, shared by
+//! every layer.
+//!
+//! Linear layers and norms run on the packed `[total_tokens, H]` matrix, so
+//! they never touch padding. Attention is the only step that needs whole
+//! sequences side by side: sequences are sorted by length and cut into
+//! groups whose lengths are close, each group is gathered into a padded
+//! `[b, l_max, ·]` block with a key mask, and the results are gathered back
+//! into packed order. Padding therefore costs only inside attention, and only
+//! the few percent that a group's spread of lengths adds.
+
+use candle_core::{DType, Device, Tensor};
+
+use ce_common::TokenBatch;
+
+use crate::error::Result;
+
+/// A group's padded attention may cost at most this multiple of its real
+/// attention (Σ l_max² against Σ l²) before a new group starts.
+const MAX_GROUP_ATTENTION_WASTE: f64 = 1.3;
+
+/// Sequences computed together in one padded attention block.
+#[derive(Debug)]
+pub struct AttentionGroup {
+    /// Sequences in the group.
+    pub batch: usize,
+    /// Length every sequence is padded to.
+    pub max_len: usize,
+    /// `[batch * max_len]` packed row for each padded slot (pads read row 0
+    /// and are masked out as keys).
+    pub gather: Tensor,
+    /// `[batch, 1, 1, max_len]` additive key mask: 0 for tokens, -inf for pads.
+    pub mask: Tensor,
+}
+
+/// Everything a forward pass indexes with.
+#[derive(Debug)]
+pub struct BatchPlan {
+    /// Token ids `[total_tokens]`.
+    pub input_ids: Tensor,
+    /// Token type ids `[total_tokens]`.
+    pub type_ids: Tensor,
+    /// Position of each token in its sequence `[total_tokens]`.
+    pub position_ids: Tensor,
+    /// Attention groups, longest first.
+    pub groups: Vec<AttentionGroup>,
+    /// `[total_tokens]`: for each packed token, its row in the groups'
+    /// padded outputs concatenated.
+    pub unpad: Tensor,
+    /// `[pairs]`: packed row of each pair's `[CLS]` token.
+    pub cls_rows: Tensor,
+    /// Padded slots computed in attention, for the padding ratio.
+    pub padded_attention_tokens: usize,
+}
+
+impl BatchPlan {
+    /// Builds the plan for a validated batch. `mask_dtype` is the dtype of
+    /// the attention scores.
+    pub fn new(batch: &TokenBatch, device: &Device, mask_dtype: DType) -> Result<Self> {
+        let n = batch.len();
+        let total = batch.total_tokens();
+        let mut position_ids = Vec::with_capacity(total);
+        for i in 0..n {
+            position_ids.extend(0..batch.seq_len(i) as u32);
+        }
+
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(batch.seq_len(i)));
+
+        let mut groups = Vec::new();
+        let mut unpad = vec![0u32; total];
+        let mut padded_rows = 0usize;
+        let mut start = 0;
+        while start < n {
+            let max_len = batch.seq_len(order[start]);
+            let (mut padded, mut real) = (0f64, 0f64);
+            let mut end = start;
+            while end < n {
+                let l = batch.seq_len(order[end]) as f64;
+                let (p, r) = (padded + (max_len * max_len) as f64, real + l * l);
+                if end > start && p > MAX_GROUP_ATTENTION_WASTE * r {
+                    break;
+                }
+                (padded, real) = (p, r);
+                end += 1;
+            }
+            let members = &order[start..end];
+            let b = members.len();
+            let mut gather = vec![0u32; b * max_len];
+            let mut mask = vec![f32::NEG_INFINITY; b * max_len];
+            for (slot, &seq) in members.iter().enumerate() {
+                let range = batch.range(seq);
+                for (pos, row) in range.enumerate() {
+                    let padded_slot = slot * max_len + pos;
+                    gather[padded_slot] = row as u32;
+                    mask[padded_slot] = 0.0;
+                    unpad[row] = (padded_rows + padded_slot) as u32;
+                }
+            }
+            groups.push(AttentionGroup {
+                batch: b,
+                max_len,
+                gather: Tensor::from_vec(gather, b * max_len, device)?,
+                mask: Tensor::from_vec(mask, (b, 1, 1, max_len), device)?.to_dtype(mask_dtype)?,
+            });
+            padded_rows += b * max_len;
+            start = end;
+        }
+
+        let cls_rows: Vec<u32> = batch.offsets[..n].to_vec();
+        Ok(Self {
+            input_ids: Tensor::from_slice(&batch.input_ids, total, device)?,
+            type_ids: Tensor::from_slice(&batch.type_ids, total, device)?,
+            position_ids: Tensor::from_vec(position_ids, total, device)?,
+            groups,
+            unpad: Tensor::from_vec(unpad, total, device)?,
+            cls_rows: Tensor::from_vec(cls_rows, n, device)?,
+            padded_attention_tokens: padded_rows,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_similar_lengths_and_maps_every_token_back() {
+        let mut b = TokenBatch::default();
+        for len in [10usize, 100, 98, 11, 50, 12] {
+            let ids: Vec<u32> = (0..len as u32).collect();
+            b.push(&ids, &vec![0; len]);
+        }
+        let plan = BatchPlan::new(&b, &Device::Cpu, DType::F32).unwrap();
+        let sizes: Vec<(usize, usize)> = plan.groups.iter().map(|g| (g.batch, g.max_len)).collect();
+        assert_eq!(sizes, vec![(2, 100), (1, 50), (3, 12)]);
+        assert_eq!(plan.padded_attention_tokens, 200 + 50 + 36);
+
+        // Gathering the packed ids through the groups and back through
+        // `unpad` must give the packed ids again.
+        let ids = Tensor::from_slice(&b.input_ids, b.total_tokens(), &Device::Cpu).unwrap();
+        let padded: Vec<Tensor> = plan
+            .groups
+            .iter()
+            .map(|g| ids.index_select(&g.gather, 0).unwrap())
+            .collect();
+        let padded = Tensor::cat(&padded, 0).unwrap();
+        let back: Vec<u32> = padded
+            .index_select(&plan.unpad, 0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(back, b.input_ids);
+        let cls: Vec<u32> = plan.cls_rows.to_vec1().unwrap();
+        assert_eq!(cls, vec![0, 10, 110, 208, 219, 269]);
+        let pos: Vec<u32> = plan.position_ids.to_vec1().unwrap();
+        assert_eq!(&pos[8..12], &[8, 9, 0, 1]);
+    }
+}

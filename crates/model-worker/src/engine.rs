@@ -1,0 +1,193 @@
+//! [`Engine`]: a loaded model plus its tokenizer, scoring packed batches.
+
+use std::time::Instant;
+
+use ce_common::TokenBatch;
+use tokenizer_worker::{PairTokenizer, Truncation};
+
+use crate::bert::BertCrossEncoder;
+use crate::config::{BertConfig, ScoreActivation};
+use crate::device::DeviceSpec;
+use crate::dtype::WeightDType;
+use crate::error::Result;
+use crate::source::ModelFiles;
+
+/// How to load an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A model directory, or a hub id such as `cross-encoder/ms-marco-MiniLM-L-6-v2`.
+    pub model: String,
+    /// Weight precision.
+    pub dtype: WeightDType,
+    /// Device.
+    pub device: DeviceSpec,
+    /// Longest pair in tokens; capped by the model's position embeddings.
+    pub max_length: usize,
+    /// A batch larger than this many tokens is computed in several forward
+    /// passes, which bounds the activations' memory.
+    pub max_forward_tokens: usize,
+}
+
+impl EngineConfig {
+    /// Defaults for `model`: f32 on the CPU, 512 tokens, 16 Ki tokens a pass.
+    pub fn new(model: impl Into<String>) -> Self {
+        Self {
+            model: model.into(),
+            dtype: WeightDType::F32,
+            device: DeviceSpec::Cpu,
+            max_length: 512,
+            max_forward_tokens: 16 * 1024,
+        }
+    }
+}
+
+/// What a loaded engine is, for `Info` replies and logs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    /// Where the model came from (directory or hub id).
+    pub model: String,
+    /// Weight precision.
+    pub dtype: WeightDType,
+    /// Device, as written on the command line.
+    pub device: String,
+    /// Logits per pair.
+    pub num_labels: usize,
+    /// Longest pair in tokens after truncation.
+    pub max_length: usize,
+    /// Activation a client-facing score applies.
+    pub score_activation: ScoreActivation,
+    /// Hidden width.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_layers: usize,
+}
+
+/// The scores of one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchScores {
+    /// Logits per pair.
+    pub num_labels: usize,
+    /// Row-major `[pairs, num_labels]` raw logits.
+    pub logits: Vec<f32>,
+    /// Row-major `[pairs, hidden]` pooled `[CLS]` vectors.
+    pub pooled: Vec<f32>,
+    /// Real tokens in the batch.
+    pub tokens: usize,
+    /// Token slots attention computed (pads included).
+    pub attention_slots: usize,
+}
+
+impl BatchScores {
+    /// The first logit of every pair (the relevance score of a one-label model).
+    pub fn first_logits(&self) -> Vec<f32> {
+        self.logits
+            .chunks(self.num_labels)
+            .map(|row| row[0])
+            .collect()
+    }
+}
+
+/// A cross-encoder ready to score pairs.
+#[derive(Debug)]
+pub struct Engine {
+    model: BertCrossEncoder,
+    tokenizer: PairTokenizer,
+    info: ModelInfo,
+    max_forward_tokens: usize,
+}
+
+impl Engine {
+    /// Resolves, loads and prepares the model and its tokenizer.
+    pub fn load(config: &EngineConfig) -> Result<Self> {
+        let started = Instant::now();
+        let files = ModelFiles::resolve(&config.model)?;
+        let bert = BertConfig::from_file(&files.config)?;
+        let max_length = config.max_length.min(bert.max_position_embeddings).max(4);
+        let tokenizer = PairTokenizer::from_file(&files.tokenizer, max_length)?;
+        let device = config.device.open()?;
+        let model = BertCrossEncoder::load(&files.weights, bert, config.dtype, &device)?;
+        let c = model.config();
+        let info = ModelInfo {
+            model: files.origin.clone(),
+            dtype: config.dtype,
+            device: config.device.to_string(),
+            num_labels: model.num_labels(),
+            max_length,
+            score_activation: c.score_activation,
+            hidden_size: c.hidden_size,
+            num_layers: c.num_hidden_layers,
+        };
+        tracing::info!(
+            model = %info.model, dtype = %info.dtype, device = %info.device,
+            elapsed_ms = started.elapsed().as_millis() as u64, "engine loaded"
+        );
+        Ok(Self {
+            model,
+            tokenizer,
+            info,
+            max_forward_tokens: config.max_forward_tokens.max(1),
+        })
+    }
+
+    /// What was loaded.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &BertConfig {
+        self.model.config()
+    }
+
+    /// The pair tokenizer matching this model.
+    pub fn tokenizer(&self) -> &PairTokenizer {
+        &self.tokenizer
+    }
+
+    /// Scores a packed batch (validated first), in forward passes of at most
+    /// `max_forward_tokens` tokens each.
+    pub fn score(&self, batch: &TokenBatch) -> Result<BatchScores> {
+        batch.validate(&self.model.batch_limits())?;
+        let mut out = BatchScores {
+            num_labels: self.model.num_labels(),
+            logits: Vec::with_capacity(batch.len() * self.model.num_labels()),
+            pooled: Vec::with_capacity(batch.len() * self.info.hidden_size),
+            tokens: batch.total_tokens(),
+            attention_slots: 0,
+        };
+        let mut start = 0;
+        while start < batch.len() {
+            let mut end = start + 1;
+            let mut tokens = batch.seq_len(start);
+            while end < batch.len() && tokens + batch.seq_len(end) <= self.max_forward_tokens {
+                tokens += batch.seq_len(end);
+                end += 1;
+            }
+            let part = if start == 0 && end == batch.len() {
+                self.model.forward(batch)?
+            } else {
+                let mut sub = TokenBatch::with_capacity(end - start, tokens);
+                for i in start..end {
+                    sub.push(batch.ids(i), batch.types(i));
+                }
+                self.model.forward(&sub)?
+            };
+            out.logits.extend_from_slice(&part.logits);
+            out.pooled.extend_from_slice(&part.pooled);
+            out.attention_slots += part.attention_slots;
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// Tokenizes `query` against every passage and scores them.
+    pub fn score_query<S: AsRef<str>>(
+        &self,
+        query: &str,
+        passages: &[S],
+        truncation: Truncation,
+    ) -> Result<BatchScores> {
+        let batch = self.tokenizer.encode_query(query, passages, truncation)?;
+        self.score(&batch)
+    }
+}

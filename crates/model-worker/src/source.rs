@@ -1,0 +1,158 @@
+//! Where a model comes from: a local directory or a hub id.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{EngineError, Result};
+
+/// The files of a cross-encoder, resolved to local paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// The directory (or hub snapshot) they came from, for display.
+    pub origin: String,
+    /// `config.json`.
+    pub config: PathBuf,
+    /// `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// The weights.
+    pub weights: Weights,
+}
+
+/// The weight file and its format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Weights {
+    /// `model.safetensors` (memory-mapped).
+    Safetensors(PathBuf),
+    /// `pytorch_model.bin` (a PyTorch pickle; read fully).
+    Pytorch(PathBuf),
+}
+
+impl ModelFiles {
+    /// Resolves `spec`: an existing directory is used as is; anything that
+    /// looks like `owner/name` and is not a directory is a hub id.
+    pub fn resolve(spec: &str) -> Result<Self> {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Self::from_dir(path);
+        }
+        if looks_like_hub_id(spec) {
+            return Self::from_hub(spec);
+        }
+        Err(EngineError::ModelDirMissing(path.to_path_buf()))
+    }
+
+    /// The files of a local model directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(EngineError::ModelDirMissing(dir.to_path_buf()));
+        }
+        let need = |file: &str| {
+            let p = dir.join(file);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(EngineError::FileMissing {
+                    dir: dir.to_path_buf(),
+                    file: file.to_string(),
+                })
+            }
+        };
+        let config = need("config.json")?;
+        let tokenizer = need("tokenizer.json")?;
+        let weights = match need("model.safetensors") {
+            Ok(p) => Weights::Safetensors(p),
+            Err(e) => match need("pytorch_model.bin") {
+                Ok(p) => Weights::Pytorch(p),
+                Err(_) => return Err(e),
+            },
+        };
+        Ok(Self {
+            origin: dir.display().to_string(),
+            config,
+            tokenizer,
+            weights,
+        })
+    }
+
+    #[cfg(feature = "hub")]
+    fn from_hub(id: &str) -> Result<Self> {
+        let hub_err = |reason: String| EngineError::Hub {
+            id: id.to_string(),
+            reason,
+        };
+        let api = hf_hub::api::sync::Api::new().map_err(|e| hub_err(e.to_string()))?;
+        let repo = api.model(id.to_string());
+        let get = |file: &str| {
+            repo.get(file).map_err(|e| {
+                hub_err(format!(
+                    "{file}: {e} (offline? download the model elsewhere and pass its directory)"
+                ))
+            })
+        };
+        let config = get("config.json")?;
+        let tokenizer = get("tokenizer.json")?;
+        let weights = match get("model.safetensors") {
+            Ok(p) => Weights::Safetensors(p),
+            Err(first) => match get("pytorch_model.bin") {
+                Ok(p) => Weights::Pytorch(p),
+                Err(_) => return Err(first),
+            },
+        };
+        Ok(Self {
+            origin: id.to_string(),
+            config,
+            tokenizer,
+            weights,
+        })
+    }
+
+    #[cfg(not(feature = "hub"))]
+    fn from_hub(id: &str) -> Result<Self> {
+        Err(EngineError::Hub {
+            id: id.to_string(),
+            reason: "this binary was built without the `hub` feature; pass a model directory"
+                .into(),
+        })
+    }
+}
+
+/// `owner/name` with no other slash and no leading dot or slash.
+fn looks_like_hub_id(spec: &str) -> bool {
+    let mut parts = spec.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(owner), Some(name), None)
+            if !owner.is_empty() && !name.is_empty() && !owner.starts_with('.')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_are_recognised() {
+        assert!(looks_like_hub_id("cross-encoder/ms-marco-MiniLM-L-6-v2"));
+        assert!(!looks_like_hub_id("models/minilm-l6-ce/extra"));
+        assert!(!looks_like_hub_id("./minilm"));
+        assert!(!looks_like_hub_id("minilm"));
+    }
+
+    #[test]
+    fn missing_dir_and_files_are_typed_errors() {
+        let e = ModelFiles::resolve("/nonexistent/model/dir").unwrap_err();
+        assert!(matches!(e, EngineError::ModelDirMissing(_)), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let e = ModelFiles::from_dir(dir.path()).unwrap_err();
+        assert!(matches!(e, EngineError::FileMissing { ref file, .. } if file == "config.json"));
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
+        let e = ModelFiles::from_dir(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, EngineError::FileMissing { ref file, .. } if file == "model.safetensors")
+        );
+        std::fs::write(dir.path().join("pytorch_model.bin"), "").unwrap();
+        let files = ModelFiles::from_dir(dir.path()).unwrap();
+        assert!(matches!(files.weights, Weights::Pytorch(_)));
+    }
+}

@@ -1,0 +1,160 @@
+//! The engine against the transformers reference (tests/fixtures, written by
+//! scripts/golden.py): identical token ids, f32 logits within 1e-4 one by one
+//! and in mixed-length batches, and every reduced precision close to f32.
+
+mod support;
+
+use ce_common::TokenBatch;
+use model_worker::{Engine, EngineConfig, WeightDType};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use tokenizer_worker::Truncation;
+
+const LOGIT_TOLERANCE: f32 = 1e-4;
+
+fn engine(dtype: WeightDType) -> Engine {
+    let mut config = EngineConfig::new(support::model_dir().to_string_lossy());
+    config.dtype = dtype;
+    Engine::load(&config).expect("default model loads")
+}
+
+fn batch_of(pairs: &[&support::GoldenPair]) -> TokenBatch {
+    let mut b = TokenBatch::default();
+    for p in pairs {
+        b.push(&p.input_ids, &p.token_type_ids);
+    }
+    b
+}
+
+#[test]
+fn token_ids_match_transformers_for_every_pair() {
+    let fixture = support::fixture();
+    assert!(fixture.pairs.len() >= 100);
+    let engine = engine(WeightDType::F32);
+    assert_eq!(engine.tokenizer().max_length(), fixture.max_length);
+    for p in &fixture.pairs {
+        let (ids, types) = engine
+            .tokenizer()
+            .encode_pair(&p.query, &p.passage, Truncation::Right)
+            .unwrap_or_else(|e| panic!("pair {} ({}): {e}", p.id, p.kind));
+        assert_eq!(ids, p.input_ids, "input ids of pair {} ({})", p.id, p.kind);
+        assert_eq!(
+            types, p.token_type_ids,
+            "type ids of pair {} ({})",
+            p.id, p.kind
+        );
+    }
+}
+
+#[test]
+fn f32_logits_match_one_by_one() {
+    let fixture = support::fixture();
+    let engine = engine(WeightDType::F32);
+    let mut worst = 0f32;
+    for p in &fixture.pairs {
+        let scores = engine.score(&batch_of(&[p])).unwrap();
+        assert_eq!(scores.logits.len(), p.logits.len());
+        for (got, want) in scores.logits.iter().zip(&p.logits) {
+            let err = (got - want).abs();
+            worst = worst.max(err);
+            assert!(
+                err <= LOGIT_TOLERANCE,
+                "pair {} ({}): {got} vs {want}",
+                p.id,
+                p.kind
+            );
+        }
+    }
+    println!("f32 one by one: max |logit error| = {worst:.2e}");
+}
+
+#[test]
+fn f32_logits_match_in_mixed_length_batches() {
+    let fixture = support::fixture();
+    let engine = engine(WeightDType::F32);
+    let mut pairs: Vec<&support::GoldenPair> = fixture.pairs.iter().collect();
+    pairs.shuffle(&mut rand::rngs::StdRng::seed_from_u64(11));
+    let mut worst = 0f32;
+    let mut rest = &pairs[..];
+    for size in [1usize, 7, 32, 200].iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+        rest = tail;
+        let scores = engine.score(&batch_of(chunk)).unwrap();
+        for (i, p) in chunk.iter().enumerate() {
+            let err = (scores.logits[i] - p.logits[0]).abs();
+            worst = worst.max(err);
+            assert!(
+                err <= LOGIT_TOLERANCE,
+                "pair {} ({}) in a batch of {}",
+                p.id,
+                p.kind,
+                chunk.len()
+            );
+        }
+    }
+    println!("f32 mixed batches: max |logit error| = {worst:.2e}");
+}
+
+#[test]
+fn forward_is_split_when_over_the_token_budget() {
+    let fixture = support::fixture();
+    let mut config = EngineConfig::new(support::model_dir().to_string_lossy());
+    config.max_forward_tokens = 300;
+    let engine = Engine::load(&config).unwrap();
+    let pairs: Vec<&support::GoldenPair> = fixture.pairs.iter().take(20).collect();
+    let scores = engine.score(&batch_of(&pairs)).unwrap();
+    for (got, p) in scores.first_logits().iter().zip(&pairs) {
+        assert!((got - p.logits[0]).abs() <= LOGIT_TOLERANCE);
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn reduced_precisions_stay_close_to_f32() {
+    let fixture = support::fixture();
+    // Every edge case plus a spread of ordinary pairs keeps this quick.
+    let pairs: Vec<&support::GoldenPair> = fixture
+        .pairs
+        .iter()
+        .filter(|p| p.kind != "text" || p.id % 6 == 0)
+        .collect();
+    let batch = batch_of(&pairs);
+    let reference = engine(WeightDType::F32).score(&batch).unwrap();
+    let hidden = reference.pooled.len() / pairs.len();
+    for (dtype, floor) in [
+        (WeightDType::F16, 0.99),
+        (WeightDType::Bf16, 0.99),
+        (WeightDType::Q8_0, 0.99),
+        (WeightDType::Q4_0, 0.97),
+    ] {
+        let scores = engine(dtype).score(&batch).unwrap();
+        let cosines: Vec<f64> = (0..pairs.len())
+            .map(|i| {
+                let r = i * hidden..(i + 1) * hidden;
+                cosine(&scores.pooled[r.clone()], &reference.pooled[r])
+            })
+            .collect();
+        let min = cosines.iter().cloned().fold(f64::INFINITY, f64::min);
+        let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+        let max_logit_err = scores
+            .logits
+            .iter()
+            .zip(&reference.logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!(
+            "{dtype}: pooled [CLS] cosine vs f32 over {} pairs: min {min:.5}, mean {mean:.5}; max |logit - f32| {max_logit_err:.4}",
+            pairs.len()
+        );
+        assert!(min >= floor, "{dtype}: min cosine {min} below {floor}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Tokenization of (query, passage) pairs, exactly as Hugging Face
+//! `transformers` does it for a cross-encoder.
+//!
+//! * [`PairTokenizer`] — loads a `tokenizer.json`, replaces whatever
+//!   truncation and padding it carries with longest-first truncation to the
+//!   model's limit and no padding, and encodes pairs straight into a packed
+//!   [`TokenBatch`](ce_common::TokenBatch).
+//!
+//! The tokenizer worker process (DESIGN.md §1) wraps this library; the
+//! supervisor uses it directly when run with `--tokenizers 0`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod pair;
+
+pub use pair::{PairTokenizer, TokenizeError, Truncation};

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's one test command: fetch the default model if missing, then
+# formatting, lints and every test of the workspace. Fails on any failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/fetch_model.sh
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
