@@ -1,0 +1,389 @@
+//! Ring frames: a fixed little-endian header and typed, packed payloads.
+//!
+//! ```text
+//! FrameHeader (24 B): len u32 | kind u16 | flags u16 | id u64 | count u32 | reserved u32
+//! TextJob:     n u32 | query_len u32 | passage_len u32 × n | query bytes | passage bytes…
+//! TokenBatch:  n u32 | tokens u32 | offsets u32 × (n+1) | input_ids u32 × tokens | type_ids u32 × tokens
+//! Scores:      n u32 | labels u32 | logits f32 × (n·labels)
+//! Error:       code u32 | UTF-8 message
+//! ```
+//!
+//! Decoders trust nothing: every count times its element size must equal the
+//! payload length, offsets must be monotone and in range, text must be UTF-8.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::batch::TokenBatch;
+
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "ring frames are little-endian in place"
+);
+
+/// Bytes of a [`FrameHeader`].
+pub const FRAME_HEADER_LEN: usize = 24;
+
+/// The fixed header before every payload, read in place.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
+pub struct FrameHeader {
+    /// Payload length in bytes (the record is padded to 8).
+    pub len: u32,
+    /// A [`FrameKind`] value.
+    pub kind: u16,
+    /// Reserved flags (0).
+    pub flags: u16,
+    /// Request, job or batch id.
+    pub id: u64,
+    /// Element count (pairs, scores), meaning per kind.
+    pub count: u32,
+    /// Reserved (0).
+    pub reserved: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<FrameHeader>() == FRAME_HEADER_LEN);
+
+impl FrameHeader {
+    /// A header for a payload of `len` bytes.
+    pub fn new(kind: u16, id: u64, count: u32, len: u32) -> Self {
+        Self {
+            len,
+            kind,
+            flags: 0,
+            id,
+            count,
+            reserved: 0,
+        }
+    }
+
+    /// All zeroes.
+    pub fn zeroed() -> Self {
+        Zeroable::zeroed()
+    }
+
+    /// The kind, if known.
+    pub fn frame_kind(&self) -> Option<FrameKind> {
+        FrameKind::from_u16(self.kind)
+    }
+}
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum FrameKind {
+    /// Supervisor → tokenizer: a query and passages to tokenize.
+    TextJob = 1,
+    /// Tokenizer → supervisor, supervisor → model: a packed token batch.
+    TokenBatch = 2,
+    /// Model → supervisor: logits of a batch.
+    Scores = 3,
+    /// Either way: a job or batch failed.
+    Error = 4,
+}
+
+impl FrameKind {
+    /// Parses a header's kind field.
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => FrameKind::TextJob,
+            2 => FrameKind::TokenBatch,
+            3 => FrameKind::Scores,
+            4 => FrameKind::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a payload was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {kind} payload: {reason}")]
+pub struct FrameError {
+    /// The payload kind being decoded.
+    pub kind: &'static str,
+    /// What was wrong.
+    pub reason: String,
+}
+
+fn err(kind: &'static str, reason: impl Into<String>) -> FrameError {
+    FrameError {
+        kind,
+        reason: reason.into(),
+    }
+}
+
+/// Reads little-endian u32s from a byte slice, checking bounds.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    kind: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8], kind: &'static str) -> Self {
+        Self { bytes, at: 0, kind }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                err(
+                    self.kind,
+                    format!(
+                        "needs {n} bytes at {} but has {}",
+                        self.at,
+                        self.bytes.len()
+                    ),
+                )
+            })?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u32s(&mut self, n: usize) -> Result<Vec<u32>, FrameError> {
+        let bytes = n
+            .checked_mul(4)
+            .ok_or_else(|| err(self.kind, "count overflows"))?;
+        let b = self.take(bytes)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn finish(self) -> Result<(), FrameError> {
+        if self.at == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(err(
+                self.kind,
+                format!("{} trailing bytes", self.bytes.len() - self.at),
+            ))
+        }
+    }
+}
+
+fn put_u32s(out: &mut Vec<u8>, values: &[u32]) {
+    out.reserve(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A query and the passages to tokenize against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextJob {
+    /// The query.
+    pub query: String,
+    /// The passages.
+    pub passages: Vec<String>,
+}
+
+impl TextJob {
+    /// Appends the payload to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let lens: Vec<u32> = self.passages.iter().map(|p| p.len() as u32).collect();
+        put_u32s(out, &[self.passages.len() as u32, self.query.len() as u32]);
+        put_u32s(out, &lens);
+        out.extend_from_slice(self.query.as_bytes());
+        for p in &self.passages {
+            out.extend_from_slice(p.as_bytes());
+        }
+    }
+
+    /// Decodes and validates a payload.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        const K: &str = "text job";
+        let mut r = Reader::new(bytes, K);
+        let n = r.u32()? as usize;
+        let query_len = r.u32()? as usize;
+        if n > bytes.len() / 4 {
+            return Err(err(
+                K,
+                format!("{n} passages cannot fit in {} bytes", bytes.len()),
+            ));
+        }
+        let lens = r.u32s(n)?;
+        let text = |r: &mut Reader, len: usize| -> Result<String, FrameError> {
+            let b = r.take(len)?;
+            String::from_utf8(b.to_vec()).map_err(|e| err(K, format!("invalid UTF-8: {e}")))
+        };
+        let query = text(&mut r, query_len)?;
+        let passages = lens
+            .iter()
+            .map(|&l| text(&mut r, l as usize))
+            .collect::<Result<_, _>>()?;
+        r.finish()?;
+        Ok(Self { query, passages })
+    }
+}
+
+/// Appends a token batch payload to `out`.
+pub fn encode_token_batch(batch: &TokenBatch, out: &mut Vec<u8>) {
+    put_u32s(out, &[batch.len() as u32, batch.total_tokens() as u32]);
+    put_u32s(out, &batch.offsets);
+    put_u32s(out, &batch.input_ids);
+    put_u32s(out, &batch.type_ids);
+}
+
+/// Decodes a token batch payload and checks its layout.
+pub fn decode_token_batch(bytes: &[u8]) -> Result<TokenBatch, FrameError> {
+    const K: &str = "token batch";
+    let mut r = Reader::new(bytes, K);
+    let n = r.u32()? as usize;
+    let tokens = r.u32()? as usize;
+    // At most 2^32 × 8 + 2^34: no overflow in u64.
+    let expected = 8u64 + 4 * (n as u64 + 1) + 8 * tokens as u64;
+    if expected != bytes.len() as u64 {
+        return Err(err(
+            K,
+            format!(
+                "{n} pairs and {tokens} tokens need {expected} bytes, got {}",
+                bytes.len()
+            ),
+        ));
+    }
+    let batch = TokenBatch {
+        offsets: r.u32s(n + 1)?,
+        input_ids: r.u32s(tokens)?,
+        type_ids: r.u32s(tokens)?,
+    };
+    r.finish()?;
+    batch.validate_layout().map_err(|e| err(K, e.to_string()))?;
+    Ok(batch)
+}
+
+/// Appends a scores payload (`[pairs, labels]` row-major) to `out`.
+pub fn encode_scores(logits: &[f32], labels: usize, out: &mut Vec<u8>) {
+    let n = logits.len().checked_div(labels).unwrap_or(0);
+    put_u32s(out, &[n as u32, labels as u32]);
+    for v in logits {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Decodes a scores payload into `(logits, labels)`.
+pub fn decode_scores(bytes: &[u8]) -> Result<(Vec<f32>, usize), FrameError> {
+    const K: &str = "scores";
+    let mut r = Reader::new(bytes, K);
+    let n = r.u32()? as u64;
+    let labels = r.u32()? as u64;
+    let expected = n
+        .checked_mul(labels)
+        .and_then(|x| x.checked_mul(4))
+        .and_then(|x| x.checked_add(8));
+    if labels == 0 || expected != Some(bytes.len() as u64) {
+        return Err(err(
+            K,
+            format!("{n} × {labels} scores do not match {} bytes", bytes.len()),
+        ));
+    }
+    let logits = r
+        .u32s((n * labels) as usize)?
+        .into_iter()
+        .map(f32::from_bits)
+        .collect();
+    r.finish()?;
+    Ok((logits, labels as usize))
+}
+
+/// Appends an error payload to `out`.
+pub fn encode_error(code: u32, message: &str, out: &mut Vec<u8>) {
+    put_u32s(out, &[code]);
+    out.extend_from_slice(message.as_bytes());
+}
+
+/// Decodes an error payload into `(code, message)`.
+pub fn decode_error(bytes: &[u8]) -> Result<(u32, String), FrameError> {
+    const K: &str = "error";
+    let mut r = Reader::new(bytes, K);
+    let code = r.u32()?;
+    let msg =
+        std::str::from_utf8(&bytes[4..]).map_err(|e| err(K, format!("invalid UTF-8: {e}")))?;
+    Ok((code, msg.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn payloads_round_trip() {
+        let job = TextJob {
+            query: "qü".into(),
+            passages: vec!["a".into(), "".into(), "東京".into()],
+        };
+        let mut b = Vec::new();
+        job.encode(&mut b);
+        assert_eq!(TextJob::decode(&b).unwrap(), job);
+
+        let mut batch = TokenBatch::default();
+        batch.push(&[101, 7, 102], &[0, 0, 0]);
+        batch.push(&[101, 102], &[0, 1]);
+        let mut b = Vec::new();
+        encode_token_batch(&batch, &mut b);
+        assert_eq!(decode_token_batch(&b).unwrap(), batch);
+
+        let mut b = Vec::new();
+        encode_scores(&[0.5, -1.0, 2.0, 3.0], 2, &mut b);
+        assert_eq!(decode_scores(&b).unwrap(), (vec![0.5, -1.0, 2.0, 3.0], 2));
+
+        let mut b = Vec::new();
+        encode_error(3, "worker crashed", &mut b);
+        assert_eq!(decode_error(&b).unwrap(), (3, "worker crashed".into()));
+    }
+
+    #[test]
+    fn rejects_inconsistent_payloads() {
+        let mut b = Vec::new();
+        TextJob {
+            query: "q".into(),
+            passages: vec!["ab".into()],
+        }
+        .encode(&mut b);
+        assert!(TextJob::decode(&b[..b.len() - 1]).is_err());
+        let mut bad_utf8 = b.clone();
+        let last = bad_utf8.len() - 1;
+        bad_utf8[last] = 0xff;
+        assert!(TextJob::decode(&bad_utf8).is_err());
+        let mut extra = b.clone();
+        extra.push(b'x');
+        assert!(TextJob::decode(&extra).is_err());
+
+        let mut batch = TokenBatch::default();
+        batch.push(&[1, 2, 3], &[0, 0, 0]);
+        let mut b = Vec::new();
+        encode_token_batch(&batch, &mut b);
+        let mut wrong_offsets = b.clone();
+        wrong_offsets[12] = 9; // offsets[1] = 9 > tokens
+        assert!(decode_token_batch(&wrong_offsets).is_err());
+        assert!(decode_token_batch(&b[..b.len() - 4]).is_err());
+        assert!(decode_scores(&[1, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..50_000 {
+            let len = rng.random_range(0..64);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Small counts make the structured paths reachable.
+            if len >= 8 && rng.random_bool(0.7) {
+                bytes[0..4].copy_from_slice(&rng.random_range(0u32..4).to_le_bytes());
+                bytes[4..8].copy_from_slice(&rng.random_range(0u32..8).to_le_bytes());
+            }
+            let _ = TextJob::decode(&bytes);
+            let _ = decode_token_batch(&bytes);
+            let _ = decode_scores(&bytes);
+            let _ = decode_error(&bytes);
+        }
+    }
+}

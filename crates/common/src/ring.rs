@@ -1,0 +1,737 @@
+//! A single-producer single-consumer byte ring in shared memory.
+//!
+//! ```text
+//! region: [ RingHeader (256 B) | data (capacity B, a power of two) ]
+//! header: line 0  magic, version, capacity, generation, pids   (constant)
+//!         line 1  head   — bytes ever written (producer stores)
+//!         line 2  tail   — bytes ever read    (consumer stores)
+//!         line 3  consumer_sleeping, producer_sleeping, heartbeats
+//! data:   records of [FrameHeader | payload | pad to 8], or a wrap marker
+//! ```
+//!
+//! Waiting never spins for long: a side that finds nothing to do spins a
+//! few hundred iterations, then sets its `sleeping` flag, re-checks, and
+//! blocks in `poll` on an eventfd (plus the peer's pidfd, so a dead peer
+//! wakes it) with a timeout. The other side rings that eventfd only when the
+//! flag is set, so a busy pipeline makes no system call per frame. Both
+//! sides order "store my index; load their flag" against "store my flag;
+//! load their index" with SeqCst fences, so a wake-up cannot be lost.
+//!
+//! The peer is not trusted: the capacity is read once at attach, every
+//! index and frame header read from shared memory is checked against it,
+//! and payloads are copied out before they are decoded. A corrupt ring is a
+//! [`RingError::Corrupt`], never a panic or an out-of-bounds access.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+
+use crate::frame::{FRAME_HEADER_LEN, FrameHeader};
+use crate::shm::SharedRegion;
+
+/// Identifies a ring header ("CE-RING1").
+pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"CE-RING1");
+/// Layout version; a peer with another one is refused.
+pub const RING_VERSION: u32 = 1;
+/// Bytes taken by the header before the data area.
+pub const RING_HEADER_LEN: usize = 256;
+/// The `len` word that marks "continue at offset 0".
+const WRAP_MARKER: u32 = u32::MAX;
+/// Iterations spent spinning before sleeping.
+const SPIN_LIMIT: u32 = 256;
+
+/// Why a ring operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RingError {
+    /// The shared header or a frame in it is inconsistent.
+    #[error("ring corrupt: {0}")]
+    Corrupt(String),
+    /// The frame can never fit (over half the capacity).
+    #[error("frame of {len} bytes exceeds the ring's limit of {max} bytes")]
+    FrameTooLarge {
+        /// Payload length asked for.
+        len: usize,
+        /// Largest payload this ring carries.
+        max: usize,
+    },
+    /// Nothing happened before the deadline.
+    #[error("timed out")]
+    Timeout,
+    /// The peer process exited.
+    #[error("peer process is gone")]
+    PeerGone,
+    /// A system call failed.
+    #[error("{0}")]
+    Sys(String),
+}
+
+#[repr(C, align(64))]
+struct Line<T>(T);
+
+#[repr(C)]
+struct RingHeader {
+    magic: Line<(AtomicU64, AtomicU32, AtomicU32, AtomicU64, AtomicU64)>,
+    head: Line<AtomicU64>,
+    tail: Line<AtomicU64>,
+    flags: Line<(AtomicU32, AtomicU32, AtomicU64, AtomicU64)>,
+}
+
+const _: () = assert!(std::mem::size_of::<RingHeader>() == RING_HEADER_LEN);
+
+impl RingHeader {
+    fn consumer_sleeping(&self) -> &AtomicU32 {
+        &self.flags.0.0
+    }
+    fn producer_sleeping(&self) -> &AtomicU32 {
+        &self.flags.0.1
+    }
+}
+
+/// The two doorbells of one ring (eventfds, non-blocking).
+#[derive(Debug)]
+pub struct Doorbells {
+    /// Rung by the producer when data arrives for a sleeping consumer.
+    pub data: OwnedFd,
+    /// Rung by the consumer when space frees up for a sleeping producer.
+    pub space: OwnedFd,
+}
+
+impl Doorbells {
+    /// Two fresh eventfds.
+    pub fn new() -> Result<Self, RingError> {
+        let make = || {
+            rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                .map_err(|e| RingError::Sys(format!("eventfd: {e}")))
+        };
+        Ok(Self {
+            data: make()?,
+            space: make()?,
+        })
+    }
+
+    /// Duplicates both fds (to hand the other end to a child).
+    pub fn try_clone(&self) -> Result<Self, RingError> {
+        let dup = |fd: &OwnedFd| {
+            rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| RingError::Sys(format!("dup: {e}")))
+        };
+        Ok(Self {
+            data: dup(&self.data)?,
+            space: dup(&self.space)?,
+        })
+    }
+}
+
+fn ring(fd: BorrowedFd<'_>) {
+    // A failed write means the counter is saturated: the peer is awake anyway.
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+fn drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut buf);
+}
+
+/// Blocks until `bell` or `peer` is readable or `timeout` passes.
+fn sleep_on(
+    bell: BorrowedFd<'_>,
+    peer: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> Result<(), RingError> {
+    let mut fds = vec![PollFd::new(&bell, PollFlags::IN)];
+    if let Some(p) = peer.as_ref() {
+        fds.push(PollFd::new(p, PollFlags::IN));
+    }
+    let ts = rustix::time::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as i64,
+    };
+    match rustix::event::poll(&mut fds, Some(&ts)) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        Err(e) => return Err(RingError::Sys(format!("poll: {e}"))),
+    }
+    if fds.len() > 1 && !fds[1].revents().is_empty() {
+        return Err(RingError::PeerGone);
+    }
+    if !fds[0].revents().is_empty() {
+        drain(bell);
+    }
+    Ok(())
+}
+
+/// Where a ring sits inside a shared region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingPlacement {
+    /// Byte offset of the header in the region (64-aligned).
+    pub offset: usize,
+    /// Data capacity in bytes (a power of two, at least 4 KiB).
+    pub capacity: usize,
+}
+
+impl RingPlacement {
+    /// Bytes the ring occupies in the region.
+    pub fn footprint(&self) -> usize {
+        RING_HEADER_LEN + self.capacity
+    }
+
+    /// The largest payload one frame may carry.
+    pub fn max_payload(&self) -> usize {
+        self.capacity / 2 - FRAME_HEADER_LEN
+    }
+}
+
+/// Shared state both ends hold.
+struct RingView {
+    _region: Arc<SharedRegion>,
+    header: *const RingHeader,
+    data: *mut u8,
+    capacity: u64,
+    bells: Doorbells,
+}
+
+// SAFETY: the raw pointers point into the region this view keeps alive, and
+// all shared access goes through atomics or copies.
+unsafe impl Send for RingView {}
+
+impl RingView {
+    fn new(
+        region: Arc<SharedRegion>,
+        at: RingPlacement,
+        bells: Doorbells,
+        init: bool,
+    ) -> Result<Self, RingError> {
+        if !at.capacity.is_power_of_two() || at.capacity < 4096 || !at.offset.is_multiple_of(64) {
+            return Err(RingError::Corrupt(format!("bad placement {at:?}")));
+        }
+        let end = at
+            .offset
+            .checked_add(at.footprint())
+            .ok_or_else(|| RingError::Corrupt("placement overflows".into()))?;
+        if end > region.len() {
+            return Err(RingError::Corrupt(format!(
+                "ring ends at {end}, region has {} bytes",
+                region.len()
+            )));
+        }
+        // SAFETY: offset and footprint were checked to lie inside the mapping,
+        // which is page aligned, so the header is 64-aligned.
+        let base = unsafe { region.as_ptr().add(at.offset) };
+        let header = base.cast::<RingHeader>().cast_const();
+        // SAFETY: as above; the header's fields are atomics, valid for any bit pattern.
+        let h = unsafe { &*header };
+        if init {
+            h.magic.0.1.store(RING_VERSION, Ordering::Relaxed);
+            h.magic.0.3.store(at.capacity as u64, Ordering::Relaxed);
+            h.head.0.store(0, Ordering::Relaxed);
+            h.tail.0.store(0, Ordering::Relaxed);
+            h.magic.0.0.store(RING_MAGIC, Ordering::Release);
+        } else {
+            let magic = h.magic.0.0.load(Ordering::Acquire);
+            let version = h.magic.0.1.load(Ordering::Relaxed);
+            let capacity = h.magic.0.3.load(Ordering::Relaxed);
+            if magic != RING_MAGIC {
+                return Err(RingError::Corrupt(format!("bad magic {magic:#x}")));
+            }
+            if version != RING_VERSION {
+                return Err(RingError::Corrupt(format!(
+                    "layout version {version}, expected {RING_VERSION}"
+                )));
+            }
+            if capacity != at.capacity as u64 {
+                return Err(RingError::Corrupt(format!(
+                    "capacity {capacity}, expected {}",
+                    at.capacity
+                )));
+            }
+        }
+        Ok(Self {
+            _region: region,
+            header,
+            // SAFETY: inside the checked footprint.
+            data: unsafe { base.add(RING_HEADER_LEN) },
+            capacity: at.capacity as u64,
+            bells,
+        })
+    }
+
+    fn header(&self) -> &RingHeader {
+        // SAFETY: valid for the view's life (the region is kept alive).
+        unsafe { &*self.header }
+    }
+}
+
+/// Metadata of a frame to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// Frame kind (see [`crate::frame::FrameKind`]).
+    pub kind: u16,
+    /// Request or batch id.
+    pub id: u64,
+    /// Element count, meaning per kind.
+    pub count: u32,
+}
+
+/// The writing end of a ring.
+pub struct Producer {
+    view: RingView,
+    head: u64,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reading end of a ring.
+pub struct Consumer {
+    view: RingView,
+    tail: u64,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("tail", &self.tail)
+            .finish_non_exhaustive()
+    }
+}
+
+fn padded(len: u64) -> u64 {
+    len.div_ceil(8) * 8
+}
+
+impl Producer {
+    /// Initialises the ring at `at` (the creator's side) and returns its producer.
+    pub fn create(
+        region: Arc<SharedRegion>,
+        at: RingPlacement,
+        bells: Doorbells,
+    ) -> Result<Self, RingError> {
+        Ok(Self {
+            view: RingView::new(region, at, bells, true)?,
+            head: 0,
+        })
+    }
+
+    /// Attaches to a ring the peer initialised.
+    pub fn attach(
+        region: Arc<SharedRegion>,
+        at: RingPlacement,
+        bells: Doorbells,
+    ) -> Result<Self, RingError> {
+        let view = RingView::new(region, at, bells, false)?;
+        let head = view.header().head.0.load(Ordering::Acquire);
+        Ok(Self { view, head })
+    }
+
+    /// Largest payload a frame may carry.
+    pub fn max_payload(&self) -> usize {
+        (self.view.capacity / 2) as usize - FRAME_HEADER_LEN
+    }
+
+    /// Bytes not yet consumed, as far as the producer knows.
+    pub fn occupancy(&self) -> Result<u64, RingError> {
+        let tail = self.view.header().tail.0.load(Ordering::Acquire);
+        self.used(tail)
+    }
+
+    fn used(&self, tail: u64) -> Result<u64, RingError> {
+        match self.head.checked_sub(tail) {
+            Some(used) if used <= self.view.capacity => Ok(used),
+            _ => Err(RingError::Corrupt(format!(
+                "tail {tail} is not within head {} - capacity",
+                self.head
+            ))),
+        }
+    }
+
+    /// Writes a frame if there is room; `Ok(false)` when the ring is full.
+    pub fn try_send(&mut self, meta: FrameMeta, payload: &[u8]) -> Result<bool, RingError> {
+        let max = self.max_payload();
+        if payload.len() > max {
+            return Err(RingError::FrameTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        let cap = self.view.capacity;
+        let record = FRAME_HEADER_LEN as u64 + padded(payload.len() as u64);
+        let tail = self.view.header().tail.0.load(Ordering::Acquire);
+        let free = cap - self.used(tail)?;
+        let off = self.head % cap;
+        let skip = if off + record > cap { cap - off } else { 0 };
+        if skip + record > free {
+            return Ok(false);
+        }
+        // SAFETY (all writes below): `off` < cap and the region from `off`
+        // (or 0 after a wrap) for `record` bytes lies in the data area and
+        // is free (not readable by the consumer until `head` is published).
+        unsafe {
+            if skip > 0 {
+                self.view
+                    .data
+                    .add(off as usize)
+                    .cast::<u32>()
+                    .write_volatile(WRAP_MARKER);
+                self.head += skip;
+            }
+            let at = self.view.data.add((self.head % cap) as usize);
+            let header = FrameHeader::new(meta.kind, meta.id, meta.count, payload.len() as u32);
+            std::ptr::copy_nonoverlapping(
+                bytemuck::bytes_of(&header).as_ptr(),
+                at,
+                FRAME_HEADER_LEN,
+            );
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                at.add(FRAME_HEADER_LEN),
+                payload.len(),
+            );
+        }
+        self.head += record;
+        let h = self.view.header();
+        h.head.0.store(self.head, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if h.consumer_sleeping().load(Ordering::Relaxed) != 0 {
+            ring(self.view.bells.data.as_fd());
+        }
+        Ok(true)
+    }
+
+    /// Writes a frame, waiting for room up to `timeout`. `peer` (a pidfd)
+    /// ends the wait early with [`RingError::PeerGone`].
+    pub fn send(
+        &mut self,
+        meta: FrameMeta,
+        payload: &[u8],
+        timeout: Duration,
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<(), RingError> {
+        let deadline = Instant::now() + timeout;
+        let mut spins = 0;
+        loop {
+            if self.try_send(meta, payload)? {
+                return Ok(());
+            }
+            if spins < SPIN_LIMIT {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RingError::Timeout);
+            }
+            let h = self.view.header();
+            h.producer_sleeping().store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let still_full = {
+                let tail = h.tail.0.load(Ordering::Acquire);
+                let record = FRAME_HEADER_LEN as u64 + padded(payload.len() as u64);
+                let cap = self.view.capacity;
+                let off = self.head % cap;
+                let skip = if off + record > cap { cap - off } else { 0 };
+                skip + record > cap - self.used(tail)?
+            };
+            let result = if still_full {
+                sleep_on(
+                    self.view.bells.space.as_fd(),
+                    peer,
+                    (deadline - now).min(Duration::from_millis(100)),
+                )
+            } else {
+                Ok(())
+            };
+            h.producer_sleeping().store(0, Ordering::SeqCst);
+            result?;
+        }
+    }
+}
+
+impl Consumer {
+    /// Initialises the ring at `at` (the creator's side) and returns its consumer.
+    pub fn create(
+        region: Arc<SharedRegion>,
+        at: RingPlacement,
+        bells: Doorbells,
+    ) -> Result<Self, RingError> {
+        Ok(Self {
+            view: RingView::new(region, at, bells, true)?,
+            tail: 0,
+        })
+    }
+
+    /// Attaches to a ring the peer initialised.
+    pub fn attach(
+        region: Arc<SharedRegion>,
+        at: RingPlacement,
+        bells: Doorbells,
+    ) -> Result<Self, RingError> {
+        let view = RingView::new(region, at, bells, false)?;
+        let tail = view.header().tail.0.load(Ordering::Acquire);
+        Ok(Self { view, tail })
+    }
+
+    /// Reads the next frame into `payload` (replacing its contents), if any.
+    pub fn try_recv(&mut self, payload: &mut Vec<u8>) -> Result<Option<FrameHeader>, RingError> {
+        let cap = self.view.capacity;
+        loop {
+            let head = self.view.header().head.0.load(Ordering::Acquire);
+            let avail = match head.checked_sub(self.tail) {
+                Some(a) if a <= cap => a,
+                _ => {
+                    return Err(RingError::Corrupt(format!(
+                        "head {head} is not within tail {} + capacity",
+                        self.tail
+                    )));
+                }
+            };
+            if avail == 0 {
+                return Ok(None);
+            }
+            let off = self.tail % cap;
+            // SAFETY: off < cap and off is 8-aligned, so 4 bytes are in bounds.
+            let first = unsafe {
+                self.view
+                    .data
+                    .add(off as usize)
+                    .cast::<u32>()
+                    .read_volatile()
+            };
+            if first == WRAP_MARKER {
+                let skip = cap - off;
+                if skip > avail {
+                    return Err(RingError::Corrupt(
+                        "wrap marker beyond the written data".into(),
+                    ));
+                }
+                self.advance(skip);
+                continue;
+            }
+            if avail < FRAME_HEADER_LEN as u64 || off + FRAME_HEADER_LEN as u64 > cap {
+                return Err(RingError::Corrupt(format!(
+                    "{avail} bytes at offset {off} cannot hold a frame header"
+                )));
+            }
+            let mut header = FrameHeader::zeroed();
+            // SAFETY: the header's bytes lie within the data area (checked above).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.view.data.add(off as usize),
+                    bytemuck::bytes_of_mut(&mut header).as_mut_ptr(),
+                    FRAME_HEADER_LEN,
+                );
+            }
+            let len = header.len as u64;
+            let record = FRAME_HEADER_LEN as u64 + padded(len);
+            if record > avail || off + record > cap {
+                return Err(RingError::Corrupt(format!(
+                    "frame of {len} bytes at offset {off} overruns the ring ({avail} bytes written)"
+                )));
+            }
+            payload.clear();
+            payload.reserve(len as usize);
+            // SAFETY: the payload lies within the record checked above; the
+            // destination has `len` bytes reserved.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.view.data.add((off as usize) + FRAME_HEADER_LEN),
+                    payload.as_mut_ptr(),
+                    len as usize,
+                );
+                payload.set_len(len as usize);
+            }
+            self.advance(record);
+            return Ok(Some(header));
+        }
+    }
+
+    fn advance(&mut self, by: u64) {
+        self.tail += by;
+        let h = self.view.header();
+        h.tail.0.store(self.tail, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if h.producer_sleeping().load(Ordering::Relaxed) != 0 {
+            ring(self.view.bells.space.as_fd());
+        }
+    }
+
+    /// Reads the next frame, waiting up to `timeout`. `peer` (a pidfd) ends
+    /// the wait early with [`RingError::PeerGone`] once the ring is drained.
+    pub fn recv(
+        &mut self,
+        payload: &mut Vec<u8>,
+        timeout: Duration,
+        peer: Option<BorrowedFd<'_>>,
+    ) -> Result<FrameHeader, RingError> {
+        let deadline = Instant::now() + timeout;
+        let mut spins = 0;
+        loop {
+            if let Some(h) = self.try_recv(payload)? {
+                return Ok(h);
+            }
+            if spins < SPIN_LIMIT {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RingError::Timeout);
+            }
+            let h = self.view.header();
+            h.consumer_sleeping().store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let empty = h.head.0.load(Ordering::Acquire) == self.tail;
+            let result = if empty {
+                sleep_on(
+                    self.view.bells.data.as_fd(),
+                    peer,
+                    (deadline - now).min(Duration::from_millis(100)),
+                )
+            } else {
+                Ok(())
+            };
+            h.consumer_sleeping().store(0, Ordering::SeqCst);
+            result?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::SharedRegion;
+
+    fn pair(capacity: usize) -> (Producer, Consumer) {
+        let at = RingPlacement {
+            offset: 0,
+            capacity,
+        };
+        let region = Arc::new(SharedRegion::create("ce-ring-test", at.footprint()).unwrap());
+        let bells = Doorbells::new().unwrap();
+        let other = bells.try_clone().unwrap();
+        let p = Producer::create(region.clone(), at, bells).unwrap();
+        let c = Consumer::attach(region, at, other).unwrap();
+        (p, c)
+    }
+
+    fn meta(id: u64) -> FrameMeta {
+        FrameMeta {
+            kind: 1,
+            id,
+            count: 0,
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_across_wraps() {
+        let (mut p, mut c) = pair(4096);
+        let mut buf = Vec::new();
+        for i in 0..10_000u64 {
+            let payload: Vec<u8> = (0..(i % 700) as usize)
+                .map(|j| (j as u64 ^ i) as u8)
+                .collect();
+            assert!(p.try_send(meta(i), &payload).unwrap());
+            let h = c.try_recv(&mut buf).unwrap().unwrap();
+            assert_eq!(h.id, i);
+            assert_eq!(buf, payload);
+        }
+        assert!(c.try_recv(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn full_ring_refuses_then_accepts() {
+        let (mut p, mut c) = pair(4096);
+        let payload = vec![7u8; 1000];
+        let mut sent = 0;
+        while p.try_send(meta(sent), &payload).unwrap() {
+            sent += 1;
+        }
+        // Records are 24 + 1000 = 1024 bytes: exactly four fill 4 KiB.
+        assert_eq!(sent, 4);
+        let mut buf = Vec::new();
+        assert!(c.try_recv(&mut buf).unwrap().is_some());
+        assert!(p.try_send(meta(99), &payload).unwrap());
+        assert!(matches!(
+            p.try_send(meta(0), &vec![0; 4096]),
+            Err(RingError::FrameTooLarge { .. })
+        ));
+        assert_eq!(
+            p.send(meta(1), &payload, Duration::from_millis(20), None),
+            Err(RingError::Timeout)
+        );
+    }
+
+    #[test]
+    fn blocking_threads_pass_a_million_frames() {
+        let (mut p, mut c) = pair(1 << 16);
+        let n = 1_000_000u64;
+        let producer = std::thread::spawn(move || {
+            for i in 0..n {
+                let len = (i * 7919 % 300) as usize;
+                let payload = vec![(i % 251) as u8; len];
+                p.send(meta(i), &payload, Duration::from_secs(10), None)
+                    .unwrap();
+            }
+        });
+        let mut buf = Vec::new();
+        for i in 0..n {
+            let h = c.recv(&mut buf, Duration::from_secs(10), None).unwrap();
+            assert_eq!(h.id, i);
+            assert_eq!(buf.len(), (i * 7919 % 300) as usize);
+            assert!(buf.iter().all(|&b| b == (i % 251) as u8));
+        }
+        producer.join().unwrap();
+    }
+
+    #[test]
+    fn corrupt_indices_and_headers_are_errors() {
+        let (mut p, mut c) = pair(4096);
+        let mut buf = Vec::new();
+        p.try_send(meta(1), b"hello").unwrap();
+        // A peer scribbling a huge length into the frame header.
+        // SAFETY: test-only poke at offset 0 of the data area.
+        unsafe { c.view.data.cast::<u32>().write_volatile(1 << 30) };
+        assert!(matches!(c.try_recv(&mut buf), Err(RingError::Corrupt(_))));
+        // A head index far beyond the tail.
+        c.view.header().head.0.store(1 << 40, Ordering::SeqCst);
+        assert!(matches!(c.try_recv(&mut buf), Err(RingError::Corrupt(_))));
+        // A tail index beyond the head.
+        p.view.header().tail.0.store(1 << 40, Ordering::SeqCst);
+        assert!(matches!(
+            p.try_send(meta(2), b"x"),
+            Err(RingError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn attach_checks_magic_version_and_placement() {
+        let at = RingPlacement {
+            offset: 0,
+            capacity: 4096,
+        };
+        let region = Arc::new(SharedRegion::create("ce-ring-test", at.footprint()).unwrap());
+        let bells = || Doorbells::new().unwrap();
+        assert!(matches!(
+            Consumer::attach(region.clone(), at, bells()),
+            Err(RingError::Corrupt(_))
+        ));
+        let _p = Producer::create(region.clone(), at, bells()).unwrap();
+        let wrong = RingPlacement {
+            offset: 0,
+            capacity: 8192,
+        };
+        assert!(Consumer::attach(region.clone(), wrong, bells()).is_err());
+        let odd = RingPlacement {
+            offset: 0,
+            capacity: 5000,
+        };
+        assert!(Consumer::attach(region, odd, bells()).is_err());
+    }
+}
