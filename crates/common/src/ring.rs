@@ -9,11 +9,12 @@
 //! data:   records of [FrameHeader | payload | pad to 8], or a wrap marker
 //! ```
 //!
-//! Waiting never spins for long: a side that finds nothing to do spins a
-//! few hundred iterations, then sets its `sleeping` flag, re-checks, and
-//! blocks in `poll` on an eventfd (plus the peer's pidfd, so a dead peer
-//! wakes it) with a timeout. The other side rings that eventfd only when the
-//! flag is set, so a busy pipeline makes no system call per frame. Both
+//! Waiting never spins for long: a side that finds nothing to do spins for
+//! up to 50 µs, then sets its `sleeping` flag, re-checks, and blocks in
+//! `poll` on an eventfd (plus the peer's pidfd, so a dead peer wakes it)
+//! with a timeout. The other side rings that eventfd only when the flag is
+//! set (the consumer only once half the ring is free), so a busy pipeline
+//! makes no system call per frame. Both
 //! sides order "store my index; load their flag" against "store my flag;
 //! load their index" with SeqCst fences, so a wake-up cannot be lost.
 //!
@@ -40,8 +41,11 @@ pub const RING_VERSION: u32 = 1;
 pub const RING_HEADER_LEN: usize = 256;
 /// The `len` word that marks "continue at offset 0".
 const WRAP_MARKER: u32 = u32::MAX;
-/// Iterations spent spinning before sleeping.
-const SPIN_LIMIT: u32 = 256;
+/// How long a waiting side spins before it sleeps. Longer than one wake-up
+/// of the peer (~15 µs here), so a ping-pong with an awake peer never
+/// sleeps; short enough that a worker waiting for its next batch wastes
+/// nothing measurable.
+const SPIN_FOR: Duration = Duration::from_micros(50);
 
 /// Why a ring operation failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -129,7 +133,8 @@ fn ring(fd: BorrowedFd<'_>) {
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
-fn drain(fd: BorrowedFd<'_>) {
+/// Resets an eventfd doorbell after a wake-up.
+pub fn drain(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; 8];
     let _ = rustix::io::read(fd, &mut buf);
 }
@@ -277,12 +282,14 @@ pub struct FrameMeta {
 pub struct Producer {
     view: RingView,
     head: u64,
+    full_waits: u64,
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("head", &self.head)
+            .field("full_waits", &self.full_waits)
             .finish_non_exhaustive()
     }
 }
@@ -301,6 +308,18 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+/// Records start on 8-byte boundaries; an index read from shared memory
+/// that is not is corruption (and reading a header there would be misaligned).
+fn aligned_index(value: u64, name: &str) -> Result<u64, RingError> {
+    if value.is_multiple_of(8) {
+        Ok(value)
+    } else {
+        Err(RingError::Corrupt(format!(
+            "{name} {value} is not 8-byte aligned"
+        )))
+    }
+}
+
 fn padded(len: u64) -> u64 {
     len.div_ceil(8) * 8
 }
@@ -315,6 +334,7 @@ impl Producer {
         Ok(Self {
             view: RingView::new(region, at, bells, true)?,
             head: 0,
+            full_waits: 0,
         })
     }
 
@@ -325,8 +345,12 @@ impl Producer {
         bells: Doorbells,
     ) -> Result<Self, RingError> {
         let view = RingView::new(region, at, bells, false)?;
-        let head = view.header().head.0.load(Ordering::Acquire);
-        Ok(Self { view, head })
+        let head = aligned_index(view.header().head.0.load(Ordering::Acquire), "head")?;
+        Ok(Self {
+            view,
+            head,
+            full_waits: 0,
+        })
     }
 
     /// Largest payload a frame may carry.
@@ -403,6 +427,43 @@ impl Producer {
         Ok(true)
     }
 
+    /// Async side of the sleep protocol: announce sleep, then report whether
+    /// a frame of `payload_len` bytes still does not fit.
+    pub fn begin_sleep(&self, payload_len: usize) -> Result<bool, RingError> {
+        let h = self.view.header();
+        h.producer_sleeping().store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.is_full_for(payload_len)
+    }
+
+    /// Clears the sleeping flag set by [`Producer::begin_sleep`].
+    pub fn end_sleep(&self) {
+        self.view
+            .header()
+            .producer_sleeping()
+            .store(0, Ordering::SeqCst);
+    }
+
+    /// The doorbell a sleeping producer waits on.
+    pub fn space_bell(&self) -> BorrowedFd<'_> {
+        self.view.bells.space.as_fd()
+    }
+
+    fn is_full_for(&self, payload_len: usize) -> Result<bool, RingError> {
+        let tail = self.view.header().tail.0.load(Ordering::Acquire);
+        let record = FRAME_HEADER_LEN as u64 + padded(payload_len as u64);
+        let cap = self.view.capacity;
+        let off = self.head % cap;
+        let skip = if off + record > cap { cap - off } else { 0 };
+        Ok(skip + record > cap - self.used(tail)?)
+    }
+
+    /// How many times [`Producer::send`] found the ring full and had to
+    /// sleep until the consumer made room (back-pressure events).
+    pub fn full_waits(&self) -> u64 {
+        self.full_waits
+    }
+
     /// Writes a frame, waiting for room up to `timeout`. `peer` (a pidfd)
     /// ends the wait early with [`RingError::PeerGone`].
     pub fn send(
@@ -413,14 +474,20 @@ impl Producer {
         peer: Option<BorrowedFd<'_>>,
     ) -> Result<(), RingError> {
         let deadline = Instant::now() + timeout;
-        let mut spins = 0;
+        let spin_until = Instant::now() + SPIN_FOR;
+        let mut spins = 0u32;
         loop {
             if self.try_send(meta, payload)? {
                 return Ok(());
             }
-            if spins < SPIN_LIMIT {
-                spins += 1;
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
+                continue;
+            }
+            if Instant::now() < spin_until {
+                // Yielding lets a peer woken onto this CPU run at once.
+                std::thread::yield_now();
                 continue;
             }
             let now = Instant::now();
@@ -430,15 +497,9 @@ impl Producer {
             let h = self.view.header();
             h.producer_sleeping().store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            let still_full = {
-                let tail = h.tail.0.load(Ordering::Acquire);
-                let record = FRAME_HEADER_LEN as u64 + padded(payload.len() as u64);
-                let cap = self.view.capacity;
-                let off = self.head % cap;
-                let skip = if off + record > cap { cap - off } else { 0 };
-                skip + record > cap - self.used(tail)?
-            };
+            let still_full = self.is_full_for(payload.len())?;
             let result = if still_full {
+                self.full_waits += 1;
                 sleep_on(
                     self.view.bells.space.as_fd(),
                     peer,
@@ -473,12 +534,13 @@ impl Consumer {
         bells: Doorbells,
     ) -> Result<Self, RingError> {
         let view = RingView::new(region, at, bells, false)?;
-        let tail = view.header().tail.0.load(Ordering::Acquire);
+        let tail = aligned_index(view.header().tail.0.load(Ordering::Acquire), "tail")?;
         Ok(Self { view, tail })
     }
 
-    /// Reads the next frame into `payload` (replacing its contents), if any.
-    pub fn try_recv(&mut self, payload: &mut Vec<u8>) -> Result<Option<FrameHeader>, RingError> {
+    /// Finds and checks the next record without consuming it: its header,
+    /// the payload's offset in the data area and the record's length.
+    fn next_record(&mut self) -> Result<Option<(FrameHeader, usize, u64)>, RingError> {
         let cap = self.view.capacity;
         loop {
             let head = self.view.header().head.0.load(Ordering::Acquire);
@@ -534,21 +596,45 @@ impl Consumer {
                     "frame of {len} bytes at offset {off} overruns the ring ({avail} bytes written)"
                 )));
             }
-            payload.clear();
-            payload.reserve(len as usize);
-            // SAFETY: the payload lies within the record checked above; the
-            // destination has `len` bytes reserved.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.view.data.add((off as usize) + FRAME_HEADER_LEN),
-                    payload.as_mut_ptr(),
-                    len as usize,
-                );
-                payload.set_len(len as usize);
-            }
-            self.advance(record);
-            return Ok(Some(header));
+            return Ok(Some((header, off as usize + FRAME_HEADER_LEN, record)));
         }
+    }
+
+    /// Reads the next frame into `payload` (replacing its contents), if any.
+    pub fn try_recv(&mut self, payload: &mut Vec<u8>) -> Result<Option<FrameHeader>, RingError> {
+        self.try_recv_with(|_, bytes| {
+            payload.clear();
+            payload.extend_from_slice(bytes);
+        })
+        .map(|r| r.map(|(h, ())| h))
+    }
+
+    /// Hands the next frame's payload to `f` where it lies in the ring,
+    /// then consumes it: one copy fewer than [`Consumer::try_recv`] for a
+    /// reader that decodes the payload into its own buffers anyway.
+    ///
+    /// The peer is untrusted, so `f` must treat the bytes as hostile and
+    /// read each value once (as the [`crate::frame`] decoders do, which
+    /// copy out before they validate).
+    pub fn try_recv_with<R>(
+        &mut self,
+        f: impl FnOnce(&FrameHeader, &[u8]) -> R,
+    ) -> Result<Option<(FrameHeader, R)>, RingError> {
+        Ok(self.next_record()?.map(|record| self.consume(record, f)))
+    }
+
+    fn consume<R>(
+        &mut self,
+        (header, at, record): (FrameHeader, usize, u64),
+        f: impl FnOnce(&FrameHeader, &[u8]) -> R,
+    ) -> (FrameHeader, R) {
+        // SAFETY: `next_record` checked that the payload lies inside the
+        // data area; the producer does not write there until we advance.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(self.view.data.add(at), header.len as usize) };
+        let out = f(&header, bytes);
+        self.advance(record);
+        (header, out)
     }
 
     fn advance(&mut self, by: u64) {
@@ -556,9 +642,48 @@ impl Consumer {
         let h = self.view.header();
         h.tail.0.store(self.tail, Ordering::Release);
         fence(Ordering::SeqCst);
-        if h.producer_sleeping().load(Ordering::Relaxed) != 0 {
+        // Wake a sleeping producer only once half the ring is free: waking
+        // it for every frame read would cost two system calls per frame
+        // whenever the consumer is the slower side. An empty ring always
+        // fits the largest frame, so it can never be left waiting.
+        if h.producer_sleeping().load(Ordering::Relaxed) != 0
+            && h.head.0.load(Ordering::Acquire).wrapping_sub(self.tail) <= self.view.capacity / 2
+        {
             ring(self.view.bells.space.as_fd());
         }
+    }
+
+    /// Async side of the sleep protocol: announce sleep, then report whether
+    /// the ring is still empty (if not, call [`Consumer::end_sleep`] and read).
+    pub fn begin_sleep(&self) -> bool {
+        let h = self.view.header();
+        h.consumer_sleeping().store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        h.head.0.load(Ordering::Acquire) == self.tail
+    }
+
+    /// Clears the sleeping flag set by [`Consumer::begin_sleep`].
+    pub fn end_sleep(&self) {
+        self.view
+            .header()
+            .consumer_sleeping()
+            .store(0, Ordering::SeqCst);
+    }
+
+    /// The doorbell a sleeping consumer waits on.
+    pub fn data_bell(&self) -> BorrowedFd<'_> {
+        self.view.bells.data.as_fd()
+    }
+
+    /// Bytes written but not yet read.
+    pub fn occupancy(&self) -> u64 {
+        self.view
+            .header()
+            .head
+            .0
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.tail)
+            .min(self.view.capacity)
     }
 
     /// Reads the next frame, waiting up to `timeout`. `peer` (a pidfd) ends
@@ -569,15 +694,40 @@ impl Consumer {
         timeout: Duration,
         peer: Option<BorrowedFd<'_>>,
     ) -> Result<FrameHeader, RingError> {
+        self.recv_with(timeout, peer, |_, bytes| {
+            payload.clear();
+            payload.extend_from_slice(bytes);
+        })
+        .map(|(h, ())| h)
+    }
+
+    /// [`Consumer::recv`] that hands the payload to `f` in place, as
+    /// [`Consumer::try_recv_with`] does.
+    pub fn recv_with<R>(
+        &mut self,
+        timeout: Duration,
+        peer: Option<BorrowedFd<'_>>,
+        f: impl FnOnce(&FrameHeader, &[u8]) -> R,
+    ) -> Result<(FrameHeader, R), RingError> {
         let deadline = Instant::now() + timeout;
-        let mut spins = 0;
+        let spin_until = Instant::now() + SPIN_FOR;
+        let mut spins = 0u32;
+        let mut peer_gone = false;
         loop {
-            if let Some(h) = self.try_recv(payload)? {
-                return Ok(h);
+            if let Some(record) = self.next_record()? {
+                return Ok(self.consume(record, f));
             }
-            if spins < SPIN_LIMIT {
-                spins += 1;
+            if peer_gone {
+                return Err(RingError::PeerGone);
+            }
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) {
                 std::hint::spin_loop();
+                continue;
+            }
+            if Instant::now() < spin_until {
+                // Yielding lets a peer woken onto this CPU run at once.
+                std::thread::yield_now();
                 continue;
             }
             let now = Instant::now();
@@ -598,7 +748,12 @@ impl Consumer {
                 Ok(())
             };
             h.consumer_sleeping().store(0, Ordering::SeqCst);
-            result?;
+            match result {
+                // The peer may have written its last frames just before
+                // dying: look once more before reporting it gone.
+                Err(RingError::PeerGone) => peer_gone = true,
+                other => other?,
+            }
         }
     }
 }
