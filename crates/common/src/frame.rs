@@ -177,20 +177,40 @@ fn put_u32s(out: &mut Vec<u8>, values: &[u32]) {
     }
 }
 
+/// Error code: the client's input cannot be processed (too long with
+/// truncation off, empty query…); the message says why.
+pub const ERROR_INVALID_INPUT: u32 = 1;
+/// Error code: the worker failed on valid input.
+pub const ERROR_INTERNAL: u32 = 2;
+
 /// A query and the passages to tokenize against it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TextJob {
     /// The query.
     pub query: String,
     /// The passages.
     pub passages: Vec<String>,
+    /// How over-long pairs are handled: 0 truncate the end, 1 truncate the
+    /// start, 2 refuse (the tokenizer's `Truncation` codes).
+    pub truncation: u32,
+    /// Request-level index of the first passage, so that an error can name
+    /// the document the client sent.
+    pub first_index: u32,
 }
 
 impl TextJob {
     /// Appends the payload to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let lens: Vec<u32> = self.passages.iter().map(|p| p.len() as u32).collect();
-        put_u32s(out, &[self.passages.len() as u32, self.query.len() as u32]);
+        put_u32s(
+            out,
+            &[
+                self.passages.len() as u32,
+                self.query.len() as u32,
+                self.truncation,
+                self.first_index,
+            ],
+        );
         put_u32s(out, &lens);
         out.extend_from_slice(self.query.as_bytes());
         for p in &self.passages {
@@ -204,6 +224,8 @@ impl TextJob {
         let mut r = Reader::new(bytes, K);
         let n = r.u32()? as usize;
         let query_len = r.u32()? as usize;
+        let truncation = r.u32()?;
+        let first_index = r.u32()?;
         if n > bytes.len() / 4 {
             return Err(err(
                 K,
@@ -221,7 +243,12 @@ impl TextJob {
             .map(|&l| text(&mut r, l as usize))
             .collect::<Result<_, _>>()?;
         r.finish()?;
-        Ok(Self { query, passages })
+        Ok(Self {
+            query,
+            passages,
+            truncation,
+            first_index,
+        })
     }
 }
 
@@ -320,6 +347,8 @@ mod tests {
         let job = TextJob {
             query: "qü".into(),
             passages: vec!["a".into(), "".into(), "東京".into()],
+            truncation: 2,
+            first_index: 7,
         };
         let mut b = Vec::new();
         job.encode(&mut b);
@@ -347,6 +376,8 @@ mod tests {
         TextJob {
             query: "q".into(),
             passages: vec!["ab".into()],
+            truncation: 0,
+            first_index: 0,
         }
         .encode(&mut b);
         assert!(TextJob::decode(&b[..b.len() - 1]).is_err());

@@ -27,6 +27,8 @@ fn random_payload(rng: &mut StdRng, out: &mut Vec<u8>) -> FrameKind {
                 passages: (0..rng.random_range(0..6))
                     .map(|i| "ü".repeat(i * 7))
                     .collect(),
+                truncation: rng.random_range(0..3),
+                first_index: rng.random(),
             };
             job.encode(out);
             FrameKind::TextJob

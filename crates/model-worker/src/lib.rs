@@ -1,4 +1,4 @@
-//! The cross-encoder engine and (later) the model worker process.
+//! The cross-encoder engine and the model worker process.
 //!
 //! * [`Engine`] — load a Hugging Face cross-encoder (directory or hub id),
 //!   tokenize pairs, score packed [`TokenBatch`](ce_common::TokenBatch)es.
@@ -8,6 +8,7 @@
 //!   precision, where, and from which files.
 //! * [`quant`] — error-minimising Q4_0 weight quantization.
 //! * [`threads`] — the explicit per-process thread count.
+//! * [`process`] — the model worker process's main loop (`ce-model-worker`).
 //!
 //! ```no_run
 //! use model_worker::{Engine, EngineConfig};
@@ -27,6 +28,7 @@ pub mod device;
 pub mod dtype;
 pub mod engine;
 pub mod error;
+pub mod process;
 pub mod quant;
 pub mod source;
 pub mod threads;

@@ -1,12 +1,15 @@
-//! `ce-supervisor`: serves a cross-encoder through tokenizer and model worker
-//! processes (DESIGN.md §1).
-//!
-//! Not built yet: the process supervisor, API, batcher and router land with
-//! the supervisor issue. Until then `ce-score` (crate `model-worker`) is the
-//! way to score pairs, and this binary says so instead of pretending to serve.
+//! `ce-supervisor`: serve a cross-encoder reranker over gRPC and HTTP with
+//! tokenizer and model worker processes. See `ce-supervisor --help`.
+
+use clap::Parser;
+use supervisor::config::Cli;
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!(
-        "ce-supervisor is not implemented yet; score pairs with `scripts/score.sh` (ce-score) meanwhile"
-    )
+    supervisor::logging::init();
+    let settings = Cli::parse().settings()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(supervisor::server::run(settings))
 }

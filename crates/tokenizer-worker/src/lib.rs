@@ -6,11 +6,16 @@
 //!   model's limit and no padding, and encodes pairs straight into a packed
 //!   [`TokenBatch`](ce_common::TokenBatch).
 //!
-//! The tokenizer worker process (DESIGN.md §1) wraps this library; the
-//! supervisor uses it directly when run with `--tokenizers 0`.
+//! * [`job`] — one text job in, one packed batch (or a precise error) out.
+//! * [`process`] — the worker process's main loop.
+//!
+//! The tokenizer worker process (`ce-tokenizer-worker`, DESIGN.md §1) wraps
+//! this library; the supervisor uses it directly when run with `--tokenizers 0`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod job;
 mod pair;
+pub mod process;
 
 pub use pair::{PairTokenizer, TokenizeError, Truncation};

@@ -46,6 +46,27 @@ pub enum Truncation {
     Off,
 }
 
+impl Truncation {
+    /// The code a [`TextJob`](ce_common::frame::TextJob) carries.
+    pub fn code(self) -> u32 {
+        match self {
+            Truncation::Right => 0,
+            Truncation::Left => 1,
+            Truncation::Off => 2,
+        }
+    }
+
+    /// Parses a job's code; `None` for an unknown one.
+    pub fn from_code(code: u32) -> Option<Self> {
+        Some(match code {
+            0 => Truncation::Right,
+            1 => Truncation::Left,
+            2 => Truncation::Off,
+            _ => return None,
+        })
+    }
+}
+
 /// Encodes (query, passage) pairs with the model's tokenizer.
 ///
 /// Holds one configured copy of the tokenizer per truncation mode, so that

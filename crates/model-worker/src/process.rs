@@ -1,0 +1,91 @@
+//! The model worker process's main loop (`ce-model-worker`, built with the
+//! supervisor package so the three executables sit side by side).
+
+use std::time::Instant;
+
+use ce_common::control::Role;
+use ce_common::frame::{self, ERROR_INTERNAL, FrameKind};
+use ce_common::worker::{Reply, WorkerError, WorkerSession};
+
+use crate::error::EngineError;
+use crate::threads::{self, ThreadConfigError};
+use crate::{DeviceSpec, Engine, EngineConfig, WeightDType};
+
+/// Why the worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Link, control channel or ring.
+    #[error(transparent)]
+    Session(#[from] WorkerError),
+    /// The supervisor's configuration is unusable.
+    #[error("bad worker configuration: {0}")]
+    Config(String),
+    /// Threads could not be configured.
+    #[error(transparent)]
+    Threads(#[from] ThreadConfigError),
+    /// The model could not be loaded or warmed up.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Connects to the supervisor that started this process, loads the model
+/// it names, warms up, and scores token batches until told to stop.
+///
+/// # Safety
+/// Fds 3–8 must be what the supervisor placed for this process, owned by
+/// nothing else; call once, first thing in `main`, before any thread starts.
+pub unsafe fn run() -> Result<(), ProcessError> {
+    // SAFETY: forwarded from the caller.
+    let session = unsafe { WorkerSession::connect(Role::Model)? };
+    let config = session.config().clone();
+    // SAFETY: `connect` ran on this thread alone; no other thread exists yet.
+    unsafe { threads::set_compute_threads(config.threads as usize)? };
+    let mut engine_config = EngineConfig::new(&config.model);
+    engine_config.dtype = config
+        .dtype
+        .parse::<WeightDType>()
+        .map_err(|e| ProcessError::Config(e.to_string()))?;
+    engine_config.device = config
+        .device
+        .parse::<DeviceSpec>()
+        .map_err(|e| ProcessError::Config(e.to_string()))?;
+    engine_config.max_length = config.max_length as usize;
+    let started = Instant::now();
+    let engine = Engine::load(&engine_config)?;
+    // One pass before Ready, so the first client batch does not pay for
+    // lazy initialisation (thread pools, first-touch pages).
+    engine.score_query("warm up", &["the engine"], Default::default())?;
+    tracing::info!(
+        replica = session.replica(),
+        threads = threads::compute_threads(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "model replica ready"
+    );
+    let labels = engine.info().num_labels;
+    session.serve(|_, payload, out| {
+        let scored = frame::decode_token_batch(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|batch| engine.score(&batch).map_err(|e| e.to_string()));
+        match scored {
+            Ok(scores) => {
+                frame::encode_scores(&scores.logits, labels, out);
+                let pairs = scores.logits.len() / labels.max(1);
+                Reply {
+                    kind: FrameKind::Scores,
+                    count: pairs as u32,
+                    pairs: pairs as u64,
+                }
+            }
+            Err(message) => {
+                out.clear();
+                frame::encode_error(ERROR_INTERNAL, &message, out);
+                Reply {
+                    kind: FrameKind::Error,
+                    count: 0,
+                    pairs: 0,
+                }
+            }
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! `ce-tokenizer-worker`: a tokenizer worker process, started by
+//! `ce-supervisor` with its rings (fds 3–7) and control socket (fd 8). Not
+//! meant to be run by hand. The loop lives in `tokenizer_worker::process`.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    supervisor::logging::init();
+    // SAFETY: first thing in main; fds 3–8 are the supervisor's placement.
+    match unsafe { tokenizer_worker::process::run() } {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("tokenizer worker failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! [`Core`]: what every API endpoint calls. Validates limits, admits the
+//! request, tokenizes it in chunks, queues the pairs and awaits the scores.
+
+use std::sync::Arc;
+
+use ce_common::control::MetricsSnapshot;
+use ce_common::frame::TextJob;
+use futures_util::future::try_join_all;
+use model_worker::ScoreActivation;
+use tokenizer_worker::Truncation;
+use tokio::sync::{RwLock, watch};
+
+use crate::config::{ReplicaPlan, Settings};
+use crate::metrics::Metrics;
+use crate::request::{Admission, ApiError, PendingRequest, Scored};
+use crate::scheduler::{Scheduler, Work};
+use crate::tokenize::Tokenizers;
+use crate::workers::WorkerHandle;
+
+/// Pairs to score: consecutive groups sharing a query, in input order.
+#[derive(Debug, Clone, Default)]
+pub struct PairsInput {
+    /// `(query, passages)` groups.
+    pub groups: Vec<(String, Vec<String>)>,
+    /// How over-long pairs are handled.
+    pub truncation: Truncation,
+}
+
+impl PairsInput {
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.groups.iter().map(|(_, p)| p.len()).sum()
+    }
+
+    /// True without pairs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What is being served, for `Info` and `/info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServedModel {
+    /// Where the model came from.
+    pub model: String,
+    /// Longest pair in tokens.
+    pub max_length: usize,
+    /// Activation applied unless raw scores are asked for.
+    pub activation: ScoreActivation,
+}
+
+/// The serving core shared by the gRPC and HTTP front ends.
+#[derive(Debug)]
+pub struct Core {
+    /// The settings in effect.
+    pub settings: Settings,
+    /// The model.
+    pub served: ServedModel,
+    /// The replicas' plans (model, dtype, device, threads), by index.
+    pub plans: Vec<ReplicaPlan>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    tokenizers: Tokenizers,
+    tokenizer_workers: Arc<RwLock<Vec<WorkerHandle>>>,
+    replicas: Arc<RwLock<Vec<WorkerHandle>>>,
+    scheduler: Scheduler,
+    admission: Arc<Admission>,
+    ready: watch::Receiver<bool>,
+}
+
+/// The parts [`Core::new`] assembles.
+#[derive(Debug)]
+pub struct CoreParts {
+    /// Settings.
+    pub settings: Settings,
+    /// The model.
+    pub served: ServedModel,
+    /// Replica plans.
+    pub plans: Vec<ReplicaPlan>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Where tokenization happens.
+    pub tokenizers: Tokenizers,
+    /// Tokenizer worker handles (empty with `--tokenizers 0`).
+    pub tokenizer_workers: Arc<RwLock<Vec<WorkerHandle>>>,
+    /// Replica handles.
+    pub replicas: Arc<RwLock<Vec<WorkerHandle>>>,
+    /// The scheduler.
+    pub scheduler: Scheduler,
+    /// Readiness.
+    pub ready: watch::Receiver<bool>,
+}
+
+impl Core {
+    /// Assembles the core.
+    pub fn new(parts: CoreParts) -> Self {
+        Self {
+            settings: parts.settings,
+            served: parts.served,
+            plans: parts.plans,
+            metrics: parts.metrics,
+            tokenizers: parts.tokenizers,
+            tokenizer_workers: parts.tokenizer_workers,
+            replicas: parts.replicas,
+            scheduler: parts.scheduler,
+            admission: Arc::new(Admission::default()),
+            ready: parts.ready,
+        }
+    }
+
+    /// True once every replica answered its warm-up batch.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Checks one text field against `max_input_chars`.
+    pub fn check_text(&self, field: &str, text: &str) -> Result<(), ApiError> {
+        let limit = self.settings.max_input_chars;
+        // Bytes bound characters from above: count only when it can matter.
+        if text.len() > limit && text.chars().count() > limit {
+            return Err(ApiError::InvalidArgument(format!(
+                "{field}: {} characters exceed max_input_chars ({limit})",
+                text.chars().count()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a request's document count against `max_documents`.
+    pub fn check_count(&self, field: &str, n: usize) -> Result<(), ApiError> {
+        if n == 0 {
+            return Err(ApiError::InvalidArgument(format!(
+                "{field}: must not be empty"
+            )));
+        }
+        if n > self.settings.max_documents {
+            return Err(ApiError::InvalidArgument(format!(
+                "{field}: {n} exceed max_documents ({})",
+                self.settings.max_documents
+            )));
+        }
+        Ok(())
+    }
+
+    /// Scores the pairs; logits come back in input order.
+    pub async fn score(&self, input: PairsInput) -> Result<Scored, ApiError> {
+        if !self.is_ready() {
+            return Err(ApiError::Unavailable("the model is still loading".into()));
+        }
+        let n = input.len();
+        let (request, answer) =
+            PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
+        let chunk = self.settings.tokenize_chunk;
+        let mut jobs = Vec::new();
+        let mut first = 0usize;
+        for (query, passages) in input.groups {
+            for part in passages.chunks(chunk) {
+                jobs.push((
+                    first,
+                    TextJob {
+                        query: query.clone(),
+                        passages: part.to_vec(),
+                        truncation: input.truncation.code(),
+                        first_index: first as u32,
+                    },
+                ));
+                first += part.len();
+            }
+        }
+        let tokenized = try_join_all(jobs.into_iter().map(|(first_index, job)| {
+            let request = request.clone();
+            async move {
+                let batch = self.tokenizers.tokenize(job).await?;
+                request.tokenized(batch.total_tokens() as u64);
+                self.scheduler.submit(Work {
+                    request,
+                    first_index,
+                    batch,
+                })
+            }
+        }))
+        .await;
+        if let Err(e) = tokenized {
+            request.fail(e.clone());
+            return Err(e);
+        }
+        drop(request);
+        answer
+            .await
+            .map_err(|_| ApiError::Internal("the request was dropped unanswered".into()))?
+    }
+
+    /// Applies the model's activation unless `raw`.
+    pub fn client_score(&self, logit: f32, raw: bool) -> f32 {
+        if raw {
+            logit
+        } else {
+            self.served.activation.apply(logit)
+        }
+    }
+
+    /// Replicas with their plan and whether they serve.
+    pub async fn replica_status(&self) -> Vec<(usize, ReplicaPlan, bool, MetricsSnapshot)> {
+        let replicas = self.replicas.read().await;
+        self.plans
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let handle = replicas.get(i);
+                let serving = handle.is_some_and(|h| h.is_alive());
+                (
+                    i,
+                    plan.clone(),
+                    serving,
+                    handle.map(|h| h.metrics()).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Tokenizer workers serving.
+    pub async fn tokenizers_serving(&self) -> usize {
+        self.tokenizer_workers
+            .read()
+            .await
+            .iter()
+            .filter(|w| w.is_alive())
+            .count()
+    }
+}

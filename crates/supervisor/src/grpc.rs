@@ -1,0 +1,294 @@
+//! The gRPC front end: `ce.v1.CrossEncoder` over [`Core`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ce_proto::v1::cross_encoder_server::CrossEncoder;
+use ce_proto::v1::{
+    InfoRequest, InfoResponse, Rank, ReplicaInfo, RerankRequest, RerankResponse, ScoreRequest,
+    ScoreResponse, StreamPair, StreamScore, Timing, TruncationDirection,
+};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokenizer_worker::Truncation;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::{Core, PairsInput};
+use crate::request::{ApiError, Scored};
+
+/// The `CrossEncoder` service.
+#[derive(Debug, Clone)]
+pub struct CrossEncoderService {
+    core: Arc<Core>,
+}
+
+impl CrossEncoderService {
+    /// A service over `core`.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    fn finish<T>(
+        &self,
+        method: &str,
+        started: Instant,
+        result: Result<T, ApiError>,
+    ) -> Result<Response<T>, Status> {
+        let status = match &result {
+            Ok(_) => "ok",
+            Err(ApiError::InvalidArgument(_)) => "invalid_argument",
+            Err(ApiError::Overloaded(_)) => "resource_exhausted",
+            Err(ApiError::Unavailable(_)) => "unavailable",
+            Err(ApiError::Internal(_)) => "internal",
+        };
+        self.core
+            .metrics
+            .observe_request(method, status, started.elapsed().as_secs_f64());
+        result.map(Response::new).map_err(|e| e.to_status())
+    }
+}
+
+/// The truncation a request asked for.
+pub fn truncation(truncate: Option<bool>, direction: i32) -> Truncation {
+    if truncate == Some(false) {
+        Truncation::Off
+    } else if direction == TruncationDirection::Left as i32 {
+        Truncation::Left
+    } else {
+        Truncation::Right
+    }
+}
+
+fn timing(scored: &Scored) -> Timing {
+    let t = scored.timing;
+    Timing {
+        tokenize_us: t.tokenize.as_micros() as u64,
+        queue_us: t.queue.as_micros() as u64,
+        inference_us: t.inference.as_micros() as u64,
+        total_us: t.total.as_micros() as u64,
+    }
+}
+
+/// Scores every document against the query and orders them best first.
+pub async fn rerank(
+    core: &Core,
+    query: String,
+    documents: Vec<String>,
+    truncation: Truncation,
+) -> Result<(Scored, Vec<String>), ApiError> {
+    if query.trim().is_empty() {
+        return Err(ApiError::InvalidArgument("query: must not be empty".into()));
+    }
+    core.check_text("query", &query)?;
+    core.check_count("documents", documents.len())?;
+    for (i, d) in documents.iter().enumerate() {
+        core.check_text(&format!("documents[{i}]"), d)?;
+    }
+    let input = PairsInput {
+        groups: vec![(query, documents.clone())],
+        truncation,
+    };
+    Ok((core.score(input).await?, documents))
+}
+
+/// Indices ordered by score, best first (ties keep input order), cut to `top_n`.
+pub fn ranking(scores: &[f32], top_n: Option<usize>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    if let Some(n) = top_n.filter(|&n| n > 0) {
+        order.truncate(n);
+    }
+    order
+}
+
+type ScoreStream = Pin<Box<dyn futures_util::Stream<Item = Result<StreamScore, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CrossEncoder for CrossEncoderService {
+    async fn rerank(
+        &self,
+        request: Request<RerankRequest>,
+    ) -> Result<Response<RerankResponse>, Status> {
+        let started = Instant::now();
+        let r = request.into_inner();
+        let trunc = truncation(r.truncate, r.truncation_direction);
+        let result =
+            rerank(&self.core, r.query, r.documents, trunc)
+                .await
+                .map(|(scored, documents)| {
+                    let scores: Vec<f32> = scored
+                        .first_logits()
+                        .map(|l| self.core.client_score(l, r.raw_scores))
+                        .collect();
+                    let ranks = ranking(&scores, r.top_n.map(|n| n as usize))
+                        .into_iter()
+                        .map(|i| Rank {
+                            index: i as u32,
+                            score: scores[i],
+                            document: r.return_documents.then(|| documents[i].clone()),
+                        })
+                        .collect();
+                    RerankResponse {
+                        ranks,
+                        timing: Some(timing(&scored)),
+                        tokens: scored.tokens as u32,
+                    }
+                });
+        self.finish("rerank", started, result)
+    }
+
+    async fn score(
+        &self,
+        request: Request<ScoreRequest>,
+    ) -> Result<Response<ScoreResponse>, Status> {
+        let started = Instant::now();
+        let r = request.into_inner();
+        let core = &self.core;
+        let result = async {
+            core.check_count("pairs", r.pairs.len())?;
+            let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+            for (i, pair) in r.pairs.into_iter().enumerate() {
+                if pair.query.trim().is_empty() {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "pairs[{i}].query: must not be empty"
+                    )));
+                }
+                core.check_text(&format!("pairs[{i}].query"), &pair.query)?;
+                core.check_text(&format!("pairs[{i}].passage"), &pair.passage)?;
+                match groups.last_mut() {
+                    Some((q, passages)) if *q == pair.query => passages.push(pair.passage),
+                    _ => groups.push((pair.query, vec![pair.passage])),
+                }
+            }
+            let input = PairsInput {
+                groups,
+                truncation: truncation(r.truncate, r.truncation_direction),
+            };
+            let scored = core.score(input).await?;
+            let scores = scored
+                .first_logits()
+                .map(|l| core.client_score(l, r.raw_scores))
+                .collect();
+            Ok(ScoreResponse {
+                scores,
+                timing: Some(timing(&scored)),
+                tokens: scored.tokens as u32,
+            })
+        }
+        .await;
+        self.finish("score", started, result)
+    }
+
+    type RerankStreamStream = ScoreStream;
+
+    async fn rerank_stream(
+        &self,
+        request: Request<Streaming<StreamPair>>,
+    ) -> Result<Response<ScoreStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<StreamScore, Status>>(64);
+        let core = self.core.clone();
+        // Pairs of one stream being scored at most: beyond it we stop reading
+        // the client's stream, which pushes back through HTTP/2 flow control.
+        let window = 2 * core.settings.max_batch_size;
+        tokio::spawn(async move {
+            let mut running = FuturesUnordered::new();
+            let mut inbound_open = true;
+            loop {
+                if !inbound_open && running.is_empty() {
+                    // Everything asked was answered: end the response stream.
+                    return;
+                }
+                tokio::select! {
+                    next = inbound.next(), if inbound_open && running.len() < window => match next {
+                        Some(Ok(pair)) => {
+                            let core = core.clone();
+                            running.push(async move {
+                                let started = Instant::now();
+                                let result = if pair.query.trim().is_empty() {
+                                    Err(ApiError::InvalidArgument(format!("pair {}: query must not be empty", pair.id)))
+                                } else {
+                                    let input = PairsInput { groups: vec![(pair.query, vec![pair.passage])], truncation: Truncation::Right };
+                                    core.score(input).await.map(|s| {
+                                        let logit = s.first_logits().next().unwrap_or(f32::NAN);
+                                        StreamScore { id: pair.id, score: core.client_score(logit, pair.raw_scores) }
+                                    })
+                                };
+                                core.metrics.observe_request("stream", if result.is_ok() { "ok" } else { "error" }, started.elapsed().as_secs_f64());
+                                result.map_err(|e| e.to_status())
+                            });
+                        }
+                        Some(Err(status)) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        None => inbound_open = false,
+                    },
+                    Some(done) = running.next(), if !running.is_empty() => {
+                        if tx.send(done).await.is_err() {
+                            // The client went away: dropping `running` drops its work.
+                            return;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                    else => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let core = &self.core;
+        let replicas = core
+            .replica_status()
+            .await
+            .into_iter()
+            .map(|(i, plan, serving, _)| ReplicaInfo {
+                replica: i as u32,
+                model: plan.model,
+                dtype: plan.dtype,
+                device: plan.device,
+                serving,
+            })
+            .collect();
+        Ok(Response::new(InfoResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            model: core.served.model.clone(),
+            max_length: core.served.max_length as u32,
+            max_documents: core.settings.max_documents as u32,
+            max_input_chars: core.settings.max_input_chars as u32,
+            max_batch_tokens: core.settings.max_batch_tokens as u32,
+            tokenizers: core.settings.tokenizers as u32,
+            replicas,
+            score_activation: format!("{:?}", core.served.activation).to_lowercase(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_is_best_first_stable_and_cut() {
+        assert_eq!(ranking(&[0.1, 0.9, 0.5, 0.9], None), vec![1, 3, 2, 0]);
+        assert_eq!(ranking(&[0.1, 0.9, 0.5], Some(2)), vec![1, 2]);
+        assert_eq!(ranking(&[0.1, 0.9], Some(0)), vec![1, 0]);
+    }
+
+    #[test]
+    fn truncation_follows_the_request() {
+        assert_eq!(truncation(None, 0), Truncation::Right);
+        assert_eq!(
+            truncation(Some(true), TruncationDirection::Left as i32),
+            Truncation::Left
+        );
+        assert_eq!(
+            truncation(Some(false), TruncationDirection::Left as i32),
+            Truncation::Off
+        );
+    }
+}

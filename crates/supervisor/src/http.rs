@@ -1,0 +1,177 @@
+//! The HTTP front end on the metrics port: `POST /rerank` in
+//! text-embeddings-inference's request and response shapes (so its clients
+//! work unchanged), `GET /health`, `GET /info`, `GET /metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tokenizer_worker::Truncation;
+
+use crate::core::Core;
+use crate::grpc::{ranking, rerank};
+use crate::request::ApiError;
+
+/// text-embeddings-inference's `/rerank` request.
+#[derive(Debug, Deserialize)]
+pub struct RerankBody {
+    /// The query.
+    pub query: String,
+    /// Documents to rank.
+    pub texts: Vec<String>,
+    /// Raw logits instead of the activation.
+    #[serde(default)]
+    pub raw_scores: bool,
+    /// Echo each document in the answer.
+    #[serde(default)]
+    pub return_text: bool,
+    /// Truncate over-long pairs (default true).
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// `Right` (default) or `Left`.
+    #[serde(default)]
+    pub truncation_direction: Option<String>,
+}
+
+/// One entry of the `/rerank` answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct RankBody {
+    /// Position in `texts`.
+    pub index: usize,
+    /// Score.
+    pub score: f32,
+    /// The document, if asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+    error_type: &'static str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let error_type = match &self {
+            ApiError::InvalidArgument(_) => "Validation",
+            ApiError::Overloaded(_) => "Overloaded",
+            ApiError::Unavailable(_) => "Unhealthy",
+            ApiError::Internal(_) => "Backend",
+        };
+        let status =
+            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+                error_type,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The router, over `core`.
+pub fn router(core: Arc<Core>) -> axum::Router {
+    axum::Router::new()
+        .route("/rerank", post(rerank_handler))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics))
+        .with_state(core)
+}
+
+async fn rerank_handler(
+    State(core): State<Arc<Core>>,
+    Json(body): Json<RerankBody>,
+) -> Result<Json<Vec<RankBody>>, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        let truncation = match (body.truncate, body.truncation_direction.as_deref()) {
+            (Some(false), _) => Truncation::Off,
+            (_, None | Some("Right") | Some("right")) => Truncation::Right,
+            (_, Some("Left") | Some("left")) => Truncation::Left,
+            (_, Some(other)) => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "truncation_direction: {other:?} is neither \"Right\" nor \"Left\""
+                )));
+            }
+        };
+        let (scored, texts) = rerank(&core, body.query, body.texts, truncation).await?;
+        let scores: Vec<f32> = scored
+            .first_logits()
+            .map(|l| core.client_score(l, body.raw_scores))
+            .collect();
+        Ok(ranking(&scores, None)
+            .into_iter()
+            .map(|i| RankBody {
+                index: i,
+                score: scores[i],
+                text: body.return_text.then(|| texts[i].clone()),
+            })
+            .collect())
+    }
+    .await;
+    let status = if result.is_ok() { "ok" } else { "error" };
+    core.metrics
+        .observe_request("http_rerank", status, started.elapsed().as_secs_f64());
+    result.map(Json)
+}
+
+async fn health(State(core): State<Arc<Core>>) -> (StatusCode, &'static str) {
+    let replicas = core.replica_status().await.iter().filter(|r| r.2).count();
+    let tokenizers_ok = core.settings.tokenizers == 0 || core.tokenizers_serving().await > 0;
+    if core.is_ready() && replicas > 0 && tokenizers_ok {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+    }
+}
+
+async fn info(State(core): State<Arc<Core>>) -> Json<serde_json::Value> {
+    let replicas: Vec<serde_json::Value> = core
+        .replica_status()
+        .await
+        .into_iter()
+        .map(|(i, plan, serving, m)| {
+            serde_json::json!({
+                "replica": i, "model": plan.model, "dtype": plan.dtype, "device": plan.device,
+                "threads": plan.threads, "serving": serving, "pairs": m.pairs, "rss_bytes": m.rss_bytes,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "model": core.served.model,
+        "max_length": core.served.max_length,
+        "score_activation": core.served.activation,
+        "max_documents": core.settings.max_documents,
+        "max_input_chars": core.settings.max_input_chars,
+        "max_batch_tokens": core.settings.max_batch_tokens,
+        "max_batch_size": core.settings.max_batch_size,
+        "tokenizers": core.settings.tokenizers,
+        "replicas": replicas,
+        "ready": core.is_ready(),
+    }))
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    let serving = core.replica_status().await.iter().filter(|r| r.2).count();
+    core.metrics.active_replicas.set(serving as i64);
+    core.metrics
+        .active_tokenizers
+        .set(core.tokenizers_serving().await as i64);
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        core.metrics.render(),
+    )
+}

@@ -1,0 +1,269 @@
+//! A client request in flight: its pairs' scores as they arrive, its
+//! timing, and the channel its answer goes to. Shared by every batch that
+//! holds one of its pairs; the answer is sent when the last pair is scored.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// Why a request failed, mapped once to a gRPC status and an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The client's input is unusable; the message names the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Too much work is queued; retry later.
+    #[error("{0}")]
+    Overloaded(String),
+    /// No replica or tokenizer is serving.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The gRPC status for this error.
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            ApiError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            ApiError::Overloaded(m) => tonic::Status::resource_exhausted(m),
+            ApiError::Unavailable(m) => tonic::Status::unavailable(m),
+            ApiError::Internal(m) => tonic::Status::internal(m),
+        }
+    }
+
+    /// The HTTP status for this error (text-embeddings-inference's choices).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ApiError::InvalidArgument(_) => 422,
+            ApiError::Overloaded(_) => 429,
+            ApiError::Unavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+/// Where the time of a request went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// Until the last chunk was tokenized.
+    pub tokenize: Duration,
+    /// Longest wait of a pair between tokenized and sent to a replica.
+    pub queue: Duration,
+    /// Longest round trip of a batch holding one of its pairs.
+    pub inference: Duration,
+    /// Arrival to answer.
+    pub total: Duration,
+}
+
+/// A scored request: one raw logit row per pair, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// Row-major `[pairs, labels]` logits.
+    pub logits: Vec<f32>,
+    /// Logits per pair.
+    pub labels: usize,
+    /// Tokens of all pairs.
+    pub tokens: u64,
+    /// Where the time went.
+    pub timing: Timing,
+}
+
+impl Scored {
+    /// The first logit of each pair (the relevance logit of a one-label model).
+    pub fn first_logits(&self) -> impl Iterator<Item = f32> + '_ {
+        self.logits.chunks(self.labels.max(1)).map(|row| row[0])
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    logits: Vec<f32>,
+    labels: usize,
+    remaining: usize,
+    tokens: u64,
+    tokenized: Option<Instant>,
+    queue: Duration,
+    inference: Duration,
+}
+
+/// Where a request's answer arrives.
+pub type Answer = oneshot::Receiver<Result<Scored, ApiError>>;
+
+/// Counts pairs admitted and not yet finished, for admission control.
+#[derive(Debug, Default)]
+pub struct Admission {
+    pairs: AtomicUsize,
+}
+
+impl Admission {
+    /// Pairs in the system now.
+    pub fn pairs(&self) -> usize {
+        self.pairs.load(Ordering::Acquire)
+    }
+}
+
+/// One request's shared state.
+#[derive(Debug)]
+pub struct PendingRequest {
+    pairs: usize,
+    arrived: Instant,
+    state: Mutex<State>,
+    answer: Mutex<Option<oneshot::Sender<Result<Scored, ApiError>>>>,
+    admission: Arc<Admission>,
+}
+
+impl PendingRequest {
+    /// Admits a request of `pairs` pairs if fewer than `limit` pairs would
+    /// then be in the system; returns it and the receiver of its answer.
+    pub fn admit(
+        pairs: usize,
+        admission: &Arc<Admission>,
+        limit: usize,
+    ) -> Result<(Arc<Self>, Answer), ApiError> {
+        let before = admission.pairs.fetch_add(pairs, Ordering::AcqRel);
+        if before + pairs > limit && before > 0 {
+            admission.pairs.fetch_sub(pairs, Ordering::AcqRel);
+            return Err(ApiError::Overloaded(format!(
+                "server busy: {before} pairs queued, limit {limit} (max_queue_pairs); retry later"
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        let request = Arc::new(Self {
+            pairs,
+            arrived: Instant::now(),
+            state: Mutex::new(State {
+                logits: Vec::new(),
+                labels: 0,
+                remaining: pairs,
+                tokens: 0,
+                tokenized: None,
+                queue: Duration::ZERO,
+                inference: Duration::ZERO,
+            }),
+            answer: Mutex::new(Some(tx)),
+            admission: admission.clone(),
+        });
+        Ok((request, rx))
+    }
+
+    /// When it arrived.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
+    /// True once nobody waits for the answer (client gone, or answered).
+    pub fn is_abandoned(&self) -> bool {
+        match self.answer.lock() {
+            Ok(a) => a.as_ref().is_none_or(|tx| tx.is_closed()),
+            Err(_) => true,
+        }
+    }
+
+    /// Records that a chunk was tokenized (the last one sets the time).
+    pub fn tokenized(&self, tokens: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.tokens += tokens;
+            s.tokenized = Some(Instant::now());
+        }
+    }
+
+    /// Records a pair's logits; answers the request after its last pair.
+    pub fn complete(&self, index: usize, logits: &[f32], queued: Duration, inference: Duration) {
+        let finished = {
+            let Ok(mut s) = self.state.lock() else { return };
+            if s.labels == 0 {
+                s.labels = logits.len().max(1);
+                s.logits = vec![f32::NAN; self.pairs * s.labels];
+            }
+            let labels = s.labels;
+            if logits.len() != labels || index >= self.pairs {
+                drop(s);
+                self.fail(ApiError::Internal(
+                    "replicas disagree on the number of labels".into(),
+                ));
+                return;
+            }
+            s.logits[index * labels..(index + 1) * labels].copy_from_slice(logits);
+            s.queue = s.queue.max(queued);
+            s.inference = s.inference.max(inference);
+            s.remaining = s.remaining.saturating_sub(1);
+            if s.remaining > 0 {
+                return;
+            }
+            Scored {
+                logits: std::mem::take(&mut s.logits),
+                labels,
+                tokens: s.tokens,
+                timing: Timing {
+                    tokenize: s.tokenized.map(|t| t - self.arrived).unwrap_or_default(),
+                    queue: s.queue,
+                    inference: s.inference,
+                    total: self.arrived.elapsed(),
+                },
+            }
+        };
+        if let Some(tx) = self.answer.lock().ok().and_then(|mut a| a.take()) {
+            let _ = tx.send(Ok(finished));
+        }
+    }
+
+    /// Fails the request (the first failure wins).
+    pub fn fail(&self, error: ApiError) {
+        if let Some(tx) = self.answer.lock().ok().and_then(|mut a| a.take()) {
+            let _ = tx.send(Err(error));
+        }
+    }
+}
+
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        self.admission.pairs.fetch_sub(self.pairs, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_after_the_last_pair_in_input_order() {
+        let admission = Arc::new(Admission::default());
+        let (r, rx) = PendingRequest::admit(3, &admission, 10).unwrap();
+        assert_eq!(admission.pairs(), 3);
+        for i in [2usize, 0, 1] {
+            r.complete(i, &[i as f32], Duration::ZERO, Duration::ZERO);
+        }
+        let scored = rx.await.unwrap().unwrap();
+        assert_eq!(scored.first_logits().collect::<Vec<_>>(), [0.0, 1.0, 2.0]);
+        drop(r);
+        assert_eq!(admission.pairs(), 0);
+    }
+
+    #[test]
+    fn admission_refuses_beyond_the_limit_and_names_it() {
+        let admission = Arc::new(Admission::default());
+        let (_a, _ra) = PendingRequest::admit(8, &admission, 10).unwrap();
+        let e = PendingRequest::admit(3, &admission, 10).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::Overloaded(m) if m.contains("max_queue_pairs")),
+            "{e}"
+        );
+        // A request alone larger than the limit still runs (it cannot starve).
+        drop(_a);
+        assert!(PendingRequest::admit(30, &admission, 10).is_ok());
+    }
+
+    #[test]
+    fn a_dropped_receiver_marks_the_request_abandoned() {
+        let admission = Arc::new(Admission::default());
+        let (r, rx) = PendingRequest::admit(1, &admission, 10).unwrap();
+        assert!(!r.is_abandoned());
+        drop(rx);
+        assert!(r.is_abandoned());
+    }
+}

@@ -1,0 +1,305 @@
+//! The scheduling queue, batcher and router, as one actor task that owns
+//! all their state (no locks on the hot path).
+//!
+//! Tokenized pairs arrive as [`Work`]; whenever a replica has a free slot
+//! (fewer than `max_inflight` batches) the actor forms a batch
+//! ([`crate::batcher::choose`]) and sends it to the replica with the fewest
+//! batches in flight. It waits for company only while every replica is
+//! busy, and never longer than the batch timeout. Scores are matched back
+//! to their requests; the pairs of a batch whose replica died go back to
+//! the front of the queue (a pair that keeps killing replicas fails its
+//! request after [`MAX_TRIES`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ce_common::TokenBatch;
+use ce_common::frame::{self, FrameKind};
+use tokio::sync::{RwLock, mpsc};
+
+use crate::batcher::{self, BatchLimits};
+use crate::metrics::Metrics;
+use crate::request::{ApiError, PendingRequest};
+use crate::workers::{WorkerFailure, WorkerHandle, WorkerReply};
+
+/// Times a pair may be in a batch whose replica died.
+pub const MAX_TRIES: u8 = 3;
+
+/// Tokenized pairs of one request.
+#[derive(Debug)]
+pub struct Work {
+    /// Their request.
+    pub request: Arc<PendingRequest>,
+    /// Request-level index of the batch's first pair.
+    pub first_index: usize,
+    /// The pairs.
+    pub batch: TokenBatch,
+}
+
+/// Batching and routing settings.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// Batch limits.
+    pub limits: BatchLimits,
+    /// Longest wait for company while every replica is busy.
+    pub timeout: Duration,
+    /// Batches in flight per replica.
+    pub max_inflight: usize,
+}
+
+#[derive(Debug)]
+struct QueuedPair {
+    request: Arc<PendingRequest>,
+    index: usize,
+    ids: Vec<u32>,
+    types: Vec<u32>,
+    enqueued: Instant,
+    tries: u8,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    pairs: Vec<QueuedPair>,
+    sent: Instant,
+}
+
+enum Event {
+    Work(Work),
+    Done {
+        replica: usize,
+        batch: InFlight,
+        result: Result<WorkerReply, WorkerFailure>,
+    },
+}
+
+/// The actor's address.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Work(w) => write!(f, "Work({} pairs)", w.batch.len()),
+            Event::Done { replica, .. } => write!(f, "Done(replica {replica})"),
+        }
+    }
+}
+
+impl Scheduler {
+    /// Starts the actor over `replicas` (a shared, replaceable list).
+    pub fn start(
+        config: SchedulerConfig,
+        replicas: Arc<RwLock<Vec<WorkerHandle>>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (events, rx) = mpsc::unbounded_channel();
+        let actor = Actor {
+            config,
+            replicas,
+            inflight: Vec::new(),
+            queue: VecDeque::new(),
+            events: events.clone(),
+            metrics,
+        };
+        tokio::spawn(actor.run(rx));
+        Self { events }
+    }
+
+    /// Queues tokenized pairs.
+    pub fn submit(&self, work: Work) -> Result<(), ApiError> {
+        self.events
+            .send(Event::Work(work))
+            .map_err(|_| ApiError::Unavailable("the scheduler has stopped".into()))
+    }
+}
+
+struct Actor {
+    config: SchedulerConfig,
+    replicas: Arc<RwLock<Vec<WorkerHandle>>>,
+    /// Batches in flight per replica slot.
+    inflight: Vec<usize>,
+    queue: VecDeque<QueuedPair>,
+    events: mpsc::UnboundedSender<Event>,
+    metrics: Arc<Metrics>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        loop {
+            let wake_at = self.dispatch().await;
+            let event = match wake_at {
+                Some(at) => tokio::select! {
+                    e = rx.recv() => e,
+                    _ = tokio::time::sleep_until(at.into()) => continue,
+                },
+                None => rx.recv().await,
+            };
+            let Some(event) = event else { return };
+            self.handle(event);
+            // Take everything already waiting before forming batches.
+            while let Ok(event) = rx.try_recv() {
+                self.handle(event);
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Work(work) => {
+                let now = Instant::now();
+                for i in 0..work.batch.len() {
+                    self.queue.push_back(QueuedPair {
+                        request: work.request.clone(),
+                        index: work.first_index + i,
+                        ids: work.batch.ids(i).to_vec(),
+                        types: work.batch.types(i).to_vec(),
+                        enqueued: now,
+                        tries: 0,
+                    });
+                }
+            }
+            Event::Done {
+                replica,
+                batch,
+                result,
+            } => {
+                if let Some(n) = self.inflight.get_mut(replica) {
+                    *n = n.saturating_sub(1);
+                }
+                self.finish(batch, result);
+            }
+        }
+        self.metrics.queue_pairs.set(self.queue.len() as i64);
+    }
+
+    fn finish(&mut self, batch: InFlight, result: Result<WorkerReply, WorkerFailure>) {
+        let elapsed = batch.sent.elapsed();
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(WorkerFailure::Died) => {
+                // Back to the front, in order, unless a pair keeps killing replicas.
+                for mut pair in batch.pairs.into_iter().rev() {
+                    pair.tries += 1;
+                    if pair.tries >= MAX_TRIES {
+                        pair.request.fail(ApiError::Internal(format!(
+                            "document {} crashed a model worker {MAX_TRIES} times; giving up on this request",
+                            pair.index
+                        )));
+                    } else {
+                        self.queue.push_front(pair);
+                    }
+                }
+                return;
+            }
+        };
+        let scores = match FrameKind::from_u16(reply.kind) {
+            Some(FrameKind::Scores) => {
+                frame::decode_scores(&reply.payload).map_err(|e| e.to_string())
+            }
+            Some(FrameKind::Error) => Err(frame::decode_error(&reply.payload)
+                .map(|(_, m)| m)
+                .unwrap_or_else(|e| e.to_string())),
+            _ => Err(format!("unexpected reply kind {}", reply.kind)),
+        };
+        match scores {
+            Ok((logits, labels)) if logits.len() == batch.pairs.len() * labels => {
+                for (pair, row) in batch.pairs.iter().zip(logits.chunks(labels)) {
+                    let queued = batch.sent.saturating_duration_since(pair.enqueued);
+                    pair.request.complete(pair.index, row, queued, elapsed);
+                }
+            }
+            Ok((logits, labels)) => {
+                let message = format!(
+                    "model worker returned {} logits for {} pairs × {labels}",
+                    logits.len(),
+                    batch.pairs.len()
+                );
+                batch
+                    .pairs
+                    .iter()
+                    .for_each(|p| p.request.fail(ApiError::Internal(message.clone())));
+            }
+            Err(message) => {
+                batch.pairs.iter().for_each(|p| {
+                    p.request
+                        .fail(ApiError::Internal(format!("model worker: {message}")))
+                });
+            }
+        }
+    }
+
+    /// Sends every batch that should go now; returns when to look again if
+    /// a partial batch is waiting for company.
+    async fn dispatch(&mut self) -> Option<Instant> {
+        let replicas = self.replicas.read().await.clone();
+        self.inflight.resize(replicas.len(), 0);
+        loop {
+            self.queue.retain(|p| !p.request.is_abandoned());
+            self.metrics.queue_pairs.set(self.queue.len() as i64);
+            let oldest = self.queue.front()?.enqueued;
+            let slot = (0..replicas.len())
+                .filter(|&r| replicas[r].is_alive() && self.inflight[r] < self.config.max_inflight)
+                .min_by_key(|&r| self.inflight[r]);
+            let Some(r) = slot else {
+                if replicas.iter().all(|w| !w.is_alive()) {
+                    // Nothing can serve: fail fast rather than hold clients.
+                    for p in self.queue.drain(..) {
+                        p.request
+                            .fail(ApiError::Unavailable("no model replica is serving".into()));
+                    }
+                }
+                return None;
+            };
+            let lengths: Vec<usize> = self.queue.iter().map(|p| p.ids.len()).collect();
+            let full = lengths.len() >= self.config.limits.max_pairs
+                || lengths.iter().sum::<usize>() >= self.config.limits.max_tokens;
+            let due = oldest + self.config.timeout;
+            if !(full || self.inflight[r] == 0 || Instant::now() >= due) {
+                return Some(due);
+            }
+            let window = self.config.limits.max_pairs * 8;
+            let chosen = batcher::choose(&lengths, self.config.limits, window);
+            let mut pairs = Vec::with_capacity(chosen.len());
+            for &i in chosen.iter().rev() {
+                if let Some(p) = self.queue.remove(i) {
+                    pairs.push(p);
+                }
+            }
+            pairs.reverse();
+            self.send(r, &replicas[r], pairs);
+        }
+    }
+
+    fn send(&mut self, r: usize, replica: &WorkerHandle, pairs: Vec<QueuedPair>) {
+        let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
+        let mut batch = TokenBatch::with_capacity(pairs.len(), tokens);
+        for p in &pairs {
+            batch.push(&p.ids, &p.types);
+        }
+        self.metrics.observe_batch(
+            pairs.len(),
+            tokens,
+            pairs.iter().map(|p| p.ids.len()).max().unwrap_or(0),
+        );
+        let mut payload = Vec::with_capacity(8 + 4 * (batch.len() + 1) + 8 * tokens);
+        frame::encode_token_batch(&batch, &mut payload);
+        let reply = replica.submit(FrameKind::TokenBatch, pairs.len() as u32, payload);
+        self.inflight[r] += 1;
+        let events = self.events.clone();
+        let batch = InFlight {
+            pairs,
+            sent: Instant::now(),
+        };
+        tokio::spawn(async move {
+            let result = reply.await.unwrap_or(Err(WorkerFailure::Died));
+            let _ = events.send(Event::Done {
+                replica: r,
+                batch,
+                result,
+            });
+        });
+    }
+}

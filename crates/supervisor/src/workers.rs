@@ -1,0 +1,412 @@
+//! The supervisor's side of one worker process: spawn it with its link and
+//! control socket, shake hands, configure it, wait until it is ready, then
+//! carry jobs to it and replies back.
+//!
+//! A worker handle runs three tasks: a writer (jobs → to-worker ring), a
+//! reader (from-worker ring → the job's reply channel, matched by frame id)
+//! and a control task (heartbeats, metrics snapshots, shutdown). When the
+//! process dies, every job it held fails with [`WorkerFailure::Died`] and
+//! the handle reports itself dead; nothing waits forever.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ce_common::control::{
+    self, ControlChannel, ControlError, ControlMessage, MetricsSnapshot, Role, WorkerConfig,
+};
+use ce_common::frame::FrameKind;
+use ce_common::link::{self, LinkConfig};
+use ce_common::ring::{FrameMeta, RingError};
+use ce_common::ring_async::{AsyncConsumer, AsyncProducer};
+use ce_common::spawn::{SpawnSpec, Spawner, has_exited};
+use ce_common::worker::REPLICA_ENV;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Spawning failed (binary missing, fds).
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The worker binary.
+        program: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The shared-memory link could not be made.
+    #[error("cannot create the worker's rings: {0}")]
+    Link(#[from] link::LinkError),
+    /// Handshake or readiness failed.
+    #[error("worker {role:?} {index} did not become ready: {source}")]
+    Control {
+        /// Its role.
+        role: Role,
+        /// Its index.
+        index: u32,
+        /// Why.
+        source: ControlError,
+    },
+    /// Setting up the rings in the runtime failed.
+    #[error("ring: {0}")]
+    Ring(#[from] RingError),
+}
+
+/// Why a job got no reply.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WorkerFailure {
+    /// The worker process died (or its rings broke) with the job in hand.
+    #[error("worker process died")]
+    Died,
+}
+
+/// A worker's answer to one job.
+#[derive(Debug, Clone)]
+pub struct WorkerReply {
+    /// Frame kind of the reply.
+    pub kind: u16,
+    /// Its count field.
+    pub count: u32,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+type ReplySender = oneshot::Sender<Result<WorkerReply, WorkerFailure>>;
+
+struct Job {
+    kind: FrameKind,
+    count: u32,
+    payload: Vec<u8>,
+    reply: ReplySender,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Tokenizer or model.
+    pub role: Role,
+    /// Index among workers of its role.
+    pub index: u32,
+    /// The worker binary.
+    pub program: PathBuf,
+    /// What it is told after the handshake.
+    pub config: WorkerConfig,
+    /// Ring sizes.
+    pub link: LinkConfig,
+    /// How long loading may take.
+    pub ready_timeout: Duration,
+}
+
+/// A running, ready worker.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    role: Role,
+    index: u32,
+    pid: u32,
+    jobs: mpsc::UnboundedSender<Job>,
+    outstanding: AtomicUsize,
+    alive: AtomicBool,
+    died: watch::Sender<bool>,
+    metrics: Mutex<MetricsSnapshot>,
+    shutdown: mpsc::UnboundedSender<u64>,
+    stopping: AtomicBool,
+    heartbeats: AtomicU64,
+}
+
+impl WorkerHandle {
+    /// Spawns the worker and waits until it says it is ready.
+    pub async fn start(spec: WorkerSpec, spawner: &Spawner) -> Result<Self, StartError> {
+        let name = format!("ce-{:?}-{}", spec.role, spec.index).to_lowercase();
+        let (sup_link, child_link) = link::create(spec.link, &name)?;
+        let (ours, theirs) = control::socket_pair().map_err(|source| StartError::Spawn {
+            program: spec.program.clone(),
+            source,
+        })?;
+        let mut command = SpawnSpec::new(&spec.program).with_link(child_link);
+        command.fds.push(OwnedFd::from(theirs));
+        command
+            .env
+            .push((REPLICA_ENV.into(), spec.index.to_string().into()));
+        let spawner = spawner.clone();
+        let program = spec.program.clone();
+        let spawned = tokio::task::spawn_blocking(move || spawner.spawn(command))
+            .await
+            .map_err(|e| StartError::Spawn {
+                program: program.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| StartError::Spawn { program, source })?;
+        let pid = spawned.pid();
+        let control_err = |source| StartError::Control {
+            role: spec.role,
+            index: spec.index,
+            source,
+        };
+        let mut control = ControlChannel::from_std(ours).map_err(|e| control_err(e.into()))?;
+        let ready = async {
+            match control
+                .handshake(Role::Supervisor, spec.index, Duration::from_secs(30))
+                .await?
+            {
+                ControlMessage::Hello { role, .. } if role == spec.role => {}
+                other => return Err(ControlError::Unexpected(format!("{other:?}"))),
+            }
+            control
+                .send(&ControlMessage::Config(spec.config.clone()))
+                .await?;
+            loop {
+                match control.recv().await? {
+                    ControlMessage::Ready => return Ok(()),
+                    ControlMessage::Heartbeat { .. } | ControlMessage::Metrics(_) => {}
+                    other => {
+                        return Err(ControlError::Unexpected(format!("{other:?} before Ready")));
+                    }
+                }
+            }
+        };
+        let outcome = match tokio::time::timeout(spec.ready_timeout, ready).await {
+            Ok(r) => r,
+            Err(_) => Err(ControlError::Timeout(spec.ready_timeout)),
+        };
+        let mut child = spawned.child;
+        if let Err(e) = outcome {
+            let _ = child.kill();
+            tokio::task::spawn_blocking(move || child.wait());
+            return Err(control_err(e));
+        }
+        let pidfd = Arc::new(spawned.pidfd);
+        let (jobs, job_rx) = mpsc::unbounded_channel();
+        let (shutdown, shutdown_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            role: spec.role,
+            index: spec.index,
+            pid,
+            jobs,
+            outstanding: AtomicUsize::new(0),
+            alive: AtomicBool::new(true),
+            died: watch::Sender::new(false),
+            metrics: Mutex::new(MetricsSnapshot::default()),
+            shutdown,
+            stopping: AtomicBool::new(false),
+            heartbeats: AtomicU64::new(0),
+        });
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let producer = AsyncProducer::new(sup_link.to_worker)?;
+        let consumer = AsyncConsumer::new(sup_link.from_worker)?;
+        tokio::spawn(writer(
+            inner.clone(),
+            producer,
+            job_rx,
+            pending.clone(),
+            pidfd.clone(),
+        ));
+        tokio::spawn(reader(inner.clone(), consumer, pending, pidfd));
+        tokio::spawn(control_task(inner.clone(), control, shutdown_rx));
+        // Reap the process when it exits, so it never lingers as a zombie.
+        tokio::task::spawn_blocking(move || child.wait());
+        tracing::info!(role = ?spec.role, index = spec.index, pid, "worker ready");
+        Ok(Self { inner })
+    }
+
+    /// Sends a job; the reply (or the worker's death) arrives on the receiver.
+    pub fn submit(
+        &self,
+        kind: FrameKind,
+        count: u32,
+        payload: Vec<u8>,
+    ) -> oneshot::Receiver<Result<WorkerReply, WorkerFailure>> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.outstanding.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError(job)) = self.inner.jobs.send(Job {
+            kind,
+            count,
+            payload,
+            reply,
+        }) {
+            self.inner.outstanding.fetch_sub(1, Ordering::AcqRel);
+            let _ = job.reply.send(Err(WorkerFailure::Died));
+        }
+        rx
+    }
+
+    /// Jobs sent and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.inner.outstanding.load(Ordering::Acquire)
+    }
+
+    /// False once the process has died.
+    pub fn is_alive(&self) -> bool {
+        self.inner.alive.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the process has died.
+    pub async fn died(&self) {
+        let mut rx = self.inner.died.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// Its index among workers of its role.
+    pub fn index(&self) -> u32 {
+        self.inner.index
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// The latest figures it reported.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner
+            .metrics
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Asks it to finish and exit within `grace`.
+    pub fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::Release);
+        let _ = self.inner.shutdown.send(grace.as_millis() as u64);
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, ReplySender>>>;
+
+impl Inner {
+    fn mark_dead(&self, pending: &Pending) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            if self.stopping.load(Ordering::Acquire) {
+                tracing::info!(role = ?self.role, index = self.index, pid = self.pid, "worker exited");
+            } else {
+                tracing::warn!(role = ?self.role, index = self.index, pid = self.pid, "worker died");
+            }
+        }
+        let failed: Vec<ReplySender> = match pending.lock() {
+            Ok(mut p) => p.drain().map(|(_, s)| s).collect(),
+            Err(_) => Vec::new(),
+        };
+        for s in failed {
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            let _ = s.send(Err(WorkerFailure::Died));
+        }
+        self.died.send_replace(true);
+    }
+}
+
+async fn writer(
+    inner: Arc<Inner>,
+    mut producer: AsyncProducer,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    pending: Pending,
+    pidfd: Arc<OwnedFd>,
+) {
+    let mut next_id = 1u64;
+    while let Some(job) = jobs.recv().await {
+        let id = next_id;
+        next_id += 1;
+        if !inner.alive.load(Ordering::Acquire) {
+            inner.outstanding.fetch_sub(1, Ordering::AcqRel);
+            let _ = job.reply.send(Err(WorkerFailure::Died));
+            continue;
+        }
+        if let Ok(mut p) = pending.lock() {
+            p.insert(id, job.reply);
+        }
+        let meta = FrameMeta {
+            kind: job.kind as u16,
+            id,
+            count: job.count,
+        };
+        let alive = || !has_exited(&pidfd);
+        if let Err(e) = producer.send(meta, &job.payload, alive).await {
+            if e != RingError::PeerGone {
+                tracing::error!(role = ?inner.role, index = inner.index, "to-worker ring failed: {e}");
+            }
+            inner.mark_dead(&pending);
+        }
+    }
+}
+
+async fn reader(
+    inner: Arc<Inner>,
+    mut consumer: AsyncConsumer,
+    pending: Pending,
+    pidfd: Arc<OwnedFd>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let alive = || !has_exited(&pidfd);
+        match consumer.recv(&mut buf, alive).await {
+            Ok(header) => {
+                let waiter = pending.lock().ok().and_then(|mut p| p.remove(&header.id));
+                match waiter {
+                    Some(w) => {
+                        inner.outstanding.fetch_sub(1, Ordering::AcqRel);
+                        let reply = WorkerReply {
+                            kind: header.kind,
+                            count: header.count,
+                            payload: std::mem::take(&mut buf),
+                        };
+                        let _ = w.send(Ok(reply));
+                    }
+                    None => {
+                        tracing::warn!(role = ?inner.role, index = inner.index, id = header.id, "reply to no job")
+                    }
+                }
+            }
+            Err(e) => {
+                if e != RingError::PeerGone {
+                    tracing::error!(role = ?inner.role, index = inner.index, "from-worker ring failed: {e}");
+                    // A worker that corrupts its ring is not to be trusted again.
+                    let _ = rustix::process::pidfd_send_signal(
+                        pidfd.as_fd(),
+                        rustix::process::Signal::KILL,
+                    );
+                }
+                inner.mark_dead(&pending);
+                return;
+            }
+        }
+    }
+}
+
+async fn control_task(
+    inner: Arc<Inner>,
+    mut control: ControlChannel,
+    mut shutdown: mpsc::UnboundedReceiver<u64>,
+) {
+    loop {
+        tokio::select! {
+            message = control.recv() => match message {
+                Ok(ControlMessage::Metrics(m)) => {
+                    if let Ok(mut slot) = inner.metrics.lock() {
+                        *slot = m;
+                    }
+                }
+                Ok(ControlMessage::Heartbeat { .. }) => {
+                    inner.heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(other) => tracing::debug!(index = inner.index, "ignoring control message {other:?}"),
+                // EOF: the process is gone; the ring tasks notice through the pidfd.
+                Err(_) => return,
+            },
+            Some(grace_ms) = shutdown.recv() => {
+                let _ = control.send(&ControlMessage::Shutdown { grace_ms }).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,546 @@
+//! The real `ce-supervisor` with real workers, called through a tonic
+//! client and over HTTP.
+
+mod support;
+
+use std::time::Duration;
+
+use ce_proto::v1::{Pair, RerankRequest, ScoreRequest, StreamPair};
+use support::{Server, engine_logits, fixture, http};
+use tonic::Code;
+
+fn fixture_pairs() -> Vec<(String, String)> {
+    fixture()
+        .pairs
+        .into_iter()
+        .map(|p| (p.query, p.passage))
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5,
+            "{what}: pair {i}: served {g}, engine {w}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_equal_the_engine_for_every_topology() {
+    let pairs = fixture_pairs();
+    let want = engine_logits(&pairs);
+    for replicas in [1, 2, 3] {
+        for tokenizers in [0, 1, 2] {
+            let what = format!("replicas {replicas}, tokenizers {tokenizers}");
+            let server = Server::start(&[
+                "--replicas",
+                &replicas.to_string(),
+                "--tokenizers",
+                &tokenizers.to_string(),
+                // Small batches, so that every replica gets some of the work.
+                "--max-batch-size",
+                "16",
+            ]);
+            let mut client = server.client().await;
+            let request = ScoreRequest {
+                pairs: pairs
+                    .iter()
+                    .map(|(q, p)| Pair {
+                        query: q.clone(),
+                        passage: p.clone(),
+                    })
+                    .collect(),
+                raw_scores: true,
+                ..Default::default()
+            };
+            let got = client.score(request).await.unwrap().into_inner();
+            assert_close(&got.scores, &want, &what);
+            assert!(
+                got.tokens > 0 && got.timing.is_some(),
+                "{what}: tokens and timing reported"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_orders_cuts_and_returns_documents() {
+    let server = Server::start(&["--replicas", "2", "--tokenizers", "1"]);
+    let mut client = server.client().await;
+    let query = "how do rust lifetimes work".to_string();
+    let documents: Vec<String> = [
+        "Lifetimes tell the Rust compiler how long references are valid.",
+        "Bananas are rich in potassium.",
+        "The borrow checker compares lifetimes of references.",
+        "Paris is the capital of France.",
+        "Iron rusts when exposed to water and oxygen.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let want = engine_logits(
+        &documents
+            .iter()
+            .map(|d| (query.clone(), d.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let mut order: Vec<usize> = (0..documents.len()).collect();
+    order.sort_by(|&a, &b| want[b].total_cmp(&want[a]));
+    let reply = client
+        .rerank(RerankRequest {
+            query: query.clone(),
+            documents: documents.clone(),
+            top_n: Some(3),
+            return_documents: true,
+            raw_scores: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply
+            .ranks
+            .iter()
+            .map(|r| r.index as usize)
+            .collect::<Vec<_>>(),
+        order[..3]
+    );
+    for r in &reply.ranks {
+        assert!((r.score - want[r.index as usize]).abs() <= 1e-5);
+        assert_eq!(
+            r.document.as_deref(),
+            Some(documents[r.index as usize].as_str())
+        );
+    }
+    // Without raw_scores the model's activation applies; without return_documents none come back.
+    let reply = client
+        .rerank(RerankRequest {
+            query,
+            documents,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.ranks.len(), 5);
+    assert!(reply.ranks.iter().all(|r| r.document.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_clients_get_complete_correct_answers() {
+    let server = Server::start(&[
+        "--replicas",
+        "2",
+        "--tokenizers",
+        "2",
+        "--max-batch-size",
+        "64",
+    ]);
+    let words = [
+        "rust",
+        "memory",
+        "safety",
+        "ownership",
+        "borrow",
+        "compiler",
+        "thread",
+        "async",
+        "python",
+        "speed",
+    ];
+    let requests: Vec<(String, Vec<String>)> = (0..24)
+        .map(|r| {
+            let n = [1, 3, 17, 40, 90][r % 5];
+            let docs = (0..n)
+                .map(|d| {
+                    (0..(3 + (r * 7 + d * 3) % 25))
+                        .map(|w| words[(r + d + w) % words.len()])
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            (
+                format!(
+                    "{} {}",
+                    words[r % words.len()],
+                    words[(r * 3) % words.len()]
+                ),
+                docs,
+            )
+        })
+        .collect();
+    let flat: Vec<(String, String)> = requests
+        .iter()
+        .flat_map(|(q, ds)| ds.iter().map(move |d| (q.clone(), d.clone())))
+        .collect();
+    let want = engine_logits(&flat);
+    let mut tasks = Vec::new();
+    for (query, documents) in requests.clone() {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let request = ScoreRequest {
+                pairs: documents
+                    .iter()
+                    .map(|d| Pair {
+                        query: query.clone(),
+                        passage: d.clone(),
+                    })
+                    .collect(),
+                raw_scores: true,
+                ..Default::default()
+            };
+            client.score(request).await.map(|r| r.into_inner().scores)
+        }));
+    }
+    let mut at = 0;
+    for (task, (_, documents)) in tasks.into_iter().zip(&requests) {
+        let scores = task.await.unwrap().expect("every request succeeds");
+        assert_close(
+            &scores,
+            &want[at..at + documents.len()],
+            "concurrent request",
+        );
+        at += documents.len();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_stream_answers_each_pair_and_cancels() {
+    let server = Server::start(&["--replicas", "1", "--tokenizers", "1"]);
+    let mut client = server.client().await;
+    let pairs: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            (
+                "what is rust".to_string(),
+                format!("passage number {i} about rust and memory"),
+            )
+        })
+        .collect();
+    let want = engine_logits(&pairs);
+    let outbound: Vec<StreamPair> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (q, p))| StreamPair {
+            id: 100 + i as u64,
+            query: q.clone(),
+            passage: p.clone(),
+            raw_scores: true,
+        })
+        .collect();
+    let mut inbound = client
+        .rerank_stream(tokio_stream::iter(outbound))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = std::collections::HashMap::new();
+    while let Some(score) = inbound.message().await.unwrap() {
+        seen.insert(score.id, score.score);
+    }
+    assert_eq!(seen.len(), 20);
+    for (i, w) in want.iter().enumerate() {
+        assert!((seen[&(100 + i as u64)] - w).abs() <= 1e-5);
+    }
+    // Cancel: a never-ending stream of work, dropped after the first answer.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let feeder = tokio::spawn(async move {
+        for id in 0.. {
+            let pair = StreamPair {
+                id,
+                query: "q".into(),
+                passage: "p ".repeat(30),
+                raw_scores: true,
+            };
+            if tx.send(pair).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut inbound = client
+        .rerank_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(inbound.message().await.unwrap().is_some());
+    drop(inbound);
+    feeder.abort();
+    // The server drops the stream's remaining work: scoring stops and the queue empties.
+    let pairs_scored = || {
+        let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1.0)
+        };
+        (
+            value("inference_pairs_total"),
+            value("inference_queue_size"),
+        )
+    };
+    // Batches already on the replica finish; nothing new starts after them.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let (scored, queued) = pairs_scored();
+        if queued == 0.0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if pairs_scored() == (scored, 0.0) {
+                break scored;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "cancelled work still queued or running: {:?}",
+            pairs_scored()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        pairs_scored().0,
+        before,
+        "the server kept scoring a cancelled stream"
+    );
+    // The server is still healthy and serves others at once.
+    let reply = client
+        .rerank(RerankRequest {
+            query: "q".into(),
+            documents: vec!["d".into()],
+            ..Default::default()
+        })
+        .await;
+    assert!(reply.is_ok(), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_precise_status() {
+    let server = Server::start(&["--max-documents", "4", "--max-input-chars", "5000"]);
+    let mut client = server.client().await;
+    let rerank = |query: &str, documents: Vec<String>, truncate: Option<bool>| RerankRequest {
+        query: query.into(),
+        documents,
+        truncate,
+        ..Default::default()
+    };
+    let cases = [
+        (rerank("  ", vec!["d".into()], None), "query"),
+        (rerank("q", vec![], None), "documents"),
+        (rerank("q", vec!["d".into(); 5], None), "max_documents"),
+        (
+            rerank("q", vec!["d".into(), "x".repeat(5001)], None),
+            "documents[1]",
+        ),
+        (
+            rerank("q", vec!["short".into(), "word ".repeat(600)], Some(false)),
+            "document 1",
+        ),
+    ];
+    for (request, needle) in cases {
+        let status = client.rerank(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{needle}: {status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{needle} not in {:?}",
+            status.message()
+        );
+    }
+    // Over-long input is truncated by default and scores fine.
+    assert!(
+        client
+            .rerank(rerank("q", vec!["word ".repeat(600)], None))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_speaks_text_embeddings_inference() {
+    let server = Server::start(&["--tokenizers", "0"]);
+    let body = r#"{"query":"what is rust","texts":["Rust is a language","bananas"],"raw_scores":true,"return_text":true}"#;
+    let (status, reply) = http(server.http_port, "POST", "/rerank", Some(body)).unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let ranks: Vec<serde_json::Value> = serde_json::from_str(&reply).unwrap();
+    let want = engine_logits(&[
+        ("what is rust".into(), "Rust is a language".into()),
+        ("what is rust".into(), "bananas".into()),
+    ]);
+    assert_eq!(ranks.len(), 2);
+    for r in &ranks {
+        let i = r["index"].as_u64().unwrap() as usize;
+        assert!((r["score"].as_f64().unwrap() as f32 - want[i]).abs() <= 1e-5);
+        assert!(r["text"].is_string());
+    }
+    assert!(ranks[0]["score"].as_f64() >= ranks[1]["score"].as_f64());
+    let (status, reply) = http(
+        server.http_port,
+        "POST",
+        "/rerank",
+        Some(r#"{"query":"","texts":["a"]}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 422, "{reply}");
+    assert!(
+        reply.contains("query") && reply.contains("Validation"),
+        "{reply}"
+    );
+    let (status, info) = http(server.http_port, "GET", "/info", None).unwrap();
+    assert_eq!(status, 200);
+    assert!(info.contains("\"max_documents\""), "{info}");
+    let (status, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("inference_requests_total{"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_serves_only_after_load_and_reflection_lists_the_api() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    // Model workers that take 1.5 s to start: a wrapper script execs the real one.
+    let dir = tempfile::tempdir().unwrap();
+    let real = support::bin_dir();
+    std::os::unix::fs::symlink(
+        real.join("ce-tokenizer-worker"),
+        dir.path().join("ce-tokenizer-worker"),
+    )
+    .unwrap();
+    let wrapper = dir.path().join("ce-model-worker");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nsleep 1.5\nexec {} \"$@\"\n",
+            real.join("ce-model-worker").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let server = Server::spawn(&[], dir.path());
+    let endpoint = format!("http://127.0.0.1:{}", server.grpc_port);
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut health = HealthClient::new(channel.clone());
+    let check = || HealthCheckRequest {
+        service: "ce.v1.CrossEncoder".into(),
+    };
+    let first = health.check(check()).await.unwrap().into_inner().status;
+    assert_eq!(
+        first,
+        ServingStatus::NotServing as i32,
+        "serving before the model loaded"
+    );
+    let (status, _) = http(server.http_port, "GET", "/health", None).unwrap();
+    assert_eq!(status, 503);
+    let mut client = server.client().await;
+    let early = client
+        .rerank(RerankRequest {
+            query: "q".into(),
+            documents: vec!["d".into()],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(early.unwrap_err().code(), Code::Unavailable);
+    server.wait_ready(Duration::from_secs(60));
+    let now = health.check(check()).await.unwrap().into_inner().status;
+    assert_eq!(now, ServingStatus::Serving as i32);
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("{reply:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"ce.v1.CrossEncoder".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
+    let mut server = Server::start(&[
+        "--replicas",
+        "1",
+        "--tokenizers",
+        "1",
+        "--max-batch-size",
+        "32",
+    ]);
+    let worker_pids: Vec<u32> = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/children",
+        server.pid(),
+        server.pid()
+    ))
+    .unwrap_or_default()
+    .split_whitespace()
+    .filter_map(|p| p.parse().ok())
+    .collect();
+    let mut tasks = Vec::new();
+    for r in 0..6 {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let documents = (0..64)
+                .map(|d| format!("document {d} of request {r} with some words in it"))
+                .collect();
+            client
+                .rerank(RerankRequest {
+                    query: "which request".into(),
+                    documents,
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.terminate(Duration::from_secs(60));
+        drop(server);
+        s
+    })
+    .await
+    .unwrap();
+    for t in tasks {
+        let reply = t
+            .await
+            .unwrap()
+            .expect("in-flight request completes during shutdown");
+        assert_eq!(reply.into_inner().ranks.len(), 64);
+    }
+    assert!(status.success(), "exit status {status:?}");
+    for pid in worker_pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the supervisor"
+        );
+    }
+}

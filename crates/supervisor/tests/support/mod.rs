@@ -1,0 +1,187 @@
+//! A real `ce-supervisor` process for the tests, and small real clients.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
+use tonic::transport::Channel;
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The default model; the tests fail (not skip) without it.
+pub fn model_dir() -> PathBuf {
+    let dir = workspace_root().join("models/minilm-l6-ce");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "default model missing at {}: run scripts/fetch_model.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_ce-supervisor"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running supervisor; killed (SIGKILL) if the test ends without stopping it.
+pub struct Server {
+    pub child: Option<Child>,
+    pub grpc_port: u16,
+    pub http_port: u16,
+}
+
+impl Server {
+    /// Starts the server without waiting for readiness.
+    pub fn spawn(args: &[&str], worker_dir: &Path) -> Self {
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_ce-supervisor"))
+            .arg("--model")
+            .arg(model_dir())
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .arg("--worker-dir")
+            .arg(worker_dir)
+            .args(args)
+            .env("CE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start ce-supervisor");
+        Self {
+            child: Some(child),
+            grpc_port,
+            http_port,
+        }
+    }
+
+    /// Starts the server and waits until `/health` says it serves.
+    pub fn start(args: &[&str]) -> Self {
+        let server = Self::spawn(args, &bin_dir());
+        server.wait_ready(Duration::from_secs(60));
+        server
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok((200, _)) = http(self.http_port, "GET", "/health", None) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server not ready within {limit:?}");
+    }
+
+    pub async fn client(&self) -> CrossEncoderClient<Channel> {
+        CrossEncoderClient::connect(format!("http://127.0.0.1:{}", self.grpc_port))
+            .await
+            .expect("connect")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then the exit status (within `limit`).
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("server did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client: `(status, body)`.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = json.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Fixture {
+    pub pairs: Vec<FixturePair>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct FixturePair {
+    pub query: String,
+    pub passage: String,
+}
+
+pub fn fixture() -> Fixture {
+    let path = workspace_root().join("tests/fixtures/golden_minilm_l6_ce.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The bare engine's raw logit for each pair (the reference).
+pub fn engine_logits(pairs: &[(String, String)]) -> Vec<f32> {
+    let engine = model_worker::Engine::load(&model_worker::EngineConfig::new(
+        model_dir().to_str().unwrap(),
+    ))
+    .unwrap();
+    let mut batch = ce_common::TokenBatch::default();
+    for (q, p) in pairs {
+        engine
+            .tokenizer()
+            .encode_into(&mut batch, q, p, Default::default())
+            .unwrap();
+    }
+    engine.score(&batch).unwrap().first_logits()
+}

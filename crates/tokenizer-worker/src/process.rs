@@ -1,0 +1,45 @@
+//! The tokenizer worker process's main loop (`ce-tokenizer-worker`, built
+//! with the supervisor package so the three executables sit side by side).
+
+use std::path::Path;
+
+use ce_common::control::Role;
+use ce_common::worker::{Reply, WorkerError, WorkerSession};
+
+use crate::job::tokenize_job;
+use crate::{PairTokenizer, TokenizeError};
+
+/// Why the worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Link, control channel or ring.
+    #[error(transparent)]
+    Session(#[from] WorkerError),
+    /// The tokenizer could not be loaded.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizeError),
+}
+
+/// Connects to the supervisor that started this process and serves text
+/// jobs until told to stop.
+///
+/// # Safety
+/// Fds 3–8 must be what the supervisor placed for this process, owned by
+/// nothing else; call once, first thing in `main`.
+pub unsafe fn run() -> Result<(), ProcessError> {
+    // SAFETY: forwarded from the caller.
+    let session = unsafe { WorkerSession::connect(Role::Tokenizer)? };
+    let config = session.config().clone();
+    // `model` is the tokenizer.json the supervisor resolved for us.
+    let tokenizer = PairTokenizer::from_file(Path::new(&config.model), config.max_length as usize)?;
+    tracing::info!(worker = session.replica(), tokenizer = %config.model, "tokenizer loaded");
+    session.serve(|_, payload, out| {
+        let reply = tokenize_job(&tokenizer, payload, out);
+        Reply {
+            kind: reply.kind,
+            count: reply.pairs,
+            pairs: reply.pairs as u64,
+        }
+    })?;
+    Ok(())
+}
