@@ -212,6 +212,13 @@ mod tests {
         worker.from_worker.try_send(meta, b"scores").unwrap();
         sup.from_worker.try_recv(&mut buf).unwrap().unwrap();
         assert_eq!(buf, b"scores");
+        // Identity: same generation seen from both ends, heartbeat moves.
+        let id = sup.to_worker.identity();
+        assert_eq!(id.creator_pid, std::process::id());
+        assert_eq!(id.attacher_pid, std::process::id());
+        assert!(id.generation > 0);
+        worker.to_worker.beat();
+        assert_eq!(sup.to_worker.identity().heartbeat, id.heartbeat + 1);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! header: line 0  magic, version, capacity, generation, pids   (constant)
 //!         line 1  head   — bytes ever written (producer stores)
 //!         line 2  tail   — bytes ever read    (consumer stores)
-//!         line 3  consumer_sleeping, producer_sleeping, heartbeats
+//!         line 3  consumer_sleeping, producer_sleeping, attacher pid, heartbeat
 //! data:   records of [FrameHeader | payload | pad to 8], or a wrap marker
 //! ```
 //!
@@ -71,6 +71,10 @@ pub enum RingError {
     #[error("{0}")]
     Sys(String),
 }
+
+/// Generations of the rings this process created: a fresh mapping is
+/// told apart from an old one by its number.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 #[repr(C, align(64))]
 struct Line<T>(T);
@@ -229,6 +233,13 @@ impl RingView {
         if init {
             h.magic.0.1.store(RING_VERSION, Ordering::Relaxed);
             h.magic.0.3.store(at.capacity as u64, Ordering::Relaxed);
+            h.magic.0.2.store(std::process::id(), Ordering::Relaxed);
+            h.magic.0.4.store(
+                GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+                Ordering::Relaxed,
+            );
+            h.flags.0.2.store(0, Ordering::Relaxed);
+            h.flags.0.3.store(0, Ordering::Relaxed);
             h.head.0.store(0, Ordering::Relaxed);
             h.tail.0.store(0, Ordering::Relaxed);
             h.magic.0.0.store(RING_MAGIC, Ordering::Release);
@@ -250,6 +261,10 @@ impl RingView {
                     at.capacity
                 )));
             }
+            h.flags
+                .0
+                .2
+                .store(std::process::id() as u64, Ordering::Relaxed);
         }
         Ok(Self {
             _region: region,
@@ -265,6 +280,30 @@ impl RingView {
         // SAFETY: valid for the view's life (the region is kept alive).
         unsafe { &*self.header }
     }
+
+    fn identity(&self) -> RingIdentity {
+        let h = self.header();
+        RingIdentity {
+            generation: h.magic.0.4.load(Ordering::Relaxed),
+            creator_pid: h.magic.0.2.load(Ordering::Relaxed),
+            attacher_pid: h.flags.0.2.load(Ordering::Relaxed) as u32,
+            heartbeat: h.flags.0.3.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Who made a ring, who attached, and its liveness counter, as the shared
+/// header says (informational: the peer may write anything there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingIdentity {
+    /// Number of the ring among those its creator made.
+    pub generation: u64,
+    /// Pid of the creator (the supervisor).
+    pub creator_pid: u32,
+    /// Pid of the side that attached (the worker), 0 before it did.
+    pub attacher_pid: u32,
+    /// Bumped by [`Consumer::beat`]: moves while the consumer loop runs.
+    pub heartbeat: u64,
 }
 
 /// Metadata of a frame to send.
@@ -434,6 +473,11 @@ impl Producer {
         h.producer_sleeping().store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         self.is_full_for(payload_len)
+    }
+
+    /// The ring's identity and the consumer's heartbeat.
+    pub fn identity(&self) -> RingIdentity {
+        self.view.identity()
     }
 
     /// Clears the sleeping flag set by [`Producer::begin_sleep`].
@@ -660,6 +704,17 @@ impl Consumer {
         h.consumer_sleeping().store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         h.head.0.load(Ordering::Acquire) == self.tail
+    }
+
+    /// Bumps the heartbeat counter: a consumer loop calls it on every turn,
+    /// so the producer side can tell a hung worker from an idle one.
+    pub fn beat(&self) {
+        self.view.header().flags.0.3.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The ring's identity and heartbeat.
+    pub fn identity(&self) -> RingIdentity {
+        self.view.identity()
     }
 
     /// Clears the sleeping flag set by [`Consumer::begin_sleep`].

@@ -191,6 +191,7 @@ impl WorkerSession {
         tracing::info!(?role, replica, pid = std::process::id(), "worker serving");
         let (mut input, mut output) = (Vec::new(), Vec::new());
         loop {
+            link.to_worker.beat();
             let header = match link.to_worker.recv(&mut input, POLL, Some(parent.as_fd())) {
                 Ok(h) => h,
                 Err(RingError::Timeout) if stop.load(Ordering::Acquire) => return Ok(()),

@@ -30,6 +30,13 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     // SAFETY: forwarded from the caller.
     let session = unsafe { WorkerSession::connect(Role::Tokenizer)? };
     let config = session.config().clone();
+    let threads = config.threads.max(1).to_string();
+    // SAFETY: `connect` ran on this thread alone; no other thread exists yet.
+    unsafe {
+        // The tokenizers library may parallelise on its own: hold it to our share.
+        std::env::set_var("RAYON_NUM_THREADS", &threads);
+        std::env::set_var("TOKENIZERS_PARALLELISM", "false");
+    }
     // `model` is the tokenizer.json the supervisor resolved for us.
     let tokenizer = PairTokenizer::from_file(Path::new(&config.model), config.max_length as usize)?;
     tracing::info!(worker = session.replica(), tokenizer = %config.model, "tokenizer loaded");

@@ -33,8 +33,9 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut client =
-        CrossEncoderClient::connect(args.addr.clone()).await.with_context(|| format!("connecting to {}", args.addr))?;
+    let mut client = CrossEncoderClient::connect(args.addr.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
     let reply = client
         .rerank(RerankRequest {
             query: args.query,
@@ -47,7 +48,13 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .into_inner();
     for (rank, r) in reply.ranks.iter().enumerate() {
-        println!("{:>3}. [{}] {:>10.6}  {}", rank + 1, r.index, r.score, r.document.as_deref().unwrap_or(""));
+        println!(
+            "{:>3}. [{}] {:>10.6}  {}",
+            rank + 1,
+            r.index,
+            r.score,
+            r.document.as_deref().unwrap_or("")
+        );
     }
     if let Some(t) = reply.timing {
         println!(

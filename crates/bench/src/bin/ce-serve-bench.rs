@@ -1,0 +1,308 @@
+//! `ce-serve-bench`: the bare engine against the same requests served end
+//! to end through a real `ce-supervisor` over gRPC, in one run.
+//!
+//! ```text
+//! scripts/bench_serve.sh                       # R=1,T=1 and R=2,T=1
+//! ```
+//!
+//! The engine baseline scores each request (1 query × 128 passages) as one
+//! batch with all cores, before and after the served runs (their mean is
+//! the baseline, their spread the drift). Each topology is a fresh
+//! `ce-supervisor` (found beside this executable) fed by `--concurrency`
+//! clients so that its replicas never wait for work.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use ce_bench::{Request, Workload, WorkloadConfig};
+use ce_common::TokenBatch;
+use ce_proto::v1::RerankRequest;
+use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
+use clap::Parser;
+use model_worker::{Engine, EngineConfig};
+use serde::Serialize;
+use tokenizer_worker::Truncation;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Bare engine vs end-to-end serving on the standard workload"
+)]
+struct Args {
+    /// Model directory.
+    #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
+    model: String,
+    /// Requests per measurement (each 1 query × `--passages` passages).
+    #[arg(long, default_value_t = 12)]
+    requests: usize,
+    /// Passages per request.
+    #[arg(long, default_value_t = 128)]
+    passages: usize,
+    /// Concurrent gRPC clients.
+    #[arg(long, default_value_t = 3)]
+    concurrency: usize,
+    /// Topologies as REPLICASxTOKENIZERS.
+    #[arg(long, default_value = "1x1,2x1", value_delimiter = ',')]
+    topologies: Vec<String>,
+    /// Workload seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Extra ce-supervisor flags, e.g. `--server-args='--tokenize-chunk 128'`.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    server_args: String,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Served {
+    replicas: usize,
+    tokenizers: usize,
+    pairs_per_second: f64,
+    ratio_to_engine: f64,
+    overhead_percent: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    pairs: usize,
+    engine_threads: usize,
+    engine_pairs_per_second_before: f64,
+    engine_pairs_per_second_after: f64,
+    served: Vec<Served>,
+}
+
+fn engine_rate(engine: &Engine, batches: &[TokenBatch]) -> anyhow::Result<f64> {
+    engine.score(&batches[0])?;
+    let started = Instant::now();
+    let mut pairs = 0;
+    for b in batches {
+        pairs += engine.score(b)?.logits.len();
+    }
+    Ok(pairs as f64 / started.elapsed().as_secs_f64())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Supervisor {
+    child: Child,
+    grpc: String,
+}
+
+impl Supervisor {
+    fn start(
+        model: &str,
+        replicas: usize,
+        tokenizers: usize,
+        passages: usize,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?.with_file_name("ce-supervisor");
+        ensure!(
+            exe.exists(),
+            "{} not found: build it with `cargo build --release -p supervisor`",
+            exe.display()
+        );
+        let (grpc, http) = (free_port()?, free_port()?);
+        let child = Command::new(exe)
+            .args([
+                "--model",
+                model,
+                "--replicas",
+                &replicas.to_string(),
+                "--tokenizers",
+                &tokenizers.to_string(),
+            ])
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+            ])
+            // Whole requests fit one batch, as in the engine baseline.
+            .args([
+                "--max-batch-size",
+                &passages.to_string(),
+                "--max-batch-tokens",
+                "65536",
+            ])
+            .args(extra.split_whitespace())
+            .env("CE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            grpc: format!("http://127.0.0.1:{grpc}"),
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<CrossEncoderClient<tonic::transport::Channel>> {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(mut c) = CrossEncoderClient::connect(self.grpc.clone()).await {
+                let probe = RerankRequest {
+                    query: "ready?".into(),
+                    documents: vec!["yes".into()],
+                    ..Default::default()
+                };
+                if c.rerank(probe).await.is_ok() {
+                    return Ok(c);
+                }
+            }
+            if Instant::now() > until {
+                bail!("ce-supervisor did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.child.id() as i32).expect("child pid"),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+async fn served_rate(
+    sup: &Supervisor,
+    requests: Arc<Vec<Request>>,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    let client = sup.connect().await?;
+    // Warm-up: one full request.
+    let first = &requests[0];
+    client
+        .clone()
+        .rerank(RerankRequest {
+            query: first.query.clone(),
+            documents: first.passages.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (mut client, next, requests) = (client.clone(), next.clone(), requests.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut pairs = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(r) = requests.get(i) else {
+                    return Ok::<_, tonic::Status>(pairs);
+                };
+                let reply = client
+                    .rerank(RerankRequest {
+                        query: r.query.clone(),
+                        documents: r.passages.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                pairs += reply.into_inner().ranks.len();
+            }
+        }));
+    }
+    let mut pairs = 0;
+    for t in tasks {
+        pairs += t.await??;
+    }
+    Ok(pairs as f64 / started.elapsed().as_secs_f64())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // SAFETY: first statement after argument parsing; no thread exists yet.
+    unsafe { model_worker::threads::set_compute_threads(cores) }?;
+    let engine = Engine::load(&EngineConfig::new(&args.model)).context("loading the model")?;
+    let mut workload = Workload::new(WorkloadConfig {
+        seed: args.seed,
+        passages: args.passages,
+        ..Default::default()
+    });
+    let requests: Vec<Request> = workload.by_ref().take(args.requests).collect();
+    let batches: Vec<TokenBatch> = requests
+        .iter()
+        .map(|r| {
+            engine
+                .tokenizer()
+                .encode_query(&r.query, &r.passages, Truncation::Right)
+        })
+        .collect::<Result<_, _>>()?;
+    let pairs: usize = batches.iter().map(TokenBatch::len).sum();
+    eprintln!("engine baseline ({pairs} pairs, {cores} threads)…");
+    let before = engine_rate(&engine, &batches)?;
+    let requests = Arc::new(requests);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut measured = Vec::new();
+    for topology in &args.topologies {
+        let (r, t) = topology
+            .split_once('x')
+            .context("topology is REPLICASxTOKENIZERS")?;
+        let (replicas, tokenizers): (usize, usize) = (r.parse()?, t.parse()?);
+        eprintln!("served, {replicas} replica(s), {tokenizers} tokenizer(s)…");
+        let sup = Supervisor::start(
+            &args.model,
+            replicas,
+            tokenizers,
+            args.passages,
+            &args.server_args,
+        )?;
+        let rate = runtime.block_on(served_rate(&sup, requests.clone(), args.concurrency))?;
+        drop(sup);
+        measured.push((replicas, tokenizers, rate));
+    }
+    eprintln!("engine baseline again…");
+    let after = engine_rate(&engine, &batches)?;
+    let baseline = (before + after) / 2.0;
+    let served: Vec<Served> = measured
+        .into_iter()
+        .map(|(replicas, tokenizers, rate)| Served {
+            replicas,
+            tokenizers,
+            pairs_per_second: rate,
+            ratio_to_engine: rate / baseline,
+            overhead_percent: (1.0 - rate / baseline) * 100.0,
+        })
+        .collect();
+    println!("## Bare engine vs served (standard workload, {pairs} pairs, {cores} cores)\n");
+    println!("| | pairs/s | vs engine |");
+    println!("|---|---|---|");
+    println!(
+        "| engine, {cores} threads (before / after) | {before:.1} / {after:.1} | 1.000 (drift {:+.1}%) |",
+        (after / before - 1.0) * 100.0
+    );
+    for s in &served {
+        println!(
+            "| served R={} T={} | {:.1} | {:.3} (overhead {:+.1}%) |",
+            s.replicas, s.tokenizers, s.pairs_per_second, s.ratio_to_engine, s.overhead_percent
+        );
+    }
+    let report = Report {
+        pairs,
+        engine_threads: cores,
+        engine_pairs_per_second_before: before,
+        engine_pairs_per_second_after: after,
+        served,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
