@@ -7,6 +7,11 @@
 //! so that ten million frames stay a few tens of gigabytes. A payload of 8
 //! bytes or more ends with a checksum of the bytes before it.
 
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use crate::ring::{FrameMeta, Producer, RingError};
+
 /// Frame kind that ends a stream; its `count` is the number of frames sent.
 pub const END_KIND: u16 = 0xfff0;
 /// Frame kind of a report: `count` = frames seen, `id` = checksum errors.
@@ -88,6 +93,53 @@ pub fn verify(seed: u64, i: u64, payload: &[u8]) -> bool {
     }
     let (body, sum) = payload.split_at(payload.len() - 8);
     sum == checksum(body).to_le_bytes()
+}
+
+/// Sends frames `ids` of the checked stream with `seed`; returns the
+/// payload bytes sent.
+pub fn send_stream(
+    producer: &mut Producer,
+    seed: u64,
+    ids: std::ops::Range<u64>,
+    timeout: Duration,
+    peer: Option<BorrowedFd<'_>>,
+) -> Result<u64, RingError> {
+    let (mut buf, mut bytes) = (Vec::new(), 0u64);
+    for i in ids {
+        fill(seed, i, &mut buf);
+        bytes += buf.len() as u64;
+        producer.send(
+            FrameMeta {
+                kind: 1,
+                id: i,
+                count: 0,
+            },
+            &buf,
+            timeout,
+            peer,
+        )?;
+    }
+    Ok(bytes)
+}
+
+/// Sends the frame that ends a stream of `count` frames, carrying `payload`.
+pub fn send_end(
+    producer: &mut Producer,
+    count: u64,
+    payload: &[u8],
+    timeout: Duration,
+    peer: Option<BorrowedFd<'_>>,
+) -> Result<(), RingError> {
+    producer.send(
+        FrameMeta {
+            kind: END_KIND,
+            id: 0,
+            count: count as u32,
+        },
+        payload,
+        timeout,
+        peer,
+    )
 }
 
 #[cfg(test)]

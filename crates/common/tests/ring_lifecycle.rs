@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ce_common::link::LinkConfig;
 use ce_common::ring::{FrameMeta, RingError};
-use ce_common::ring_check::{self, END_KIND, REPORT_KIND};
+use ce_common::ring_check::{self, REPORT_KIND};
 use rustix::process::{Pid, Signal, kill_process};
 use support::{WAIT, cpu_time, peer};
 
@@ -127,33 +127,8 @@ fn fresh_link_works() {
     let (mut sup, mut child) = peer(CONFIG, &["sink", &seed.to_string()]);
     let peer_fd = Some(child.pidfd.as_fd());
     let mut buf = Vec::new();
-    for i in 0..5_000 {
-        ring_check::fill(seed, i, &mut buf);
-        sup.to_worker
-            .send(
-                FrameMeta {
-                    kind: 1,
-                    id: i,
-                    count: 0,
-                },
-                &buf,
-                WAIT,
-                peer_fd,
-            )
-            .unwrap();
-    }
-    sup.to_worker
-        .send(
-            FrameMeta {
-                kind: END_KIND,
-                id: 0,
-                count: 0,
-            },
-            &[],
-            WAIT,
-            peer_fd,
-        )
-        .unwrap();
+    ring_check::send_stream(&mut sup.to_worker, seed, 0..5_000, WAIT, peer_fd).unwrap();
+    ring_check::send_end(&mut sup.to_worker, 5_000, &[], WAIT, peer_fd).unwrap();
     let report = sup.from_worker.recv(&mut buf, WAIT, peer_fd).unwrap();
     assert_eq!(
         (report.kind, report.id, report.count),
@@ -199,18 +174,7 @@ fn idle_link_costs_nothing() {
         self_used <= Duration::from_millis(30),
         "idle waiter used {self_used:?}"
     );
-    sup.to_worker
-        .send(
-            FrameMeta {
-                kind: END_KIND,
-                id: 0,
-                count: 0,
-            },
-            &[],
-            WAIT,
-            peer_fd,
-        )
-        .unwrap();
+    ring_check::send_end(&mut sup.to_worker, 0, &[], WAIT, peer_fd).unwrap();
     assert!(child.child.wait().unwrap().success());
 }
 

@@ -9,7 +9,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ce_common::link::LinkConfig;
-use ce_common::ring::FrameMeta;
 use ce_common::ring_check::{self, END_KIND, REPORT_KIND};
 use support::{WAIT, env_or, peer};
 
@@ -27,36 +26,10 @@ fn parent_to_child_stream_arrives_intact() {
     let (mut sup, mut child) = peer(SMALL, &["sink", &seed.to_string(), "300"]);
     let peer_fd = Some(std::os::fd::AsFd::as_fd(&child.pidfd));
     let started = Instant::now();
+    let bytes =
+        ring_check::send_stream(&mut sup.to_worker, seed, 0..frames, WAIT, peer_fd).unwrap();
+    ring_check::send_end(&mut sup.to_worker, frames, &[], WAIT, peer_fd).unwrap();
     let mut buf = Vec::new();
-    let mut bytes = 0u64;
-    for i in 0..frames {
-        ring_check::fill(seed, i, &mut buf);
-        bytes += buf.len() as u64;
-        sup.to_worker
-            .send(
-                FrameMeta {
-                    kind: 1,
-                    id: i,
-                    count: 0,
-                },
-                &buf,
-                WAIT,
-                peer_fd,
-            )
-            .unwrap();
-    }
-    sup.to_worker
-        .send(
-            FrameMeta {
-                kind: END_KIND,
-                id: 0,
-                count: 0,
-            },
-            &[],
-            WAIT,
-            peer_fd,
-        )
-        .unwrap();
     let report = sup.from_worker.recv(&mut buf, WAIT, peer_fd).unwrap();
     let elapsed = started.elapsed();
     assert_eq!(report.kind, REPORT_KIND);

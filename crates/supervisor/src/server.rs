@@ -51,6 +51,25 @@ fn worker_program(settings: &Settings, name: &str) -> anyhow::Result<PathBuf> {
     Ok(program)
 }
 
+/// Sets both the API's and the server-wide ("") health status.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    if serving {
+        health
+            .set_serving::<CrossEncoderServer<CrossEncoderService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+    } else {
+        health
+            .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn termination() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -134,12 +153,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP on {}", settings.http_addr))?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(&health, false).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ce_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -241,12 +255,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     *tokenizer_workers.write().await = started_tokenizers;
     *replicas.write().await = started_replicas;
     ready_tx.send_replace(true);
-    health
-        .set_serving::<CrossEncoderServer<CrossEncoderService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    set_health(&health, true).await;
     tracing::info!(
         replicas = plans.len(),
         tokenizers = settings.tokenizers,
@@ -254,12 +263,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
 
     termination().await;
-    health
-        .set_not_serving::<CrossEncoderServer<CrossEncoderService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    set_health(&health, false).await;
     stop_tx.send_replace(true);
     // In-flight requests finish (servers drain) within the grace period.
     let grace = Duration::from_millis(settings.shutdown_grace_ms);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use ce_common::link::{self, LinkConfig, SupervisorLink};
 use ce_common::ring::{FrameMeta, RingError};
-use ce_common::ring_check::{END_KIND, REPORT_KIND};
+use ce_common::ring_check::{self, REPORT_KIND};
 use ce_common::spawn::{SpawnSpec, Spawned, spawn_now};
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -150,16 +150,7 @@ fn ring_gbps(config: LinkConfig, len: usize, seconds: f64) -> anyhow::Result<f64
         }
         bytes += 8 * len as u64;
     }
-    sup.to_worker.send(
-        FrameMeta {
-            kind: END_KIND,
-            id: 0,
-            count: 0,
-        },
-        &[],
-        WAIT,
-        peer,
-    )?;
+    ring_check::send_end(&mut sup.to_worker, 0, &[], WAIT, peer)?;
     let mut buf = Vec::new();
     let done = sup.from_worker.recv(&mut buf, WAIT, peer)?;
     ensure!(
@@ -235,16 +226,7 @@ fn ring_rtt(
         h.record(t.elapsed().as_nanos() as u64)?;
         ensure!(back.id == id && buf.len() == 64, "echo mismatch");
     }
-    sup.to_worker.send(
-        FrameMeta {
-            kind: END_KIND,
-            id: 0,
-            count: 0,
-        },
-        &[],
-        WAIT,
-        peer,
-    )?;
+    ring_check::send_end(&mut sup.to_worker, 0, &[], WAIT, peer)?;
     ensure!(child.child.wait()?.success(), "echo peer failed");
     Ok(h)
 }
@@ -301,16 +283,7 @@ fn idle_cost(config: LinkConfig, seconds: f64) -> anyhow::Result<Idle> {
         other => bail!("idle wait ended with {other:?}"),
     }
     let (child1, self1) = (cpu_seconds(&child_stat)?, cpu_seconds("/proc/self/stat")?);
-    sup.to_worker.send(
-        FrameMeta {
-            kind: END_KIND,
-            id: 0,
-            count: 0,
-        },
-        &[],
-        WAIT,
-        peer,
-    )?;
+    ring_check::send_end(&mut sup.to_worker, 0, &[], WAIT, peer)?;
     ensure!(child.child.wait()?.success(), "echo peer failed");
     Ok(Idle {
         seconds,

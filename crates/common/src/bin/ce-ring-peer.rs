@@ -80,32 +80,10 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "source" => {
             let (seed, n) = (arg(args, 1)?, arg(args, 2)?);
-            let mut i = 0u64;
-            while n == 0 || i < n {
-                ring_check::fill(seed, i, &mut buf);
-                link.from_worker
-                    .send(
-                        FrameMeta {
-                            kind: 1,
-                            id: i,
-                            count: 0,
-                        },
-                        &buf,
-                        WAIT,
-                        peer,
-                    )
-                    .map_err(e)?;
-                i += 1;
-            }
-            let end = FrameMeta {
-                kind: END_KIND,
-                id: 0,
-                count: n as u32,
-            };
+            let ids = 0..if n == 0 { u64::MAX } else { n };
+            ring_check::send_stream(&mut link.from_worker, seed, ids, WAIT, peer).map_err(e)?;
             let full_waits = link.from_worker.full_waits().to_le_bytes();
-            link.from_worker
-                .send(end, &full_waits, WAIT, peer)
-                .map_err(e)
+            ring_check::send_end(&mut link.from_worker, n, &full_waits, WAIT, peer).map_err(e)
         }
         "drain" => {
             // Reads every cache line of every payload where it lies, as a
