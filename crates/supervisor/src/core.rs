@@ -147,6 +147,11 @@ impl Core {
         if !self.is_ready() {
             return Err(ApiError::Unavailable("the model is still loading".into()));
         }
+        if !self.replicas.read().await.iter().any(|r| r.is_alive()) {
+            return Err(ApiError::Unavailable(
+                "no model replica is serving (restarting)".into(),
+            ));
+        }
         let n = input.len();
         let (request, answer) =
             PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;

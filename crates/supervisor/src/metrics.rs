@@ -19,6 +19,13 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+/// Labels of a worker metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    /// `tokenizer` or `model`.
+    pub role: String,
+}
+
 /// Labels of a per-method metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
@@ -48,6 +55,8 @@ pub struct Metrics {
     pub batch_tokens: Histogram,
     /// Padded / real tokens per batch (what padded attention computes).
     pub padding_ratio: Histogram,
+    /// Workers replaced after dying, by role.
+    pub worker_restarts: Family<RoleLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,6 +80,7 @@ impl Metrics {
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
         let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 12));
         let padding_ratio = Histogram::new([1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0, 3.0, 5.0]);
+        let worker_restarts = Family::<RoleLabels, Counter>::default();
         registry.register(
             "inference_requests",
             "Requests answered, by method and status",
@@ -112,8 +122,14 @@ impl Metrics {
             "Padded over real tokens per batch",
             padding_ratio.clone(),
         );
+        registry.register(
+            "worker_restarts",
+            "Workers replaced after dying",
+            worker_restarts.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            worker_restarts,
             requests,
             request_duration,
             pairs,

@@ -5,7 +5,8 @@
 //! (fewer than `max_inflight` batches) the actor forms a batch
 //! ([`crate::batcher::choose`]) and sends it to the replica with the fewest
 //! batches in flight. It waits for company only while every replica is
-//! busy, and never longer than the batch timeout. Scores are matched back
+//! busy, and never longer than the batch timeout. While every replica is
+//! dead the queue waits for their restart. Scores are matched back
 //! to their requests; the pairs of a batch whose replica died go back to
 //! the front of the queue (a pair that keeps killing replicas fails its
 //! request after [`MAX_TRIES`]).
@@ -66,6 +67,8 @@ struct InFlight {
 
 enum Event {
     Work(Work),
+    /// The replica list changed (a restart): look for work to send.
+    Nudge,
     Done {
         replica: usize,
         batch: InFlight,
@@ -84,6 +87,7 @@ impl std::fmt::Debug for Event {
         match self {
             Event::Work(w) => write!(f, "Work({} pairs)", w.batch.len()),
             Event::Done { replica, .. } => write!(f, "Done(replica {replica})"),
+            Event::Nudge => write!(f, "Nudge"),
         }
     }
 }
@@ -106,6 +110,11 @@ impl Scheduler {
         };
         tokio::spawn(actor.run(rx));
         Self { events }
+    }
+
+    /// Tells the scheduler the replicas changed (one was replaced).
+    pub fn nudge(&self) {
+        let _ = self.events.send(Event::Nudge);
     }
 
     /// Queues tokenized pairs.
@@ -148,6 +157,7 @@ impl Actor {
 
     fn handle(&mut self, event: Event) {
         match event {
+            Event::Nudge => {}
             Event::Work(work) => {
                 let now = Instant::now();
                 for i in 0..work.batch.len() {
@@ -244,13 +254,9 @@ impl Actor {
                 .filter(|&r| replicas[r].is_alive() && self.inflight[r] < self.config.max_inflight)
                 .min_by_key(|&r| self.inflight[r]);
             let Some(r) = slot else {
-                if replicas.iter().all(|w| !w.is_alive()) {
-                    // Nothing can serve: fail fast rather than hold clients.
-                    for p in self.queue.drain(..) {
-                        p.request
-                            .fail(ApiError::Unavailable("no model replica is serving".into()));
-                    }
-                }
+                // Every replica busy, or all dead and being restarted: the
+                // queue waits (clients' deadlines bound the wait) and a
+                // completion or a restart's nudge brings us back.
                 return None;
             };
             let lengths: Vec<usize> = self.queue.iter().map(|p| p.ids.len()).collect();

@@ -23,7 +23,7 @@ use crate::batcher::BatchLimits;
 use crate::config::Settings;
 use crate::core::{Core, CoreParts, ServedModel};
 use crate::grpc::CrossEncoderService;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RoleLabels};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::tokenize::Tokenizers;
 use crate::workers::{WorkerHandle, WorkerSpec};
@@ -49,6 +49,90 @@ fn worker_program(settings: &Settings, name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(program)
+}
+
+/// Sends a replica one small batch through its rings and checks the answer.
+async fn warm_up(replica: &WorkerHandle, payload: &[u8]) -> anyhow::Result<()> {
+    match replica
+        .submit(FrameKind::TokenBatch, 1, payload.to_vec())
+        .await
+    {
+        Ok(Ok(reply)) if reply.kind == FrameKind::Scores as u16 => Ok(()),
+        other => bail!(
+            "replica {} failed its warm-up batch: {other:?}",
+            replica.index()
+        ),
+    }
+}
+
+/// Replaces dead workers (DESIGN.md §4).
+#[derive(Clone)]
+struct Keeper {
+    spawner: Spawner,
+    scheduler: Scheduler,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Keeper {
+    /// Watches slot `slot` of `pool`; when its worker dies, starts a new
+    /// one with exponential back-off (0.1 s doubling to 30 s) until one is
+    /// ready (and, for replicas, has answered `warm_up`).
+    async fn keep_alive(
+        mut self,
+        slot: usize,
+        spec: WorkerSpec,
+        pool: Arc<RwLock<Vec<WorkerHandle>>>,
+        warm_up_batch: Option<Vec<u8>>,
+    ) {
+        let role = format!("{:?}", spec.role).to_lowercase();
+        loop {
+            let Some(current) = pool.read().await.get(slot).cloned() else {
+                return;
+            };
+            tokio::select! {
+                _ = current.died() => {}
+                _ = self.stop.wait_for(|s| *s) => return,
+            }
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if *self.stop.borrow() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                let started = WorkerHandle::start(spec.clone(), &self.spawner)
+                    .await
+                    .map_err(anyhow::Error::from);
+                let ready = match (started, &warm_up_batch) {
+                    (Ok(h), Some(batch)) => warm_up(&h, batch).await.map(|()| h),
+                    (other, _) => other,
+                };
+                match ready {
+                    Ok(handle) => {
+                        tracing::warn!(
+                            role,
+                            slot,
+                            pid = handle.pid(),
+                            "worker replaced after it died"
+                        );
+                        if let Some(s) = pool.write().await.get_mut(slot) {
+                            *s = handle;
+                        }
+                        self.metrics
+                            .worker_restarts
+                            .get_or_create(&RoleLabels { role: role.clone() })
+                            .inc();
+                        self.scheduler.nudge();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(role, slot, ?backoff, "restarting a worker failed: {e:#}");
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Sets both the API's and the server-wide ("") health status.
@@ -141,7 +225,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokenizers,
         tokenizer_workers: tokenizer_workers.clone(),
         replicas: replicas.clone(),
-        scheduler,
+        scheduler: scheduler.clone(),
         ready,
     }));
 
@@ -232,13 +316,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (started_tokenizers, started_replicas) = tokio::try_join!(
         try_join_all(
             tokenizer_specs
-                .into_iter()
-                .map(|s| WorkerHandle::start(s, &spawner))
+                .iter()
+                .map(|s| WorkerHandle::start(s.clone(), &spawner))
         ),
         try_join_all(
             replica_specs
-                .into_iter()
-                .map(|s| WorkerHandle::start(s, &spawner))
+                .iter()
+                .map(|s| WorkerHandle::start(s.clone(), &spawner))
         ),
     )?;
     // Every replica must answer a warm-up batch through its rings.
@@ -246,14 +330,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut payload = Vec::new();
     frame::encode_token_batch(&warm, &mut payload);
     for r in &started_replicas {
-        let reply = r.submit(FrameKind::TokenBatch, 1, payload.clone()).await;
-        match reply {
-            Ok(Ok(reply)) if reply.kind == FrameKind::Scores as u16 => {}
-            other => bail!("replica {} failed its warm-up batch: {other:?}", r.index()),
-        }
+        warm_up(r, &payload).await?;
     }
     *tokenizer_workers.write().await = started_tokenizers;
     *replicas.write().await = started_replicas;
+    let keeper = Keeper {
+        spawner: spawner.clone(),
+        scheduler,
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+    };
+    for (slot, spec) in tokenizer_specs.into_iter().enumerate() {
+        tokio::spawn(
+            keeper
+                .clone()
+                .keep_alive(slot, spec, tokenizer_workers.clone(), None),
+        );
+    }
+    for (slot, spec) in replica_specs.into_iter().enumerate() {
+        tokio::spawn(keeper.clone().keep_alive(
+            slot,
+            spec,
+            replicas.clone(),
+            Some(payload.clone()),
+        ));
+    }
     ready_tx.send_replace(true);
     set_health(&health, true).await;
     tracing::info!(

@@ -3,6 +3,7 @@
 //! `--tokenizers 0`, inside the supervisor.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ce_common::TokenBatch;
 use ce_common::frame::{self, ERROR_INVALID_INPUT, FrameKind, TextJob};
@@ -14,6 +15,10 @@ use crate::workers::{WorkerFailure, WorkerHandle};
 
 /// Tries on other workers when the one holding a job dies.
 const TRIES: usize = 3;
+/// How long a job waits for a tokenizer worker to be restarted.
+const RESTART_WAIT: Duration = Duration::from_secs(30);
+/// How often it looks.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Where tokenization happens.
 #[derive(Debug)]
@@ -49,7 +54,8 @@ impl Tokenizers {
             Tokenizers::Workers(workers) => {
                 let mut payload = Vec::new();
                 job.encode(&mut payload);
-                for _ in 0..TRIES {
+                let (mut tries, mut waited) = (0, Duration::ZERO);
+                while tries < TRIES {
                     let worker = {
                         let ws = workers.read().await;
                         ws.iter()
@@ -58,10 +64,17 @@ impl Tokenizers {
                             .cloned()
                     };
                     let Some(worker) = worker else {
-                        return Err(ApiError::Unavailable(
-                            "no tokenizer worker is serving".into(),
-                        ));
+                        // All dead: wait for a restart, within reason.
+                        if waited >= RESTART_WAIT {
+                            return Err(ApiError::Unavailable(
+                                "no tokenizer worker is serving".into(),
+                            ));
+                        }
+                        tokio::time::sleep(POLL).await;
+                        waited += POLL;
+                        continue;
                     };
+                    tries += 1;
                     let reply = worker
                         .submit(
                             FrameKind::TextJob,

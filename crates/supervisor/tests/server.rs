@@ -496,15 +496,8 @@ async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
         "--max-batch-size",
         "32",
     ]);
-    let worker_pids: Vec<u32> = std::fs::read_to_string(format!(
-        "/proc/{}/task/{}/children",
-        server.pid(),
-        server.pid()
-    ))
-    .unwrap_or_default()
-    .split_whitespace()
-    .filter_map(|p| p.parse().ok())
-    .collect();
+    let worker_pids: Vec<u32> = server.workers().into_iter().map(|(pid, _)| pid).collect();
+    assert_eq!(worker_pids.len(), 2, "one tokenizer and one model worker");
     let mut tasks = Vec::new();
     for r in 0..6 {
         let mut client = server.client().await;
@@ -543,4 +536,84 @@ async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
             "worker {pid} outlived the supervisor"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_are_replaced_and_no_request_fails() {
+    let server = Server::start(&[
+        "--replicas",
+        "1",
+        "--tokenizers",
+        "1",
+        "--max-batch-size",
+        "32",
+    ]);
+    let requests: Vec<(String, Vec<String>)> = (0..12)
+        .map(|r| {
+            (
+                format!("query {r} about rust"),
+                (0..40)
+                    .map(|d| format!("document {d} of {r} on memory safety"))
+                    .collect(),
+            )
+        })
+        .collect();
+    let flat: Vec<(String, String)> = requests
+        .iter()
+        .flat_map(|(q, ds)| ds.iter().map(move |d| (q.clone(), d.clone())))
+        .collect();
+    let want = engine_logits(&flat);
+    let mut tasks = Vec::new();
+    for (query, documents) in requests.clone() {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            let request = ScoreRequest {
+                pairs: documents
+                    .iter()
+                    .map(|d| Pair {
+                        query: query.clone(),
+                        passage: d.clone(),
+                    })
+                    .collect(),
+                raw_scores: true,
+                ..Default::default()
+            };
+            client.score(request).await.map(|r| r.into_inner().scores)
+        }));
+    }
+    // SIGKILL the model worker mid-load, then the tokenizer worker.
+    for name in ["ce-model-worker", "ce-tokenizer-w"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (pid, _) = server
+            .workers()
+            .into_iter()
+            .find(|(_, n)| n.starts_with(name))
+            .expect("worker running");
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    }
+    let mut at = 0;
+    for (task, (_, documents)) in tasks.into_iter().zip(&requests) {
+        let scores = task
+            .await
+            .unwrap()
+            .expect("no request fails when a worker dies");
+        assert_close(
+            &scores,
+            &want[at..at + documents.len()],
+            "request across a worker death",
+        );
+        at += documents.len();
+    }
+    let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
+    for role in ["model", "tokenizer"] {
+        assert!(
+            metrics.contains(&format!("worker_restarts_total{{role=\"{role}\"}} 1")),
+            "{metrics}"
+        );
+    }
+    assert_eq!(server.workers().len(), 2, "both slots are filled again");
 }

@@ -94,6 +94,30 @@ impl Server {
             .expect("connect")
     }
 
+    /// The worker processes (pid, executable name), from every thread's
+    /// children (workers are spawned by a dedicated thread).
+    pub fn workers(&self) -> Vec<(u32, String)> {
+        let pid = self.pid();
+        let mut out = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                let name =
+                    std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+                out.push((child, name.trim().to_string()));
+            }
+        }
+        out
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
