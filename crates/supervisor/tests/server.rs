@@ -617,3 +617,89 @@ async fn killed_workers_are_replaced_and_no_request_fails() {
     }
     assert_eq!(server.workers().len(), 2, "both slots are filled again");
 }
+
+#[test]
+fn a_sigkilled_supervisor_takes_its_workers_with_it() {
+    let mut server = Server::start(&["--replicas", "2", "--tokenizers", "2"]);
+    let workers = server.workers();
+    assert_eq!(workers.len(), 4, "{workers:?}");
+    let mut child = server.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    // Gone = no longer running: a dead worker may linger as a zombie until
+    // whoever adopted it (init, or a subreaper) reaps it.
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    };
+    while workers.iter().any(|(pid, _)| running(pid)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "workers outlived the supervisor by 1 s: {workers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "all workers gone {:?} after the supervisor's SIGKILL",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn http_refuses_malformed_requests_with_precise_statuses() {
+    let server = Server::start(&["--tokenizers", "0"]);
+    let port = server.http_port;
+    let raw = |request: &str| -> u16 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = s.read_to_string(&mut response);
+        response
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    let post = |content_type: &str, body: &str| {
+        raw(&format!(
+            "POST /rerank HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    assert_eq!(
+        post("application/json", "{\"query\": "),
+        400,
+        "malformed JSON"
+    );
+    assert_eq!(
+        post("application/json", r#"{"query": "q"}"#),
+        422,
+        "missing field"
+    );
+    assert_eq!(
+        post("application/json", r#"{"query": 1, "texts": ["a"]}"#),
+        422,
+        "wrong type"
+    );
+    assert_eq!(
+        post("text/plain", r#"{"query": "q", "texts": ["a"]}"#),
+        415,
+        "wrong content type"
+    );
+    let huge = format!(r#"{{"query": "q", "texts": ["{}"]}}"#, "a".repeat(3 << 20));
+    assert_eq!(post("application/json", &huge), 413, "body over the limit");
+    assert_eq!(http(port, "GET", "/nope", None).unwrap().0, 404);
+    assert_eq!(http(port, "GET", "/rerank", None).unwrap().0, 405);
+    // And the server still serves.
+    let (status, _) = http(
+        port,
+        "POST",
+        "/rerank",
+        Some(r#"{"query":"q","texts":["a"]}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+}
