@@ -69,6 +69,8 @@ pub struct Settings {
     pub max_inflight_per_replica: usize,
     /// Pairs per tokenize job.
     pub tokenize_chunk: usize,
+    /// A worker holding a batch or tokenize job longer is killed and replaced.
+    pub batch_deadline_ms: u64,
     /// Documents (or pairs) per request at most.
     pub max_documents: usize,
     /// Characters per query or document at most.
@@ -105,6 +107,7 @@ impl Default for Settings {
             batch_timeout_ms: 5,
             max_inflight_per_replica: 2,
             tokenize_chunk: 32,
+            batch_deadline_ms: 60_000,
             max_documents: 1024,
             max_input_chars: 50_000,
             max_queue_pairs: 65_536,
@@ -172,6 +175,9 @@ pub struct Cli {
     /// Pairs per tokenize job.
     #[arg(long, env = "CE_TOKENIZE_CHUNK")]
     pub tokenize_chunk: Option<usize>,
+    /// Kill and replace a worker holding a batch longer than this, in ms.
+    #[arg(long, env = "CE_BATCH_DEADLINE_MS")]
+    pub batch_deadline_ms: Option<u64>,
     /// Documents per request at most.
     #[arg(long, env = "CE_MAX_DOCUMENTS")]
     pub max_documents: Option<usize>,
@@ -233,6 +239,7 @@ impl Cli {
         put("batch_timeout_ms", u(self.batch_timeout_ms));
         put("max_inflight_per_replica", n(self.max_inflight_per_replica));
         put("tokenize_chunk", n(self.tokenize_chunk));
+        put("batch_deadline_ms", u(self.batch_deadline_ms));
         put("max_documents", n(self.max_documents));
         put("max_input_chars", n(self.max_input_chars));
         put("max_queue_pairs", n(self.max_queue_pairs));
@@ -310,6 +317,7 @@ impl Settings {
             ("max_batch_size", self.max_batch_size),
             ("max_inflight_per_replica", self.max_inflight_per_replica),
             ("tokenize_chunk", self.tokenize_chunk),
+            ("batch_deadline_ms", self.batch_deadline_ms as usize),
             ("max_documents", self.max_documents),
             ("max_input_chars", self.max_input_chars),
             ("max_queue_pairs", self.max_queue_pairs),

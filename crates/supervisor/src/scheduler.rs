@@ -47,6 +47,8 @@ pub struct SchedulerConfig {
     pub timeout: Duration,
     /// Batches in flight per replica.
     pub max_inflight: usize,
+    /// A replica that holds a batch longer is killed and replaced.
+    pub deadline: Duration,
 }
 
 #[derive(Debug)]
@@ -299,8 +301,18 @@ impl Actor {
             pairs,
             sent: Instant::now(),
         };
+        let (replica, deadline) = (replica.clone(), self.config.deadline);
         tokio::spawn(async move {
-            let result = reply.await.unwrap_or(Err(WorkerFailure::Died));
+            let mut reply = reply;
+            let result = match tokio::time::timeout(deadline, &mut reply).await {
+                Ok(r) => r.unwrap_or(Err(WorkerFailure::Died)),
+                Err(_) => {
+                    // Hung (or far too slow): kill it; its batches then fail
+                    // as Died and go back to the queue.
+                    replica.kill(&format!("batch over its deadline of {deadline:?}"));
+                    reply.await.unwrap_or(Err(WorkerFailure::Died))
+                }
+            };
             let _ = events.send(Event::Done {
                 replica: r,
                 batch,

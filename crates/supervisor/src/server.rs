@@ -201,6 +201,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             },
             timeout: Duration::from_millis(settings.batch_timeout_ms),
             max_inflight: settings.max_inflight_per_replica,
+            deadline: Duration::from_millis(settings.batch_deadline_ms),
         },
         replicas.clone(),
         metrics.clone(),
@@ -211,7 +212,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             permits: Arc::new(Semaphore::new(1)),
         }
     } else {
-        Tokenizers::Workers(tokenizer_workers.clone())
+        Tokenizers::Workers {
+            workers: tokenizer_workers.clone(),
+            deadline: Duration::from_millis(settings.batch_deadline_ms),
+        }
     };
     let core = Arc::new(Core::new(CoreParts {
         settings: settings.clone(),

@@ -31,7 +31,12 @@ pub enum Tokenizers {
         permits: Arc<Semaphore>,
     },
     /// In worker processes.
-    Workers(Arc<RwLock<Vec<WorkerHandle>>>),
+    Workers {
+        /// The tokenizer workers.
+        workers: Arc<RwLock<Vec<WorkerHandle>>>,
+        /// A worker holding a job longer is killed (the job moves on).
+        deadline: Duration,
+    },
 }
 
 impl Tokenizers {
@@ -51,7 +56,7 @@ impl Tokenizers {
                 .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
                 .map_err(ApiError::InvalidArgument)
             }
-            Tokenizers::Workers(workers) => {
+            Tokenizers::Workers { workers, deadline } => {
                 let mut payload = Vec::new();
                 job.encode(&mut payload);
                 let (mut tries, mut waited) = (0, Duration::ZERO);
@@ -75,13 +80,18 @@ impl Tokenizers {
                         continue;
                     };
                     tries += 1;
-                    let reply = worker
-                        .submit(
-                            FrameKind::TextJob,
-                            job.passages.len() as u32,
-                            payload.clone(),
-                        )
-                        .await;
+                    let mut reply = worker.submit(
+                        FrameKind::TextJob,
+                        job.passages.len() as u32,
+                        payload.clone(),
+                    );
+                    let reply = match tokio::time::timeout(*deadline, &mut reply).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            worker.kill(&format!("tokenize job over its deadline of {deadline:?}"));
+                            reply.await
+                        }
+                    };
                     match reply {
                         Ok(Ok(reply)) => return decode_reply(reply.kind, &reply.payload),
                         Ok(Err(WorkerFailure::Died)) | Err(_) => continue,

@@ -119,6 +119,7 @@ struct Inner {
     shutdown: mpsc::UnboundedSender<u64>,
     stopping: AtomicBool,
     heartbeats: AtomicU64,
+    pidfd: Arc<OwnedFd>,
 }
 
 impl WorkerHandle {
@@ -197,6 +198,7 @@ impl WorkerHandle {
             shutdown,
             stopping: AtomicBool::new(false),
             heartbeats: AtomicU64::new(0),
+            pidfd: pidfd.clone(),
         });
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let producer = AsyncProducer::new(sup_link.to_worker)?;
@@ -275,6 +277,16 @@ impl WorkerHandle {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default()
+    }
+
+    /// SIGKILLs it (a hung worker): its jobs then fail with
+    /// [`WorkerFailure::Died`] and its slot's keeper starts a new one.
+    pub fn kill(&self, why: &str) {
+        tracing::error!(role = ?self.inner.role, index = self.inner.index, pid = self.inner.pid, "killing worker: {why}");
+        let _ = rustix::process::pidfd_send_signal(
+            self.inner.pidfd.as_fd(),
+            rustix::process::Signal::KILL,
+        );
     }
 
     /// Asks it to finish and exit within `grace`.

@@ -703,3 +703,66 @@ fn http_refuses_malformed_requests_with_precise_statuses() {
     .unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_is_killed_at_the_batch_deadline_and_replaced() {
+    let server = Server::start(&[
+        "--replicas",
+        "1",
+        "--tokenizers",
+        "1",
+        "--max-batch-size",
+        "16",
+        "--batch-deadline-ms",
+        "1500",
+    ]);
+    let documents: Vec<String> = (0..64)
+        .map(|d| format!("document {d} about hanging workers"))
+        .collect();
+    let want = engine_logits(
+        &documents
+            .iter()
+            .map(|d| ("hang".to_string(), d.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let mut client = server.client().await;
+    let request = ScoreRequest {
+        pairs: documents
+            .iter()
+            .map(|d| Pair {
+                query: "hang".into(),
+                passage: d.clone(),
+            })
+            .collect(),
+        raw_scores: true,
+        ..Default::default()
+    };
+    let call =
+        tokio::spawn(async move { client.score(request).await.map(|r| r.into_inner().scores) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (pid, _) = server
+        .workers()
+        .into_iter()
+        .find(|(_, n)| n == "ce-model-worker")
+        .unwrap();
+    let stopped = std::time::Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    let scores = call
+        .await
+        .unwrap()
+        .expect("the request survives a hung replica");
+    assert_close(&scores, &want, "after a hang");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(1000),
+        "answered before the deadline could fire"
+    );
+    let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
+    assert!(
+        metrics.contains("worker_restarts_total{role=\"model\"} 1"),
+        "{metrics}"
+    );
+}
