@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ce_proto::v1::cross_encoder_server::CrossEncoder;
 use ce_proto::v1::{
@@ -42,11 +42,49 @@ impl CrossEncoderService {
             Err(ApiError::Overloaded(_)) => "resource_exhausted",
             Err(ApiError::Unavailable(_)) => "unavailable",
             Err(ApiError::Internal(_)) => "internal",
+            Err(ApiError::DeadlineExceeded(_)) => "deadline_exceeded",
         };
         self.core
             .metrics
             .observe_request(method, status, started.elapsed().as_secs_f64());
         result.map(Response::new).map_err(|e| e.to_status())
+    }
+}
+
+/// The deadline a gRPC client set (`grpc-timeout`: digits and a unit).
+pub fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Runs `work` within the client's deadline. tonic itself cuts a call at
+/// the deadline with CANCELLED; answering a little earlier gives the
+/// client the DEADLINE_EXCEEDED it expects. Dropping `work` abandons the
+/// request, so its queued pairs are never computed.
+async fn within<T>(
+    deadline: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    const MARGIN: Duration = Duration::from_millis(5);
+    match deadline {
+        Some(d) => tokio::time::timeout(d.saturating_sub(MARGIN), work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::DeadlineExceeded(format!(
+                    "deadline of {d:?} passed before the scores were ready"
+                )))
+            }),
+        None => work.await,
     }
 }
 
@@ -112,30 +150,30 @@ impl CrossEncoder for CrossEncoderService {
         request: Request<RerankRequest>,
     ) -> Result<Response<RerankResponse>, Status> {
         let started = Instant::now();
+        let deadline = client_deadline(request.metadata());
         let r = request.into_inner();
         let trunc = truncation(r.truncate, r.truncation_direction);
-        let result =
-            rerank(&self.core, r.query, r.documents, trunc)
-                .await
-                .map(|(scored, documents)| {
-                    let scores: Vec<f32> = scored
-                        .first_logits()
-                        .map(|l| self.core.client_score(l, r.raw_scores))
-                        .collect();
-                    let ranks = ranking(&scores, r.top_n.map(|n| n as usize))
-                        .into_iter()
-                        .map(|i| Rank {
-                            index: i as u32,
-                            score: scores[i],
-                            document: r.return_documents.then(|| documents[i].clone()),
-                        })
-                        .collect();
-                    RerankResponse {
-                        ranks,
-                        timing: Some(timing(&scored)),
-                        tokens: scored.tokens as u32,
-                    }
-                });
+        let result = within(deadline, rerank(&self.core, r.query, r.documents, trunc))
+            .await
+            .map(|(scored, documents)| {
+                let scores: Vec<f32> = scored
+                    .first_logits()
+                    .map(|l| self.core.client_score(l, r.raw_scores))
+                    .collect();
+                let ranks = ranking(&scores, r.top_n.map(|n| n as usize))
+                    .into_iter()
+                    .map(|i| Rank {
+                        index: i as u32,
+                        score: scores[i],
+                        document: r.return_documents.then(|| documents[i].clone()),
+                    })
+                    .collect();
+                RerankResponse {
+                    ranks,
+                    timing: Some(timing(&scored)),
+                    tokens: scored.tokens as u32,
+                }
+            });
         self.finish("rerank", started, result)
     }
 
@@ -144,9 +182,10 @@ impl CrossEncoder for CrossEncoderService {
         request: Request<ScoreRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
         let started = Instant::now();
+        let deadline = client_deadline(request.metadata());
         let r = request.into_inner();
         let core = &self.core;
-        let result = async {
+        let result = within(deadline, async {
             core.check_count("pairs", r.pairs.len())?;
             let mut groups: Vec<(String, Vec<String>)> = Vec::new();
             for (i, pair) in r.pairs.into_iter().enumerate() {
@@ -176,7 +215,7 @@ impl CrossEncoder for CrossEncoderService {
                 timing: Some(timing(&scored)),
                 tokens: scored.tokens as u32,
             })
-        }
+        })
         .await;
         self.finish("score", started, result)
     }
@@ -277,6 +316,22 @@ mod tests {
         assert_eq!(ranking(&[0.1, 0.9, 0.5, 0.9], None), vec![1, 3, 2, 0]);
         assert_eq!(ranking(&[0.1, 0.9, 0.5], Some(2)), vec![1, 2]);
         assert_eq!(ranking(&[0.1, 0.9], Some(0)), vec![1, 0]);
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(client_deadline(&m), None);
+        for (v, d) in [
+            ("250m", Duration::from_millis(250)),
+            ("3S", Duration::from_secs(3)),
+            ("7u", Duration::from_micros(7)),
+        ] {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(client_deadline(&m), Some(d));
+        }
+        m.insert("grpc-timeout", "12x".parse().unwrap());
+        assert_eq!(client_deadline(&m), None);
     }
 
     #[test]

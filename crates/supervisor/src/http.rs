@@ -63,6 +63,7 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded(_) => "Overloaded",
             ApiError::Unavailable(_) => "Unhealthy",
             ApiError::Internal(_) => "Backend",
+            ApiError::DeadlineExceeded(_) => "Timeout",
         };
         let status =
             StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

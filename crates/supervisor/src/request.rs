@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The server failed.
     #[error("{0}")]
     Internal(String),
+    /// The client's deadline passed first.
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 impl ApiError {
@@ -33,6 +36,7 @@ impl ApiError {
             ApiError::Overloaded(m) => tonic::Status::resource_exhausted(m),
             ApiError::Unavailable(m) => tonic::Status::unavailable(m),
             ApiError::Internal(m) => tonic::Status::internal(m),
+            ApiError::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
         }
     }
 
@@ -43,6 +47,7 @@ impl ApiError {
             ApiError::Overloaded(_) => 429,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
+            ApiError::DeadlineExceeded(_) => 504,
         }
     }
 }

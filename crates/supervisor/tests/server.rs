@@ -766,3 +766,44 @@ async fn a_hung_replica_is_killed_at_the_batch_deadline_and_replaced() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed() {
+    let server = Server::start(&[
+        "--replicas",
+        "1",
+        "--tokenizers",
+        "1",
+        "--max-batch-size",
+        "32",
+    ]);
+    let mut client = server.client().await;
+    let documents: Vec<String> = (0..1024)
+        .map(|d| format!("document {d} that will never be scored in time"))
+        .collect();
+    let mut request = tonic::Request::new(RerankRequest {
+        query: "late".into(),
+        documents,
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(400));
+    let status = client.rerank(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let scored = || {
+        let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("inference_pairs_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap()
+    };
+    // Batches already on the replica finish; the rest are dropped.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = scored();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(scored(), settled, "scoring went on after the deadline");
+    assert!(
+        settled < 1024.0 / 2.0,
+        "{settled} of 1024 pairs computed after a 400 ms deadline"
+    );
+}
