@@ -83,6 +83,11 @@ pub struct Settings {
     pub http_addr: SocketAddr,
     /// Where the worker binaries are (default: beside `ce-supervisor`).
     pub worker_dir: Option<PathBuf>,
+    /// Listen on this address instead of the addresses' own (e.g. `0.0.0.0`:
+    /// exposing the server is explicit).
+    pub host: Option<std::net::IpAddr>,
+    /// Require `authorization: Bearer KEY` for scoring and info.
+    pub api_key: Option<String>,
     /// How long in-flight work may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
     /// Worker heartbeat period.
@@ -114,6 +119,8 @@ impl Default for Settings {
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             http_addr: ([127, 0, 0, 1], 8000).into(),
             worker_dir: None,
+            host: None,
+            api_key: None,
             shutdown_grace_ms: 30_000,
             heartbeat_ms: 1_000,
             ready_timeout_s: 300,
@@ -196,6 +203,12 @@ pub struct Cli {
     /// Directory of the worker binaries.
     #[arg(long, env = "CE_WORKER_DIR")]
     pub worker_dir: Option<PathBuf>,
+    /// Listen address for both ports, e.g. `0.0.0.0` (default: loopback).
+    #[arg(long, env = "CE_HOST")]
+    pub host: Option<std::net::IpAddr>,
+    /// Require `authorization: Bearer KEY` for scoring and info.
+    #[arg(long, env = "CE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Grace period after SIGTERM, in ms.
     #[arg(long, env = "CE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -251,6 +264,11 @@ impl Cli {
                 .as_ref()
                 .map(|p| toml::Value::String(p.display().to_string())),
         );
+        put(
+            "host",
+            self.host.map(|h| toml::Value::String(h.to_string())),
+        );
+        put("api_key", s(&self.api_key));
         put("shutdown_grace_ms", u(self.shutdown_grace_ms));
         put("heartbeat_ms", u(self.heartbeat_ms));
         put("ready_timeout_s", u(self.ready_timeout_s));
@@ -283,8 +301,12 @@ impl Cli {
             table.insert(key.trim().to_string(), value);
         }
         table.extend(self.as_table()?);
-        let settings: Settings = Settings::deserialize(toml::Value::Table(table))
+        let mut settings: Settings = Settings::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(host) = settings.host {
+            settings.grpc_addr.set_ip(host);
+            settings.http_addr.set_ip(host);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -389,6 +411,17 @@ mod tests {
         .unwrap();
         assert_eq!((s.replicas, s.max_batch_size, s.tokenizers), (3, 9, 4));
         assert_eq!(s.max_documents, Settings::default().max_documents);
+    }
+
+    #[test]
+    fn host_is_explicit_and_moves_both_listeners() {
+        let s = cli(&[]).settings().unwrap();
+        assert!(s.grpc_addr.ip().is_loopback() && s.http_addr.ip().is_loopback());
+        let s = cli(&["--host", "0.0.0.0", "--grpc-addr", "127.0.0.1:7000"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.grpc_addr.to_string(), "0.0.0.0:7000");
+        assert_eq!(s.http_addr.to_string(), "0.0.0.0:8000");
     }
 
     #[test]

@@ -80,12 +80,38 @@ impl IntoResponse for ApiError {
 
 /// The router, over `core`.
 pub fn router(core: Arc<Core>) -> axum::Router {
-    axum::Router::new()
+    let guarded = axum::Router::new()
         .route("/rerank", post(rerank_handler))
-        .route("/health", get(health))
         .route("/info", get(info))
+        .route_layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            require_key,
+        ));
+    axum::Router::new()
+        .merge(guarded)
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(core)
+}
+
+async fn require_key(
+    State(core): State<Arc<Core>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    if crate::auth::authorized(core.settings.api_key.as_deref(), header) {
+        next.run(request).await
+    } else {
+        let body = ErrorBody {
+            error: "missing or wrong API key (Authorization: Bearer …)".into(),
+            error_type: "Unauthorized",
+        };
+        (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+    }
 }
 
 async fn rerank_handler(

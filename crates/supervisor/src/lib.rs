@@ -11,10 +11,12 @@
 //! * [`workers`] — a worker process seen from here: spawn, handshake,
 //!   rings, control channel, death.
 //! * [`server`] — start-up, readiness, signals and shutdown.
-//! * [`config`], [`metrics`], [`logging`] — settings, Prometheus, logs.
+//! * [`config`], [`metrics`], [`logging`], [`auth`] — settings, Prometheus,
+//!   logs, the optional API key.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod core;

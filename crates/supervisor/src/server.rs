@@ -254,9 +254,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(CrossEncoderServer::new(CrossEncoderService::new(
-                core.clone(),
-            )))
+            .add_service(CrossEncoderServer::with_interceptor(
+                CrossEncoderService::new(core.clone()),
+                crate::auth::grpc_interceptor(settings.api_key.clone()),
+            ))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                 stopped(stop.clone()),

@@ -807,3 +807,61 @@ async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed()
         "{settled} of 1024 pairs computed after a 400 ms deadline"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_guards_scoring_but_not_health_or_metrics() {
+    let server = Server::start(&["--tokenizers", "0", "--api-key", "s3cret"]);
+    let mut client = server.client().await;
+    let rerank = || RerankRequest {
+        query: "q".into(),
+        documents: vec!["d".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        client.rerank(rerank()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut wrong = tonic::Request::new(rerank());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        client.rerank(wrong).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let mut right = tonic::Request::new(rerank());
+    right
+        .metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    assert!(client.rerank(right).await.is_ok());
+    let port = server.http_port;
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/rerank",
+            Some(r#"{"query":"q","texts":["a"]}"#)
+        )
+        .unwrap()
+        .0,
+        401
+    );
+    assert_eq!(http(port, "GET", "/info", None).unwrap().0, 401);
+    assert_eq!(http(port, "GET", "/health", None).unwrap().0, 200);
+    assert_eq!(http(port, "GET", "/metrics", None).unwrap().0, 200);
+    let authorized = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = r#"{"query":"q","texts":["a"]}"#;
+        write!(
+            s,
+            "POST /rerank HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer s3cret\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        response
+    };
+    assert!(authorized.starts_with("HTTP/1.1 200"), "{authorized}");
+}
