@@ -89,14 +89,19 @@ async fn within<T>(
 }
 
 /// The truncation a request asked for.
-pub fn truncation(truncate: Option<bool>, direction: i32) -> Truncation {
-    if truncate == Some(false) {
+pub fn truncation(truncate: Option<bool>, direction: i32) -> Result<Truncation, ApiError> {
+    let direction = TruncationDirection::try_from(direction).map_err(|_| {
+        ApiError::InvalidArgument(format!(
+            "truncation_direction: unknown value {direction} (RIGHT = 1, LEFT = 2)"
+        ))
+    })?;
+    Ok(if truncate == Some(false) {
         Truncation::Off
-    } else if direction == TruncationDirection::Left as i32 {
+    } else if direction == TruncationDirection::Left {
         Truncation::Left
     } else {
         Truncation::Right
-    }
+    })
 }
 
 fn timing(scored: &Scored) -> Timing {
@@ -152,28 +157,30 @@ impl CrossEncoder for CrossEncoderService {
         let started = Instant::now();
         let deadline = client_deadline(request.metadata());
         let r = request.into_inner();
-        let trunc = truncation(r.truncate, r.truncation_direction);
-        let result = within(deadline, rerank(&self.core, r.query, r.documents, trunc))
-            .await
-            .map(|(scored, documents)| {
-                let scores: Vec<f32> = scored
-                    .first_logits()
-                    .map(|l| self.core.client_score(l, r.raw_scores))
-                    .collect();
-                let ranks = ranking(&scores, r.top_n.map(|n| n as usize))
-                    .into_iter()
-                    .map(|i| Rank {
-                        index: i as u32,
-                        score: scores[i],
-                        document: r.return_documents.then(|| documents[i].clone()),
-                    })
-                    .collect();
-                RerankResponse {
-                    ranks,
-                    timing: Some(timing(&scored)),
-                    tokens: scored.tokens as u32,
-                }
-            });
+        let result = within(deadline, async {
+            let trunc = truncation(r.truncate, r.truncation_direction)?;
+            rerank(&self.core, r.query, r.documents, trunc).await
+        })
+        .await
+        .map(|(scored, documents)| {
+            let scores: Vec<f32> = scored
+                .first_logits()
+                .map(|l| self.core.client_score(l, r.raw_scores))
+                .collect();
+            let ranks = ranking(&scores, r.top_n.map(|n| n as usize))
+                .into_iter()
+                .map(|i| Rank {
+                    index: i as u32,
+                    score: scores[i],
+                    document: r.return_documents.then(|| documents[i].clone()),
+                })
+                .collect();
+            RerankResponse {
+                ranks,
+                timing: Some(timing(&scored)),
+                tokens: scored.tokens as u32,
+            }
+        });
         self.finish("rerank", started, result)
     }
 
@@ -203,7 +210,7 @@ impl CrossEncoder for CrossEncoderService {
             }
             let input = PairsInput {
                 groups,
-                truncation: truncation(r.truncate, r.truncation_direction),
+                truncation: truncation(r.truncate, r.truncation_direction)?,
             };
             let scored = core.score(input).await?;
             let scores = scored
@@ -336,14 +343,17 @@ mod tests {
 
     #[test]
     fn truncation_follows_the_request() {
-        assert_eq!(truncation(None, 0), Truncation::Right);
+        assert_eq!(truncation(None, 0), Ok(Truncation::Right));
         assert_eq!(
             truncation(Some(true), TruncationDirection::Left as i32),
-            Truncation::Left
+            Ok(Truncation::Left)
         );
         assert_eq!(
             truncation(Some(false), TruncationDirection::Left as i32),
-            Truncation::Off
+            Ok(Truncation::Off)
+        );
+        assert!(
+            matches!(truncation(None, 7), Err(ApiError::InvalidArgument(m)) if m.contains("truncation_direction"))
         );
     }
 }

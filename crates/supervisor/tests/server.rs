@@ -347,6 +347,20 @@ async fn bad_input_gets_a_precise_status() {
             status.message()
         );
     }
+    let mut unknown = rerank("q", vec!["d".into()], None);
+    unknown.truncation_direction = 7;
+    let status = client.rerank(unknown).await.unwrap_err();
+    assert!(
+        status.code() == Code::InvalidArgument && status.message().contains("truncation_direction"),
+        "{status:?}"
+    );
+    // An empty document is allowed and scored; top_n beyond the count returns all.
+    let mut all = rerank("q", vec!["".into(), "d".into()], None);
+    all.top_n = Some(10);
+    assert_eq!(
+        client.rerank(all).await.unwrap().into_inner().ranks.len(),
+        2
+    );
     // Over-long input is truncated by default and scores fine.
     assert!(
         client
