@@ -152,6 +152,15 @@ impl WorkerSession {
         self.replica
     }
 
+    /// Tells the supervisor this worker cannot serve (say, the model does not
+    /// load), so that it reports the reason instead of a closed socket.
+    pub fn refuse(mut self, reason: &str) {
+        let message = ControlMessage::Refused {
+            reason: reason.to_string(),
+        };
+        let _ = self.runtime.block_on(self.control.send(&message));
+    }
+
     /// Announces readiness, then answers every frame on the to-worker ring
     /// with `handler` until the supervisor sends `Shutdown` (and the ring is
     /// drained) or dies. A handler error for one frame is the handler's to

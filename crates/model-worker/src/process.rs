@@ -51,10 +51,19 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         .map_err(|e| ProcessError::Config(e.to_string()))?;
     engine_config.max_length = config.max_length as usize;
     let started = Instant::now();
-    let engine = Engine::load(&engine_config)?;
-    // One pass before Ready, so the first client batch does not pay for
-    // lazy initialisation (thread pools, first-touch pages).
-    engine.score_query("warm up", &["the engine"], Default::default())?;
+    let loaded = Engine::load(&engine_config).and_then(|engine| {
+        // One pass before Ready, so the first client batch does not pay for
+        // lazy initialisation (thread pools, first-touch pages).
+        engine.score_query("warm up", &["the engine"], Default::default())?;
+        Ok(engine)
+    });
+    let engine = match loaded {
+        Ok(engine) => engine,
+        Err(e) => {
+            session.refuse(&format!("cannot load {}: {e}", config.model));
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         replica = session.replica(),
         threads = threads::compute_threads(),

@@ -38,6 +38,21 @@ impl PairsInput {
     }
 }
 
+/// One replica as `Info` and `/info` report it.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    /// Its index.
+    pub index: usize,
+    /// Model, dtype, device, threads.
+    pub plan: ReplicaPlan,
+    /// Whether it serves now.
+    pub serving: bool,
+    /// Its latest figures.
+    pub metrics: MetricsSnapshot,
+    /// Why it failed to start, while it has not.
+    pub error: Option<String>,
+}
+
 /// What is being served, for `Info` and `/info`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ServedModel {
@@ -204,23 +219,32 @@ impl Core {
         }
     }
 
-    /// Replicas with their plan and whether they serve.
-    pub async fn replica_status(&self) -> Vec<(usize, ReplicaPlan, bool, MetricsSnapshot)> {
+    /// Replicas with their plan, whether they serve, their figures and
+    /// why they failed to start (if they did).
+    pub async fn replica_status(&self) -> Vec<ReplicaStatus> {
         let replicas = self.replicas.read().await;
         self.plans
             .iter()
             .enumerate()
             .map(|(i, plan)| {
                 let handle = replicas.get(i);
-                let serving = handle.is_some_and(|h| h.is_alive());
-                (
-                    i,
-                    plan.clone(),
-                    serving,
-                    handle.map(|h| h.metrics()).unwrap_or_default(),
-                )
+                ReplicaStatus {
+                    index: i,
+                    plan: plan.clone(),
+                    serving: handle.is_some_and(|h| h.is_alive()),
+                    metrics: handle.map(|h| h.metrics()).unwrap_or_default(),
+                    error: handle.and_then(|h| h.start_error().map(String::from)),
+                }
             })
             .collect()
+    }
+
+    /// True when at least one replica and (unless tokenizing in process)
+    /// one tokenizer serve.
+    pub async fn has_capacity(&self) -> bool {
+        self.is_ready()
+            && self.replicas.read().await.iter().any(|r| r.is_alive())
+            && (self.settings.tokenizers == 0 || self.tokenizers_serving().await > 0)
     }
 
     /// Tokenizer workers serving.

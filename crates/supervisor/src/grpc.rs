@@ -292,12 +292,12 @@ impl CrossEncoder for CrossEncoderService {
             .replica_status()
             .await
             .into_iter()
-            .map(|(i, plan, serving, _)| ReplicaInfo {
-                replica: i as u32,
-                model: plan.model,
-                dtype: plan.dtype,
-                device: plan.device,
-                serving,
+            .map(|r| ReplicaInfo {
+                replica: r.index as u32,
+                model: r.plan.model,
+                dtype: r.plan.dtype,
+                device: r.plan.device,
+                serving: r.serving,
             })
             .collect();
         Ok(Response::new(InfoResponse {

@@ -152,9 +152,7 @@ async fn rerank_handler(
 }
 
 async fn health(State(core): State<Arc<Core>>) -> (StatusCode, &'static str) {
-    let replicas = core.replica_status().await.iter().filter(|r| r.2).count();
-    let tokenizers_ok = core.settings.tokenizers == 0 || core.tokenizers_serving().await > 0;
-    if core.is_ready() && replicas > 0 && tokenizers_ok {
+    if core.has_capacity().await {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
@@ -166,10 +164,11 @@ async fn info(State(core): State<Arc<Core>>) -> Json<serde_json::Value> {
         .replica_status()
         .await
         .into_iter()
-        .map(|(i, plan, serving, m)| {
+        .map(|r| {
             serde_json::json!({
-                "replica": i, "model": plan.model, "dtype": plan.dtype, "device": plan.device,
-                "threads": plan.threads, "serving": serving, "pairs": m.pairs, "rss_bytes": m.rss_bytes,
+                "replica": r.index, "model": r.plan.model, "dtype": r.plan.dtype, "device": r.plan.device,
+                "threads": r.plan.threads, "serving": r.serving, "pairs": r.metrics.pairs,
+                "rss_bytes": r.metrics.rss_bytes, "error": r.error,
             })
         })
         .collect();
@@ -189,7 +188,12 @@ async fn info(State(core): State<Arc<Core>>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    let serving = core.replica_status().await.iter().filter(|r| r.2).count();
+    let serving = core
+        .replica_status()
+        .await
+        .iter()
+        .filter(|r| r.serving)
+        .count();
     core.metrics.active_replicas.set(serving as i64);
     core.metrics
         .active_tokenizers

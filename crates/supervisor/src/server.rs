@@ -13,7 +13,7 @@ use ce_common::frame::{self, FrameKind};
 use ce_common::link::LinkConfig;
 use ce_common::spawn::Spawner;
 use ce_proto::v1::cross_encoder_server::CrossEncoderServer;
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use model_worker::BertConfig;
 use model_worker::source::ModelFiles;
 use tokenizer_worker::PairTokenizer;
@@ -49,6 +49,23 @@ fn worker_program(settings: &Settings, name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(program)
+}
+
+/// Starts a worker (and warms a replica up); on failure, a placeholder
+/// that carries the reason, for its keeper to retry.
+async fn start_ready(spec: WorkerSpec, spawner: &Spawner, warm: Option<&[u8]>) -> WorkerHandle {
+    let (role, index) = (spec.role, spec.index);
+    let started = WorkerHandle::start(spec, spawner)
+        .await
+        .map_err(anyhow::Error::from);
+    let ready = match (started, warm) {
+        (Ok(h), Some(batch)) => warm_up(&h, batch).await.map(|()| h),
+        (other, _) => other,
+    };
+    ready.unwrap_or_else(|e| {
+        tracing::error!(?role, index, "worker failed to start: {e:#}");
+        WorkerHandle::failed(role, index, format!("{e:#}"))
+    })
 }
 
 /// Sends a replica one small batch through its rings and checks the answer.
@@ -100,35 +117,30 @@ impl Keeper {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
-                let started = WorkerHandle::start(spec.clone(), &self.spawner)
-                    .await
-                    .map_err(anyhow::Error::from);
-                let ready = match (started, &warm_up_batch) {
-                    (Ok(h), Some(batch)) => warm_up(&h, batch).await.map(|()| h),
-                    (other, _) => other,
-                };
-                match ready {
-                    Ok(handle) => {
-                        tracing::warn!(
-                            role,
-                            slot,
-                            pid = handle.pid(),
-                            "worker replaced after it died"
-                        );
-                        if let Some(s) = pool.write().await.get_mut(slot) {
-                            *s = handle;
-                        }
-                        self.metrics
-                            .worker_restarts
-                            .get_or_create(&RoleLabels { role: role.clone() })
-                            .inc();
-                        self.scheduler.nudge();
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::error!(role, slot, ?backoff, "restarting a worker failed: {e:#}");
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
+                let handle =
+                    start_ready(spec.clone(), &self.spawner, warm_up_batch.as_deref()).await;
+                let ok = handle.is_alive();
+                if ok {
+                    tracing::warn!(
+                        role,
+                        slot,
+                        pid = handle.pid(),
+                        "worker replaced after it died"
+                    );
+                    self.metrics
+                        .worker_restarts
+                        .get_or_create(&RoleLabels { role: role.clone() })
+                        .inc();
+                } else {
+                    tracing::error!(role, slot, ?backoff, "restarting a worker failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                if let Some(s) = pool.write().await.get_mut(slot) {
+                    *s = handle;
+                }
+                if ok {
+                    self.scheduler.nudge();
+                    break;
                 }
             }
         }
@@ -318,25 +330,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (started_tokenizers, started_replicas) = tokio::try_join!(
-        try_join_all(
-            tokenizer_specs
-                .iter()
-                .map(|s| WorkerHandle::start(s.clone(), &spawner))
-        ),
-        try_join_all(
-            replica_specs
-                .iter()
-                .map(|s| WorkerHandle::start(s.clone(), &spawner))
-        ),
-    )?;
-    // Every replica must answer a warm-up batch through its rings.
+    // Every replica must answer a warm-up batch through its rings. A worker
+    // that fails to start is reported and retried by its keeper; the server
+    // serves with the capacity it has.
     let warm = tokenizer.encode_query("warm up", &["the supervisor"], Default::default())?;
     let mut payload = Vec::new();
     frame::encode_token_batch(&warm, &mut payload);
-    for r in &started_replicas {
-        warm_up(r, &payload).await?;
-    }
+    let (started_tokenizers, started_replicas) = tokio::join!(
+        join_all(
+            tokenizer_specs
+                .iter()
+                .map(|s| start_ready(s.clone(), &spawner, None))
+        ),
+        join_all(
+            replica_specs
+                .iter()
+                .map(|s| start_ready(s.clone(), &spawner, Some(&payload)))
+        ),
+    );
     *tokenizer_workers.write().await = started_tokenizers;
     *replicas.write().await = started_replicas;
     let keeper = Keeper {
@@ -361,7 +372,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ));
     }
     ready_tx.send_replace(true);
-    set_health(&health, true).await;
+    // gRPC health follows the capacity left (replicas and tokenizers alive).
+    {
+        let (core, health, mut stop) = (core.clone(), health.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut serving = None;
+            loop {
+                let now = core.has_capacity().await;
+                if serving != Some(now) {
+                    set_health(&health, now).await;
+                    serving = Some(now);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     tracing::info!(
         replicas = plans.len(),
         tokenizers = settings.tokenizers,

@@ -119,7 +119,10 @@ struct Inner {
     shutdown: mpsc::UnboundedSender<u64>,
     stopping: AtomicBool,
     heartbeats: AtomicU64,
-    pidfd: Arc<OwnedFd>,
+    /// `None` for a slot whose worker failed to start.
+    pidfd: Option<Arc<OwnedFd>>,
+    /// Why the worker of this slot failed to start, if it did.
+    start_error: Option<String>,
 }
 
 impl WorkerHandle {
@@ -166,6 +169,9 @@ impl WorkerHandle {
             loop {
                 match control.recv().await? {
                     ControlMessage::Ready => return Ok(()),
+                    ControlMessage::Refused { reason } => {
+                        return Err(ControlError::Refused(reason));
+                    }
                     ControlMessage::Heartbeat { .. } | ControlMessage::Metrics(_) => {}
                     other => {
                         return Err(ControlError::Unexpected(format!("{other:?} before Ready")));
@@ -198,7 +204,8 @@ impl WorkerHandle {
             shutdown,
             stopping: AtomicBool::new(false),
             heartbeats: AtomicU64::new(0),
-            pidfd: pidfd.clone(),
+            pidfd: Some(pidfd.clone()),
+            start_error: None,
         });
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let producer = AsyncProducer::new(sup_link.to_worker)?;
@@ -216,6 +223,35 @@ impl WorkerHandle {
         tokio::task::spawn_blocking(move || child.wait());
         tracing::info!(role = ?spec.role, index = spec.index, pid, "worker ready");
         Ok(Self { inner })
+    }
+
+    /// A slot whose worker could not be started: dead from the start, it
+    /// carries the reason (for `/info` and logs) until a restart succeeds.
+    pub fn failed(role: Role, index: u32, error: String) -> Self {
+        let (jobs, _) = mpsc::unbounded_channel();
+        let (shutdown, _) = mpsc::unbounded_channel();
+        Self {
+            inner: Arc::new(Inner {
+                role,
+                index,
+                pid: 0,
+                jobs,
+                outstanding: AtomicUsize::new(0),
+                alive: AtomicBool::new(false),
+                died: watch::Sender::new(true),
+                metrics: Mutex::new(MetricsSnapshot::default()),
+                shutdown,
+                stopping: AtomicBool::new(false),
+                heartbeats: AtomicU64::new(0),
+                pidfd: None,
+                start_error: Some(error),
+            }),
+        }
+    }
+
+    /// Why this slot's worker failed to start, if it did.
+    pub fn start_error(&self) -> Option<&str> {
+        self.inner.start_error.as_deref()
     }
 
     /// Sends a job; the reply (or the worker's death) arrives on the receiver.
@@ -283,10 +319,10 @@ impl WorkerHandle {
     /// [`WorkerFailure::Died`] and its slot's keeper starts a new one.
     pub fn kill(&self, why: &str) {
         tracing::error!(role = ?self.inner.role, index = self.inner.index, pid = self.inner.pid, "killing worker: {why}");
-        let _ = rustix::process::pidfd_send_signal(
-            self.inner.pidfd.as_fd(),
-            rustix::process::Signal::KILL,
-        );
+        if let Some(pidfd) = &self.inner.pidfd {
+            let _ =
+                rustix::process::pidfd_send_signal(pidfd.as_fd(), rustix::process::Signal::KILL);
+        }
     }
 
     /// Asks it to finish and exit within `grace`.

@@ -879,3 +879,42 @@ async fn an_api_key_guards_scoring_but_not_health_or_metrics() {
     };
     assert!(authorized.starts_with("HTTP/1.1 200"), "{authorized}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_start_is_reported_and_the_rest_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pool.toml");
+    let model = support::model_dir();
+    std::fs::write(
+        &config,
+        format!(
+            "[[instances]]\nmodel = \"/nonexistent/broken-model\"\n\n[[instances]]\nmodel = {:?}\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap(), "--tokenizers", "1"]);
+    let (status, info) = http(server.http_port, "GET", "/info", None).unwrap();
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let broken = &info["replicas"][0];
+    assert_eq!(broken["serving"], false, "{info}");
+    assert!(
+        broken["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/nonexistent/broken-model"),
+        "{info}"
+    );
+    assert_eq!(info["replicas"][1]["serving"], true, "{info}");
+    let mut client = server.client().await;
+    let reply = client
+        .rerank(RerankRequest {
+            query: "q".into(),
+            documents: vec!["a".into(), "b".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("the healthy replica serves");
+    assert_eq!(reply.into_inner().ranks.len(), 2);
+}

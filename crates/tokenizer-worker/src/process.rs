@@ -38,7 +38,14 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         std::env::set_var("TOKENIZERS_PARALLELISM", "false");
     }
     // `model` is the tokenizer.json the supervisor resolved for us.
-    let tokenizer = PairTokenizer::from_file(Path::new(&config.model), config.max_length as usize)?;
+    let tokenizer =
+        match PairTokenizer::from_file(Path::new(&config.model), config.max_length as usize) {
+            Ok(t) => t,
+            Err(e) => {
+                session.refuse(&e.to_string());
+                return Err(e.into());
+            }
+        };
     tracing::info!(worker = session.replica(), tokenizer = %config.model, "tokenizer loaded");
     session.serve(|_, payload, out| {
         let reply = tokenize_job(&tokenizer, payload, out);
