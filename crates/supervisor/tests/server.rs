@@ -267,18 +267,10 @@ async fn rerank_stream_answers_each_pair_and_cancels() {
     feeder.abort();
     // The server drops the stream's remaining work: scoring stops and the queue empties.
     let pairs_scored = || {
-        let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
-        let value = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(-1.0)
-        };
+        let port = server.http_port;
         (
-            value("inference_pairs_total"),
-            value("inference_queue_size"),
+            support::metric(port, "inference_pairs_total"),
+            support::metric(port, "inference_queue_size"),
         )
     };
     // Batches already on the replica finish; nothing new starts after them.
@@ -803,14 +795,7 @@ async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed()
     request.set_timeout(Duration::from_millis(400));
     let status = client.rerank(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    let scored = || {
-        let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
-        metrics
-            .lines()
-            .find(|l| l.starts_with("inference_pairs_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap()
-    };
+    let scored = || support::metric(server.http_port, "inference_pairs_total");
     // Batches already on the replica finish; the rest are dropped.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let settled = scored();

@@ -178,6 +178,17 @@ pub fn http(
     Ok((status, body))
 }
 
+/// The value of the first sample of `name` on the server's `/metrics`
+/// (-1 when absent).
+pub fn metric(port: u16, name: &str) -> f64 {
+    let (_, metrics) = http(port, "GET", "/metrics", None).unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(-1.0)
+}
+
 #[derive(Debug, serde::Deserialize)]
 pub struct Fixture {
     pub pairs: Vec<FixturePair>,
