@@ -28,6 +28,20 @@ pub enum ProcessError {
     Engine(#[from] EngineError),
 }
 
+/// Environment variable that makes a model worker abort on any batch
+/// holding this token id: the crash-isolation tests' poison input. Only
+/// tests set it; unset (always, in production) it costs nothing.
+pub const FAULT_ABORT_TOKEN_ENV: &str = "CE_FAULT_ABORT_TOKEN";
+
+fn fault_injection_token() -> Option<u32> {
+    let token = std::env::var(FAULT_ABORT_TOKEN_ENV).ok()?.parse().ok()?;
+    tracing::warn!(
+        token,
+        "fault injection on: aborting on batches holding this token"
+    );
+    Some(token)
+}
+
 /// Connects to the supervisor that started this process, loads the model
 /// it names, warms up, and scores token batches until told to stop.
 ///
@@ -71,9 +85,16 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         "model replica ready"
     );
     let labels = engine.info().num_labels;
+    let poison = fault_injection_token();
     session.serve(|_, payload, out| {
         let scored = frame::decode_token_batch(payload)
             .map_err(|e| e.to_string())
+            .inspect(|batch| {
+                if poison.is_some_and(|t| batch.input_ids.contains(&t)) {
+                    // Test-only crash on a marker input (see `fault_injection_token`).
+                    std::process::abort();
+                }
+            })
             .and_then(|batch| engine.score(&batch).map_err(|e| e.to_string()));
         match scored {
             Ok(scores) => {

@@ -24,8 +24,9 @@ use crate::metrics::Metrics;
 use crate::request::{ApiError, PendingRequest};
 use crate::workers::{WorkerFailure, WorkerHandle, WorkerReply};
 
-/// Times a pair may be in a batch whose replica died.
-pub const MAX_TRIES: u8 = 3;
+/// Times a pair may be alone in a batch whose replica died before its
+/// request fails: the pair is then the poison, not a bystander.
+pub const MAX_TRIES: u8 = 2;
 
 /// Tokenized pairs of one request.
 #[derive(Debug)]
@@ -58,7 +59,12 @@ struct QueuedPair {
     ids: Vec<u32>,
     types: Vec<u32>,
     enqueued: Instant,
+    /// Deaths of replicas while this pair was alone in the batch.
     tries: u8,
+    /// Quarantine: pairs of a batch that killed its replica are re-sent
+    /// only with the other members of their half, halving until the poison
+    /// is alone.
+    group: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -106,9 +112,11 @@ impl Scheduler {
             config,
             replicas,
             inflight: Vec::new(),
+            isolated: Vec::new(),
             queue: VecDeque::new(),
             events: events.clone(),
             metrics,
+            next_group: 0,
         };
         tokio::spawn(actor.run(rx));
         Self { events }
@@ -132,9 +140,13 @@ struct Actor {
     replicas: Arc<RwLock<Vec<WorkerHandle>>>,
     /// Batches in flight per replica slot.
     inflight: Vec<usize>,
+    /// Replicas running a quarantine batch, which must be alone on its
+    /// replica: a death then blames only that batch.
+    isolated: Vec<bool>,
     queue: VecDeque<QueuedPair>,
     events: mpsc::UnboundedSender<Event>,
     metrics: Arc<Metrics>,
+    next_group: u64,
 }
 
 impl Actor {
@@ -170,6 +182,7 @@ impl Actor {
                         types: work.batch.types(i).to_vec(),
                         enqueued: now,
                         tries: 0,
+                        group: None,
                     });
                 }
             }
@@ -180,6 +193,9 @@ impl Actor {
             } => {
                 if let Some(n) = self.inflight.get_mut(replica) {
                     *n = n.saturating_sub(1);
+                }
+                if let Some(i) = self.isolated.get_mut(replica) {
+                    *i = false;
                 }
                 self.finish(batch, result);
             }
@@ -192,18 +208,7 @@ impl Actor {
         let reply = match result {
             Ok(reply) => reply,
             Err(WorkerFailure::Died) => {
-                // Back to the front, in order, unless a pair keeps killing replicas.
-                for mut pair in batch.pairs.into_iter().rev() {
-                    pair.tries += 1;
-                    if pair.tries >= MAX_TRIES {
-                        pair.request.fail(ApiError::Internal(format!(
-                            "document {} crashed a model worker {MAX_TRIES} times; giving up on this request",
-                            pair.index
-                        )));
-                    } else {
-                        self.queue.push_front(pair);
-                    }
-                }
+                self.requeue_after_death(batch.pairs);
                 return;
             }
         };
@@ -243,17 +248,52 @@ impl Actor {
         }
     }
 
+    /// The replica died holding these pairs. One pair alone is the likely
+    /// poison: retried once more, then its request fails. Several are split
+    /// in two quarantine groups that travel alone, so the bystanders finish
+    /// and the poison is isolated in log2(n) deaths.
+    fn requeue_after_death(&mut self, mut pairs: Vec<QueuedPair>) {
+        if let [pair] = pairs.as_mut_slice() {
+            pair.tries += 1;
+            if pair.tries >= MAX_TRIES {
+                pair.request.fail(ApiError::Internal(format!(
+                    "a model worker crashed scoring document {} ({MAX_TRIES} times); this input is refused",
+                    pair.index
+                )));
+                return;
+            }
+        } else {
+            let half = pairs.len() / 2;
+            for (i, p) in pairs.iter_mut().enumerate() {
+                p.group = Some(self.next_group + (i >= half) as u64);
+            }
+            self.next_group += 2;
+        }
+        for pair in pairs.into_iter().rev() {
+            self.queue.push_front(pair);
+        }
+    }
+
     /// Sends every batch that should go now; returns when to look again if
     /// a partial batch is waiting for company.
     async fn dispatch(&mut self) -> Option<Instant> {
         let replicas = self.replicas.read().await.clone();
         self.inflight.resize(replicas.len(), 0);
+        self.isolated.resize(replicas.len(), false);
         loop {
             self.queue.retain(|p| !p.request.is_abandoned());
             self.metrics.queue_pairs.set(self.queue.len() as i64);
             let oldest = self.queue.front()?.enqueued;
+            let quarantined = self.queue.front().is_some_and(|p| p.group.is_some());
             let slot = (0..replicas.len())
-                .filter(|&r| replicas[r].is_alive() && self.inflight[r] < self.config.max_inflight)
+                .filter(|&r| replicas[r].is_alive() && !self.isolated[r])
+                .filter(|&r| {
+                    if quarantined {
+                        self.inflight[r] == 0
+                    } else {
+                        self.inflight[r] < self.config.max_inflight
+                    }
+                })
                 .min_by_key(|&r| self.inflight[r]);
             let Some(r) = slot else {
                 // Every replica busy, or all dead and being restarted: the
@@ -268,8 +308,23 @@ impl Actor {
             if !(full || self.inflight[r] == 0 || Instant::now() >= due) {
                 return Some(due);
             }
-            let window = self.config.limits.max_pairs * 8;
-            let chosen = batcher::choose(&lengths, self.config.limits, window);
+            let chosen = match self.queue.front().and_then(|p| p.group) {
+                // A quarantine group goes alone, whole.
+                Some(g) => (0..self.queue.len())
+                    .filter(|&i| self.queue[i].group == Some(g))
+                    .collect(),
+                None => {
+                    let window = self.config.limits.max_pairs * 8;
+                    let free: Vec<usize> = lengths
+                        .iter()
+                        .zip(&self.queue)
+                        .map(|(&l, p)| if p.group.is_some() { usize::MAX / 4 } else { l })
+                        .collect();
+                    // Quarantined pairs never join a normal batch: their
+                    // length is made too large to fit any budget.
+                    batcher::choose(&free, self.config.limits, window)
+                }
+            };
             let mut pairs = Vec::with_capacity(chosen.len());
             for &i in chosen.iter().rev() {
                 if let Some(p) = self.queue.remove(i) {
@@ -296,6 +351,7 @@ impl Actor {
         frame::encode_token_batch(&batch, &mut payload);
         let reply = replica.submit(FrameKind::TokenBatch, pairs.len() as u32, payload);
         self.inflight[r] += 1;
+        self.isolated[r] = pairs.first().is_some_and(|p| p.group.is_some());
         let events = self.events.clone();
         let batch = InFlight {
             pairs,

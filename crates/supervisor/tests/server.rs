@@ -903,3 +903,78 @@ async fn a_replica_that_cannot_start_is_reported_and_the_rest_serve() {
         .expect("the healthy replica serves");
     assert_eq!(reply.into_inner().ranks.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
+    // The model worker aborts on any batch holding the token of "zebra".
+    let tokenizer = tokenizer_worker::PairTokenizer::from_file(
+        &support::model_dir().join("tokenizer.json"),
+        512,
+    )
+    .unwrap();
+    let (ids, _) = tokenizer
+        .encode_pair("zebra", "x", Default::default())
+        .unwrap();
+    let poison_token = ids[1];
+    let env = [("CE_FAULT_ABORT_TOKEN", poison_token.to_string())];
+    let server = Server::spawn_with_env(
+        &[
+            "--replicas",
+            "1",
+            "--tokenizers",
+            "1",
+            "--max-batch-size",
+            "32",
+        ],
+        &support::bin_dir(),
+        &env,
+    );
+    server.wait_ready(Duration::from_secs(60));
+    let bystanders: Vec<String> = (0..24)
+        .map(|d| format!("bystander document {d} about memory"))
+        .collect();
+    let mut poisoned: Vec<String> = (0..8).map(|d| format!("other document {d}")).collect();
+    poisoned[5] = "a zebra crosses the road".into();
+    let want = engine_logits(
+        &bystanders
+            .iter()
+            .map(|d| ("safe query".to_string(), d.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let score = |query: &str, docs: &[String]| ScoreRequest {
+        pairs: docs
+            .iter()
+            .map(|d| Pair {
+                query: query.into(),
+                passage: d.clone(),
+            })
+            .collect(),
+        raw_scores: true,
+        ..Default::default()
+    };
+    let (mut a, mut b) = (server.client().await, server.client().await);
+    let (poison_request, safe_request) = (
+        score("poisoned query", &poisoned),
+        score("safe query", &bystanders),
+    );
+    let (bad, good) = tokio::join!(a.score(poison_request), b.score(safe_request));
+    let status = bad.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("crashed") && status.message().contains("document 5"),
+        "{status:?}"
+    );
+    assert_close(
+        &good
+            .expect("batch mates of the poison succeed")
+            .into_inner()
+            .scores,
+        &want,
+        "bystanders",
+    );
+    // And the server keeps serving once the replica is back (while none
+    // is alive, new requests get UNAVAILABLE by design).
+    server.wait_ready(Duration::from_secs(30));
+    let again = b.score(score("safe query", &bystanders[..3])).await;
+    assert!(again.is_ok(), "{again:?}");
+}

@@ -50,6 +50,11 @@ pub struct Server {
 impl Server {
     /// Starts the server without waiting for readiness.
     pub fn spawn(args: &[&str], worker_dir: &Path) -> Self {
+        Self::spawn_with_env(args, worker_dir, &[])
+    }
+
+    /// [`Server::spawn`] with extra environment variables (workers inherit them).
+    pub fn spawn_with_env(args: &[&str], worker_dir: &Path, env: &[(&str, String)]) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_ce-supervisor"))
             .arg("--model")
@@ -60,6 +65,7 @@ impl Server {
             .arg(worker_dir)
             .args(args)
             .env("CE_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .spawn()
             .expect("start ce-supervisor");
