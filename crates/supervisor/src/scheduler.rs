@@ -301,9 +301,30 @@ impl Actor {
                 // completion or a restart's nudge brings us back.
                 return None;
             };
-            let lengths: Vec<usize> = self.queue.iter().map(|p| p.ids.len()).collect();
-            let full = lengths.len() >= self.config.limits.max_pairs
-                || lengths.iter().sum::<usize>() >= self.config.limits.max_tokens;
+            // The batcher looks at a window of the queue only; so does this
+            // (a queue longer than the window is full anyway). Quarantined
+            // pairs get a length no budget fits, so they never join a normal batch.
+            let window = self.config.limits.max_pairs * 8;
+            let lengths: Vec<usize> = self
+                .queue
+                .iter()
+                .take(window)
+                .map(|p| {
+                    if p.group.is_some() {
+                        usize::MAX / 4
+                    } else {
+                        p.ids.len()
+                    }
+                })
+                .collect();
+            let full = self.queue.len() >= self.config.limits.max_pairs
+                || self
+                    .queue
+                    .iter()
+                    .take(window)
+                    .map(|p| p.ids.len())
+                    .sum::<usize>()
+                    >= self.config.limits.max_tokens;
             let due = oldest + self.config.timeout;
             if !(full || self.inflight[r] == 0 || Instant::now() >= due) {
                 return Some(due);
@@ -313,17 +334,7 @@ impl Actor {
                 Some(g) => (0..self.queue.len())
                     .filter(|&i| self.queue[i].group == Some(g))
                     .collect(),
-                None => {
-                    let window = self.config.limits.max_pairs * 8;
-                    let free: Vec<usize> = lengths
-                        .iter()
-                        .zip(&self.queue)
-                        .map(|(&l, p)| if p.group.is_some() { usize::MAX / 4 } else { l })
-                        .collect();
-                    // Quarantined pairs never join a normal batch: their
-                    // length is made too large to fit any budget.
-                    batcher::choose(&free, self.config.limits, window)
-                }
+                None => batcher::choose(&lengths, self.config.limits, window),
             };
             let mut pairs = Vec::with_capacity(chosen.len());
             for &i in chosen.iter().rev() {

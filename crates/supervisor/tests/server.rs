@@ -27,6 +27,66 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
     }
 }
 
+type Requests = Vec<(String, Vec<String>)>;
+
+/// A Score request of `query` against every document, raw logits.
+fn score_request(query: &str, documents: &[String]) -> ScoreRequest {
+    ScoreRequest {
+        pairs: documents
+            .iter()
+            .map(|d| Pair {
+                query: query.into(),
+                passage: d.clone(),
+            })
+            .collect(),
+        raw_scores: true,
+        ..Default::default()
+    }
+}
+
+/// Every (query, document) pair of the requests, in order.
+fn flatten(requests: &Requests) -> Vec<(String, String)> {
+    requests
+        .iter()
+        .flat_map(|(q, ds)| ds.iter().map(move |d| (q.clone(), d.clone())))
+        .collect()
+}
+
+type ScoreTask = tokio::task::JoinHandle<Result<Vec<f32>, tonic::Status>>;
+
+/// Sends every request at once, each from its own client.
+async fn start_requests(server: &Server, requests: &Requests) -> Vec<ScoreTask> {
+    let mut tasks = Vec::new();
+    for (query, documents) in requests.clone() {
+        let mut client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            client
+                .score(score_request(&query, &documents))
+                .await
+                .map(|r| r.into_inner().scores)
+        }));
+    }
+    tasks
+}
+
+/// Awaits the requests; each must succeed with the engine's scores (`want`, flattened).
+async fn expect_engine_scores(
+    tasks: Vec<ScoreTask>,
+    requests: &Requests,
+    want: &[f32],
+    what: &str,
+) {
+    let mut at = 0;
+    for (task, (_, documents)) in tasks.into_iter().zip(requests) {
+        let scores = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{what}: request failed: {e:?}"));
+        assert_close(&scores, &want[at..at + documents.len()], what);
+        at += documents.len();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_equal_the_engine_for_every_topology() {
     let pairs = fixture_pairs();
@@ -171,39 +231,9 @@ async fn many_concurrent_clients_get_complete_correct_answers() {
             )
         })
         .collect();
-    let flat: Vec<(String, String)> = requests
-        .iter()
-        .flat_map(|(q, ds)| ds.iter().map(move |d| (q.clone(), d.clone())))
-        .collect();
-    let want = engine_logits(&flat);
-    let mut tasks = Vec::new();
-    for (query, documents) in requests.clone() {
-        let mut client = server.client().await;
-        tasks.push(tokio::spawn(async move {
-            let request = ScoreRequest {
-                pairs: documents
-                    .iter()
-                    .map(|d| Pair {
-                        query: query.clone(),
-                        passage: d.clone(),
-                    })
-                    .collect(),
-                raw_scores: true,
-                ..Default::default()
-            };
-            client.score(request).await.map(|r| r.into_inner().scores)
-        }));
-    }
-    let mut at = 0;
-    for (task, (_, documents)) in tasks.into_iter().zip(&requests) {
-        let scores = task.await.unwrap().expect("every request succeeds");
-        assert_close(
-            &scores,
-            &want[at..at + documents.len()],
-            "concurrent request",
-        );
-        at += documents.len();
-    }
+    let want = engine_logits(&flatten(&requests));
+    let tasks = start_requests(&server, &requests).await;
+    expect_engine_scores(tasks, &requests, &want, "concurrent request").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,29 +594,8 @@ async fn killed_workers_are_replaced_and_no_request_fails() {
             )
         })
         .collect();
-    let flat: Vec<(String, String)> = requests
-        .iter()
-        .flat_map(|(q, ds)| ds.iter().map(move |d| (q.clone(), d.clone())))
-        .collect();
-    let want = engine_logits(&flat);
-    let mut tasks = Vec::new();
-    for (query, documents) in requests.clone() {
-        let mut client = server.client().await;
-        tasks.push(tokio::spawn(async move {
-            let request = ScoreRequest {
-                pairs: documents
-                    .iter()
-                    .map(|d| Pair {
-                        query: query.clone(),
-                        passage: d.clone(),
-                    })
-                    .collect(),
-                raw_scores: true,
-                ..Default::default()
-            };
-            client.score(request).await.map(|r| r.into_inner().scores)
-        }));
-    }
+    let want = engine_logits(&flatten(&requests));
+    let tasks = start_requests(&server, &requests).await;
     // SIGKILL the model worker mid-load, then the tokenizer worker.
     for name in ["ce-model-worker", "ce-tokenizer-w"] {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -601,19 +610,7 @@ async fn killed_workers_are_replaced_and_no_request_fails() {
         )
         .unwrap();
     }
-    let mut at = 0;
-    for (task, (_, documents)) in tasks.into_iter().zip(&requests) {
-        let scores = task
-            .await
-            .unwrap()
-            .expect("no request fails when a worker dies");
-        assert_close(
-            &scores,
-            &want[at..at + documents.len()],
-            "request across a worker death",
-        );
-        at += documents.len();
-    }
+    expect_engine_scores(tasks, &requests, &want, "request across a worker death").await;
     let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
     for role in ["model", "tokenizer"] {
         assert!(
@@ -732,17 +729,7 @@ async fn a_hung_replica_is_killed_at_the_batch_deadline_and_replaced() {
             .collect::<Vec<_>>(),
     );
     let mut client = server.client().await;
-    let request = ScoreRequest {
-        pairs: documents
-            .iter()
-            .map(|d| Pair {
-                query: "hang".into(),
-                passage: d.clone(),
-            })
-            .collect(),
-        raw_scores: true,
-        ..Default::default()
-    };
+    let request = score_request("hang", &documents);
     let call =
         tokio::spawn(async move { client.score(request).await.map(|r| r.into_inner().scores) });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -941,17 +928,7 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
             .map(|d| ("safe query".to_string(), d.clone()))
             .collect::<Vec<_>>(),
     );
-    let score = |query: &str, docs: &[String]| ScoreRequest {
-        pairs: docs
-            .iter()
-            .map(|d| Pair {
-                query: query.into(),
-                passage: d.clone(),
-            })
-            .collect(),
-        raw_scores: true,
-        ..Default::default()
-    };
+    let score = score_request;
     let (mut a, mut b) = (server.client().await, server.client().await);
     let (poison_request, safe_request) = (
         score("poisoned query", &poisoned),
