@@ -88,6 +88,10 @@ pub struct Settings {
     pub host: Option<std::net::IpAddr>,
     /// Require `authorization: Bearer KEY` for scoring and info.
     pub api_key: Option<String>,
+    /// PEM certificate chain: with `tls_key`, both ports speak TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// How long in-flight work may take to finish after SIGTERM.
     pub shutdown_grace_ms: u64,
     /// Worker heartbeat period.
@@ -121,6 +125,8 @@ impl Default for Settings {
             worker_dir: None,
             host: None,
             api_key: None,
+            tls_cert: None,
+            tls_key: None,
             shutdown_grace_ms: 30_000,
             heartbeat_ms: 1_000,
             ready_timeout_s: 300,
@@ -209,6 +215,12 @@ pub struct Cli {
     /// Require `authorization: Bearer KEY` for scoring and info.
     #[arg(long, env = "CE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM certificate chain; with `--tls-key`, gRPC and HTTP speak TLS.
+    #[arg(long, env = "CE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "CE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Grace period after SIGTERM, in ms.
     #[arg(long, env = "CE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -233,6 +245,10 @@ impl Cli {
         let n = |v: Option<usize>| v.map(|v| toml::Value::Integer(v as i64));
         let u = |v: Option<u64>| v.map(|v| toml::Value::Integer(v as i64));
         let a = |v: Option<SocketAddr>| v.map(|v| toml::Value::String(v.to_string()));
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| toml::Value::String(p.display().to_string()))
+        };
         put("model", s(&self.model));
         put("replicas", n(self.replicas));
         put("tokenizers", n(self.tokenizers));
@@ -258,17 +274,14 @@ impl Cli {
         put("max_queue_pairs", n(self.max_queue_pairs));
         put("grpc_addr", a(self.grpc_addr));
         put("http_addr", a(self.http_addr));
-        put(
-            "worker_dir",
-            self.worker_dir
-                .as_ref()
-                .map(|p| toml::Value::String(p.display().to_string())),
-        );
+        put("worker_dir", path(&self.worker_dir));
         put(
             "host",
             self.host.map(|h| toml::Value::String(h.to_string())),
         );
         put("api_key", s(&self.api_key));
+        put("tls_cert", path(&self.tls_cert));
+        put("tls_key", path(&self.tls_key));
         put("shutdown_grace_ms", u(self.shutdown_grace_ms));
         put("heartbeat_ms", u(self.heartbeat_ms));
         put("ready_timeout_s", u(self.ready_timeout_s));
@@ -355,6 +368,9 @@ impl Settings {
                 self.max_batch_tokens, self.max_length
             ));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together: give both or neither".into());
+        }
         Ok(())
     }
 
@@ -422,6 +438,20 @@ mod tests {
             .unwrap();
         assert_eq!(s.grpc_addr.to_string(), "0.0.0.0:7000");
         assert_eq!(s.http_addr.to_string(), "0.0.0.0:8000");
+    }
+
+    #[test]
+    fn tls_needs_both_certificate_and_key() {
+        let e = cli(&["--set", "tls_cert=/c.pem"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls_key"), "{e}");
+        assert!(Cli::try_parse_from(["ce-supervisor", "--tls-key", "/k.pem"]).is_err());
+        let s = cli(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.tls_key.as_deref(), Some(std::path::Path::new("/k.pem")));
     }
 
     #[test]

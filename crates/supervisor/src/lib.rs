@@ -27,5 +27,6 @@ pub mod metrics;
 pub mod request;
 pub mod scheduler;
 pub mod server;
+pub mod tls;
 pub mod tokenize;
 pub mod workers;

@@ -8,8 +8,8 @@
 //! busy, and never longer than the batch timeout. While every replica is
 //! dead the queue waits for their restart. Scores are matched back
 //! to their requests; the pairs of a batch whose replica died go back to
-//! the front of the queue (a pair that keeps killing replicas fails its
-//! request after [`MAX_TRIES`]).
+//! the front of the queue, in quarantine (a pair that keeps killing
+//! replicas fails its request; see `requeue_after_death`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,10 +23,6 @@ use crate::batcher::{self, BatchLimits};
 use crate::metrics::Metrics;
 use crate::request::{ApiError, PendingRequest};
 use crate::workers::{WorkerFailure, WorkerHandle, WorkerReply};
-
-/// Times a pair may be alone in a batch whose replica died before its
-/// request fails: the pair is then the poison, not a bystander.
-pub const MAX_TRIES: u8 = 2;
 
 /// Tokenized pairs of one request.
 #[derive(Debug)]
@@ -59,7 +55,7 @@ struct QueuedPair {
     ids: Vec<u32>,
     types: Vec<u32>,
     enqueued: Instant,
-    /// Deaths of replicas while this pair was alone in the batch.
+    /// Deaths of replicas holding this pair.
     tries: u8,
     /// Quarantine: pairs of a batch that killed its replica are re-sent
     /// only with the other members of their half, halving until the poison
@@ -248,20 +244,28 @@ impl Actor {
         }
     }
 
-    /// The replica died holding these pairs. One pair alone is the likely
-    /// poison: retried once more, then its request fails. Several are split
-    /// in two quarantine groups that travel alone, so the bystanders finish
-    /// and the poison is isolated in log2(n) deaths.
+    /// The replica died holding these pairs. Several are split in two
+    /// quarantine groups that travel alone, so the bystanders finish and
+    /// the poison is isolated in log2(n) deaths. A pair that was alone
+    /// outside quarantine is quarantined alone: it may have been a
+    /// bystander of an outside kill. A pair that kills its replica while
+    /// quarantined alone is the poison: its request fails, after two tries
+    /// when it was alone from the start, after 1 + ⌈log2 n⌉ replica deaths
+    /// when it came in a batch of n.
     fn requeue_after_death(&mut self, mut pairs: Vec<QueuedPair>) {
+        for p in &mut pairs {
+            p.tries = p.tries.saturating_add(1);
+        }
         if let [pair] = pairs.as_mut_slice() {
-            pair.tries += 1;
-            if pair.tries >= MAX_TRIES {
+            if pair.group.is_some() {
                 pair.request.fail(ApiError::Internal(format!(
-                    "a model worker crashed scoring document {} ({MAX_TRIES} times); this input is refused",
-                    pair.index
+                    "a model worker crashed scoring document {} ({} times, the last time alone); this input is refused",
+                    pair.index, pair.tries
                 )));
                 return;
             }
+            pair.group = Some(self.next_group);
+            self.next_group += 1;
         } else {
             let half = pairs.len() / 2;
             for (i, p) in pairs.iter_mut().enumerate() {

@@ -25,7 +25,8 @@ use crate::core::{Core, CoreParts, ServedModel};
 use crate::grpc::CrossEncoderService;
 use crate::metrics::{Metrics, RoleLabels};
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::tokenize::Tokenizers;
+use crate::tls::TlsIdentity;
+use crate::tokenize::{Tokenizers, WorkerPool};
 use crate::workers::{WorkerHandle, WorkerSpec};
 
 /// Name of the tokenizer worker executable.
@@ -224,10 +225,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             permits: Arc::new(Semaphore::new(1)),
         }
     } else {
-        Tokenizers::Workers {
-            workers: tokenizer_workers.clone(),
-            deadline: Duration::from_millis(settings.batch_deadline_ms),
-        }
+        Tokenizers::Workers(WorkerPool::new(
+            tokenizer_workers.clone(),
+            settings.tokenizers,
+            Duration::from_millis(settings.batch_deadline_ms),
+        ))
     };
     let core = Arc::new(Core::new(CoreParts {
         settings: settings.clone(),
@@ -262,8 +264,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::load(cert, key)?),
+        _ => None,
+    };
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        grpc_server = grpc_server
+            .tls_config(tls.grpc())
+            .context("gRPC TLS configuration")?;
+    }
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        grpc_server
             .add_service(health_service)
             .add_service(reflection)
             .add_service(CrossEncoderServer::with_interceptor(
@@ -275,12 +287,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 stopped(stop.clone()),
             ),
     );
-    let http = tokio::spawn(
-        axum::serve(http_listener, crate::http::router(core.clone()))
-            .with_graceful_shutdown(stopped(stop.clone()))
-            .into_future(),
+    let router = crate::http::router(core.clone());
+    let http = match &tls {
+        Some(tls) => tokio::spawn(
+            axum::serve(tls.http_listener(http_listener)?, router)
+                .with_graceful_shutdown(stopped(stop.clone()))
+                .into_future(),
+        ),
+        None => tokio::spawn(
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(stopped(stop.clone()))
+                .into_future(),
+        ),
+    };
+    tracing::info!(
+        grpc = %settings.grpc_addr,
+        http = %settings.http_addr,
+        tls = tls.is_some(),
+        "listening; loading workers"
     );
-    tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, "listening; loading workers");
 
     // Workers: tokenizers and replicas start in parallel.
     let spawner = Spawner::start()?;

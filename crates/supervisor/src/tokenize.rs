@@ -13,8 +13,6 @@ use tokio::sync::{RwLock, Semaphore};
 use crate::request::ApiError;
 use crate::workers::{WorkerFailure, WorkerHandle};
 
-/// Tries on other workers when the one holding a job dies.
-const TRIES: usize = 3;
 /// How long a job waits for a tokenizer worker to be restarted.
 const RESTART_WAIT: Duration = Duration::from_secs(30);
 /// How often it looks.
@@ -31,12 +29,97 @@ pub enum Tokenizers {
         permits: Arc<Semaphore>,
     },
     /// In worker processes.
-    Workers {
-        /// The tokenizer workers.
-        workers: Arc<RwLock<Vec<WorkerHandle>>>,
-        /// A worker holding a job longer is killed (the job moves on).
-        deadline: Duration,
-    },
+    Workers(WorkerPool),
+}
+
+/// The tokenizer workers, and per slot a gate: jobs share it, a suspect
+/// job (its worker died holding it) takes it alone, so a second death
+/// blames that job and no other.
+#[derive(Debug)]
+pub struct WorkerPool {
+    workers: Arc<RwLock<Vec<WorkerHandle>>>,
+    gates: Vec<Arc<RwLock<()>>>,
+    deadline: Duration,
+}
+
+impl WorkerPool {
+    /// `slots` workers (the list may still be empty: it is filled at
+    /// start-up); a worker holding a job longer than `deadline` is killed.
+    pub fn new(workers: Arc<RwLock<Vec<WorkerHandle>>>, slots: usize, deadline: Duration) -> Self {
+        Self {
+            workers,
+            gates: (0..slots).map(|_| Arc::default()).collect(),
+            deadline,
+        }
+    }
+
+    /// The live worker to use: the least loaded, passing over those a
+    /// suspect job holds alone.
+    async fn pick(&self) -> Option<usize> {
+        let ws = self.workers.read().await;
+        (0..ws.len().min(self.gates.len()))
+            .filter(|&i| ws[i].is_alive())
+            .min_by_key(|&i| (self.gates[i].try_read().is_err(), ws[i].outstanding()))
+    }
+
+    async fn tokenize(&self, job: &TextJob) -> Result<TokenBatch, ApiError> {
+        let mut payload = Vec::new();
+        job.encode(&mut payload);
+        let (mut suspect, mut deaths, mut waited) = (false, 0, Duration::ZERO);
+        loop {
+            let Some(slot) = self.pick().await else {
+                // All dead: wait for a restart, within reason.
+                if waited >= RESTART_WAIT {
+                    return Err(ApiError::Unavailable(
+                        "no tokenizer worker is serving".into(),
+                    ));
+                }
+                tokio::time::sleep(POLL).await;
+                waited += POLL;
+                continue;
+            };
+            let gate = self.gates[slot].clone();
+            // Held until the reply: a suspect waits for the jobs on this
+            // worker to finish, and new ones wait for it.
+            let (_shared, _alone) = if suspect {
+                (None, Some(gate.write_owned().await))
+            } else {
+                (Some(gate.read_owned().await), None)
+            };
+            // The slot's worker now: it may have been replaced while we waited.
+            let worker = self.workers.read().await.get(slot).cloned();
+            let Some(worker) = worker.filter(WorkerHandle::is_alive) else {
+                continue;
+            };
+            let mut reply = worker.submit(
+                FrameKind::TextJob,
+                job.passages.len() as u32,
+                payload.clone(),
+            );
+            let reply = match tokio::time::timeout(self.deadline, &mut reply).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let deadline = self.deadline;
+                    worker.kill(&format!("tokenize job over its deadline of {deadline:?}"));
+                    reply.await
+                }
+            };
+            match reply {
+                Ok(Ok(reply)) => return decode_reply(reply.kind, &reply.payload),
+                Ok(Err(WorkerFailure::Died)) | Err(_) => {
+                    deaths += 1;
+                    if suspect {
+                        let first = job.first_index as usize;
+                        return Err(ApiError::Internal(format!(
+                            "a tokenizer worker crashed (or hung) tokenizing documents {first}..{} of this request, {deaths} times, the last time alone; this input is refused",
+                            first + job.passages.len()
+                        )));
+                    }
+                    suspect = true;
+                }
+            }
+        }
+    }
 }
 
 impl Tokenizers {
@@ -56,51 +139,7 @@ impl Tokenizers {
                 .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
                 .map_err(ApiError::InvalidArgument)
             }
-            Tokenizers::Workers { workers, deadline } => {
-                let mut payload = Vec::new();
-                job.encode(&mut payload);
-                let (mut tries, mut waited) = (0, Duration::ZERO);
-                while tries < TRIES {
-                    let worker = {
-                        let ws = workers.read().await;
-                        ws.iter()
-                            .filter(|w| w.is_alive())
-                            .min_by_key(|w| w.outstanding())
-                            .cloned()
-                    };
-                    let Some(worker) = worker else {
-                        // All dead: wait for a restart, within reason.
-                        if waited >= RESTART_WAIT {
-                            return Err(ApiError::Unavailable(
-                                "no tokenizer worker is serving".into(),
-                            ));
-                        }
-                        tokio::time::sleep(POLL).await;
-                        waited += POLL;
-                        continue;
-                    };
-                    tries += 1;
-                    let mut reply = worker.submit(
-                        FrameKind::TextJob,
-                        job.passages.len() as u32,
-                        payload.clone(),
-                    );
-                    let reply = match tokio::time::timeout(*deadline, &mut reply).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            worker.kill(&format!("tokenize job over its deadline of {deadline:?}"));
-                            reply.await
-                        }
-                    };
-                    match reply {
-                        Ok(Ok(reply)) => return decode_reply(reply.kind, &reply.payload),
-                        Ok(Err(WorkerFailure::Died)) | Err(_) => continue,
-                    }
-                }
-                Err(ApiError::Unavailable(format!(
-                    "tokenizer workers died {TRIES} times on this request"
-                )))
-            }
+            Tokenizers::Workers(pool) => pool.tokenize(&job).await,
         }
     }
 }

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use ce_proto::v1::{Pair, RerankRequest, ScoreRequest, StreamPair};
 use support::{Server, engine_logits, fixture, http};
 use tonic::Code;
@@ -893,7 +894,8 @@ async fn a_replica_that_cannot_start_is_reported_and_the_rest_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
-    // The model worker aborts on any batch holding the token of "zebra".
+    // The model worker aborts on any batch holding the token of "zebra";
+    // the tokenizer worker on any job holding "giraffe".
     let tokenizer = tokenizer_worker::PairTokenizer::from_file(
         &support::model_dir().join("tokenizer.json"),
         512,
@@ -903,7 +905,10 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
         .encode_pair("zebra", "x", Default::default())
         .unwrap();
     let poison_token = ids[1];
-    let env = [("CE_FAULT_ABORT_TOKEN", poison_token.to_string())];
+    let env = [
+        ("CE_FAULT_ABORT_TOKEN", poison_token.to_string()),
+        ("CE_FAULT_ABORT_TEXT", "giraffe".to_string()),
+    ];
     let server = Server::spawn_with_env(
         &[
             "--replicas",
@@ -912,6 +917,8 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
             "1",
             "--max-batch-size",
             "32",
+            "--tokenize-chunk",
+            "8",
         ],
         &support::bin_dir(),
         &env,
@@ -922,6 +929,8 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
         .collect();
     let mut poisoned: Vec<String> = (0..8).map(|d| format!("other document {d}")).collect();
     poisoned[5] = "a zebra crosses the road".into();
+    let mut unreadable = poisoned.clone();
+    unreadable[5] = "a giraffe eats leaves".into();
     let want = engine_logits(
         &bystanders
             .iter()
@@ -929,16 +938,28 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
             .collect::<Vec<_>>(),
     );
     let score = score_request;
-    let (mut a, mut b) = (server.client().await, server.client().await);
-    let (poison_request, safe_request) = (
-        score("poisoned query", &poisoned),
-        score("safe query", &bystanders),
+    let (mut a, mut b, mut c) = (
+        server.client().await,
+        server.client().await,
+        server.client().await,
     );
-    let (bad, good) = tokio::join!(a.score(poison_request), b.score(safe_request));
-    let status = bad.unwrap_err();
+    let (bad_model, bad_tokens, good) = tokio::join!(
+        a.score(score("poisoned query", &poisoned)),
+        c.score(score("poisoned query", &unreadable)),
+        b.score(score("safe query", &bystanders)),
+    );
+    let status = bad_model.unwrap_err();
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert!(
-        status.message().contains("crashed") && status.message().contains("document 5"),
+        status.message().contains("model worker crashed")
+            && status.message().contains("document 5"),
+        "{status:?}"
+    );
+    let status = bad_tokens.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("tokenizer worker crashed")
+            && status.message().contains("documents 0..8"),
         "{status:?}"
     );
     assert_close(
@@ -949,9 +970,115 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
         &want,
         "bystanders",
     );
-    // And the server keeps serving once the replica is back (while none
+    // And the server keeps serving once the workers are back (while none
     // is alive, new requests get UNAVAILABLE by design).
     server.wait_ready(Duration::from_secs(30));
     let again = b.score(score("safe query", &bystanders[..3])).await;
     assert!(again.is_ok(), "{again:?}");
+    let restarts = |role: &str| {
+        support::metric(
+            server.http_port,
+            &format!("worker_restarts_total{{role=\"{role}\"}}"),
+        )
+    };
+    assert!(restarts("tokenizer") >= 2.0 && restarts("model") >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_grpc_and_http_and_refuses_plain_text() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let server = Server::spawn(
+        &[
+            "--tokenizers",
+            "0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &support::bin_dir(),
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // HTTPS: a rustls client that trusts only our certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ));
+    let https = |method: &'static str, path: &'static str, body: &'static str| {
+        let (connector, port) = (connector.clone(), server.http_port);
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await?;
+            tls.write_all(format!(
+                "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ).as_bytes()).await?;
+            let mut response = String::new();
+            let _ = tls.read_to_string(&mut response).await;
+            Ok::<_, std::io::Error>(response)
+        }
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while !https("GET", "/health", "")
+        .await
+        .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    {
+        assert!(std::time::Instant::now() < until, "not ready over HTTPS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reply = https("POST", "/rerank", r#"{"query":"q","texts":["a","b"]}"#)
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"index\""), "{reply}");
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = http(server.http_port, "GET", "/health", None);
+    assert!(!matches!(plain, Ok((200, _))), "{plain:?}");
+    // gRPC over TLS.
+    let endpoint =
+        tonic::transport::Channel::from_shared(format!("https://localhost:{}", server.grpc_port))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(
+                        certified.cert.pem(),
+                    ))
+                    .domain_name("localhost"),
+            )
+            .unwrap();
+    let channel = endpoint.connect().await.expect("TLS channel");
+    let mut client = CrossEncoderClient::new(channel);
+    let reply = client
+        .rerank(RerankRequest {
+            query: "q".into(),
+            documents: vec!["a".into(), "b".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("rerank over TLS");
+    assert_eq!(reply.into_inner().ranks.len(), 2);
+    // A plain-text gRPC client is refused.
+    let plain = CrossEncoderClient::connect(format!("http://127.0.0.1:{}", server.grpc_port)).await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut c) => c
+            .rerank(RerankRequest {
+                query: "q".into(),
+                documents: vec!["a".into()],
+                ..Default::default()
+            })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plain-text gRPC answered on the TLS port");
 }

@@ -20,6 +20,23 @@ pub enum ProcessError {
     Tokenizer(#[from] TokenizeError),
 }
 
+/// Environment variable that makes a tokenizer worker abort on any job
+/// whose query or documents contain this text: the crash-isolation tests'
+/// poison input. Only tests set it; unset (always, in production) it costs
+/// nothing.
+pub const FAULT_ABORT_TEXT_ENV: &str = "CE_FAULT_ABORT_TEXT";
+
+fn fault_injection_text() -> Option<String> {
+    let marker = std::env::var(FAULT_ABORT_TEXT_ENV)
+        .ok()
+        .filter(|m| !m.is_empty())?;
+    tracing::warn!(
+        marker,
+        "fault injection on: aborting on jobs holding this text"
+    );
+    Some(marker)
+}
+
 /// Connects to the supervisor that started this process and serves text
 /// jobs until told to stop.
 ///
@@ -47,7 +64,16 @@ pub unsafe fn run() -> Result<(), ProcessError> {
             }
         };
     tracing::info!(worker = session.replica(), tokenizer = %config.model, "tokenizer loaded");
+    let poison = fault_injection_text();
     session.serve(|_, payload, out| {
+        if let Some(marker) = &poison
+            && let Ok(job) = ce_common::frame::TextJob::decode(payload)
+            && (job.query.contains(marker.as_str())
+                || job.passages.iter().any(|p| p.contains(marker.as_str())))
+        {
+            // Test-only crash on a marker input (see `fault_injection_text`).
+            std::process::abort();
+        }
         let reply = tokenize_job(&tokenizer, payload, out);
         Reply {
             kind: reply.kind,
