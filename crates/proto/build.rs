@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("ce_v1_descriptor.bin"))
+        .codec_path("crate::codec::ApiCodec")
         .compile_protos(&["proto/ce/v1/cross_encoder.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -1,8 +1,11 @@
 //! The `ce.v1` gRPC API (see `proto/ce/v1/cross_encoder.proto`).
 //!
 //! * [`v1`] — messages plus the generated `CrossEncoder` client and server.
+//! * [`codec`] — the protobuf codec they use (bad bytes are `INVALID_ARGUMENT`).
 //! * [`FILE_DESCRIPTOR_SET`] — the encoded descriptors, for server reflection.
 #![warn(missing_docs)]
+
+pub mod codec;
 
 /// Messages, client and server of package `ce.v1`.
 #[allow(missing_docs, clippy::all)]

@@ -77,6 +77,8 @@ pub struct Settings {
     pub max_input_chars: usize,
     /// Pairs waiting to be scored at most; beyond it requests are refused.
     pub max_queue_pairs: usize,
+    /// Largest gRPC message or HTTP body accepted, in bytes.
+    pub max_request_bytes: usize,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
     /// HTTP listen address (`/rerank`, `/health`, `/info`, `/metrics`).
@@ -120,6 +122,7 @@ impl Default for Settings {
             max_documents: 1024,
             max_input_chars: 50_000,
             max_queue_pairs: 65_536,
+            max_request_bytes: 8 << 20,
             grpc_addr: ([127, 0, 0, 1], 50051).into(),
             http_addr: ([127, 0, 0, 1], 8000).into(),
             worker_dir: None,
@@ -200,6 +203,9 @@ pub struct Cli {
     /// Pairs waiting to be scored at most.
     #[arg(long, env = "CE_MAX_QUEUE_PAIRS")]
     pub max_queue_pairs: Option<usize>,
+    /// Largest gRPC message or HTTP body, in bytes.
+    #[arg(long, env = "CE_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
     /// gRPC listen address.
     #[arg(long, env = "CE_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
@@ -272,6 +278,7 @@ impl Cli {
         put("max_documents", n(self.max_documents));
         put("max_input_chars", n(self.max_input_chars));
         put("max_queue_pairs", n(self.max_queue_pairs));
+        put("max_request_bytes", n(self.max_request_bytes));
         put("grpc_addr", a(self.grpc_addr));
         put("http_addr", a(self.http_addr));
         put("worker_dir", path(&self.worker_dir));
@@ -356,6 +363,7 @@ impl Settings {
             ("max_documents", self.max_documents),
             ("max_input_chars", self.max_input_chars),
             ("max_queue_pairs", self.max_queue_pairs),
+            ("max_request_bytes", self.max_request_bytes),
             ("max_length", self.max_length),
         ] {
             if v == 0 {

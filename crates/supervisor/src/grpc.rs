@@ -136,11 +136,12 @@ pub async fn rerank(
     Ok((core.score(input).await?, documents))
 }
 
-/// Indices ordered by score, best first (ties keep input order), cut to `top_n`.
+/// Indices ordered by score, best first (ties keep input order), cut to
+/// `top_n` (more than there are: all).
 pub fn ranking(scores: &[f32], top_n: Option<usize>) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    if let Some(n) = top_n.filter(|&n| n > 0) {
+    if let Some(n) = top_n {
         order.truncate(n);
     }
     order
@@ -159,6 +160,11 @@ impl CrossEncoder for CrossEncoderService {
         let r = request.into_inner();
         let result = within(deadline, async {
             let trunc = truncation(r.truncate, r.truncation_direction)?;
+            if r.top_n == Some(0) {
+                return Err(ApiError::InvalidArgument(
+                    "top_n: must be at least 1 (leave it out to rank every document)".into(),
+                ));
+            }
             rerank(&self.core, r.query, r.documents, trunc).await
         })
         .await
@@ -322,7 +328,7 @@ mod tests {
     fn ranking_is_best_first_stable_and_cut() {
         assert_eq!(ranking(&[0.1, 0.9, 0.5, 0.9], None), vec![1, 3, 2, 0]);
         assert_eq!(ranking(&[0.1, 0.9, 0.5], Some(2)), vec![1, 2]);
-        assert_eq!(ranking(&[0.1, 0.9], Some(0)), vec![1, 0]);
+        assert_eq!(ranking(&[0.1, 0.9], Some(5)), vec![1, 0]);
     }
 
     #[test]

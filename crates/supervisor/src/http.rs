@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -87,10 +88,14 @@ pub fn router(core: Arc<Core>) -> axum::Router {
             core.clone(),
             require_key,
         ));
+    let body_limit = axum::extract::DefaultBodyLimit::max(core.settings.max_request_bytes);
     axum::Router::new()
         .merge(guarded)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(body_limit)
         .with_state(core)
 }
 
@@ -114,11 +119,34 @@ async fn require_key(
     }
 }
 
+/// An error answer in the API's JSON shape, for what fails before a
+/// handler runs (body, route, method).
+fn refusal(status: StatusCode, error_type: &'static str, error: String) -> Response {
+    (status, Json(ErrorBody { error, error_type })).into_response()
+}
+
 async fn rerank_handler(
     State(core): State<Arc<Core>>,
-    Json(body): Json<RerankBody>,
-) -> Result<Json<Vec<RankBody>>, ApiError> {
+    body: Result<Json<RerankBody>, JsonRejection>,
+) -> Response {
     let started = Instant::now();
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => {
+            core.metrics
+                .observe_request("http_rerank", "error", started.elapsed().as_secs_f64());
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!(
+                    "request body over max_request_bytes ({} bytes)",
+                    core.settings.max_request_bytes
+                )
+            } else {
+                rejection.body_text()
+            };
+            return refusal(status, "Validation", message);
+        }
+    };
     let result = async {
         let truncation = match (body.truncate, body.truncation_direction.as_deref()) {
             (Some(false), _) => Truncation::Off,
@@ -142,13 +170,29 @@ async fn rerank_handler(
                 score: scores[i],
                 text: body.return_text.then(|| texts[i].clone()),
             })
-            .collect())
+            .collect::<Vec<_>>())
     }
     .await;
     let status = if result.is_ok() { "ok" } else { "error" };
     core.metrics
         .observe_request("http_rerank", status, started.elapsed().as_secs_f64());
-    result.map(Json)
+    result.map(Json).into_response()
+}
+
+async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    refusal(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("no route {method} {uri}; routes: POST /rerank, GET /health, /info, /metrics"),
+    )
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    refusal(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("{uri} does not take {method}"),
+    )
 }
 
 async fn health(State(core): State<Arc<Core>>) -> (StatusCode, &'static str) {

@@ -278,8 +278,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         grpc_server
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(CrossEncoderServer::with_interceptor(
-                CrossEncoderService::new(core.clone()),
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                CrossEncoderServer::new(CrossEncoderService::new(core.clone()))
+                    .max_decoding_message_size(settings.max_request_bytes),
                 crate::auth::grpc_interceptor(settings.api_key.clone()),
             ))
             .serve_with_incoming_shutdown(
