@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command: fetch the default model if missing, then
-# formatting, lints and every test of the workspace. Fails on any failure.
+# formatting, lints, every test of the workspace (the chaos test included)
+# and a 60 s soak. Fails on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -11,3 +12,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== soak (60 s on the test build)"
+CE_PROFILE=dev scripts/soak.sh 60 --probe-seconds 10

@@ -4,12 +4,15 @@
 //!   realistic length) that every benchmark uses.
 //! * [`gemm_peak`] — a GEMM peak measured on this machine, the roofline that
 //!   throughput is reported against.
+//! * [`server`] — a `ce-supervisor` started for a benchmark, and the
+//!   memory of its processes.
 //! * `src/bin/ce-engine-bench.rs` — the engine benchmark (pairs/s, tokens/s,
 //!   padding, GFLOP/s and % of peak for every dtype).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod gemm_peak;
+pub mod server;
 pub mod workload;
 
 pub use workload::{Request, Workload, WorkloadConfig};

@@ -449,6 +449,31 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_documents_every_key_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../conf/config.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let shipped: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(shipped, Settings::default(), "conf/config.toml values");
+        // Every key, optional ones included, is there (maybe commented out).
+        let all = Settings {
+            threads_per_replica: Some(1),
+            worker_dir: Some("/w".into()),
+            host: Some([0, 0, 0, 0].into()),
+            api_key: Some("k".into()),
+            tls_cert: Some("/c".into()),
+            tls_key: Some("/k".into()),
+            ..Settings::default()
+        };
+        let keys = toml::Table::try_from(&all).unwrap();
+        for key in keys.keys() {
+            assert!(
+                text.contains(&format!("{key} =")) || text.contains(&format!("[[{key}]]")),
+                "conf/config.toml does not mention {key}"
+            );
+        }
+    }
+
+    #[test]
     fn tls_needs_both_certificate_and_key() {
         let e = cli(&["--set", "tls_cert=/c.pem"])
             .settings()

@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ce_common::control::{
     self, ControlChannel, ControlError, ControlMessage, MetricsSnapshot, Role, WorkerConfig,
@@ -218,7 +218,12 @@ impl WorkerHandle {
             pidfd.clone(),
         ));
         tokio::spawn(reader(inner.clone(), consumer, pending, pidfd));
-        tokio::spawn(control_task(inner.clone(), control, shutdown_rx));
+        tokio::spawn(control_task(
+            inner.clone(),
+            control,
+            shutdown_rx,
+            Duration::from_millis(spec.config.heartbeat_ms),
+        ));
         // Reap the process when it exits, so it never lingers as a zombie.
         tokio::task::spawn_blocking(move || child.wait());
         tracing::info!(role = ?spec.role, index = spec.index, pid, "worker ready");
@@ -318,11 +323,7 @@ impl WorkerHandle {
     /// SIGKILLs it (a hung worker): its jobs then fail with
     /// [`WorkerFailure::Died`] and its slot's keeper starts a new one.
     pub fn kill(&self, why: &str) {
-        tracing::error!(role = ?self.inner.role, index = self.inner.index, pid = self.inner.pid, "killing worker: {why}");
-        if let Some(pidfd) = &self.inner.pidfd {
-            let _ =
-                rustix::process::pidfd_send_signal(pidfd.as_fd(), rustix::process::Signal::KILL);
-        }
+        self.inner.kill(why);
     }
 
     /// Asks it to finish and exit within `grace`.
@@ -335,6 +336,14 @@ impl WorkerHandle {
 type Pending = Arc<Mutex<HashMap<u64, ReplySender>>>;
 
 impl Inner {
+    fn kill(&self, why: &str) {
+        tracing::error!(role = ?self.role, index = self.index, pid = self.pid, "killing worker: {why}");
+        if let Some(pidfd) = &self.pidfd {
+            let _ =
+                rustix::process::pidfd_send_signal(pidfd.as_fd(), rustix::process::Signal::KILL);
+        }
+    }
+
     fn mark_dead(&self, pending: &Pending) {
         if self.alive.swap(false, Ordering::AcqRel) {
             if self.stopping.load(Ordering::Acquire) {
@@ -432,11 +441,21 @@ async fn reader(
     }
 }
 
+/// Heartbeats missed, while the worker holds work, before it counts as
+/// hung (stopped, or frozen as a whole) and is killed. A batch that merely
+/// runs long keeps the heartbeats coming; it meets the batch deadline.
+const MISSED_HEARTBEATS: u32 = 5;
+
 async fn control_task(
     inner: Arc<Inner>,
     mut control: ControlChannel,
     mut shutdown: mpsc::UnboundedReceiver<u64>,
+    heartbeat: Duration,
 ) {
+    let stale_after = (heartbeat * MISSED_HEARTBEATS).max(Duration::from_secs(1));
+    let mut last_beat = Instant::now();
+    let mut watchdog = tokio::time::interval(heartbeat.max(Duration::from_millis(50)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             message = control.recv() => match message {
@@ -447,6 +466,7 @@ async fn control_task(
                 }
                 Ok(ControlMessage::Heartbeat { .. }) => {
                     inner.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    last_beat = Instant::now();
                 }
                 Ok(other) => tracing::debug!(index = inner.index, "ignoring control message {other:?}"),
                 // EOF: the process is gone; the ring tasks notice through the pidfd.
@@ -454,6 +474,17 @@ async fn control_task(
             },
             Some(grace_ms) = shutdown.recv() => {
                 let _ = control.send(&ControlMessage::Shutdown { grace_ms }).await;
+            }
+            _ = watchdog.tick() => {
+                let silent = last_beat.elapsed();
+                let holding = inner.outstanding.load(Ordering::Acquire);
+                if silent > stale_after && holding > 0 && inner.alive.load(Ordering::Acquire) {
+                    inner.kill(&format!(
+                        "no heartbeat for {silent:.1?} while holding {holding} job(s): hung"
+                    ));
+                    // Once: its death arrives through the pidfd.
+                    last_beat = Instant::now();
+                }
             }
         }
     }

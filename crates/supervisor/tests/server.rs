@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use ce_proto::v1::{Pair, RerankRequest, ScoreRequest, StreamPair};
-use support::{Server, engine_logits, fixture, http};
+use support::{Server, engine_logits, engine_logits_for, fixture, http, score_request};
 use tonic::Code;
 
 fn fixture_pairs() -> Vec<(String, String)> {
@@ -29,21 +29,6 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 }
 
 type Requests = Vec<(String, Vec<String>)>;
-
-/// A Score request of `query` against every document, raw logits.
-fn score_request(query: &str, documents: &[String]) -> ScoreRequest {
-    ScoreRequest {
-        pairs: documents
-            .iter()
-            .map(|d| Pair {
-                query: query.into(),
-                passage: d.clone(),
-            })
-            .collect(),
-        raw_scores: true,
-        ..Default::default()
-    }
-}
 
 /// Every (query, document) pair of the requests, in order.
 fn flatten(requests: &Requests) -> Vec<(String, String)> {
@@ -140,12 +125,7 @@ async fn rerank_orders_cuts_and_returns_documents() {
     ]
     .map(String::from)
     .to_vec();
-    let want = engine_logits(
-        &documents
-            .iter()
-            .map(|d| (query.clone(), d.clone()))
-            .collect::<Vec<_>>(),
-    );
+    let want = engine_logits_for(&query, &documents);
     let mut order: Vec<usize> = (0..documents.len()).collect();
     order.sort_by(|&a, &b| want[b].total_cmp(&want[a]));
     let reply = client
@@ -612,12 +592,7 @@ async fn a_hung_replica_is_killed_at_the_batch_deadline_and_replaced() {
     let documents: Vec<String> = (0..64)
         .map(|d| format!("document {d} about hanging workers"))
         .collect();
-    let want = engine_logits(
-        &documents
-            .iter()
-            .map(|d| ("hang".to_string(), d.clone()))
-            .collect::<Vec<_>>(),
-    );
+    let want = engine_logits_for("hang", &documents);
     let mut client = server.client().await;
     let request = score_request("hang", &documents);
     let call =
@@ -820,12 +795,7 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
     poisoned[5] = "a zebra crosses the road".into();
     let mut unreadable = poisoned.clone();
     unreadable[5] = "a giraffe eats leaves".into();
-    let want = engine_logits(
-        &bystanders
-            .iter()
-            .map(|d| ("safe query".to_string(), d.clone()))
-            .collect::<Vec<_>>(),
-    );
+    let want = engine_logits_for("safe query", &bystanders);
     let score = score_request;
     let (mut a, mut b, mut c) = (
         server.client().await,
@@ -1203,12 +1173,7 @@ async fn bad_input_is_refused_precisely_while_a_load_runs_unharmed() {
     let documents: Vec<String> = (0..4)
         .map(|d| format!("document {d} of the steady load, about rivers"))
         .collect();
-    let want = engine_logits(
-        &documents
-            .iter()
-            .map(|d| ("load".to_string(), d.clone()))
-            .collect::<Vec<_>>(),
-    );
+    let want = engine_logits_for("load", &documents);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..2 {

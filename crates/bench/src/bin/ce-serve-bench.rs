@@ -11,17 +11,15 @@
 //! `ce-supervisor` (found beside this executable) fed by `--concurrency`
 //! clients so that its replicas never wait for work.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::Context;
+use ce_bench::server::Supervisor;
 use ce_bench::{Request, Workload, WorkloadConfig};
 use ce_common::TokenBatch;
 use ce_proto::v1::RerankRequest;
-use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use clap::Parser;
 use model_worker::{Engine, EngineConfig};
 use serde::Serialize;
@@ -87,99 +85,12 @@ fn engine_rate(engine: &Engine, batches: &[TokenBatch]) -> anyhow::Result<f64> {
     Ok(pairs as f64 / started.elapsed().as_secs_f64())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-struct Supervisor {
-    child: Child,
-    grpc: String,
-}
-
-impl Supervisor {
-    fn start(
-        model: &str,
-        replicas: usize,
-        tokenizers: usize,
-        passages: usize,
-        extra: &str,
-    ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?.with_file_name("ce-supervisor");
-        ensure!(
-            exe.exists(),
-            "{} not found: build it with `cargo build --release -p supervisor`",
-            exe.display()
-        );
-        let (grpc, http) = (free_port()?, free_port()?);
-        let child = Command::new(exe)
-            .args([
-                "--model",
-                model,
-                "--replicas",
-                &replicas.to_string(),
-                "--tokenizers",
-                &tokenizers.to_string(),
-            ])
-            .args([
-                "--grpc-addr",
-                &format!("127.0.0.1:{grpc}"),
-                "--http-addr",
-                &format!("127.0.0.1:{http}"),
-            ])
-            // Whole requests fit one batch, as in the engine baseline.
-            .args([
-                "--max-batch-size",
-                &passages.to_string(),
-                "--max-batch-tokens",
-                "65536",
-            ])
-            .args(extra.split_whitespace())
-            .env("CE_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()?;
-        Ok(Self {
-            child,
-            grpc: format!("http://127.0.0.1:{grpc}"),
-        })
-    }
-
-    async fn connect(&self) -> anyhow::Result<CrossEncoderClient<tonic::transport::Channel>> {
-        let until = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Ok(mut c) = CrossEncoderClient::connect(self.grpc.clone()).await {
-                let probe = RerankRequest {
-                    query: "ready?".into(),
-                    documents: vec!["yes".into()],
-                    ..Default::default()
-                };
-                if c.rerank(probe).await.is_ok() {
-                    return Ok(c);
-                }
-            }
-            if Instant::now() > until {
-                bail!("ce-supervisor did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(self.child.id() as i32).expect("child pid"),
-            rustix::process::Signal::TERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
 async fn served_rate(
-    sup: &Supervisor,
+    sup: &mut Supervisor,
     requests: Arc<Vec<Request>>,
     concurrency: usize,
 ) -> anyhow::Result<f64> {
-    let client = sup.connect().await?;
+    let client = sup.connect(Duration::from_secs(120)).await?;
     // Warm-up: one full request.
     let first = &requests[0];
     client
@@ -257,14 +168,22 @@ fn main() -> anyhow::Result<()> {
             .context("topology is REPLICASxTOKENIZERS")?;
         let (replicas, tokenizers): (usize, usize) = (r.parse()?, t.parse()?);
         eprintln!("served, {replicas} replica(s), {tokenizers} tokenizer(s)…");
-        let sup = Supervisor::start(
-            &args.model,
-            replicas,
-            tokenizers,
-            args.passages,
-            &args.server_args,
-        )?;
-        let rate = runtime.block_on(served_rate(&sup, requests.clone(), args.concurrency))?;
+        // Whole requests fit one batch, as in the engine baseline.
+        let mut server_args: Vec<String> = [
+            "--replicas",
+            &replicas.to_string(),
+            "--tokenizers",
+            &tokenizers.to_string(),
+            "--max-batch-size",
+            &args.passages.to_string(),
+            "--max-batch-tokens",
+            "65536",
+        ]
+        .map(String::from)
+        .into();
+        server_args.extend(args.server_args.split_whitespace().map(String::from));
+        let mut sup = Supervisor::start(&args.model, &server_args)?;
+        let rate = runtime.block_on(served_rate(&mut sup, requests.clone(), args.concurrency))?;
         drop(sup);
         measured.push((replicas, tokenizers, rate));
     }

@@ -211,6 +211,31 @@ pub fn fixture() -> Fixture {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// A Score request of `query` against every document, raw logits.
+pub fn score_request(query: &str, documents: &[String]) -> ce_proto::v1::ScoreRequest {
+    ce_proto::v1::ScoreRequest {
+        pairs: documents
+            .iter()
+            .map(|d| ce_proto::v1::Pair {
+                query: query.into(),
+                passage: d.clone(),
+            })
+            .collect(),
+        raw_scores: true,
+        ..Default::default()
+    }
+}
+
+/// The bare engine's raw logit of `query` with each document.
+pub fn engine_logits_for(query: &str, documents: &[String]) -> Vec<f32> {
+    engine_logits(
+        &documents
+            .iter()
+            .map(|d| (query.to_string(), d.clone()))
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// The bare engine's raw logit for each pair (the reference).
 pub fn engine_logits(pairs: &[(String, String)]) -> Vec<f32> {
     let engine = model_worker::Engine::load(&model_worker::EngineConfig::new(
