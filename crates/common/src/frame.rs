@@ -1,7 +1,7 @@
 //! Ring frames: a fixed little-endian header and typed, packed payloads.
 //!
 //! ```text
-//! FrameHeader (24 B): len u32 | kind u16 | flags u16 | id u64 | count u32 | reserved u32
+//! FrameHeader (24 B): len u32 | kind u16 | flags u16 | id u64 | count u32 | work_us u32
 //! TextJob:     n u32 | query_len u32 | passage_len u32 × n | query bytes | passage bytes…
 //! TokenBatch:  n u32 | tokens u32 | offsets u32 × (n+1) | input_ids u32 × tokens | type_ids u32 × tokens
 //! Scores:      n u32 | labels u32 | logits f32 × (n·labels)
@@ -37,8 +37,10 @@ pub struct FrameHeader {
     pub id: u64,
     /// Element count (pairs, scores), meaning per kind.
     pub count: u32,
-    /// Reserved (0).
-    pub reserved: u32,
+    /// On replies: microseconds the worker spent on the job (its forward
+    /// pass or tokenization), so the supervisor can tell work from
+    /// transfer; 0 otherwise.
+    pub work_us: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<FrameHeader>() == FRAME_HEADER_LEN);
@@ -52,7 +54,7 @@ impl FrameHeader {
             flags: 0,
             id,
             count,
-            reserved: 0,
+            work_us: 0,
         }
     }
 

@@ -197,6 +197,7 @@ mod tests {
             kind: 2,
             id: 9,
             count: 1,
+            work_us: 0,
         };
         let mut buf = Vec::new();
         sup.to_worker.try_send(meta, b"batch").unwrap();

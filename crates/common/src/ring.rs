@@ -207,7 +207,7 @@ impl RingPlacement {
 
 /// Shared state both ends hold.
 struct RingView {
-    _region: Arc<SharedRegion>,
+    region: Arc<SharedRegion>,
     header: *const RingHeader,
     data: *mut u8,
     capacity: u64,
@@ -281,7 +281,7 @@ impl RingView {
                 .store(std::process::id() as u64, Ordering::Relaxed);
         }
         Ok(Self {
-            _region: region,
+            region,
             header,
             // SAFETY: inside the checked footprint.
             data: unsafe { base.add(RING_HEADER_LEN) },
@@ -303,6 +303,58 @@ impl RingView {
             attacher_pid: h.flags.0.2.load(Ordering::Relaxed) as u32,
             heartbeat: h.flags.0.3.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A read-only look at a ring's fill level, for metrics: cheap to clone,
+/// usable from any thread while either end works.
+#[derive(Clone)]
+pub struct RingGauge {
+    /// Kept alive: `header` points into it.
+    _region: Arc<SharedRegion>,
+    header: *const RingHeader,
+    capacity: u64,
+}
+
+// SAFETY: the pointer points into the region this gauge keeps alive, and
+// only atomics are read through it.
+unsafe impl Send for RingGauge {}
+// SAFETY: as above; reads of atomics are safe from any thread.
+unsafe impl Sync for RingGauge {}
+
+impl std::fmt::Debug for RingGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingGauge")
+            .field("capacity", &self.capacity)
+            .field("occupancy", &self.occupancy())
+            .finish()
+    }
+}
+
+impl RingGauge {
+    fn of(view: &RingView) -> Self {
+        Self {
+            _region: view.region.clone(),
+            header: view.header,
+            capacity: view.capacity,
+        }
+    }
+
+    /// Bytes written and not yet read (clamped to the capacity: the peer
+    /// may write anything into the header).
+    pub fn occupancy(&self) -> u64 {
+        // SAFETY: valid while `_region` is alive, which we hold.
+        let h = unsafe { &*self.header };
+        h.head
+            .0
+            .load(Ordering::Acquire)
+            .wrapping_sub(h.tail.0.load(Ordering::Acquire))
+            .min(self.capacity)
+    }
+
+    /// The data area's size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
     }
 }
 
@@ -329,6 +381,8 @@ pub struct FrameMeta {
     pub id: u64,
     /// Element count, meaning per kind.
     pub count: u32,
+    /// On replies: microseconds the worker spent on the job (0 otherwise).
+    pub work_us: u32,
 }
 
 /// The writing end of a ring.
@@ -458,7 +512,8 @@ impl Producer {
                 self.head += skip;
             }
             let at = self.view.data.add((self.head % cap) as usize);
-            let header = FrameHeader::new(meta.kind, meta.id, meta.count, payload.len() as u32);
+            let mut header = FrameHeader::new(meta.kind, meta.id, meta.count, payload.len() as u32);
+            header.work_us = meta.work_us;
             std::ptr::copy_nonoverlapping(
                 bytemuck::bytes_of(&header).as_ptr(),
                 at,
@@ -492,6 +547,11 @@ impl Producer {
     /// The ring's identity and the consumer's heartbeat.
     pub fn identity(&self) -> RingIdentity {
         self.view.identity()
+    }
+
+    /// A gauge of this ring's fill level.
+    pub fn gauge(&self) -> RingGauge {
+        RingGauge::of(&self.view)
     }
 
     /// Clears the sleeping flag set by [`Producer::begin_sleep`].
@@ -739,6 +799,11 @@ impl Consumer {
             .store(0, Ordering::SeqCst);
     }
 
+    /// A gauge of this ring's fill level.
+    pub fn gauge(&self) -> RingGauge {
+        RingGauge::of(&self.view)
+    }
+
     /// The doorbell a sleeping consumer waits on.
     pub fn data_bell(&self) -> BorrowedFd<'_> {
         self.view.bells.data.as_fd()
@@ -850,6 +915,7 @@ mod tests {
             kind: 1,
             id,
             count: 0,
+            work_us: 0,
         }
     }
 

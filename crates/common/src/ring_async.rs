@@ -145,6 +145,7 @@ mod tests {
                     kind: h.kind,
                     id: h.id,
                     count: h.count,
+                    work_us: 0,
                 };
                 w.from_worker
                     .send(meta, &buf, Duration::from_secs(5), None)
@@ -159,6 +160,7 @@ mod tests {
                         kind: 2,
                         id: i,
                         count: 0,
+                        work_us: 0,
                     },
                     &payload,
                     || true,

@@ -211,15 +211,17 @@ impl WorkerSession {
             let started = Instant::now();
             output.clear();
             let reply = handler(&header, &input, &mut output);
+            let worked = started.elapsed();
             counters
                 .busy_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                .fetch_add(worked.as_nanos() as u64, Ordering::Relaxed);
             counters.jobs.fetch_add(1, Ordering::Relaxed);
             counters.pairs.fetch_add(reply.pairs, Ordering::Relaxed);
             let meta = FrameMeta {
                 kind: reply.kind as u16,
                 id: header.id,
                 count: reply.count,
+                work_us: u32::try_from(worked.as_micros()).unwrap_or(u32::MAX),
             };
             match link.from_worker.send(
                 meta,

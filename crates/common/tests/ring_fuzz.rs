@@ -101,6 +101,7 @@ fn one_run(rng: &mut StdRng, tally: &mut Tally) {
                     kind: kind as u16,
                     id: i,
                     count: 0,
+                    work_us: 0,
                 },
                 &payload,
             )
@@ -169,6 +170,7 @@ fn one_run(rng: &mut StdRng, tally: &mut Tally) {
                 kind: 1,
                 id: 0,
                 count: 0,
+                work_us: 0,
             },
             &payload,
         );

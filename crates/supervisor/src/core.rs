@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ce_common::control::MetricsSnapshot;
+use ce_common::control::{MetricsSnapshot, Role};
 use ce_common::frame::TextJob;
 use futures_util::future::try_join_all;
 use model_worker::ScoreActivation;
@@ -11,11 +11,11 @@ use tokenizer_worker::Truncation;
 use tokio::sync::{RwLock, watch};
 
 use crate::config::{ReplicaPlan, Settings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProcessFigures};
 use crate::request::{Admission, ApiError, PendingRequest, Scored};
 use crate::scheduler::{Scheduler, Work};
 use crate::tokenize::Tokenizers;
-use crate::workers::WorkerHandle;
+use crate::workers::{WorkerFigures, WorkerHandle};
 
 /// Pairs to score: consecutive groups sharing a query, in input order.
 #[derive(Debug, Clone, Default)]
@@ -245,6 +245,35 @@ impl Core {
         self.is_ready()
             && self.replicas.read().await.iter().any(|r| r.is_alive())
             && (self.settings.tokenizers == 0 || self.tokenizers_serving().await > 0)
+    }
+
+    /// Every worker slot's figures (replicas with their plan) and the
+    /// supervisor's own, for `/metrics`; also refreshes the pool gauges.
+    pub async fn process_figures(&self) -> ProcessFigures {
+        let mut workers: Vec<(WorkerFigures, Option<ReplicaPlan>)> = Vec::new();
+        for (i, replica) in self.replicas.read().await.iter().enumerate() {
+            workers.push((replica.figures(), self.plans.get(i).cloned()));
+        }
+        let mut tokenize_jobs = 0;
+        for tokenizer in self.tokenizer_workers.read().await.iter() {
+            tokenize_jobs += tokenizer.outstanding();
+            workers.push((tokenizer.figures(), None));
+        }
+        let m = &self.metrics;
+        let serving = |role| {
+            workers
+                .iter()
+                .filter(|(w, _)| w.role == role && w.alive)
+                .count()
+        };
+        m.active_replicas.set(serving(Role::Model) as i64);
+        m.active_tokenizers.set(serving(Role::Tokenizer) as i64);
+        m.tokenizer_queue.set(tokenize_jobs as i64);
+        ProcessFigures {
+            supervisor_rss_bytes: ce_common::procstat::resident_bytes().unwrap_or(0),
+            workers,
+            cpu_percent: m.cpu_percent.lock().map(|c| c.clone()).unwrap_or_default(),
+        }
     }
 
     /// Tokenizer workers serving.

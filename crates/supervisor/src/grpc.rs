@@ -36,14 +36,9 @@ impl CrossEncoderService {
         started: Instant,
         result: Result<T, ApiError>,
     ) -> Result<Response<T>, Status> {
-        let status = match &result {
-            Ok(_) => "ok",
-            Err(ApiError::InvalidArgument(_)) => "invalid_argument",
-            Err(ApiError::Overloaded(_)) => "resource_exhausted",
-            Err(ApiError::Unavailable(_)) => "unavailable",
-            Err(ApiError::Internal(_)) => "internal",
-            Err(ApiError::DeadlineExceeded(_)) => "deadline_exceeded",
-        };
+        let status = result
+            .as_ref()
+            .map_or_else(ApiError::status_label, |_| "ok");
         self.core
             .metrics
             .observe_request(method, status, started.elapsed().as_secs_f64());
@@ -268,7 +263,8 @@ impl CrossEncoder for CrossEncoderService {
                                         StreamScore { id: pair.id, score: core.client_score(logit, pair.raw_scores) }
                                     })
                                 };
-                                core.metrics.observe_request("stream", if result.is_ok() { "ok" } else { "error" }, started.elapsed().as_secs_f64());
+                                let status = result.as_ref().map_or_else(ApiError::status_label, |_| "ok");
+                                core.metrics.observe_request("stream", status, started.elapsed().as_secs_f64());
                                 result.map_err(|e| e.to_status())
                             });
                         }

@@ -133,8 +133,11 @@ async fn rerank_handler(
     let body = match body {
         Ok(Json(body)) => body,
         Err(rejection) => {
-            core.metrics
-                .observe_request("http_rerank", "error", started.elapsed().as_secs_f64());
+            core.metrics.observe_request(
+                "http_rerank",
+                "invalid_argument",
+                started.elapsed().as_secs_f64(),
+            );
             let status = rejection.status();
             let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 format!(
@@ -173,7 +176,9 @@ async fn rerank_handler(
             .collect::<Vec<_>>())
     }
     .await;
-    let status = if result.is_ok() { "ok" } else { "error" };
+    let status = result
+        .as_ref()
+        .map_or_else(ApiError::status_label, |_| "ok");
     core.metrics
         .observe_request("http_rerank", status, started.elapsed().as_secs_f64());
     result.map(Json).into_response()
@@ -232,21 +237,12 @@ async fn info(State(core): State<Arc<Core>>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    let serving = core
-        .replica_status()
-        .await
-        .iter()
-        .filter(|r| r.serving)
-        .count();
-    core.metrics.active_replicas.set(serving as i64);
-    core.metrics
-        .active_tokenizers
-        .set(core.tokenizers_serving().await as i64);
+    let figures = core.process_figures().await;
     (
         [(
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        core.metrics.render(),
+        core.metrics.render(figures),
     )
 }

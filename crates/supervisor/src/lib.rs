@@ -25,6 +25,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod request;
+pub mod sampler;
 pub mod scheduler;
 pub mod server;
 pub mod tls;

@@ -1,14 +1,37 @@
 //! The supervisor's Prometheus metrics (names follow the seed system, see
 //! DESIGN.md §6) and their text rendering for `GET /metrics`.
+//!
+//! Two kinds: metrics the supervisor updates as work flows (registered
+//! once), and per-process figures — every worker's CPU, memory, jobs and
+//! rings, the supervisor's own CPU and memory — encoded at scrape time from
+//! the latest snapshots ([`ProcessFigures`]). Worker series carry `role`,
+//! `replica` and `pid`: a restarted worker is a new series that starts at
+//! zero, so no counter ever goes backwards for one label set.
+//!
+//! Buckets, chosen for this workload:
+//! * requests and pair latency: 1 ms doubling to 65 s (a 128-pair request
+//!   takes ~3 s on 2 cores, far longer when queued);
+//! * queue wait: 100 µs ×2.5 to 15 s;
+//! * stages (tokenize, queue, ring transfer, forward): 10 µs ×2.5 to 9 s,
+//!   since a ring hand-off takes microseconds and a forward pass seconds;
+//! * batch size 1…1024 pairs, batch tokens 16…32 768, padding ratio 1…5.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use ce_common::control::{MetricsSnapshot, Role};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::config::ReplicaPlan;
+use crate::workers::WorkerFigures;
 
 /// Labels of a request metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,7 +56,39 @@ pub struct MethodLabels {
     pub method: String,
 }
 
-/// Every metric the supervisor exports.
+/// Labels of a pipeline stage's duration.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `tokenize`, `queue`, `ring` or `forward`.
+    pub stage: &'static str,
+}
+
+/// Pipeline stages timed by [`Metrics::observe_stage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// A tokenize job, by the worker's clock (or in process).
+    Tokenize,
+    /// A pair waiting for its batch.
+    Queue,
+    /// A job's round trip minus the worker's own time: ring transfer and
+    /// waiting on the worker.
+    Ring,
+    /// A batch's forward pass, by the model worker's clock.
+    Forward,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Tokenize => "tokenize",
+            Stage::Queue => "queue",
+            Stage::Ring => "ring",
+            Stage::Forward => "forward",
+        }
+    }
+}
+
+/// Every metric the supervisor updates as work flows.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -43,8 +98,16 @@ pub struct Metrics {
     pub request_duration: Family<MethodLabels, Histogram>,
     /// Pairs scored.
     pub pairs: Counter,
+    /// Per pair: queued to scored.
+    pub pair_latency: Histogram,
+    /// Per pair: queued to sent in a batch.
+    pub queue_wait: Histogram,
+    /// Pairs scored per second over the last few seconds.
+    pub throughput: Gauge<f64, AtomicU64>,
     /// Pairs waiting in the scheduling queue.
     pub queue_pairs: Gauge,
+    /// Tokenize jobs sent to workers and not yet answered.
+    pub tokenizer_queue: Gauge,
     /// Model replicas serving.
     pub active_replicas: Gauge,
     /// Tokenizer workers serving.
@@ -55,8 +118,13 @@ pub struct Metrics {
     pub batch_tokens: Histogram,
     /// Padded / real tokens per batch (what padded attention computes).
     pub padding_ratio: Histogram,
+    /// Durations of the pipeline's stages.
+    pub stages: Family<StageLabels, Histogram>,
     /// Workers replaced after dying, by role.
     pub worker_restarts: Family<RoleLabels, Counter>,
+    /// CPU use of each process (`supervisor`, `model-0`, …) in percent of
+    /// one core, kept by the sampler.
+    pub cpu_percent: Mutex<BTreeMap<String, f64>>,
 }
 
 impl Default for Metrics {
@@ -69,77 +137,114 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        let seconds = || Histogram::new(exponential_buckets(0.001, 2.0, 17));
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 16))
-        });
-        let pairs = Counter::default();
-        let queue_pairs = Gauge::default();
-        let active_replicas = Gauge::default();
-        let active_tokenizers = Gauge::default();
-        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
-        let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 12));
-        let padding_ratio = Histogram::new([1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0, 3.0, 5.0]);
-        let worker_restarts = Family::<RoleLabels, Counter>::default();
+        let request_duration =
+            Family::<MethodLabels, Histogram>::new_with_constructor(seconds as fn() -> Histogram);
+        let stages = Family::<StageLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_01, 2.5, 16))) as fn() -> Histogram,
+        );
+        let metrics = Self {
+            registry: Mutex::new(Registry::default()),
+            requests,
+            request_duration,
+            pairs: Counter::default(),
+            pair_latency: seconds(),
+            queue_wait: Histogram::new(exponential_buckets(0.000_1, 2.5, 14)),
+            throughput: Gauge::default(),
+            queue_pairs: Gauge::default(),
+            tokenizer_queue: Gauge::default(),
+            active_replicas: Gauge::default(),
+            active_tokenizers: Gauge::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            batch_tokens: Histogram::new(exponential_buckets(16.0, 2.0, 12)),
+            padding_ratio: Histogram::new([1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0, 3.0, 5.0]),
+            stages,
+            worker_restarts: Family::default(),
+            cpu_percent: Mutex::default(),
+        };
+        let m = &metrics;
         registry.register(
             "inference_requests",
             "Requests answered, by method and status",
-            requests.clone(),
+            m.requests.clone(),
         );
         registry.register(
             "inference_request_duration_seconds",
             "Request latency from arrival to answer",
-            request_duration.clone(),
+            m.request_duration.clone(),
         );
-        registry.register("inference_pairs", "Pairs scored", pairs.clone());
+        registry.register("inference_pairs", "Pairs scored", m.pairs.clone());
+        registry.register(
+            "inference_latency_seconds",
+            "Per pair: from entering the queue to its score",
+            m.pair_latency.clone(),
+        );
+        registry.register(
+            "inference_queue_wait_time_seconds",
+            "Per pair: from entering the queue to leaving in a batch",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "inference_throughput_samples_per_second",
+            "Pairs scored per second, over the last 10 s",
+            m.throughput.clone(),
+        );
         registry.register(
             "inference_queue_size",
             "Pairs waiting for a batch",
-            queue_pairs.clone(),
+            m.queue_pairs.clone(),
+        );
+        registry.register(
+            "tokenizer_pool_queue_size",
+            "Tokenize jobs sent to tokenizer workers and not yet answered",
+            m.tokenizer_queue.clone(),
         );
         registry.register(
             "model_pool_active_workers",
             "Model replicas serving",
-            active_replicas.clone(),
+            m.active_replicas.clone(),
         );
         registry.register(
             "tokenizer_pool_active_workers",
             "Tokenizer workers serving",
-            active_tokenizers.clone(),
+            m.active_tokenizers.clone(),
         );
         registry.register(
             "inference_batch_size",
             "Pairs per batch",
-            batch_size.clone(),
+            m.batch_size.clone(),
         );
         registry.register(
             "inference_batch_tokens",
             "Real tokens per batch",
-            batch_tokens.clone(),
+            m.batch_tokens.clone(),
         );
         registry.register(
             "inference_padding_ratio",
             "Padded over real tokens per batch",
-            padding_ratio.clone(),
+            m.padding_ratio.clone(),
+        );
+        registry.register(
+            "inference_stage_duration_seconds",
+            "Duration of a pipeline stage: tokenize (per job), queue (per pair), ring (per job: round trip less the worker's time), forward (per batch)",
+            m.stages.clone(),
         );
         registry.register(
             "worker_restarts",
             "Workers replaced after dying",
-            worker_restarts.clone(),
+            m.worker_restarts.clone(),
         );
-        Self {
-            registry: Mutex::new(registry),
-            worker_restarts,
-            requests,
-            request_duration,
-            pairs,
-            queue_pairs,
-            active_replicas,
-            active_tokenizers,
-            batch_size,
-            batch_tokens,
-            padding_ratio,
+        // Both roles from the start, so dashboards show 0, not "no data".
+        for role in ["model", "tokenizer"] {
+            m.worker_restarts
+                .get_or_create(&RoleLabels { role: role.into() })
+                .inc_by(0);
         }
+        if let Ok(mut r) = metrics.registry.lock() {
+            *r = registry;
+        }
+        metrics
     }
 
     /// Records one request's outcome and latency.
@@ -159,7 +264,6 @@ impl Metrics {
 
     /// Records one batch sent to a replica.
     pub fn observe_batch(&self, pairs: usize, tokens: usize, longest: usize) {
-        self.pairs.inc_by(pairs as u64);
         self.batch_size.observe(pairs as f64);
         self.batch_tokens.observe(tokens as f64);
         if tokens > 0 {
@@ -168,12 +272,313 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// Records one stage's duration.
+    pub fn observe_stage(&self, stage: Stage, seconds: f64) {
+        self.stages
+            .get_or_create(&StageLabels {
+                stage: stage.label(),
+            })
+            .observe(seconds);
+    }
+
+    /// The Prometheus text exposition of every metric, with `processes`'
+    /// figures.
+    pub fn render(&self, processes: ProcessFigures) -> String {
         let mut out = String::new();
+        let mut scrape = Registry::default();
+        scrape.register_collector(Box::new(processes));
         if let Ok(registry) = self.registry.lock() {
-            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+            let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
         }
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &scrape);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
+    }
+}
+
+/// The name of a process in `process` labels: `supervisor`, `model-0`,
+/// `tokenizer-1`.
+pub fn process_name(role: Role, index: u32) -> String {
+    format!("{}-{index}", role_name(role))
+}
+
+/// `model`, `tokenizer` or `supervisor`.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Model => "model",
+        Role::Tokenizer => "tokenizer",
+        Role::Supervisor => "supervisor",
+    }
+}
+
+/// Everything per process, as of one scrape.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFigures {
+    /// The supervisor's resident memory.
+    pub supervisor_rss_bytes: u64,
+    /// Every worker slot, with the replica's plan for model workers.
+    pub workers: Vec<(WorkerFigures, Option<ReplicaPlan>)>,
+    /// CPU percent per process name, from the sampler.
+    pub cpu_percent: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabel {
+    process: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    role: &'static str,
+    replica: String,
+    pid: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RingLabels {
+    role: &'static str,
+    replica: String,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabel {
+    replica: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    replica: String,
+    model: String,
+    dtype: String,
+    device: String,
+}
+
+/// Encodes one metric family from `(labels, value)` rows.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for ProcessFigures {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let live: Vec<&(WorkerFigures, Option<ReplicaPlan>)> =
+            self.workers.iter().filter(|(w, _)| w.alive).collect();
+        let worker_labels = |w: &WorkerFigures| WorkerLabels {
+            role: role_name(w.role),
+            replica: w.index.to_string(),
+            pid: w.pid.to_string(),
+        };
+        let per_worker = |value: fn(&MetricsSnapshot) -> f64| {
+            live.iter()
+                .map(move |(w, _)| (worker_labels(w), value(&w.snapshot)))
+        };
+        family(
+            &mut encoder,
+            "process_cpu_percent",
+            "CPU use of each process, percent of one core, over the last 5 s",
+            MetricType::Gauge,
+            self.cpu_percent
+                .iter()
+                .map(|(p, v)| (ProcessLabel { process: p.clone() }, ConstGauge::new(*v))),
+        )?;
+        family(
+            &mut encoder,
+            "process_resident_memory_bytes",
+            "Resident memory of each process",
+            MetricType::Gauge,
+            std::iter::once((
+                ProcessLabel {
+                    process: "supervisor".into(),
+                },
+                ConstGauge::new(self.supervisor_rss_bytes as i64),
+            ))
+            .chain(live.iter().map(|(w, _)| {
+                (
+                    ProcessLabel {
+                        process: process_name(w.role, w.index),
+                    },
+                    ConstGauge::new(w.snapshot.rss_bytes as i64),
+                )
+            })),
+        )?;
+        family(
+            &mut encoder,
+            "worker_cpu_seconds",
+            "CPU seconds used by the worker process",
+            MetricType::Counter,
+            per_worker(|s| s.cpu_seconds).map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        family(
+            &mut encoder,
+            "worker_busy_seconds",
+            "Seconds the worker spent on jobs (forward passes or tokenization)",
+            MetricType::Counter,
+            per_worker(|s| s.busy_seconds).map(|(l, v)| (l, ConstCounter::new(v))),
+        )?;
+        family(
+            &mut encoder,
+            "worker_jobs",
+            "Jobs (batches or tokenize jobs) the worker completed",
+            MetricType::Counter,
+            per_worker(|s| s.jobs as f64).map(|(l, v)| (l, ConstCounter::new(v as u64))),
+        )?;
+        family(
+            &mut encoder,
+            "worker_pairs",
+            "Pairs the worker completed",
+            MetricType::Counter,
+            per_worker(|s| s.pairs as f64).map(|(l, v)| (l, ConstCounter::new(v as u64))),
+        )?;
+        family(
+            &mut encoder,
+            "worker_resident_memory_bytes",
+            "Resident memory of the worker process",
+            MetricType::Gauge,
+            per_worker(|s| s.rss_bytes as f64).map(|(l, v)| (l, ConstGauge::new(v as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "worker_up",
+            "1 while the worker slot's process serves, 0 while it is dead or restarting",
+            MetricType::Gauge,
+            self.workers
+                .iter()
+                .map(|(w, _)| (worker_labels(w), ConstGauge::new(i64::from(w.alive)))),
+        )?;
+        family(
+            &mut encoder,
+            "ring_occupancy_bytes",
+            "Bytes waiting in a worker's shared-memory ring",
+            MetricType::Gauge,
+            live.iter().flat_map(|(w, _)| {
+                let labels = |direction| RingLabels {
+                    role: role_name(w.role),
+                    replica: w.index.to_string(),
+                    direction,
+                };
+                [
+                    (
+                        labels("to_worker"),
+                        ConstGauge::new(w.to_worker_bytes as i64),
+                    ),
+                    (
+                        labels("from_worker"),
+                        ConstGauge::new(w.from_worker_bytes as i64),
+                    ),
+                ]
+            }),
+        )?;
+        let models = || self.workers.iter().filter(|(w, _)| w.role == Role::Model);
+        family(
+            &mut encoder,
+            "gpu_memory_bytes",
+            "Device memory used by a model replica (0 on the CPU)",
+            MetricType::Gauge,
+            models().map(|(w, _)| {
+                (
+                    ReplicaLabel {
+                        replica: w.index.to_string(),
+                    },
+                    ConstGauge::new(w.snapshot.device_memory_bytes as i64),
+                )
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "model_info",
+            "The model each replica serves (value 1)",
+            MetricType::Gauge,
+            models().filter_map(|(w, plan)| {
+                let plan = plan.as_ref()?;
+                Some((
+                    ModelLabels {
+                        replica: w.index.to_string(),
+                        model: plan.model.clone(),
+                        dtype: plan.dtype.clone(),
+                        device: plan.device.clone(),
+                    },
+                    ConstGauge::new(1i64),
+                ))
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(role: Role, index: u32, pid: u32, alive: bool) -> WorkerFigures {
+        WorkerFigures {
+            role,
+            index,
+            pid,
+            alive,
+            snapshot: MetricsSnapshot {
+                cpu_seconds: 1.5,
+                rss_bytes: 100 << 20,
+                jobs: 7,
+                pairs: 300,
+                busy_seconds: 1.25,
+                device_memory_bytes: 0,
+            },
+            to_worker_bytes: 4096,
+            from_worker_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn the_exposition_holds_every_family_with_its_labels() {
+        let metrics = Metrics::new();
+        metrics.observe_request("rerank", "ok", 0.2);
+        metrics.observe_stage(Stage::Ring, 0.000_03);
+        metrics.pair_latency.observe(0.05);
+        let plan = ReplicaPlan {
+            model: "m".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            threads: 2,
+        };
+        let text = metrics.render(ProcessFigures {
+            supervisor_rss_bytes: 30 << 20,
+            workers: vec![
+                (worker(Role::Model, 0, 41, true), Some(plan)),
+                (worker(Role::Tokenizer, 0, 42, true), None),
+                (worker(Role::Model, 1, 0, false), None),
+            ],
+            cpu_percent: [("supervisor".to_string(), 12.5)].into(),
+        });
+        for needle in [
+            "inference_requests_total{method=\"rerank\",status=\"ok\"} 1",
+            "inference_request_duration_seconds_bucket{",
+            "inference_latency_seconds_count 1",
+            "inference_stage_duration_seconds_bucket{le=\"0.0000625\",stage=\"ring\"} 1",
+            "inference_throughput_samples_per_second 0",
+            "tokenizer_pool_queue_size 0",
+            "process_cpu_percent{process=\"supervisor\"} 12.5",
+            "process_resident_memory_bytes{process=\"model-0\"} 104857600",
+            "worker_cpu_seconds_total{role=\"model\",replica=\"0\",pid=\"41\"} 1.5",
+            "worker_pairs_total{role=\"tokenizer\",replica=\"0\",pid=\"42\"} 300",
+            "worker_up{role=\"model\",replica=\"1\",pid=\"0\"} 0",
+            "ring_occupancy_bytes{role=\"model\",replica=\"0\",direction=\"to_worker\"} 4096",
+            "gpu_memory_bytes{replica=\"0\"} 0",
+            "model_info{replica=\"0\",model=\"m\",dtype=\"f32\",device=\"cpu\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        // A dead slot exports no counters (its process is gone).
+        assert!(!text.contains("pid=\"0\"} 1.5"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -40,6 +40,17 @@ impl ApiError {
         }
     }
 
+    /// The `status` label of `inference_requests_total` for this error.
+    pub fn status_label(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument(_) => "invalid_argument",
+            ApiError::Overloaded(_) => "resource_exhausted",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+            ApiError::DeadlineExceeded(_) => "deadline_exceeded",
+        }
+    }
+
     /// The HTTP status for this error (text-embeddings-inference's choices).
     pub fn http_status(&self) -> u16 {
         match self {

@@ -20,7 +20,7 @@ use ce_common::frame::{self, FrameKind};
 use tokio::sync::{RwLock, mpsc};
 
 use crate::batcher::{self, BatchLimits};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::request::{ApiError, PendingRequest};
 use crate::workers::{WorkerFailure, WorkerHandle, WorkerReply};
 
@@ -219,8 +219,17 @@ impl Actor {
         };
         match scores {
             Ok((logits, labels)) if logits.len() == batch.pairs.len() * labels => {
+                let m = &self.metrics;
+                m.pairs.inc_by(batch.pairs.len() as u64);
+                m.observe_stage(Stage::Forward, reply.work.as_secs_f64());
+                m.observe_stage(
+                    Stage::Ring,
+                    elapsed.saturating_sub(reply.work).as_secs_f64(),
+                );
                 for (pair, row) in batch.pairs.iter().zip(logits.chunks(labels)) {
                     let queued = batch.sent.saturating_duration_since(pair.enqueued);
+                    m.pair_latency
+                        .observe(pair.enqueued.elapsed().as_secs_f64());
                     pair.request.complete(pair.index, row, queued, elapsed);
                 }
             }
@@ -362,6 +371,11 @@ impl Actor {
             tokens,
             pairs.iter().map(|p| p.ids.len()).max().unwrap_or(0),
         );
+        for p in &pairs {
+            let waited = p.enqueued.elapsed().as_secs_f64();
+            self.metrics.queue_wait.observe(waited);
+            self.metrics.observe_stage(Stage::Queue, waited);
+        }
         let mut payload = Vec::with_capacity(8 + 4 * (batch.len() + 1) + 8 * tokens);
         frame::encode_token_batch(&batch, &mut payload);
         let reply = replica.submit(FrameKind::TokenBatch, pairs.len() as u32, payload);

@@ -223,12 +223,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Tokenizers::InProcess {
             tokenizer: tokenizer.clone(),
             permits: Arc::new(Semaphore::new(1)),
+            metrics: metrics.clone(),
         }
     } else {
         Tokenizers::Workers(WorkerPool::new(
             tokenizer_workers.clone(),
             settings.tokenizers,
             Duration::from_millis(settings.batch_deadline_ms),
+            metrics.clone(),
         ))
     };
     let core = Arc::new(Core::new(CoreParts {
@@ -416,6 +418,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         });
     }
+    tokio::spawn(crate::sampler::run(core.clone(), stop.clone()));
     tracing::info!(
         replicas = plans.len(),
         tokenizers = settings.tokenizers,

@@ -3,13 +3,14 @@
 //! `--tokenizers 0`, inside the supervisor.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ce_common::TokenBatch;
 use ce_common::frame::{self, ERROR_INVALID_INPUT, FrameKind, TextJob};
 use tokenizer_worker::PairTokenizer;
 use tokio::sync::{RwLock, Semaphore};
 
+use crate::metrics::{Metrics, Stage};
 use crate::request::ApiError;
 use crate::workers::{WorkerFailure, WorkerHandle};
 
@@ -27,6 +28,8 @@ pub enum Tokenizers {
         tokenizer: Arc<PairTokenizer>,
         /// Bounds the blocking threads used to one.
         permits: Arc<Semaphore>,
+        /// Where tokenize durations go.
+        metrics: Arc<Metrics>,
     },
     /// In worker processes.
     Workers(WorkerPool),
@@ -40,16 +43,23 @@ pub struct WorkerPool {
     workers: Arc<RwLock<Vec<WorkerHandle>>>,
     gates: Vec<Arc<RwLock<()>>>,
     deadline: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl WorkerPool {
     /// `slots` workers (the list may still be empty: it is filled at
     /// start-up); a worker holding a job longer than `deadline` is killed.
-    pub fn new(workers: Arc<RwLock<Vec<WorkerHandle>>>, slots: usize, deadline: Duration) -> Self {
+    pub fn new(
+        workers: Arc<RwLock<Vec<WorkerHandle>>>,
+        slots: usize,
+        deadline: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             workers,
             gates: (0..slots).map(|_| Arc::default()).collect(),
             deadline,
+            metrics,
         }
     }
 
@@ -91,6 +101,7 @@ impl WorkerPool {
             let Some(worker) = worker.filter(WorkerHandle::is_alive) else {
                 continue;
             };
+            let sent = Instant::now();
             let mut reply = worker.submit(
                 FrameKind::TextJob,
                 job.passages.len() as u32,
@@ -105,7 +116,13 @@ impl WorkerPool {
                 }
             };
             match reply {
-                Ok(Ok(reply)) => return decode_reply(reply.kind, &reply.payload),
+                Ok(Ok(reply)) => {
+                    let m = &self.metrics;
+                    m.observe_stage(Stage::Tokenize, reply.work.as_secs_f64());
+                    let transfer = sent.elapsed().saturating_sub(reply.work);
+                    m.observe_stage(Stage::Ring, transfer.as_secs_f64());
+                    return decode_reply(reply.kind, &reply.payload);
+                }
                 Ok(Err(WorkerFailure::Died)) | Err(_) => {
                     deaths += 1;
                     if suspect {
@@ -126,18 +143,25 @@ impl Tokenizers {
     /// Tokenizes one job.
     pub async fn tokenize(&self, job: TextJob) -> Result<TokenBatch, ApiError> {
         match self {
-            Tokenizers::InProcess { tokenizer, permits } => {
+            Tokenizers::InProcess {
+                tokenizer,
+                permits,
+                metrics,
+            } => {
                 let _permit = permits
                     .acquire()
                     .await
                     .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
                 let tokenizer = tokenizer.clone();
-                tokio::task::spawn_blocking(move || {
-                    tokenizer_worker::job::tokenize(&tokenizer, &job)
+                let (batch, took) = tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let batch = tokenizer_worker::job::tokenize(&tokenizer, &job);
+                    (batch, started.elapsed())
                 })
                 .await
-                .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?
-                .map_err(ApiError::InvalidArgument)
+                .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?;
+                metrics.observe_stage(Stage::Tokenize, took.as_secs_f64());
+                batch.map_err(ApiError::InvalidArgument)
             }
             Tokenizers::Workers(pool) => pool.tokenize(&job).await,
         }

@@ -20,7 +20,7 @@ use ce_common::control::{
 };
 use ce_common::frame::FrameKind;
 use ce_common::link::{self, LinkConfig};
-use ce_common::ring::{FrameMeta, RingError};
+use ce_common::ring::{FrameMeta, RingError, RingGauge};
 use ce_common::ring_async::{AsyncConsumer, AsyncProducer};
 use ce_common::spawn::{SpawnSpec, Spawner, has_exited};
 use ce_common::worker::REPLICA_ENV;
@@ -72,6 +72,28 @@ pub struct WorkerReply {
     pub count: u32,
     /// Its payload.
     pub payload: Vec<u8>,
+    /// Time the worker spent on the job, by its own clock (the rest of the
+    /// round trip is transfer and waiting).
+    pub work: Duration,
+}
+
+/// One worker's figures for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct WorkerFigures {
+    /// Tokenizer or model.
+    pub role: Role,
+    /// Its index among workers of its role.
+    pub index: u32,
+    /// Its pid (0 for a slot that failed to start).
+    pub pid: u32,
+    /// Whether it serves.
+    pub alive: bool,
+    /// Its latest snapshot.
+    pub snapshot: MetricsSnapshot,
+    /// Bytes waiting in the supervisor → worker ring.
+    pub to_worker_bytes: u64,
+    /// Bytes waiting in the worker → supervisor ring.
+    pub from_worker_bytes: u64,
 }
 
 type ReplySender = oneshot::Sender<Result<WorkerReply, WorkerFailure>>;
@@ -123,6 +145,8 @@ struct Inner {
     pidfd: Option<Arc<OwnedFd>>,
     /// Why the worker of this slot failed to start, if it did.
     start_error: Option<String>,
+    /// Fill levels of the to-worker and from-worker rings.
+    rings: Option<[RingGauge; 2]>,
 }
 
 impl WorkerHandle {
@@ -190,6 +214,9 @@ impl WorkerHandle {
             return Err(control_err(e));
         }
         let pidfd = Arc::new(spawned.pidfd);
+        let producer = AsyncProducer::new(sup_link.to_worker)?;
+        let consumer = AsyncConsumer::new(sup_link.from_worker)?;
+        let rings = Some([producer.get_ref().gauge(), consumer.get_ref().gauge()]);
         let (jobs, job_rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -206,10 +233,9 @@ impl WorkerHandle {
             heartbeats: AtomicU64::new(0),
             pidfd: Some(pidfd.clone()),
             start_error: None,
+            rings,
         });
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let producer = AsyncProducer::new(sup_link.to_worker)?;
-        let consumer = AsyncConsumer::new(sup_link.from_worker)?;
         tokio::spawn(writer(
             inner.clone(),
             producer,
@@ -250,6 +276,7 @@ impl WorkerHandle {
                 heartbeats: AtomicU64::new(0),
                 pidfd: None,
                 start_error: Some(error),
+                rings: None,
             }),
         }
     }
@@ -320,6 +347,25 @@ impl WorkerHandle {
             .unwrap_or_default()
     }
 
+    /// Its figures for `/metrics`.
+    pub fn figures(&self) -> WorkerFigures {
+        let occupancy = |i: usize| {
+            self.inner
+                .rings
+                .as_ref()
+                .map_or(0, |r: &[RingGauge; 2]| r[i].occupancy())
+        };
+        WorkerFigures {
+            role: self.inner.role,
+            index: self.inner.index,
+            pid: self.inner.pid,
+            alive: self.is_alive(),
+            snapshot: self.metrics(),
+            to_worker_bytes: occupancy(0),
+            from_worker_bytes: occupancy(1),
+        }
+    }
+
     /// SIGKILLs it (a hung worker): its jobs then fail with
     /// [`WorkerFailure::Died`] and its slot's keeper starts a new one.
     pub fn kill(&self, why: &str) {
@@ -387,6 +433,7 @@ async fn writer(
             kind: job.kind as u16,
             id,
             count: job.count,
+            work_us: 0,
         };
         let alive = || !has_exited(&pidfd);
         if let Err(e) = producer.send(meta, &job.payload, alive).await {
@@ -417,6 +464,7 @@ async fn reader(
                             kind: header.kind,
                             count: header.count,
                             payload: std::mem::take(&mut buf),
+                            work: Duration::from_micros(header.work_us.into()),
                         };
                         let _ = w.send(Ok(reply));
                     }

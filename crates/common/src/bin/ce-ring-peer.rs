@@ -73,6 +73,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 kind: REPORT_KIND,
                 id: bad,
                 count: seen as u32,
+                work_us: 0,
             };
             link.from_worker
                 .send(report, &seen.to_le_bytes(), WAIT, peer)
@@ -105,6 +106,7 @@ fn run(args: &[String]) -> Result<(), String> {
                         kind: REPORT_KIND,
                         id: 0,
                         count: 0,
+                        work_us: 0,
                     };
                     return link
                         .from_worker
@@ -122,6 +124,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 kind: h.kind,
                 id: h.id,
                 count: h.count,
+                work_us: 0,
             };
             link.from_worker.send(meta, &buf, WAIT, peer).map_err(e)?;
         },
