@@ -746,11 +746,7 @@ async fn a_replica_that_cannot_start_is_reported_and_the_rest_serve() {
     assert_eq!(info["replicas"][1]["serving"], true, "{info}");
     let mut client = server.client().await;
     let reply = client
-        .rerank(RerankRequest {
-            query: "q".into(),
-            documents: vec!["a".into(), "b".into()],
-            ..Default::default()
-        })
+        .rerank(support::two_document_rerank())
         .await
         .expect("the healthy replica serves");
     assert_eq!(reply.into_inner().ranks.len(), 2);
@@ -918,11 +914,7 @@ async fn tls_serves_grpc_and_http_and_refuses_plain_text() {
     let channel = endpoint.connect().await.expect("TLS channel");
     let mut client = CrossEncoderClient::new(channel);
     let reply = client
-        .rerank(RerankRequest {
-            query: "q".into(),
-            documents: vec!["a".into(), "b".into()],
-            ..Default::default()
-        })
+        .rerank(support::two_document_rerank())
         .await
         .expect("rerank over TLS");
     assert_eq!(reply.into_inner().ranks.len(), 2);

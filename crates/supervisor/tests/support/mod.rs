@@ -226,6 +226,15 @@ pub fn score_request(query: &str, documents: &[String]) -> ce_proto::v1::ScoreRe
     }
 }
 
+/// A small Rerank request: "q" against "a" and "b".
+pub fn two_document_rerank() -> ce_proto::v1::RerankRequest {
+    ce_proto::v1::RerankRequest {
+        query: "q".into(),
+        documents: vec!["a".into(), "b".into()],
+        ..Default::default()
+    }
+}
+
 /// The bare engine's raw logit of `query` with each document.
 pub fn engine_logits_for(query: &str, documents: &[String]) -> Vec<f32> {
     engine_logits(
