@@ -7,8 +7,8 @@
 #   scripts/soak.sh 10m                       # the full soak
 #   scripts/soak.sh 60 --server-args='--replicas 2' --json soak.json
 #
-# CE_PROFILE=dev builds the test profile instead of release (CI does, to
-# reuse the test build).
+# CE_PROFILE=dev builds the dev profile instead of release. CI's 60 s soak
+# is crates/bench/tests/soak.rs, inside `cargo test`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

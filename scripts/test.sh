@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command: fetch the default model and install
-# Prometheus (for the metrics test) if missing, then
-# formatting, lints, every test of the workspace (the chaos test included)
-# and a 60 s soak. Fails on any failure.
+# Prometheus (for the metrics test) if missing; formatting and lints; the
+# deployment files' linters; the release build the Dockerfile runs; then
+# every test of the workspace (a 20 s chaos test, a real Prometheus and a
+# 60 s soak among them). Fails on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,7 +13,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== deployment files (hadolint, kubernetes-validate)"
+scripts/check_deploy.sh
+echo "== release build (what the Dockerfile runs)"
+scripts/build_release.sh
 echo "== cargo test"
 cargo test --workspace --locked
-echo "== soak (60 s on the test build)"
-CE_PROFILE=dev scripts/soak.sh 60 --probe-seconds 10

@@ -449,12 +449,52 @@ async fn health_serves_only_after_load_and_reflection_lists_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
+async fn sigterm_under_load_loses_nothing_within_the_kubernetes_grace_period() {
+    // The settings and grace period Kubernetes gets (deploy/kubernetes/).
+    let manifests = support::workspace_root().join("deploy/kubernetes");
+    let configmap = std::fs::read_to_string(manifests.join("configmap.yaml")).unwrap();
+    let config: String = configmap
+        .split_once("config.toml: |\n")
+        .expect("the ConfigMap holds config.toml")
+        .1
+        .lines()
+        .map(|l| format!("{}\n", l.trim()))
+        .collect();
+    let settings: toml::Table = config.parse().unwrap();
+    let grace_ms = settings["shutdown_grace_ms"].as_integer().unwrap() as u64;
+    let deployment = std::fs::read_to_string(manifests.join("deployment.yaml")).unwrap();
+    let number_after = |key: &str| -> u64 {
+        let at = deployment
+            .find(key)
+            .unwrap_or_else(|| panic!("{key} missing"))
+            + key.len();
+        deployment[at..]
+            .trim_start_matches([':', ' ', '\n'])
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    };
+    let termination = Duration::from_secs(number_after("terminationGracePeriodSeconds"));
+    let pre_stop = Duration::from_secs(number_after("sleep:\n                seconds"));
+    // Drain, then at most 5 s for the workers to stop, after the preStop pause.
+    assert!(
+        pre_stop + Duration::from_millis(grace_ms) + Duration::from_secs(5) <= termination,
+        "shutdown_grace_ms {grace_ms} + worker stop 5 s + preStop {pre_stop:?} exceed {termination:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+    // This machine's share: one replica, whatever the pod gets.
     let mut server = Server::start(&[
+        "--config",
+        config_path.to_str().unwrap(),
         "--replicas",
         "1",
         "--tokenizers",
         "1",
+        "--threads-per-replica",
+        "2",
         "--max-batch-size",
         "32",
     ]);
@@ -478,7 +518,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_cleanly() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = tokio::task::spawn_blocking(move || {
-        let s = server.terminate(Duration::from_secs(60));
+        let s = server.terminate(termination - pre_stop);
         drop(server);
         s
     })

@@ -55,7 +55,8 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     sample_every: u64,
     /// Seconds of warm-up before memory counts (default: a fifth of the
-    /// duration, 20 to 60 s).
+    /// duration, 30 to 60 s: a model worker's heap grows until it has seen
+    /// its largest batch shapes).
     #[arg(long)]
     warmup: Option<u64>,
     /// Largest RSS growth allowed over the baseline (0.10 = 10%).
@@ -159,7 +160,7 @@ fn main() -> anyhow::Result<()> {
 async fn soak(args: Args) -> anyhow::Result<()> {
     let warmup = args
         .warmup
-        .unwrap_or((args.duration / 5).clamp(20, 60))
+        .unwrap_or((args.duration / 5).clamp(30, 60))
         .min(args.duration.saturating_sub(args.sample_every));
     let requests: Arc<Vec<Request>> = Arc::new(
         Workload::new(WorkloadConfig {
