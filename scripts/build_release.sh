@@ -9,4 +9,6 @@ scripts/fetch_model.sh
 features=()
 [ -n "${CE_CARGO_FEATURES:-}" ] && features=(--features "$CE_CARGO_FEATURES")
 cargo build --release --locked --quiet -p supervisor "${features[@]}"
-ls -l target/release/ce-supervisor target/release/ce-tokenizer-worker target/release/ce-model-worker >&2
+for exe in ce-supervisor ce-tokenizer-worker ce-model-worker; do
+  [ -x "target/release/$exe" ] || { echo "build_release: target/release/$exe missing" >&2; exit 1; }
+done

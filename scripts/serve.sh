@@ -6,6 +6,5 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-scripts/fetch_model.sh
-cargo build --release --quiet -p supervisor
+scripts/build_release.sh
 exec target/release/ce-supervisor --config conf/config.toml --model "$root/models/minilm-l6-ce" "$@"
