@@ -4,6 +4,7 @@
 //!   realistic length) that every benchmark uses.
 //! * [`gemm_peak`] — a GEMM peak measured on this machine, the roofline that
 //!   throughput is reported against.
+//! * [`experiment`] — experiment files (`conf/experiment/*.toml`) and sweeps.
 //! * [`server`] — a `ce-supervisor` started for a benchmark, and the
 //!   memory of its processes.
 //! * `src/bin/ce-engine-bench.rs` — the engine benchmark (pairs/s, tokens/s,
@@ -11,6 +12,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod experiment;
 pub mod gemm_peak;
 pub mod server;
 pub mod workload;

@@ -1,0 +1,391 @@
+//! Experiment configurations (`conf/experiment/*.toml`) and their sweeps.
+//!
+//! ```toml
+//! name = "07b_dynamic_batch"
+//! description = "Batch size × batch timeout"
+//!
+//! [server]                      # ce-supervisor settings; an array is a sweep
+//! max_batch_size = [32, 128]
+//! batch_timeout_ms = [1, 5, 20]
+//!
+//! [client]
+//! batch_sizes = [32, 128]       # passages per request
+//! concurrency = [1, 4]
+//! window_s = 5                  # measurement window
+//!
+//! [quick]                       # overrides for `--quick`
+//! server = { batch_timeout_ms = [1, 20] }
+//! client = { batch_sizes = [32], concurrency = [4], window_s = 2 }
+//! ```
+//!
+//! Settings whose value is itself a list (`devices`, `instances`) sweep
+//! only when given as a list of lists.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not a valid configuration.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Settings whose value is a list, so only a list of lists sweeps them.
+const LIST_SETTINGS: &[&str] = &["devices", "instances"];
+
+/// How the client loads the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadMode {
+    /// `concurrency` clients, each sending its next request when the last
+    /// is answered.
+    #[default]
+    Closed,
+    /// Poisson arrivals at `rate` requests per second.
+    Open,
+}
+
+/// The client side of an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Passages per request (the seed's batch sizes).
+    pub batch_sizes: Vec<usize>,
+    /// Closed loop: concurrent clients, one measurement per level.
+    pub concurrency: Vec<usize>,
+    /// Open loop: requests per second, one measurement per rate.
+    pub rates: Vec<f64>,
+    /// Closed or open loop.
+    pub mode: LoadMode,
+    /// Seconds of warm-up before measuring.
+    pub warmup_s: f64,
+    /// Seconds per measurement window.
+    pub window_s: f64,
+    /// Consecutive windows that must agree within `tolerance`.
+    pub stable_windows: usize,
+    /// Relative spread allowed between agreeing windows.
+    pub tolerance: f64,
+    /// Windows at most before a measurement is reported as unstable.
+    pub max_windows: usize,
+    /// Workload seed.
+    pub seed: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            batch_sizes: vec![32],
+            concurrency: vec![1, 2, 4],
+            rates: Vec::new(),
+            mode: LoadMode::Closed,
+            warmup_s: 3.0,
+            window_s: 5.0,
+            stable_windows: 3,
+            tolerance: 0.05,
+            max_windows: 8,
+            seed: 42,
+        }
+    }
+}
+
+/// `--quick` overrides.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuickOverrides {
+    /// Replaces these server keys.
+    pub server: toml::Table,
+    /// Replaces these client keys.
+    pub client: toml::Table,
+}
+
+/// One experiment file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Name (results are written under it).
+    pub name: String,
+    /// What it measures and why.
+    pub description: String,
+    /// ce-supervisor settings; arrays are sweeps.
+    #[serde(default)]
+    pub server: toml::Table,
+    /// Load settings.
+    #[serde(default)]
+    pub client: ClientConfig,
+    /// `--quick` overrides.
+    #[serde(default)]
+    pub quick: QuickOverrides,
+}
+
+/// One server configuration of a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// `key=value` of the swept keys, e.g. `dtype=f16,replicas=2`
+    /// (`default` when nothing is swept).
+    pub label: String,
+    /// The swept keys and their values here.
+    pub swept: BTreeMap<String, toml::Value>,
+    /// Every server setting of this variant.
+    pub settings: toml::Table,
+}
+
+impl Experiment {
+    /// Reads and checks a configuration; `quick` applies its overrides.
+    pub fn load(path: &Path, quick: bool) -> Result<Self, ExperimentError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ExperimentError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, quick).map_err(|message| ExperimentError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses a configuration's text.
+    pub fn parse(text: &str, quick: bool) -> Result<Self, String> {
+        let mut experiment: Experiment = toml::from_str(text).map_err(|e| e.to_string())?;
+        if quick {
+            let overrides = experiment.quick.clone();
+            experiment.server.extend(overrides.server);
+            let mut client =
+                toml::Table::try_from(&experiment.client).map_err(|e| e.to_string())?;
+            client.extend(overrides.client);
+            experiment.client = client
+                .try_into()
+                .map_err(|e| format!("[quick] client: {e}"))?;
+        }
+        experiment.check()?;
+        Ok(experiment)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let c = &self.client;
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            return Err(format!(
+                "name {:?}: letters, digits, _ and - only",
+                self.name
+            ));
+        }
+        if c.batch_sizes.is_empty() || c.batch_sizes.contains(&0) {
+            return Err("client.batch_sizes: at least one, each at least 1".into());
+        }
+        match c.mode {
+            LoadMode::Closed if c.concurrency.is_empty() || c.concurrency.contains(&0) => {
+                Err("client.concurrency: at least one level, each at least 1".into())
+            }
+            LoadMode::Open if c.rates.is_empty() || c.rates.iter().any(|r| *r <= 0.0) => {
+                Err("client.rates: at least one rate, each above 0".into())
+            }
+            _ if c.window_s <= 0.0 || c.stable_windows == 0 || c.max_windows < c.stable_windows => {
+                Err("client: window_s > 0 and max_windows ≥ stable_windows ≥ 1".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The server variants: the cartesian product of every swept key, keys
+    /// in alphabetical order, values in file order.
+    pub fn variants(&self) -> Vec<Variant> {
+        let mut variants = vec![Variant {
+            label: String::new(),
+            swept: BTreeMap::new(),
+            settings: toml::Table::new(),
+        }];
+        for (key, value) in &self.server {
+            let choices: Vec<toml::Value> = match value {
+                toml::Value::Array(items) if is_sweep(key, items) => items.clone(),
+                other => vec![other.clone()],
+            };
+            let swept = choices.len() > 1
+                || matches!(value, toml::Value::Array(items) if is_sweep(key, items));
+            variants = variants
+                .into_iter()
+                .flat_map(|v| {
+                    choices.iter().map(move |choice| {
+                        let mut v = v.clone();
+                        v.settings.insert(key.clone(), choice.clone());
+                        if swept {
+                            v.swept.insert(key.clone(), choice.clone());
+                        }
+                        v
+                    })
+                })
+                .collect();
+        }
+        for v in &mut variants {
+            v.label = if v.swept.is_empty() {
+                "default".into()
+            } else {
+                self.server
+                    .keys()
+                    .filter_map(|k| v.swept.get(k).map(|value| format!("{k}={}", plain(value))))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+        }
+        variants
+    }
+}
+
+fn is_sweep(key: &str, items: &[toml::Value]) -> bool {
+    if LIST_SETTINGS.contains(&key) {
+        items.iter().all(|i| i.is_array())
+    } else {
+        true
+    }
+}
+
+/// A value as a label shows it: strings without quotes, lists joined by `+`.
+pub fn plain(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join("+"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SWEEP: &str = r#"
+name = "sweep"
+description = "two keys swept"
+[server]
+replicas = [1, 2]
+dtype = ["f32", "q8_0"]
+tokenizers = 1
+devices = ["cpu"]
+[client]
+batch_sizes = [32, 128]
+concurrency = [1, 4]
+[quick]
+server = { dtype = ["f32"] }
+client = { batch_sizes = [32], window_s = 1.5 }
+"#;
+
+    #[test]
+    fn arrays_sweep_as_a_cartesian_product_in_key_order() {
+        let e = Experiment::parse(SWEEP, false).unwrap();
+        let v = e.variants();
+        let labels: Vec<&str> = v.iter().map(|v| v.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "dtype=f32,replicas=1",
+                "dtype=f32,replicas=2",
+                "dtype=q8_0,replicas=1",
+                "dtype=q8_0,replicas=2"
+            ]
+        );
+        // Plain keys and list-valued settings given flat are not swept.
+        assert_eq!(v[3].settings["tokenizers"], toml::Value::Integer(1));
+        assert_eq!(
+            v[3].settings["devices"],
+            toml::Value::Array(vec!["cpu".into()])
+        );
+        assert!(!v[3].swept.contains_key("devices"));
+    }
+
+    #[test]
+    fn a_list_of_lists_sweeps_a_list_setting() {
+        let e = Experiment::parse(
+            "name = \"d\"\ndescription = \"\"\n[server]\ndevices = [[\"cpu\"], [\"cpu\", \"cpu\"]]\n",
+            false,
+        )
+        .unwrap();
+        let labels: Vec<String> = e.variants().into_iter().map(|v| v.label).collect();
+        assert_eq!(labels, ["devices=cpu", "devices=cpu+cpu"]);
+    }
+
+    #[test]
+    fn quick_overrides_replace_keys() {
+        let e = Experiment::parse(SWEEP, true).unwrap();
+        assert_eq!(e.variants().len(), 2);
+        assert_eq!(e.client.batch_sizes, [32]);
+        assert_eq!(e.client.window_s, 1.5);
+        assert_eq!(e.client.concurrency, [1, 4]);
+    }
+
+    #[test]
+    fn nothing_swept_is_one_default_variant() {
+        let e = Experiment::parse("name = \"x\"\ndescription = \"\"\n", false).unwrap();
+        let v = e.variants();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].label, "default");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let bad = |text: &str| Experiment::parse(text, false).unwrap_err();
+        assert!(
+            bad("name = \"x\"\ndescription = \"\"\n[client]\nconcurrency = []\n")
+                .contains("concurrency")
+        );
+        assert!(
+            bad("name = \"x\"\ndescription = \"\"\n[client]\nbatch_size = [1]\n")
+                .contains("batch_size")
+        );
+        assert!(bad("name = \"a b\"\ndescription = \"\"\n").contains("name"));
+        assert!(
+            bad("name = \"x\"\ndescription = \"\"\n[client]\nmode = \"open\"\n").contains("rates")
+        );
+    }
+
+    #[test]
+    fn every_shipped_experiment_parses_quick_and_full() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf/experiment");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                for quick in [false, true] {
+                    let e = Experiment::load(&path, quick).unwrap_or_else(|e| panic!("{e}"));
+                    assert!(!e.variants().is_empty());
+                    assert_eq!(
+                        Some(e.name.as_str()),
+                        path.file_stem().and_then(|s| s.to_str())
+                    );
+                }
+                names.push(path.file_stem().unwrap().to_string_lossy().to_string());
+            }
+        }
+        names.sort();
+        for seed in [
+            "01_backend_comparison",
+            "07b_dynamic_batch",
+            "10_multi_model_pool",
+            "10_multi_model_pool_tokenizer_pool",
+            "11_3x_replicas",
+            "14_production",
+        ] {
+            assert!(
+                names.iter().any(|n| n == seed),
+                "conf/experiment/{seed}.toml missing: {names:?}"
+            );
+        }
+    }
+}
