@@ -5,6 +5,8 @@
 //! * [`gemm_peak`] — a GEMM peak measured on this machine, the roofline that
 //!   throughput is reported against.
 //! * [`experiment`] — experiment files (`conf/experiment/*.toml`) and sweeps.
+//! * [`load`] — the load generator (closed/open loop, stable windows, HDR).
+//! * [`report`] — results as JSON, Markdown, CSV and SVG plots; the summary.
 //! * [`server`] — a `ce-supervisor` started for a benchmark, and the
 //!   memory of its processes.
 //! * `src/bin/ce-engine-bench.rs` — the engine benchmark (pairs/s, tokens/s,
@@ -14,6 +16,8 @@
 
 pub mod experiment;
 pub mod gemm_peak;
+pub mod load;
+pub mod report;
 pub mod server;
 pub mod workload;
 

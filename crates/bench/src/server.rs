@@ -97,6 +97,26 @@ impl Supervisor {
         }
     }
 
+    /// The samples of `/metrics` whose line starts with `prefix`, summed
+    /// (0 when absent or unreachable).
+    pub fn metric_sum(&self, prefix: &str) -> f64 {
+        use std::io::{Read, Write};
+        let fetch = || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        };
+        fetch()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The supervisor and its workers now.
     pub fn processes(&self) -> Vec<Process> {
         let pid = self.pid();
