@@ -74,6 +74,17 @@ enum Command {
         #[arg(long, default_value = "experiments")]
         out: PathBuf,
     },
+    /// Print one server variant's settings as TOML (for run_server.sh).
+    Variant {
+        /// The experiment file.
+        config: PathBuf,
+        /// Apply its `[quick]` overrides.
+        #[arg(long)]
+        quick: bool,
+        /// Which variant (0-based, in sweep order).
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+    },
     /// Rank every experiment under `<out>/results/*.json`.
     Summary {
         /// Results root.
@@ -163,6 +174,20 @@ fn main() -> anyhow::Result<()> {
             model,
             out,
         } => runtime.block_on(run_experiment(&config, quick, &model, &out)),
+        Command::Variant {
+            config,
+            quick,
+            index,
+        } => {
+            let experiment = Experiment::load(&config, quick)?;
+            let variants = experiment.variants();
+            let Some(v) = variants.get(index) else {
+                bail!("{} has {} variants; no index {index}", experiment.name, variants.len());
+            };
+            eprintln!("{} variant {index}: {}", experiment.name, v.label);
+            print!("{}", toml::to_string(&v.settings)?);
+            Ok(())
+        }
         Command::Summary { out, slo_p99_ms } => {
             let mut results = Vec::new();
             for entry in std::fs::read_dir(out.join("results"))? {
