@@ -354,6 +354,14 @@ fn line_plot(
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        // Clients are whole numbers: label only those.
+        .x_label_formatter(&|x| {
+            if x.fract().abs() < 1e-9 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
         .label_style(("sans-serif", 14))
         .draw()?;
     for (i, (name, ms)) in series.iter().enumerate() {
