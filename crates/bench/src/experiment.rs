@@ -379,6 +379,7 @@ client = { batch_sizes = [32], window_s = 1.5 }
             "07b_dynamic_batch",
             "10_multi_model_pool",
             "10_multi_model_pool_tokenizer_pool",
+            "10a_padding_base",
             "11_3x_replicas",
             "14_production",
         ] {

@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the control protocol and ring layout together.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
@@ -46,6 +46,8 @@ pub struct WorkerConfig {
     pub max_length: u32,
     /// Heartbeat period in milliseconds.
     pub heartbeat_ms: u64,
+    /// Attention layout (model workers): `grouped` or `single`.
+    pub attention: String,
 }
 
 /// A worker's own figures, sent periodically.

@@ -6,6 +6,7 @@ use ce_common::TokenBatch;
 use tokenizer_worker::{PairTokenizer, Truncation};
 
 use crate::bert::BertCrossEncoder;
+use crate::bert::plan::AttentionLayout;
 use crate::config::{BertConfig, ScoreActivation};
 use crate::device::DeviceSpec;
 use crate::dtype::WeightDType;
@@ -26,6 +27,8 @@ pub struct EngineConfig {
     /// A batch larger than this many tokens is computed in several forward
     /// passes, which bounds the activations' memory.
     pub max_forward_tokens: usize,
+    /// Attention layout (length groups by default).
+    pub attention: AttentionLayout,
 }
 
 impl EngineConfig {
@@ -37,6 +40,7 @@ impl EngineConfig {
             device: DeviceSpec::Cpu,
             max_length: 512,
             max_forward_tokens: 16 * 1024,
+            attention: AttentionLayout::default(),
         }
     }
 }
@@ -105,7 +109,8 @@ impl Engine {
         let max_length = config.max_length.min(bert.max_position_embeddings).max(4);
         let tokenizer = PairTokenizer::from_file(&files.tokenizer, max_length)?;
         let device = config.device.open()?;
-        let model = BertCrossEncoder::load(&files.weights, bert, config.dtype, &device)?;
+        let mut model = BertCrossEncoder::load(&files.weights, bert, config.dtype, &device)?;
+        model.set_attention_layout(config.attention);
         let c = model.config();
         let info = ModelInfo {
             model: files.origin.clone(),

@@ -33,6 +33,7 @@ pub mod quant;
 pub mod source;
 pub mod threads;
 
+pub use bert::plan::AttentionLayout;
 pub use config::{BertConfig, ScoreActivation};
 pub use device::DeviceSpec;
 pub use dtype::WeightDType;

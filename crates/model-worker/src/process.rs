@@ -64,6 +64,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         .parse::<DeviceSpec>()
         .map_err(|e| ProcessError::Config(e.to_string()))?;
     engine_config.max_length = config.max_length as usize;
+    engine_config.attention = config.attention.parse().map_err(ProcessError::Config)?;
     let started = Instant::now();
     let loaded = Engine::load(&engine_config).and_then(|engine| {
         // One pass before Ready, so the first client batch does not pay for

@@ -99,6 +99,42 @@ fn f32_logits_match_in_mixed_length_batches() {
 }
 
 #[test]
+fn one_padded_attention_block_scores_the_same_and_costs_more() {
+    let fixture = support::fixture();
+    let grouped = engine(WeightDType::F32);
+    let mut config = EngineConfig::new(support::model_dir().to_string_lossy());
+    config.attention = "single".parse().unwrap();
+    let single = Engine::load(&config).unwrap();
+    let pairs: Vec<&support::GoldenPair> = fixture.pairs.iter().take(40).collect();
+    let batch = batch_of(&pairs);
+    let (a, b) = (
+        grouped.score(&batch).unwrap(),
+        single.score(&batch).unwrap(),
+    );
+    for (i, p) in pairs.iter().enumerate() {
+        assert!(
+            (b.logits[i] - p.logits[0]).abs() <= LOGIT_TOLERANCE,
+            "pair {}",
+            p.id
+        );
+        assert!(
+            (a.logits[i] - b.logits[i]).abs() <= LOGIT_TOLERANCE,
+            "pair {}",
+            p.id
+        );
+    }
+    let longest = (0..batch.len()).map(|i| batch.seq_len(i)).max().unwrap();
+    assert_eq!(b.attention_slots, longest * batch.len());
+    assert!(
+        b.attention_slots > a.attention_slots,
+        "single {} vs grouped {}",
+        b.attention_slots,
+        a.attention_slots
+    );
+    assert!("diagonal".parse::<model_worker::AttentionLayout>().is_err());
+}
+
+#[test]
 fn forward_is_split_when_over_the_token_budget() {
     let fixture = support::fixture();
     let mut config = EngineConfig::new(support::model_dir().to_string_lossy());

@@ -59,6 +59,10 @@ pub struct Settings {
     pub instances: Vec<Instance>,
     /// Longest pair in tokens (capped by the model).
     pub max_length: usize,
+    /// Attention layout: `grouped` (sequences of close lengths together)
+    /// or `single` (one block padded to the batch's longest; for the
+    /// padding experiment).
+    pub attention: String,
     /// Token budget of a batch (real tokens, as the packed engine computes them).
     pub max_batch_tokens: usize,
     /// Pairs in a batch at most.
@@ -113,6 +117,7 @@ impl Default for Settings {
             threads_per_replica: None,
             instances: Vec::new(),
             max_length: 512,
+            attention: "grouped".into(),
             max_batch_tokens: 16_384,
             max_batch_size: 128,
             batch_timeout_ms: 5,
@@ -176,6 +181,9 @@ pub struct Cli {
     /// Longest pair in tokens.
     #[arg(long, env = "CE_MAX_LENGTH")]
     pub max_length: Option<usize>,
+    /// Attention layout: grouped (default) or single.
+    #[arg(long, env = "CE_ATTENTION")]
+    pub attention: Option<String>,
     /// Token budget of a batch.
     #[arg(long, env = "CE_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
@@ -269,6 +277,7 @@ impl Cli {
         put("dtype", s(&self.dtype));
         put("threads_per_replica", n(self.threads_per_replica));
         put("max_length", n(self.max_length));
+        put("attention", s(&self.attention));
         put("max_batch_tokens", n(self.max_batch_tokens));
         put("max_batch_size", n(self.max_batch_size));
         put("batch_timeout_ms", u(self.batch_timeout_ms));
@@ -374,6 +383,12 @@ impl Settings {
             return bad(format!(
                 "max_batch_tokens ({}) must hold one pair of max_length ({}) tokens",
                 self.max_batch_tokens, self.max_length
+            ));
+        }
+        if !matches!(self.attention.as_str(), "grouped" | "single") {
+            return bad(format!(
+                "attention {:?}: expected \"grouped\" or \"single\"",
+                self.attention
             ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {

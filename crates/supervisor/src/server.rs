@@ -352,6 +352,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                     device: plan.device.clone(),
                     max_length: max_length as u32,
                     heartbeat_ms: settings.heartbeat_ms,
+                    attention: settings.attention.clone(),
                 },
                 link: LinkConfig::default(),
                 ready_timeout,

@@ -27,7 +27,7 @@ use crate::dtype::WeightDType;
 use crate::error::{EngineError, Result};
 use crate::source::Weights;
 use linear::Linear;
-use plan::BatchPlan;
+use plan::{AttentionLayout, BatchPlan};
 
 /// Reads f32 tensors by name, checking their shapes.
 struct WeightReader<'a> {
@@ -336,6 +336,7 @@ pub struct BertCrossEncoder {
     config: BertConfig,
     dtype: WeightDType,
     device: Device,
+    attention: AttentionLayout,
     embeddings: Embeddings,
     layers: Vec<Layer>,
     pooler: Pooler,
@@ -402,11 +403,17 @@ impl BertCrossEncoder {
             config,
             dtype,
             device: device.clone(),
+            attention: AttentionLayout::default(),
             embeddings,
             layers,
             pooler,
             classifier,
         })
+    }
+
+    /// Sets how attention lays sequences out (see [`AttentionLayout`]).
+    pub fn set_attention_layout(&mut self, layout: AttentionLayout) {
+        self.attention = layout;
     }
 
     /// The model's configuration.
@@ -442,7 +449,12 @@ impl BertCrossEncoder {
     /// is an error, never an out-of-bounds read.
     pub fn forward(&self, batch: &TokenBatch) -> Result<ForwardOutput> {
         batch.validate(&self.batch_limits())?;
-        let plan = BatchPlan::new(batch, &self.device, self.dtype.activation_dtype())?;
+        let plan = BatchPlan::new(
+            batch,
+            &self.device,
+            self.dtype.activation_dtype(),
+            self.attention,
+        )?;
         let mut hidden = self.embeddings.forward(&plan)?;
         for layer in &self.layers {
             hidden = layer.attention.forward(&hidden, &plan)?;

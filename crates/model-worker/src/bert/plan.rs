@@ -19,6 +19,41 @@ use crate::error::Result;
 /// attention (Σ l_max² against Σ l²) before a new group starts.
 const MAX_GROUP_ATTENTION_WASTE: f64 = 1.3;
 
+/// How sequences are laid out for attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionLayout {
+    /// Sorted by length and cut into groups of close lengths (the default).
+    #[default]
+    Grouped,
+    /// One block, every sequence padded to the batch's longest, in batch
+    /// order: what an engine without length grouping computes (for the
+    /// padding experiment; linear layers stay packed either way).
+    Single,
+}
+
+impl std::str::FromStr for AttentionLayout {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "grouped" | "" => Ok(Self::Grouped),
+            "single" => Ok(Self::Single),
+            other => Err(format!(
+                "attention layout {other:?}: expected \"grouped\" or \"single\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AttentionLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Grouped => "grouped",
+            Self::Single => "single",
+        })
+    }
+}
+
 /// Sequences computed together in one padded attention block.
 #[derive(Debug)]
 pub struct AttentionGroup {
@@ -56,7 +91,12 @@ pub struct BatchPlan {
 impl BatchPlan {
     /// Builds the plan for a validated batch. `mask_dtype` is the dtype of
     /// the attention scores.
-    pub fn new(batch: &TokenBatch, device: &Device, mask_dtype: DType) -> Result<Self> {
+    pub fn new(
+        batch: &TokenBatch,
+        device: &Device,
+        mask_dtype: DType,
+        layout: AttentionLayout,
+    ) -> Result<Self> {
         let n = batch.len();
         let total = batch.total_tokens();
         let mut position_ids = Vec::with_capacity(total);
@@ -65,20 +105,29 @@ impl BatchPlan {
         }
 
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(batch.seq_len(i)));
+        if layout == AttentionLayout::Grouped {
+            order.sort_by_key(|&i| std::cmp::Reverse(batch.seq_len(i)));
+        }
+        let longest = (0..n).map(|i| batch.seq_len(i)).max().unwrap_or(0);
 
         let mut groups = Vec::new();
         let mut unpad = vec![0u32; total];
         let mut padded_rows = 0usize;
         let mut start = 0;
         while start < n {
-            let max_len = batch.seq_len(order[start]);
+            let max_len = match layout {
+                AttentionLayout::Grouped => batch.seq_len(order[start]),
+                AttentionLayout::Single => longest,
+            };
             let (mut padded, mut real) = (0f64, 0f64);
             let mut end = start;
             while end < n {
                 let l = batch.seq_len(order[end]) as f64;
                 let (p, r) = (padded + (max_len * max_len) as f64, real + l * l);
-                if end > start && p > MAX_GROUP_ATTENTION_WASTE * r {
+                if layout == AttentionLayout::Grouped
+                    && end > start
+                    && p > MAX_GROUP_ATTENTION_WASTE * r
+                {
                     break;
                 }
                 (padded, real) = (p, r);
@@ -131,7 +180,7 @@ mod tests {
             let ids: Vec<u32> = (0..len as u32).collect();
             b.push(&ids, &vec![0; len]);
         }
-        let plan = BatchPlan::new(&b, &Device::Cpu, DType::F32).unwrap();
+        let plan = BatchPlan::new(&b, &Device::Cpu, DType::F32, AttentionLayout::Grouped).unwrap();
         let sizes: Vec<(usize, usize)> = plan.groups.iter().map(|g| (g.batch, g.max_len)).collect();
         assert_eq!(sizes, vec![(2, 100), (1, 50), (3, 12)]);
         assert_eq!(plan.padded_attention_tokens, 200 + 50 + 36);
