@@ -183,14 +183,6 @@ impl Recorder {
     }
 }
 
-fn rerank(r: &Request) -> RerankRequest {
-    RerankRequest {
-        query: r.query.clone(),
-        documents: r.passages.clone(),
-        ..Default::default()
-    }
-}
-
 async fn one_request(
     client: &mut CrossEncoderClient<Channel>,
     request: RerankRequest,
@@ -247,7 +239,7 @@ pub async fn measure(
                 tasks.push(tokio::spawn(async move {
                     let mut i = c;
                     while !stop.load(Ordering::Relaxed) {
-                        let r = rerank(&requests[i % requests.len()]);
+                        let r = requests[i % requests.len()].to_rerank();
                         one_request(&mut client, r, &recorder).await;
                         i += concurrency;
                     }
@@ -279,7 +271,7 @@ pub async fn measure(
                     }
                     let (mut client, recorder, in_flight) =
                         (client.clone(), recorder.clone(), in_flight.clone());
-                    let request = rerank(&requests[i % requests.len()]);
+                    let request = requests[i % requests.len()].to_rerank();
                     i += 1;
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {

@@ -57,6 +57,17 @@ pub struct Request {
     pub passages: Vec<String>,
 }
 
+impl Request {
+    /// As a gRPC `Rerank` request (defaults otherwise).
+    pub fn to_rerank(&self) -> ce_proto::v1::RerankRequest {
+        ce_proto::v1::RerankRequest {
+            query: self.query.clone(),
+            documents: self.passages.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// An endless, deterministic stream of [`Request`]s.
 #[derive(Debug)]
 pub struct Workload {

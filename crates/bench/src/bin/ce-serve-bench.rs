@@ -19,7 +19,6 @@ use anyhow::Context;
 use ce_bench::server::Supervisor;
 use ce_bench::{Request, Workload, WorkloadConfig};
 use ce_common::TokenBatch;
-use ce_proto::v1::RerankRequest;
 use clap::Parser;
 use model_worker::{Engine, EngineConfig};
 use serde::Serialize;
@@ -93,14 +92,7 @@ async fn served_rate(
     let client = sup.connect(Duration::from_secs(120)).await?;
     // Warm-up: one full request.
     let first = &requests[0];
-    client
-        .clone()
-        .rerank(RerankRequest {
-            query: first.query.clone(),
-            documents: first.passages.clone(),
-            ..Default::default()
-        })
-        .await?;
+    client.clone().rerank(first.to_rerank()).await?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -113,13 +105,7 @@ async fn served_rate(
                 let Some(r) = requests.get(i) else {
                     return Ok::<_, tonic::Status>(pairs);
                 };
-                let reply = client
-                    .rerank(RerankRequest {
-                        query: r.query.clone(),
-                        documents: r.passages.clone(),
-                        ..Default::default()
-                    })
-                    .await?;
+                let reply = client.rerank(r.to_rerank()).await?;
                 pairs += reply.into_inner().ranks.len();
             }
         }));

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use ce_bench::server::Supervisor;
 use ce_bench::{Request, Workload, WorkloadConfig};
-use ce_proto::v1::RerankRequest;
 use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -102,14 +101,6 @@ struct Report {
     problems: Vec<String>,
 }
 
-fn request(r: &Request) -> RerankRequest {
-    RerankRequest {
-        query: r.query.clone(),
-        documents: r.passages.clone(),
-        ..Default::default()
-    }
-}
-
 /// Requests per second the server answers at `concurrency` clients.
 async fn capacity(
     client: &CrossEncoderClient<Channel>,
@@ -127,7 +118,7 @@ async fn capacity(
                 let mut done = 0usize;
                 while Instant::now() < until {
                     let i = next.fetch_add(1, Ordering::Relaxed) % requests.len();
-                    client.rerank(request(&requests[i])).await?;
+                    client.rerank(requests[i].to_rerank()).await?;
                     done += 1;
                 }
                 Ok::<_, tonic::Status>(done)
@@ -222,7 +213,7 @@ async fn soak(args: Args) -> anyhow::Result<()> {
                     break;
                 }
                 let (mut client, outcomes) = (client.clone(), outcomes.clone());
-                let r = request(&requests[next % requests.len()]);
+                let r = requests[next % requests.len()].to_rerank();
                 next += 1;
                 sent += 1;
                 in_flight.push(tokio::spawn(async move {
