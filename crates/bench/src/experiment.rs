@@ -215,12 +215,10 @@ impl Experiment {
             settings: toml::Table::new(),
         }];
         for (key, value) in &self.server {
-            let choices: Vec<toml::Value> = match value {
-                toml::Value::Array(items) if is_sweep(key, items) => items.clone(),
-                other => vec![other.clone()],
+            let (choices, swept): (Vec<toml::Value>, bool) = match value {
+                toml::Value::Array(items) if is_sweep(key, items) => (items.clone(), true),
+                other => (vec![other.clone()], false),
             };
-            let swept = choices.len() > 1
-                || matches!(value, toml::Value::Array(items) if is_sweep(key, items));
             variants = variants
                 .into_iter()
                 .flat_map(|v| {

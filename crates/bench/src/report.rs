@@ -290,6 +290,7 @@ pub fn plots(r: &ExperimentResult, dir: &Path) -> Result<Vec<String>, String> {
                 "pairs/s",
                 &series,
                 |m| m.pairs_per_second,
+                None,
             )
         })?;
         add(format!("{}_latency.svg", r.name), &|p| {
@@ -300,6 +301,7 @@ pub fn plots(r: &ExperimentResult, dir: &Path) -> Result<Vec<String>, String> {
                 "ms",
                 &series,
                 |m| m.p50_ms,
+                Some(|m| m.p99_ms),
             )
         })?;
     }
@@ -330,6 +332,7 @@ fn line_plot(
     y_label: &str,
     series: &[(String, Vec<&Measurement>)],
     y: fn(&Measurement) -> f64,
+    dashed: Option<fn(&Measurement) -> f64>,
 ) -> PlotResult {
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -338,10 +341,9 @@ fn line_plot(
         .flat_map(|(_, ms)| ms.iter().map(|m| m.concurrency.unwrap_or(1)))
         .max()
         .unwrap_or(1) as f64;
-    let is_latency = y_label == "ms";
     let y_max = series
         .iter()
-        .flat_map(|(_, ms)| ms.iter().map(|m| if is_latency { m.p99_ms } else { y(m) }))
+        .flat_map(|(_, ms)| ms.iter().map(|m| y(m).max(dashed.map_or(0.0, |d| d(m)))))
         .fold(0.0, f64::max)
         * 1.15;
     let mut chart = ChartBuilder::on(&root)
@@ -377,12 +379,12 @@ fn line_plot(
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
-        if is_latency {
-            let p99: Vec<(f64, f64)> = ms
+        if let Some(d) = dashed {
+            let second: Vec<(f64, f64)> = ms
                 .iter()
-                .map(|m| (m.concurrency.unwrap_or(1) as f64, m.p99_ms))
+                .map(|m| (m.concurrency.unwrap_or(1) as f64, d(m)))
                 .collect();
-            chart.draw_series(DashedLineSeries::new(p99, 6, 4, color.stroke_width(2)))?;
+            chart.draw_series(DashedLineSeries::new(second, 6, 4, color.stroke_width(2)))?;
         }
     }
     chart

@@ -369,19 +369,29 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     Ok(())
 }
 
+impl WorkerLabels {
+    fn of(w: &WorkerFigures) -> Self {
+        Self {
+            role: role_name(w.role),
+            replica: w.index.to_string(),
+            pid: w.pid.to_string(),
+        }
+    }
+}
+
+/// One row per live worker: its labels and `value` of its snapshot.
+fn per_worker<'a, M: 'a>(
+    live: &'a [&(WorkerFigures, Option<ReplicaPlan>)],
+    value: impl Fn(&MetricsSnapshot) -> M + 'a,
+) -> impl Iterator<Item = (WorkerLabels, M)> + 'a {
+    live.iter()
+        .map(move |(w, _)| (WorkerLabels::of(w), value(&w.snapshot)))
+}
+
 impl Collector for ProcessFigures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let live: Vec<&(WorkerFigures, Option<ReplicaPlan>)> =
             self.workers.iter().filter(|(w, _)| w.alive).collect();
-        let worker_labels = |w: &WorkerFigures| WorkerLabels {
-            role: role_name(w.role),
-            replica: w.index.to_string(),
-            pid: w.pid.to_string(),
-        };
-        let per_worker = |value: fn(&MetricsSnapshot) -> f64| {
-            live.iter()
-                .map(move |(w, _)| (worker_labels(w), value(&w.snapshot)))
-        };
         family(
             &mut encoder,
             "process_cpu_percent",
@@ -416,35 +426,35 @@ impl Collector for ProcessFigures {
             "worker_cpu_seconds",
             "CPU seconds used by the worker process",
             MetricType::Counter,
-            per_worker(|s| s.cpu_seconds).map(|(l, v)| (l, ConstCounter::new(v))),
+            per_worker(&live, |s| ConstCounter::new(s.cpu_seconds)),
         )?;
         family(
             &mut encoder,
             "worker_busy_seconds",
             "Seconds the worker spent on jobs (forward passes or tokenization)",
             MetricType::Counter,
-            per_worker(|s| s.busy_seconds).map(|(l, v)| (l, ConstCounter::new(v))),
+            per_worker(&live, |s| ConstCounter::new(s.busy_seconds)),
         )?;
         family(
             &mut encoder,
             "worker_jobs",
             "Jobs (batches or tokenize jobs) the worker completed",
             MetricType::Counter,
-            per_worker(|s| s.jobs as f64).map(|(l, v)| (l, ConstCounter::new(v as u64))),
+            per_worker(&live, |s| ConstCounter::new(s.jobs)),
         )?;
         family(
             &mut encoder,
             "worker_pairs",
             "Pairs the worker completed",
             MetricType::Counter,
-            per_worker(|s| s.pairs as f64).map(|(l, v)| (l, ConstCounter::new(v as u64))),
+            per_worker(&live, |s| ConstCounter::new(s.pairs)),
         )?;
         family(
             &mut encoder,
             "worker_resident_memory_bytes",
             "Resident memory of the worker process",
             MetricType::Gauge,
-            per_worker(|s| s.rss_bytes as f64).map(|(l, v)| (l, ConstGauge::new(v as i64))),
+            per_worker(&live, |s| ConstGauge::new(s.rss_bytes as i64)),
         )?;
         family(
             &mut encoder,
@@ -453,7 +463,7 @@ impl Collector for ProcessFigures {
             MetricType::Gauge,
             self.workers
                 .iter()
-                .map(|(w, _)| (worker_labels(w), ConstGauge::new(i64::from(w.alive)))),
+                .map(|(w, _)| (WorkerLabels::of(w), ConstGauge::new(i64::from(w.alive)))),
         )?;
         family(
             &mut encoder,
