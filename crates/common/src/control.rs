@@ -46,7 +46,7 @@ pub struct WorkerConfig {
     pub max_length: u32,
     /// Heartbeat period in milliseconds.
     pub heartbeat_ms: u64,
-    /// Attention layout (model workers): `grouped` or `single`.
+    /// Attention layout (model workers): `grouped`, `single` or `padded`.
     pub attention: String,
 }
 

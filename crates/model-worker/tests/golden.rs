@@ -99,38 +99,39 @@ fn f32_logits_match_in_mixed_length_batches() {
 }
 
 #[test]
-fn one_padded_attention_block_scores_the_same_and_costs_more() {
+fn padded_layouts_score_the_same_and_cost_more() {
     let fixture = support::fixture();
     let grouped = engine(WeightDType::F32);
-    let mut config = EngineConfig::new(support::model_dir().to_string_lossy());
-    config.attention = "single".parse().unwrap();
-    let single = Engine::load(&config).unwrap();
     let pairs: Vec<&support::GoldenPair> = fixture.pairs.iter().take(40).collect();
     let batch = batch_of(&pairs);
-    let (a, b) = (
-        grouped.score(&batch).unwrap(),
-        single.score(&batch).unwrap(),
-    );
-    for (i, p) in pairs.iter().enumerate() {
+    let a = grouped.score(&batch).unwrap();
+    let longest = (0..batch.len()).map(|i| batch.seq_len(i)).max().unwrap();
+    // `single` pads attention only; `padded` pads every layer. Both compute
+    // `pairs × longest` attention slots and must not change a score.
+    for layout in ["single", "padded"] {
+        let mut config = EngineConfig::new(support::model_dir().to_string_lossy());
+        config.attention = layout.parse().unwrap();
+        let b = Engine::load(&config).unwrap().score(&batch).unwrap();
+        for (i, p) in pairs.iter().enumerate() {
+            assert!(
+                (b.logits[i] - p.logits[0]).abs() <= LOGIT_TOLERANCE,
+                "{layout}: pair {}",
+                p.id
+            );
+            assert!(
+                (a.logits[i] - b.logits[i]).abs() <= LOGIT_TOLERANCE,
+                "{layout}: pair {}",
+                p.id
+            );
+        }
+        assert_eq!(b.attention_slots, longest * batch.len(), "{layout}");
         assert!(
-            (b.logits[i] - p.logits[0]).abs() <= LOGIT_TOLERANCE,
-            "pair {}",
-            p.id
-        );
-        assert!(
-            (a.logits[i] - b.logits[i]).abs() <= LOGIT_TOLERANCE,
-            "pair {}",
-            p.id
+            b.attention_slots > a.attention_slots,
+            "{layout} {} vs grouped {}",
+            b.attention_slots,
+            a.attention_slots
         );
     }
-    let longest = (0..batch.len()).map(|i| batch.seq_len(i)).max().unwrap();
-    assert_eq!(b.attention_slots, longest * batch.len());
-    assert!(
-        b.attention_slots > a.attention_slots,
-        "single {} vs grouped {}",
-        b.attention_slots,
-        a.attention_slots
-    );
     assert!("diagonal".parse::<model_worker::AttentionLayout>().is_err());
 }
 

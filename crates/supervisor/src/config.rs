@@ -59,9 +59,10 @@ pub struct Settings {
     pub instances: Vec<Instance>,
     /// Longest pair in tokens (capped by the model).
     pub max_length: usize,
-    /// Attention layout: `grouped` (sequences of close lengths together)
-    /// or `single` (one block padded to the batch's longest; for the
-    /// padding experiment).
+    /// Attention layout: `grouped` (sequences of close lengths together),
+    /// `single` (one attention block padded to the batch's longest) or
+    /// `padded` (every layer on sequences padded to the longest); the last
+    /// two are the padding experiment's baselines.
     pub attention: String,
     /// Token budget of a batch (real tokens, as the packed engine computes them).
     pub max_batch_tokens: usize,
@@ -181,7 +182,8 @@ pub struct Cli {
     /// Longest pair in tokens.
     #[arg(long, env = "CE_MAX_LENGTH")]
     pub max_length: Option<usize>,
-    /// Attention layout: grouped (default) or single.
+    /// Attention layout: grouped (default), single (attention padded to the
+    /// batch's longest) or padded (every layer padded).
     #[arg(long, env = "CE_ATTENTION")]
     pub attention: Option<String>,
     /// Token budget of a batch.
@@ -385,9 +387,9 @@ impl Settings {
                 self.max_batch_tokens, self.max_length
             ));
         }
-        if !matches!(self.attention.as_str(), "grouped" | "single") {
+        if !matches!(self.attention.as_str(), "grouped" | "single" | "padded") {
             return bad(format!(
-                "attention {:?}: expected \"grouped\" or \"single\"",
+                "attention {:?}: expected \"grouped\", \"single\" or \"padded\"",
                 self.attention
             ));
         }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use ce_common::TokenBatch;
 use ce_common::control::{MetricsSnapshot, Role};
 use ce_common::frame::TextJob;
 use futures_util::future::try_join_all;
@@ -62,6 +63,10 @@ pub struct ServedModel {
     pub max_length: usize,
     /// Activation applied unless raw scores are asked for.
     pub activation: ScoreActivation,
+    /// Token ids the model knows (ids at or above it are refused).
+    pub vocab_size: usize,
+    /// Segment ids the model knows.
+    pub type_vocab_size: usize,
 }
 
 /// The serving core shared by the gRPC and HTTP front ends.
@@ -157,8 +162,53 @@ impl Core {
         Ok(())
     }
 
-    /// Scores the pairs; logits come back in input order.
-    pub async fn score(&self, input: PairsInput) -> Result<Scored, ApiError> {
+    /// Checks one pre-tokenized pair (`field` names it in the message):
+    /// ids and segments parallel, not empty, within `max_length`, and every
+    /// id within the model's vocabularies. A batch that passes cannot make
+    /// a model worker fail.
+    pub fn check_tokens(&self, field: &str, ids: &[u32], types: &[u32]) -> Result<(), ApiError> {
+        let bad = |m: String| Err(ApiError::InvalidArgument(format!("{field}.{m}")));
+        if ids.is_empty() {
+            return bad("input_ids: must not be empty".into());
+        }
+        if ids.len() != types.len() {
+            return bad(format!(
+                "type_ids: {} ids for {} input_ids; they must be parallel",
+                types.len(),
+                ids.len()
+            ));
+        }
+        let max = self.served.max_length;
+        if ids.len() > max {
+            return bad(format!(
+                "input_ids: {} tokens exceed max_length ({max})",
+                ids.len()
+            ));
+        }
+        let vocab = self.served.vocab_size;
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= vocab)
+        {
+            return bad(format!(
+                "input_ids[{i}]: token id {id} is outside the vocabulary ({vocab} ids)"
+            ));
+        }
+        let segments = self.served.type_vocab_size;
+        if let Some((i, t)) = types
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t as usize >= segments)
+        {
+            return bad(format!(
+                "type_ids[{i}]: segment {t} is outside the model's {segments} segments"
+            ));
+        }
+        Ok(())
+    }
+
+    async fn check_serving(&self) -> Result<(), ApiError> {
         if !self.is_ready() {
             return Err(ApiError::Unavailable("the model is still loading".into()));
         }
@@ -167,9 +217,12 @@ impl Core {
                 "no model replica is serving (restarting)".into(),
             ));
         }
-        let n = input.len();
-        let (request, answer) =
-            PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
+        Ok(())
+    }
+
+    /// The tokenize jobs of `input`: each group cut into `tokenize_chunk`
+    /// passages, with the index of its first pair.
+    fn text_jobs(&self, input: PairsInput) -> Vec<(usize, TextJob)> {
         let chunk = self.settings.tokenize_chunk;
         let mut jobs = Vec::new();
         let mut first = 0usize;
@@ -187,6 +240,16 @@ impl Core {
                 first += part.len();
             }
         }
+        jobs
+    }
+
+    /// Scores the pairs; logits come back in input order.
+    pub async fn score(&self, input: PairsInput) -> Result<Scored, ApiError> {
+        self.check_serving().await?;
+        let n = input.len();
+        let (request, answer) =
+            PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
+        let jobs = self.text_jobs(input);
         let tokenized = try_join_all(jobs.into_iter().map(|(first_index, job)| {
             let request = request.clone();
             async move {
@@ -201,6 +264,48 @@ impl Core {
         }))
         .await;
         if let Err(e) = tokenized {
+            request.fail(e.clone());
+            return Err(e);
+        }
+        drop(request);
+        answer
+            .await
+            .map_err(|_| ApiError::Internal("the request was dropped unanswered".into()))?
+    }
+
+    /// Tokenizes the pairs exactly as [`Core::score`] would (same workers,
+    /// same chunks) without scoring them: one batch in input order. The
+    /// pairs count against `max_queue_pairs` while they are tokenized.
+    pub async fn tokenize(&self, input: PairsInput) -> Result<TokenBatch, ApiError> {
+        let n = input.len();
+        let (_admitted, _answer) =
+            PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
+        let jobs = self.text_jobs(input);
+        let parts = try_join_all(
+            jobs.into_iter()
+                .map(|(_, job)| self.tokenizers.tokenize(job)),
+        )
+        .await?;
+        let tokens = parts.iter().map(TokenBatch::total_tokens).sum();
+        let mut batch = TokenBatch::with_capacity(n, tokens);
+        for part in &parts {
+            batch.extend_from(part);
+        }
+        Ok(batch)
+    }
+
+    /// Scores pairs that arrive as token ids, skipping the tokenizer stage;
+    /// every pair must have passed [`Core::check_tokens`].
+    pub async fn score_tokens(&self, batch: TokenBatch) -> Result<Scored, ApiError> {
+        self.check_serving().await?;
+        let (request, answer) =
+            PendingRequest::admit(batch.len(), &self.admission, self.settings.max_queue_pairs)?;
+        request.tokenized(batch.total_tokens() as u64);
+        if let Err(e) = self.scheduler.submit(Work {
+            request: request.clone(),
+            first_index: 0,
+            batch,
+        }) {
             request.fail(e.clone());
             return Err(e);
         }

@@ -4,10 +4,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ce_common::TokenBatch;
 use ce_proto::v1::cross_encoder_server::CrossEncoder;
 use ce_proto::v1::{
-    InfoRequest, InfoResponse, Rank, ReplicaInfo, RerankRequest, RerankResponse, ScoreRequest,
-    ScoreResponse, StreamPair, StreamScore, Timing, TruncationDirection,
+    InfoRequest, InfoResponse, Pair, Rank, ReplicaInfo, RerankRequest, RerankResponse,
+    ScoreRequest, ScoreResponse, ScoreTokensRequest, StreamPair, StreamScore, Timing,
+    TokenizeRequest, TokenizeResponse, TokenizedPair, TruncationDirection,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokenizer_worker::Truncation;
@@ -97,6 +99,32 @@ pub fn truncation(truncate: Option<bool>, direction: i32) -> Result<Truncation, 
     } else {
         Truncation::Right
     })
+}
+
+/// Checks `pairs` and groups consecutive pairs that share a query.
+fn pairs_input(
+    core: &Core,
+    pairs: Vec<Pair>,
+    truncate: Option<bool>,
+    direction: i32,
+) -> Result<PairsInput, ApiError> {
+    core.check_count("pairs", pairs.len())?;
+    let truncation = truncation(truncate, direction)?;
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (i, pair) in pairs.into_iter().enumerate() {
+        if pair.query.trim().is_empty() {
+            return Err(ApiError::InvalidArgument(format!(
+                "pairs[{i}].query: must not be empty"
+            )));
+        }
+        core.check_text(&format!("pairs[{i}].query"), &pair.query)?;
+        core.check_text(&format!("pairs[{i}].passage"), &pair.passage)?;
+        match groups.last_mut() {
+            Some((q, passages)) if *q == pair.query => passages.push(pair.passage),
+            _ => groups.push((pair.query, vec![pair.passage])),
+        }
+    }
+    Ok(PairsInput { groups, truncation })
 }
 
 fn timing(scored: &Scored) -> Timing {
@@ -194,25 +222,7 @@ impl CrossEncoder for CrossEncoderService {
         let r = request.into_inner();
         let core = &self.core;
         let result = within(deadline, async {
-            core.check_count("pairs", r.pairs.len())?;
-            let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-            for (i, pair) in r.pairs.into_iter().enumerate() {
-                if pair.query.trim().is_empty() {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "pairs[{i}].query: must not be empty"
-                    )));
-                }
-                core.check_text(&format!("pairs[{i}].query"), &pair.query)?;
-                core.check_text(&format!("pairs[{i}].passage"), &pair.passage)?;
-                match groups.last_mut() {
-                    Some((q, passages)) if *q == pair.query => passages.push(pair.passage),
-                    _ => groups.push((pair.query, vec![pair.passage])),
-                }
-            }
-            let input = PairsInput {
-                groups,
-                truncation: truncation(r.truncate, r.truncation_direction)?,
-            };
+            let input = pairs_input(core, r.pairs, r.truncate, r.truncation_direction)?;
             let scored = core.score(input).await?;
             let scores = scored
                 .first_logits()
@@ -226,6 +236,72 @@ impl CrossEncoder for CrossEncoderService {
         })
         .await;
         self.finish("score", started, result)
+    }
+
+    async fn tokenize(
+        &self,
+        request: Request<TokenizeRequest>,
+    ) -> Result<Response<TokenizeResponse>, Status> {
+        let started = Instant::now();
+        let deadline = client_deadline(request.metadata());
+        let r = request.into_inner();
+        let core = &self.core;
+        let result = within(deadline, async {
+            let input = pairs_input(core, r.pairs, r.truncate, r.truncation_direction)?;
+            let batch = core.tokenize(input).await?;
+            let elapsed = started.elapsed().as_micros() as u64;
+            Ok(TokenizeResponse {
+                lengths: (0..batch.len()).map(|i| batch.seq_len(i) as u32).collect(),
+                pairs: if r.return_tokens {
+                    (0..batch.len())
+                        .map(|i| TokenizedPair {
+                            input_ids: batch.ids(i).to_vec(),
+                            type_ids: batch.types(i).to_vec(),
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                timing: Some(Timing {
+                    tokenize_us: elapsed,
+                    total_us: elapsed,
+                    ..Default::default()
+                }),
+                tokens: batch.total_tokens() as u32,
+            })
+        })
+        .await;
+        self.finish("tokenize", started, result)
+    }
+
+    async fn score_tokens(
+        &self,
+        request: Request<ScoreTokensRequest>,
+    ) -> Result<Response<ScoreResponse>, Status> {
+        let started = Instant::now();
+        let deadline = client_deadline(request.metadata());
+        let r = request.into_inner();
+        let core = &self.core;
+        let result = within(deadline, async {
+            core.check_count("pairs", r.pairs.len())?;
+            let tokens = r.pairs.iter().map(|p| p.input_ids.len()).sum();
+            let mut batch = TokenBatch::with_capacity(r.pairs.len(), tokens);
+            for (i, pair) in r.pairs.iter().enumerate() {
+                core.check_tokens(&format!("pairs[{i}]"), &pair.input_ids, &pair.type_ids)?;
+                batch.push(&pair.input_ids, &pair.type_ids);
+            }
+            let scored = core.score_tokens(batch).await?;
+            Ok(ScoreResponse {
+                scores: scored
+                    .first_logits()
+                    .map(|l| core.client_score(l, r.raw_scores))
+                    .collect(),
+                timing: Some(timing(&scored)),
+                tokens: scored.tokens as u32,
+            })
+        })
+        .await;
+        self.finish("score_tokens", started, result)
     }
 
     type RerankStreamStream = ScoreStream;

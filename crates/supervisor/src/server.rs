@@ -239,6 +239,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             model: files.origin.clone(),
             max_length,
             activation: bert.score_activation,
+            vocab_size: bert.vocab_size,
+            type_vocab_size: bert.type_vocab_size,
         },
         plans: plans.clone(),
         metrics: metrics.clone(),

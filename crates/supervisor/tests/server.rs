@@ -1295,3 +1295,123 @@ async fn a_full_queue_refuses_at_once_with_resource_exhausted() {
         .unwrap()
         .expect("the admitted request is answered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_and_score_tokens_isolate_the_two_stages() {
+    use ce_proto::v1::{ScoreTokensRequest, TokenizeRequest, TokenizedPair};
+
+    let pairs = fixture_pairs();
+    let want = engine_logits(&pairs);
+    // Small chunks over two workers: the ids must still come back in order.
+    let server = Server::start(&["--tokenizers", "2", "--tokenize-chunk", "4"]);
+    let mut client = server.client().await;
+    let request = |return_tokens| TokenizeRequest {
+        pairs: pairs
+            .iter()
+            .map(|(q, p)| Pair {
+                query: q.clone(),
+                passage: p.clone(),
+            })
+            .collect(),
+        return_tokens,
+        ..Default::default()
+    };
+    let tokenized = client.tokenize(request(true)).await.unwrap().into_inner();
+    let engine = model_worker::Engine::load(&model_worker::EngineConfig::new(
+        support::model_dir().to_str().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(tokenized.pairs.len(), pairs.len());
+    for (i, ((q, p), got)) in pairs.iter().zip(&tokenized.pairs).enumerate() {
+        let (ids, types) = engine
+            .tokenizer()
+            .encode_pair(q, p, Default::default())
+            .unwrap();
+        assert_eq!(got.input_ids, ids, "pair {i}: ids");
+        assert_eq!(got.type_ids, types, "pair {i}: segments");
+        assert_eq!(tokenized.lengths[i] as usize, ids.len());
+    }
+    assert_eq!(
+        tokenized.tokens as usize,
+        tokenized
+            .pairs
+            .iter()
+            .map(|p| p.input_ids.len())
+            .sum::<usize>()
+    );
+    let counts_only = client.tokenize(request(false)).await.unwrap().into_inner();
+    assert!(counts_only.pairs.is_empty());
+    assert_eq!(counts_only.lengths, tokenized.lengths);
+
+    let scored = client
+        .score_tokens(ScoreTokensRequest {
+            pairs: tokenized.pairs.clone(),
+            raw_scores: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_close(&scored.scores, &want, "score_tokens");
+    assert_eq!(scored.tokens, tokenized.tokens);
+
+    // Ids a model worker would choke on are refused at the door, naming the pair.
+    let good = tokenized.pairs[0].clone();
+    let with = |f: &dyn Fn(&mut TokenizedPair)| {
+        let mut bad = good.clone();
+        f(&mut bad);
+        ScoreTokensRequest {
+            pairs: vec![good.clone(), bad],
+            raw_scores: false,
+        }
+    };
+    let cases: Vec<(ScoreTokensRequest, &str)> = vec![
+        (
+            with(&|p| {
+                p.input_ids.clear();
+                p.type_ids.clear();
+            }),
+            "pairs[1].input_ids: must not be empty",
+        ),
+        (
+            with(&|p| {
+                p.type_ids.pop();
+            }),
+            "pairs[1].type_ids",
+        ),
+        (
+            with(&|p| p.input_ids[2] = 1_000_000),
+            "pairs[1].input_ids[2]: token id 1000000 is outside the vocabulary",
+        ),
+        (
+            with(&|p| p.type_ids[1] = 7),
+            "pairs[1].type_ids[1]: segment 7",
+        ),
+        (
+            with(&|p| {
+                p.input_ids = vec![101; 600];
+                p.type_ids = vec![0; 600];
+            }),
+            "exceed max_length",
+        ),
+        (ScoreTokensRequest::default(), "pairs: must not be empty"),
+    ];
+    for (bad, message) in cases {
+        let status = client.score_tokens(bad).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{message}");
+        assert!(
+            status.message().contains(message),
+            "{:?} should contain {message:?}",
+            status.message()
+        );
+    }
+    // And the server still scores.
+    let again = client
+        .score_tokens(ScoreTokensRequest {
+            pairs: vec![good],
+            raw_scores: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_close(&again.scores, &want[..1], "after refusals");
+}

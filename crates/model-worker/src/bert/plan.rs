@@ -26,9 +26,14 @@ pub enum AttentionLayout {
     #[default]
     Grouped,
     /// One block, every sequence padded to the batch's longest, in batch
-    /// order: what an engine without length grouping computes (for the
-    /// padding experiment; linear layers stay packed either way).
+    /// order: attention as an engine without length grouping computes it
+    /// (for the padding experiment; linear layers stay packed).
     Single,
+    /// Everything padded: every sequence is padded to the batch's longest
+    /// before the embeddings, so linear layers, norms and attention all run
+    /// on `[pairs × longest, H]`. What a classic padded BERT computes; the
+    /// padding experiment's baseline.
+    Padded,
 }
 
 impl std::str::FromStr for AttentionLayout {
@@ -38,8 +43,9 @@ impl std::str::FromStr for AttentionLayout {
         match s {
             "grouped" | "" => Ok(Self::Grouped),
             "single" => Ok(Self::Single),
+            "padded" => Ok(Self::Padded),
             other => Err(format!(
-                "attention layout {other:?}: expected \"grouped\" or \"single\""
+                "attention layout {other:?}: expected \"grouped\", \"single\" or \"padded\""
             )),
         }
     }
@@ -50,6 +56,7 @@ impl std::fmt::Display for AttentionLayout {
         f.write_str(match self {
             Self::Grouped => "grouped",
             Self::Single => "single",
+            Self::Padded => "padded",
         })
     }
 }
@@ -84,7 +91,8 @@ pub struct BatchPlan {
     pub unpad: Tensor,
     /// `[pairs]`: packed row of each pair's `[CLS]` token.
     pub cls_rows: Tensor,
-    /// Padded slots computed in attention, for the padding ratio.
+    /// Token slots computed in attention (pads included), for the padding
+    /// ratio. With [`AttentionLayout::Padded`] every layer computes this many.
     pub padded_attention_tokens: usize,
 }
 
@@ -97,6 +105,9 @@ impl BatchPlan {
         mask_dtype: DType,
         layout: AttentionLayout,
     ) -> Result<Self> {
+        if layout == AttentionLayout::Padded {
+            return Self::padded(batch, device, mask_dtype);
+        }
         let n = batch.len();
         let total = batch.total_tokens();
         let mut position_ids = Vec::with_capacity(total);
@@ -117,7 +128,7 @@ impl BatchPlan {
         while start < n {
             let max_len = match layout {
                 AttentionLayout::Grouped => batch.seq_len(order[start]),
-                AttentionLayout::Single => longest,
+                AttentionLayout::Single | AttentionLayout::Padded => longest,
             };
             let (mut padded, mut real) = (0f64, 0f64);
             let mut end = start;
@@ -165,6 +176,42 @@ impl BatchPlan {
             unpad: Tensor::from_vec(unpad, total, device)?,
             cls_rows: Tensor::from_vec(cls_rows, n, device)?,
             padded_attention_tokens: padded_rows,
+        })
+    }
+
+    /// The fully padded plan: the "packed" rows are the padded slots
+    /// themselves (pad id 0, type 0), so every layer computes pads; one
+    /// attention block whose gather and unpad are the identity.
+    fn padded(batch: &TokenBatch, device: &Device, mask_dtype: DType) -> Result<Self> {
+        let n = batch.len();
+        let longest = batch.max_seq_len();
+        let slots = n * longest;
+        let mut input_ids = vec![0u32; slots];
+        let mut type_ids = vec![0u32; slots];
+        let mut position_ids = Vec::with_capacity(slots);
+        let mut mask = vec![f32::NEG_INFINITY; slots];
+        for i in 0..n {
+            let len = batch.seq_len(i);
+            let row = i * longest;
+            input_ids[row..row + len].copy_from_slice(batch.ids(i));
+            type_ids[row..row + len].copy_from_slice(batch.types(i));
+            mask[row..row + len].fill(0.0);
+            position_ids.extend(0..longest as u32);
+        }
+        let identity = || Tensor::arange(0u32, slots as u32, device);
+        Ok(Self {
+            input_ids: Tensor::from_vec(input_ids, slots, device)?,
+            type_ids: Tensor::from_vec(type_ids, slots, device)?,
+            position_ids: Tensor::from_vec(position_ids, slots, device)?,
+            groups: vec![AttentionGroup {
+                batch: n,
+                max_len: longest,
+                gather: identity()?,
+                mask: Tensor::from_vec(mask, (n, 1, 1, longest), device)?.to_dtype(mask_dtype)?,
+            }],
+            unpad: identity()?,
+            cls_rows: Tensor::arange_step(0u32, slots as u32, longest.max(1) as u32, device)?,
+            padded_attention_tokens: slots,
         })
     }
 }
