@@ -12,6 +12,15 @@
 //! batch_sizes = [32, 128]       # passages per request
 //! concurrency = [1, 4]
 //! window_s = 5                  # measurement window
+//! call = "rerank"               # or score, tokenize, score_tokens
+//! transport = "grpc"            # or http (rerank only)
+//! # pairs_file = "pairs.jsonl"  # {"query", "passage"} lines instead of the generator
+//! # mode = "ramp"               # with ramp = { from = 0.5, to = 4, seconds = 30 }
+//!
+//! [[variant]]                   # optional named variants, each over [server]
+//! label = "2 tok × 4 model"
+//! tokenizers = 2
+//! replicas = 4
 //!
 //! [quick]                       # overrides for `--quick`
 //! server = { batch_timeout_ms = [1, 20] }
@@ -19,12 +28,17 @@
 //! ```
 //!
 //! Settings whose value is itself a list (`devices`, `instances`) sweep
-//! only when given as a list of lists.
+//! only when given as a list of lists. Named `[[variant]]`s replace the
+//! single base: each is `[server]` with its keys on top, crossed with any
+//! sweep left in `[server]`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::client::{Call, Transport};
+use crate::load::Ramp;
 
 /// Why a configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +74,8 @@ pub enum LoadMode {
     Closed,
     /// Poisson arrivals at `rate` requests per second.
     Open,
+    /// Poisson arrivals at a rate rising as `ramp` says.
+    Ramp,
 }
 
 /// The client side of an experiment.
@@ -72,8 +88,17 @@ pub struct ClientConfig {
     pub concurrency: Vec<usize>,
     /// Open loop: requests per second, one measurement per rate.
     pub rates: Vec<f64>,
-    /// Closed or open loop.
+    /// Closed loop, open loop or ramp.
     pub mode: LoadMode,
+    /// Ramp mode: the rising rate.
+    pub ramp: Option<Ramp>,
+    /// The API each request calls.
+    pub call: Call,
+    /// gRPC or HTTP.
+    pub transport: Transport,
+    /// Pairs from this JSON-lines file instead of the generated workload
+    /// (relative to the working directory).
+    pub pairs_file: Option<PathBuf>,
     /// Seconds of warm-up before measuring.
     pub warmup_s: f64,
     /// Seconds per measurement window.
@@ -95,6 +120,10 @@ impl Default for ClientConfig {
             concurrency: vec![1, 2, 4],
             rates: Vec::new(),
             mode: LoadMode::Closed,
+            ramp: None,
+            call: Call::Rerank,
+            transport: Transport::Grpc,
+            pairs_file: None,
             warmup_s: 3.0,
             window_s: 5.0,
             stable_windows: 3,
@@ -132,6 +161,9 @@ pub struct Experiment {
     /// `--quick` overrides.
     #[serde(default)]
     pub quick: QuickOverrides,
+    /// Named server variants (`[[variant]]`, each with a `label`).
+    #[serde(default, rename = "variant")]
+    pub named: Vec<toml::Table>,
 }
 
 /// One server configuration of a sweep.
@@ -199,21 +231,64 @@ impl Experiment {
             LoadMode::Open if c.rates.is_empty() || c.rates.iter().any(|r| *r <= 0.0) => {
                 Err("client.rates: at least one rate, each above 0".into())
             }
+            LoadMode::Ramp
+                if !c
+                    .ramp
+                    .is_some_and(|r| r.from > 0.0 && r.to >= r.from && r.seconds > 0.0) =>
+            {
+                Err("client.ramp: { from > 0, to ≥ from, seconds > 0 } for mode = \"ramp\"".into())
+            }
+            _ if c.transport == Transport::Http && c.call != Call::Rerank => Err(format!(
+                "client.call {:?} is gRPC only; transport = \"http\" serves rerank",
+                c.call
+            )),
             _ if c.window_s <= 0.0 || c.stable_windows == 0 || c.max_windows < c.stable_windows => {
                 Err("client: window_s > 0 and max_windows ≥ stable_windows ≥ 1".into())
             }
-            _ => Ok(()),
+            _ => self.check_named(),
         }
     }
 
-    /// The server variants: the cartesian product of every swept key, keys
-    /// in alphabetical order, values in file order.
+    fn check_named(&self) -> Result<(), String> {
+        let mut labels = Vec::new();
+        for (i, v) in self.named.iter().enumerate() {
+            match v.get("label") {
+                Some(toml::Value::String(l)) if !l.is_empty() && !labels.contains(l) => {
+                    labels.push(l.clone())
+                }
+                _ => return Err(format!("variant {i}: a unique, non-empty label")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The server variants: each named variant (or the one base) crossed
+    /// with the cartesian product of every swept key, keys in alphabetical
+    /// order, values in file order.
     pub fn variants(&self) -> Vec<Variant> {
-        let mut variants = vec![Variant {
-            label: String::new(),
-            swept: BTreeMap::new(),
-            settings: toml::Table::new(),
-        }];
+        let bases: Vec<(String, toml::Table)> = if self.named.is_empty() {
+            vec![(String::new(), toml::Table::new())]
+        } else {
+            self.named
+                .iter()
+                .map(|v| {
+                    let mut keys = v.clone();
+                    let label = match keys.remove("label") {
+                        Some(toml::Value::String(l)) => l,
+                        _ => String::new(),
+                    };
+                    (label, keys)
+                })
+                .collect()
+        };
+        let mut variants: Vec<Variant> = bases
+            .iter()
+            .map(|(label, _)| Variant {
+                label: label.clone(),
+                swept: BTreeMap::new(),
+                settings: toml::Table::new(),
+            })
+            .collect();
         for (key, value) in &self.server {
             let (choices, swept): (Vec<toml::Value>, bool) = match value {
                 toml::Value::Array(items) if is_sweep(key, items) => (items.clone(), true),
@@ -233,16 +308,25 @@ impl Experiment {
                 })
                 .collect();
         }
-        for v in &mut variants {
-            v.label = if v.swept.is_empty() {
-                "default".into()
-            } else {
-                self.server
-                    .keys()
-                    .filter_map(|k| v.swept.get(k).map(|value| format!("{k}={}", plain(value))))
-                    .collect::<Vec<_>>()
-                    .join(",")
+        let per_base = variants.len() / bases.len();
+        for (i, v) in variants.iter_mut().enumerate() {
+            let (name, keys) = &bases[i / per_base];
+            v.settings.extend(keys.clone());
+            let swept = self
+                .server
+                .keys()
+                .filter_map(|k| v.swept.get(k).map(|value| format!("{k}={}", plain(value))))
+                .collect::<Vec<_>>()
+                .join(",");
+            v.label = match (name.is_empty(), swept.is_empty()) {
+                (true, true) => "default".into(),
+                (true, false) => swept,
+                (false, true) => name.clone(),
+                (false, false) => format!("{name},{swept}"),
             };
+            for key in keys.keys() {
+                v.swept.insert(key.clone(), keys[key].clone());
+            }
         }
         variants
     }
@@ -326,6 +410,78 @@ client = { batch_sizes = [32], window_s = 1.5 }
         assert_eq!(e.client.batch_sizes, [32]);
         assert_eq!(e.client.window_s, 1.5);
         assert_eq!(e.client.concurrency, [1, 4]);
+    }
+
+    #[test]
+    fn named_variants_sit_on_the_server_base_and_cross_the_sweeps() {
+        let e = Experiment::parse(
+            r#"
+name = "pipeline"
+description = ""
+[server]
+tokenizers = 1
+replicas = 1
+max_batch_size = [16, 64]
+[client]
+call = "score_tokens"
+[[variant]]
+label = "1x1"
+[[variant]]
+label = "2 tok x 4 model"
+tokenizers = 2
+replicas = 4
+"#,
+            false,
+        )
+        .unwrap();
+        let v = e.variants();
+        let labels: Vec<&str> = v.iter().map(|v| v.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "1x1,max_batch_size=16",
+                "1x1,max_batch_size=64",
+                "2 tok x 4 model,max_batch_size=16",
+                "2 tok x 4 model,max_batch_size=64"
+            ]
+        );
+        assert_eq!(v[0].settings["replicas"], toml::Value::Integer(1));
+        assert_eq!(v[3].settings["replicas"], toml::Value::Integer(4));
+        assert_eq!(v[3].settings["tokenizers"], toml::Value::Integer(2));
+        assert!(!v[3].settings.contains_key("label"));
+        assert_eq!(e.client.call, Call::ScoreTokens);
+    }
+
+    #[test]
+    fn client_modes_parse_and_bad_combinations_are_named() {
+        let e = Experiment::parse(
+            "name = \"r\"\ndescription = \"\"\n[client]\nmode = \"ramp\"\nramp = { from = 0.5, to = 4.0, seconds = 20 }\ntransport = \"http\"\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(e.client.mode, LoadMode::Ramp);
+        assert_eq!(e.client.ramp.map(|r| r.to), Some(4.0));
+        assert_eq!(e.client.transport, Transport::Http);
+        let bad = |client: &str| {
+            Experiment::parse(
+                &format!("name = \"x\"\ndescription = \"\"\n[client]\n{client}\n"),
+                false,
+            )
+            .unwrap_err()
+        };
+        assert!(bad("mode = \"ramp\"").contains("client.ramp"));
+        assert!(
+            bad("mode = \"ramp\"\nramp = { from = 4.0, to = 1.0, seconds = 5 }")
+                .contains("client.ramp")
+        );
+        assert!(bad("transport = \"http\"\ncall = \"tokenize\"").contains("gRPC only"));
+        assert!(bad("call = \"embed\"").contains("call"));
+        let unnamed = Experiment::parse(
+            "name = \"x\"\ndescription = \"\"\n[[variant]]\nreplicas = 2\n",
+            false,
+        )
+        .unwrap_err();
+        assert!(unnamed.contains("label"), "{unnamed}");
     }
 
     #[test]

@@ -1,26 +1,25 @@
-//! The load generator: closed loop at a fixed concurrency or open loop at
-//! a Poisson rate, against a real server over gRPC, measured the way
-//! perf_analyzer does — a warm-up, then windows until enough consecutive
-//! windows agree (bounded; says so when they never do), HDR latency
-//! histograms over the agreeing windows, errors by status, a per-second
-//! time series, and the server's own tokenize/queue/inference split from
-//! each response's timing.
+//! The load generator: closed loop at a fixed concurrency, open loop at a
+//! Poisson rate, or a ramp of Poisson arrivals whose rate rises linearly,
+//! against a real server (any [`Call`] over gRPC, or HTTP), measured the
+//! way perf_analyzer does — a warm-up, then windows until enough
+//! consecutive windows agree (bounded; says so when they never do), HDR
+//! latency histograms over the agreeing windows, errors by status, a
+//! per-second time series, and the server's own tokenize/queue/inference
+//! split from each response's timing. A ramp measures every window and
+//! reports the knee: the highest offered rate the server kept up with.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ce_proto::v1::RerankRequest;
-use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use hdrhistogram::Histogram;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Exp};
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 
-use crate::workload::{Request, Workload, WorkloadConfig};
+use crate::client::{Answered, Caller, Endpoint, Prepared};
 
 /// Requests in flight at most in open loop (beyond it arrivals count as
 /// dropped, so an overloaded server cannot grow the client without bound).
@@ -54,7 +53,26 @@ pub enum LoadShape {
     Closed(usize),
     /// Poisson arrivals at this many requests per second.
     Open(f64),
+    /// Poisson arrivals whose rate rises linearly from `from` to `to`
+    /// requests per second over `seconds` (after a warm-up at `from`).
+    Ramp(Ramp),
 }
+
+/// A rising arrival rate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ramp {
+    /// Requests per second at the start.
+    pub from: f64,
+    /// Requests per second at the end.
+    pub to: f64,
+    /// Length of the rise.
+    pub seconds: f64,
+}
+
+/// A ramp has fallen behind once a window's median latency exceeds this
+/// multiple of the lightly loaded median (its first answered window):
+/// queueing, not work, is then what a request waits for.
+const KNEE_LATENCY_FACTOR: f64 = 2.0;
 
 /// One measurement window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -63,6 +81,13 @@ pub struct WindowStats {
     pub pairs_per_second: f64,
     /// Requests answered per second.
     pub requests_per_second: f64,
+    /// The offered load, requests per second: open loop and ramp, the
+    /// arrival rate at the window's middle; closed loop, requests sent.
+    #[serde(default)]
+    pub offered_per_second: f64,
+    /// Median latency of the window's answers, ms (0 without answers).
+    #[serde(default)]
+    pub p50_ms: f64,
 }
 
 /// One second of the run (warm-up included), for the time series.
@@ -89,6 +114,14 @@ pub struct Measurement {
     pub concurrency: Option<usize>,
     /// Offered requests per second (open loop).
     pub rate: Option<f64>,
+    /// The ramp (ramp mode).
+    #[serde(default)]
+    pub ramp: Option<Ramp>,
+    /// Ramp: the highest offered rate (requests/s) before the first window
+    /// whose median latency passed twice the lightly loaded median; `None`
+    /// when the server kept up to the end.
+    #[serde(default)]
+    pub knee_per_second: Option<f64>,
     /// Whether `stable_windows` consecutive windows agreed.
     pub stable: bool,
     /// Every window measured.
@@ -131,31 +164,40 @@ struct Recorder {
 
 struct WindowRecord {
     latency_us: Histogram<u64>,
+    sent: u64,
     requests: u64,
     pairs: u64,
     server_us: [u64; 3],
+    /// Answers that carried the server's split.
+    timed: u64,
 }
 
 impl WindowRecord {
     fn new() -> Self {
         Self {
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            sent: 0,
             requests: 0,
             pairs: 0,
             server_us: [0; 3],
+            timed: 0,
         }
     }
 }
 
 impl Recorder {
-    fn answered(&mut self, latency: Duration, pairs: u64, server_us: [u64; 3]) {
+    fn answered(&mut self, latency: Duration, answer: Answered) {
         let us = (latency.as_micros() as u64).clamp(1, 3_600_000_000);
+        let pairs = answer.pairs;
         let w = &mut self.window;
         let _ = w.latency_us.record(us);
         w.requests += 1;
         w.pairs += pairs;
-        for (total, part) in w.server_us.iter_mut().zip(server_us) {
-            *total += part;
+        if let Some(server_us) = answer.server_us {
+            w.timed += 1;
+            for (total, part) in w.server_us.iter_mut().zip(server_us) {
+                *total += part;
+            }
         }
         let (second, h) = self.second();
         second.requests += 1;
@@ -163,8 +205,8 @@ impl Recorder {
         let _ = h.record(us);
     }
 
-    fn failed(&mut self, code: tonic::Code) {
-        *self.errors.entry(format!("{code:?}")).or_default() += 1;
+    fn failed(&mut self, status: String) {
+        *self.errors.entry(status).or_default() += 1;
         self.second().0.errors += 1;
     }
 
@@ -184,41 +226,33 @@ impl Recorder {
 }
 
 async fn one_request(
-    client: &mut CrossEncoderClient<Channel>,
-    request: RerankRequest,
+    caller: &mut Caller,
+    prepared: &Prepared,
+    i: usize,
     recorder: &Mutex<Recorder>,
 ) {
-    let pairs = request.documents.len() as u64;
+    if let Ok(mut r) = recorder.lock() {
+        r.window.sent += 1;
+    }
     let sent = Instant::now();
-    let result = client.rerank(request).await;
+    let result = caller.call(prepared, i).await;
     let latency = sent.elapsed();
     if let Ok(mut r) = recorder.lock() {
         match result {
-            Ok(reply) => {
-                let t = reply.into_inner().timing.unwrap_or_default();
-                r.answered(latency, pairs, [t.tokenize_us, t.queue_us, t.inference_us]);
-            }
-            Err(status) => r.failed(status.code()),
+            Ok(answer) => r.answered(latency, answer),
+            Err(status) => r.failed(status),
         }
     }
 }
 
-/// Runs one load level against `client` and measures it; `progress` hears
-/// a line per window.
+/// Runs one load level of `prepared` requests against `endpoint` and
+/// measures it; `progress` hears a line per window.
 pub async fn measure(
-    client: CrossEncoderClient<Channel>,
+    endpoint: Endpoint,
+    prepared: Arc<Prepared>,
     spec: &LoadSpec,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Measurement {
-    let requests: Arc<Vec<Request>> = Arc::new(
-        Workload::new(WorkloadConfig {
-            seed: spec.seed,
-            passages: spec.passages,
-            ..Default::default()
-        })
-        .take(64)
-        .collect(),
-    );
     let recorder = Arc::new(Mutex::new(Recorder {
         started: Instant::now(),
         window: WindowRecord::new(),
@@ -227,55 +261,70 @@ pub async fn measure(
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    let started = Instant::now();
     match spec.shape {
         LoadShape::Closed(concurrency) => {
             for c in 0..concurrency {
-                let (mut client, requests, recorder, stop) = (
-                    client.clone(),
-                    requests.clone(),
+                let (mut caller, prepared, recorder, stop) = (
+                    Caller::new(endpoint.clone()),
+                    prepared.clone(),
                     recorder.clone(),
                     stop.clone(),
                 );
                 tasks.push(tokio::spawn(async move {
                     let mut i = c;
                     while !stop.load(Ordering::Relaxed) {
-                        let r = requests[i % requests.len()].to_rerank();
-                        one_request(&mut client, r, &recorder).await;
+                        one_request(&mut caller, &prepared, i, &recorder).await;
                         i += concurrency;
                     }
                 }));
             }
         }
-        LoadShape::Open(rate) => {
-            let (client, requests, recorder, stop) = (
-                client.clone(),
-                requests.clone(),
+        LoadShape::Open(_) | LoadShape::Ramp(_) => {
+            let (endpoint, prepared, recorder, stop) = (
+                endpoint.clone(),
+                prepared.clone(),
                 recorder.clone(),
                 stop.clone(),
             );
-            let seed = spec.seed;
+            let (seed, shape, warmup) = (spec.seed, spec.shape, spec.warmup);
             tasks.push(tokio::spawn(async move {
-                let gaps = Exp::new(rate.max(1e-3)).expect("positive rate");
                 let mut rng = StdRng::seed_from_u64(seed);
                 let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                // Idle HTTP connections, reused by later arrivals.
+                let idle: Arc<Mutex<Vec<Caller>>> = Arc::new(Mutex::new(Vec::new()));
                 let mut next = Instant::now();
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
+                    let rate = arrival_rate(shape, warmup, next.duration_since(started));
+                    let gaps = Exp::new(rate.max(1e-3)).expect("positive rate");
                     next += Duration::from_secs_f64(gaps.sample(&mut rng));
                     tokio::time::sleep_until(next.into()).await;
                     if in_flight.load(Ordering::Relaxed) >= OPEN_LOOP_CAP {
                         if let Ok(mut r) = recorder.lock() {
-                            r.failed(tonic::Code::ResourceExhausted);
+                            r.failed("dropped by client (too many in flight)".into());
                         }
                         continue;
                     }
-                    let (mut client, recorder, in_flight) =
-                        (client.clone(), recorder.clone(), in_flight.clone());
-                    let request = requests[i % requests.len()].to_rerank();
+                    let mut caller = idle
+                        .lock()
+                        .ok()
+                        .and_then(|mut v| v.pop())
+                        .unwrap_or_else(|| Caller::new(endpoint.clone()));
+                    let (prepared, recorder, in_flight, idle) = (
+                        prepared.clone(),
+                        recorder.clone(),
+                        in_flight.clone(),
+                        idle.clone(),
+                    );
+                    let request = i;
                     i += 1;
                     in_flight.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
-                        one_request(&mut client, request, &recorder).await;
+                        one_request(&mut caller, &prepared, request, &recorder).await;
+                        if let Ok(mut v) = idle.lock() {
+                            v.push(caller);
+                        }
                         in_flight.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
@@ -293,30 +342,51 @@ pub async fn measure(
     let _ = take_window();
     let mut windows: Vec<(WindowStats, WindowRecord)> = Vec::new();
     let mut stable = false;
-    while windows.len() < spec.max_windows {
-        let started = Instant::now();
+    // A ramp measures every window of its rise and never stops early.
+    let (window_count, ramp) = match spec.shape {
+        LoadShape::Ramp(r) => (
+            ((r.seconds / spec.window.as_secs_f64()).ceil() as usize).max(1),
+            Some(r),
+        ),
+        _ => (spec.max_windows, None),
+    };
+    while windows.len() < window_count {
+        let window_started = Instant::now();
         tokio::time::sleep(spec.window).await;
         let record = take_window();
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = window_started.elapsed().as_secs_f64();
+        let middle = window_started.duration_since(started) + window_started.elapsed() / 2;
         let stats = WindowStats {
             pairs_per_second: record.pairs as f64 / seconds,
             requests_per_second: record.requests as f64 / seconds,
+            offered_per_second: match spec.shape {
+                LoadShape::Closed(_) => record.sent as f64 / seconds,
+                shape => arrival_rate(shape, spec.warmup, middle),
+            },
+            p50_ms: if record.latency_us.is_empty() {
+                0.0
+            } else {
+                record.latency_us.value_at_quantile(0.5) as f64 / 1000.0
+            },
         };
         progress(&format!(
-            "window {}: {:.1} pairs/s, {:.2} requests/s",
+            "window {}/{window_count}: {:.1} pairs/s, {:.2} of {:.2} requests/s answered",
             windows.len() + 1,
             stats.pairs_per_second,
-            stats.requests_per_second
+            stats.requests_per_second,
+            stats.offered_per_second,
         ));
         windows.push((stats, record));
-        if agree(
-            &windows
-                .iter()
-                .map(|(s, _)| s.pairs_per_second)
-                .collect::<Vec<_>>(),
-            spec.stable_windows,
-            spec.tolerance,
-        ) {
+        if ramp.is_none()
+            && agree(
+                &windows
+                    .iter()
+                    .map(|(s, _)| s.pairs_per_second)
+                    .collect::<Vec<_>>(),
+                spec.stable_windows,
+                spec.tolerance,
+            )
+        {
             stable = true;
             break;
         }
@@ -326,12 +396,19 @@ pub async fn measure(
         let _ = t.await;
     }
 
-    let last = &windows[windows.len().saturating_sub(spec.stable_windows)..];
+    // Statistics over the agreeing windows; a ramp's over all of them.
+    let keep = if ramp.is_some() {
+        windows.len()
+    } else {
+        spec.stable_windows
+    };
+    let last = &windows[windows.len().saturating_sub(keep)..];
     let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
-    let (mut requests_done, mut server_us) = (0u64, [0u64; 3]);
+    let (mut requests_done, mut timed, mut server_us) = (0u64, 0u64, [0u64; 3]);
     for (_, record) in last {
         let _ = latency.add(&record.latency_us);
         requests_done += record.requests;
+        timed += record.timed;
         for (t, p) in server_us.iter_mut().zip(record.server_us) {
             *t += p;
         }
@@ -340,7 +417,14 @@ pub async fn measure(
         last.iter().map(|(s, _)| f(s)).sum::<f64>() / last.len().max(1) as f64
     };
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    let per_request = |us: u64| us as f64 / 1000.0 / requests_done.max(1) as f64;
+    let per_request = |us: u64| us as f64 / 1000.0 / timed.max(1) as f64;
+    let stats: Vec<WindowStats> = windows.iter().map(|(s, _)| *s).collect();
+    // A ramp's headline throughput is what it sustained once saturated.
+    let sustained = |f: fn(&WindowStats) -> f64| {
+        let from = saturated_from(&stats);
+        let tail = &stats[from..];
+        tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64
+    };
     let (timeline, errors) = recorder
         .lock()
         .map(|r| {
@@ -364,16 +448,26 @@ pub async fn measure(
         passages: spec.passages,
         concurrency: match spec.shape {
             LoadShape::Closed(c) => Some(c),
-            LoadShape::Open(_) => None,
+            _ => None,
         },
         rate: match spec.shape {
             LoadShape::Open(r) => Some(r),
-            LoadShape::Closed(_) => None,
+            _ => None,
         },
+        ramp,
+        knee_per_second: ramp.and_then(|_| knee(&stats)),
         stable,
-        windows: windows.iter().map(|(s, _)| *s).collect(),
-        pairs_per_second: mean(|s| s.pairs_per_second),
-        requests_per_second: mean(|s| s.requests_per_second),
+        pairs_per_second: if ramp.is_some() {
+            sustained(|s| s.pairs_per_second)
+        } else {
+            mean(|s| s.pairs_per_second)
+        },
+        requests_per_second: if ramp.is_some() {
+            sustained(|s| s.requests_per_second)
+        } else {
+            mean(|s| s.requests_per_second)
+        },
+        windows: stats,
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p95_ms: ms(0.95),
@@ -388,6 +482,50 @@ pub async fn measure(
     }
 }
 
+/// The arrival rate `elapsed` into the load (warm-up included).
+fn arrival_rate(shape: LoadShape, warmup: Duration, elapsed: Duration) -> f64 {
+    match shape {
+        LoadShape::Open(rate) => rate,
+        LoadShape::Ramp(r) => {
+            let into = elapsed.saturating_sub(warmup).as_secs_f64();
+            let share = if r.seconds > 0.0 {
+                (into / r.seconds).min(1.0)
+            } else {
+                1.0
+            };
+            r.from + (r.to - r.from) * share
+        }
+        LoadShape::Closed(_) => 0.0,
+    }
+}
+
+/// The first window whose median latency passed [`KNEE_LATENCY_FACTOR`] ×
+/// the first answered window's: from there on the server is saturated.
+fn first_behind(windows: &[WindowStats]) -> Option<usize> {
+    let base = windows.iter().find(|w| w.p50_ms > 0.0)?.p50_ms;
+    windows
+        .iter()
+        .position(|w| w.p50_ms > KNEE_LATENCY_FACTOR * base)
+}
+
+/// Where a ramp's sustained throughput is averaged from: the first
+/// saturated window, or the last third when it never saturated. Batches
+/// finish several requests at once, so single windows are lumpy; the
+/// average over the saturated stretch is the capacity.
+fn saturated_from(windows: &[WindowStats]) -> usize {
+    first_behind(windows).unwrap_or(windows.len() - windows.len() / 3)
+}
+
+/// The highest offered rate among the windows before the first saturated
+/// one (`None`: it kept up throughout, or nothing was answered).
+pub fn knee(windows: &[WindowStats]) -> Option<f64> {
+    let behind = first_behind(windows)?;
+    windows[..behind]
+        .iter()
+        .map(|w| w.offered_per_second)
+        .reduce(f64::max)
+}
+
 /// True when the last `n` values lie within `tolerance` of their mean.
 pub fn agree(values: &[f64], n: usize, tolerance: f64) -> bool {
     if n == 0 || values.len() < n {
@@ -400,7 +538,48 @@ pub fn agree(values: &[f64], n: usize, tolerance: f64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::agree;
+    use super::*;
+
+    #[test]
+    fn the_knee_is_the_last_rate_before_latency_doubles() {
+        let w = |offered: f64, p50_ms: f64| WindowStats {
+            pairs_per_second: offered * 32.0,
+            requests_per_second: offered,
+            offered_per_second: offered,
+            p50_ms,
+        };
+        let ramp = [
+            w(0.5, 0.0), // nothing answered yet: no baseline
+            w(1.0, 700.0),
+            w(2.0, 900.0),
+            w(3.0, 1300.0),
+            w(4.0, 2500.0),
+            w(5.0, 6000.0),
+        ];
+        assert_eq!(knee(&ramp), Some(3.0));
+        assert_eq!(knee(&ramp[..4]), None, "kept up to the end");
+        assert_eq!(knee(&[w(4.0, 0.0)]), None, "nothing answered");
+        assert_eq!(saturated_from(&ramp), 4);
+        assert_eq!(saturated_from(&ramp[..4]), 3, "the last third");
+    }
+
+    #[test]
+    fn a_ramp_rises_linearly_after_its_warm_up() {
+        let shape = LoadShape::Ramp(Ramp {
+            from: 1.0,
+            to: 5.0,
+            seconds: 8.0,
+        });
+        let at = |s: f64| arrival_rate(shape, Duration::from_secs(2), Duration::from_secs_f64(s));
+        assert_eq!(at(1.0), 1.0);
+        assert_eq!(at(2.0), 1.0);
+        assert_eq!(at(6.0), 3.0);
+        assert_eq!(at(20.0), 5.0);
+        assert_eq!(
+            arrival_rate(LoadShape::Open(2.5), Duration::ZERO, Duration::ZERO),
+            2.5
+        );
+    }
 
     #[test]
     fn windows_agree_only_within_the_tolerance() {

@@ -8,7 +8,8 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::load::Measurement;
+use crate::client::{Call, Transport};
+use crate::load::{Measurement, WindowStats};
 
 /// Where and when an experiment ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +101,12 @@ pub struct ExperimentResult {
     pub quick: bool,
     /// Where and when.
     pub machine: Machine,
+    /// The API the client called.
+    #[serde(default)]
+    pub call: Call,
+    /// Over what.
+    #[serde(default)]
+    pub transport: Transport,
     /// Per server variant.
     pub variants: Vec<VariantResult>,
 }
@@ -112,6 +119,12 @@ impl ExperimentResult {
             .flat_map(|v| v.measurements.iter().map(move |m| (v, m)))
     }
 
+    /// True when the client ran the whole pipeline (Rerank or Score), so
+    /// its pairs/s compare with other end-to-end experiments.
+    pub fn end_to_end(&self) -> bool {
+        matches!(self.call, Call::Rerank | Call::Score)
+    }
+
     /// The point with the highest throughput.
     pub fn best(&self) -> Option<(&VariantResult, &Measurement)> {
         self.points()
@@ -120,10 +133,30 @@ impl ExperimentResult {
 }
 
 fn load_label(m: &Measurement) -> String {
-    match (m.concurrency, m.rate) {
-        (Some(c), _) => format!("c={c}"),
-        (_, Some(r)) => format!("{r:.2} req/s"),
+    match (m.concurrency, m.rate, m.ramp) {
+        (Some(c), _, _) => format!("c={c}"),
+        (_, Some(r), _) => format!("{r:.2} req/s"),
+        (_, _, Some(r)) => format!("ramp {:.2}→{:.2} req/s", r.from, r.to),
         _ => "-".into(),
+    }
+}
+
+/// The stable column: whether windows agreed, or what a ramp found.
+fn stability(m: &Measurement) -> String {
+    match (m.ramp, m.knee_per_second) {
+        (Some(_), Some(k)) => format!("knee {k:.2} req/s"),
+        (Some(_), None) => "kept up".into(),
+        _ if m.stable => "yes".into(),
+        _ => "no".into(),
+    }
+}
+
+fn call_name(call: Call) -> &'static str {
+    match call {
+        Call::Rerank => "Rerank",
+        Call::Score => "Score",
+        Call::Tokenize => "Tokenize (tokenizer stage only)",
+        Call::ScoreTokens => "ScoreTokens (model stage only, pre-tokenized)",
     }
 }
 
@@ -145,6 +178,15 @@ pub fn markdown(r: &ExperimentResult, plots: &[String]) -> String {
     );
     let _ = writeln!(
         md,
+        "Client: {} over {}. Pairs/s for a stage-only call count the pairs that stage handled.\n",
+        call_name(r.call),
+        match r.transport {
+            Transport::Grpc => "gRPC",
+            Transport::Http => "HTTP/1.1",
+        }
+    );
+    let _ = writeln!(
+        md,
         "| variant | passages | load | pairs/s | req/s | p50 ms | p95 ms | p99 ms | errors | padding | stable | server split ms (tok/queue/inf) |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -156,7 +198,7 @@ pub fn markdown(r: &ExperimentResult, plots: &[String]) -> String {
             let errors: u64 = x.errors.values().sum();
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.0} / {:.0} / {:.0} |",
+                "| {} | {} | {} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
                 v.label,
                 x.passages,
                 load_label(x),
@@ -167,10 +209,15 @@ pub fn markdown(r: &ExperimentResult, plots: &[String]) -> String {
                 x.p99_ms,
                 errors,
                 v.padding_ratio.map_or("-".into(), |p| format!("{p:.2}")),
-                if x.stable { "yes" } else { "no" },
-                x.server_tokenize_ms,
-                x.server_queue_ms,
-                x.server_inference_ms,
+                stability(x),
+                if x.server_tokenize_ms + x.server_queue_ms + x.server_inference_ms > 0.0 {
+                    format!(
+                        "{:.0} / {:.0} / {:.0}",
+                        x.server_tokenize_ms, x.server_queue_ms, x.server_inference_ms
+                    )
+                } else {
+                    "-".into()
+                },
             );
         }
     }
@@ -305,6 +352,28 @@ pub fn plots(r: &ExperimentResult, dir: &Path) -> Result<Vec<String>, String> {
             )
         })?;
     }
+    if r.points().any(|(_, m)| m.ramp.is_some()) {
+        add(format!("{}_ramp.svg", r.name), &|p| {
+            ramp_plot(
+                p,
+                r,
+                &format!("{}: answered vs offered (dashed: keeping up)", r.name),
+                "answered requests/s",
+                |w| w.requests_per_second,
+                true,
+            )
+        })?;
+        add(format!("{}_ramp_latency.svg", r.name), &|p| {
+            ramp_plot(
+                p,
+                r,
+                &format!("{}: median latency as the load rises", r.name),
+                "p50 ms",
+                |w| w.p50_ms,
+                false,
+            )
+        })?;
+    }
     add(format!("{}_pareto.svg", r.name), &|p| pareto_plot(p, r))?;
     Ok(names)
 }
@@ -398,6 +467,85 @@ fn line_plot(
     Ok(())
 }
 
+/// A per-window figure against the offered rate, for every ramp; with
+/// `diagonal`, the line of keeping up (answered = offered).
+fn ramp_plot(
+    path: &Path,
+    r: &ExperimentResult,
+    title: &str,
+    y_label: &str,
+    y: fn(&WindowStats) -> f64,
+    diagonal: bool,
+) -> PlotResult {
+    let ramps: Vec<(String, Vec<(f64, f64)>)> = r
+        .points()
+        .filter(|(_, m)| m.ramp.is_some())
+        .map(|(v, m)| {
+            (
+                format!("{} ({} passages)", v.label, m.passages),
+                m.windows
+                    .iter()
+                    .map(|w| (w.offered_per_second, y(w)))
+                    .collect(),
+            )
+        })
+        .collect();
+    let x_max = ramps
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(x, _)| x))
+        .fold(0.0, f64::max)
+        * 1.1;
+    let mut y_max = ramps
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+        .fold(0.0, f64::max)
+        * 1.1;
+    if diagonal {
+        y_max = y_max.max(x_max);
+    }
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..x_max.max(0.1), 0.0..y_max.max(0.1))?;
+    chart
+        .configure_mesh()
+        .x_desc("offered requests/s")
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    if diagonal {
+        chart.draw_series(DashedLineSeries::new(
+            vec![(0.0, 0.0), (x_max, x_max)],
+            6,
+            4,
+            BLACK.mix(0.5).stroke_width(1),
+        ))?;
+    }
+    for (i, (name, points)) in ramps.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 fn pareto_plot(path: &Path, r: &ExperimentResult) -> PlotResult {
     let points: Vec<(String, f64, f64)> = r
         .points()
@@ -453,11 +601,6 @@ fn pareto_plot(path: &Path, r: &ExperimentResult) -> PlotResult {
 /// under a p99 SLO.
 pub fn summary(results: &[ExperimentResult], slo_p99_ms: Option<f64>) -> String {
     let mut md = String::from("# Experiment summary\n\n");
-    let mut ranked: Vec<(&ExperimentResult, &VariantResult, &Measurement)> = results
-        .iter()
-        .filter_map(|r| r.best().map(|(v, m)| (r, v, m)))
-        .collect();
-    ranked.sort_by(|a, b| b.2.pairs_per_second.total_cmp(&a.2.pairs_per_second));
     if let Some(first) = results.first() {
         let m = &first.machine;
         let _ = writeln!(
@@ -466,6 +609,49 @@ pub fn summary(results: &[ExperimentResult], slo_p99_ms: Option<f64>) -> String 
             m.cpu, m.cores, m.memory_gib, m.gpu, m.revision
         );
     }
+    let (whole, stages): (Vec<&ExperimentResult>, Vec<&ExperimentResult>) =
+        results.iter().partition(|r| r.end_to_end());
+    ranking_table(&mut md, &whole);
+    if !stages.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Pipeline stages alone\n\nTokenize measures the tokenizer workers only; \
+             ScoreTokens the model workers only, on pre-tokenized pairs. Not ranked with the \
+             end-to-end experiments above.\n"
+        );
+        ranking_table(&mut md, &stages);
+    }
+    if let Some(slo) = slo_p99_ms {
+        let best = results
+            .iter()
+            .filter(|r| r.end_to_end())
+            .flat_map(|r| r.points().map(move |(v, m)| (r, v, m)))
+            .filter(|(_, _, m)| m.p99_ms <= slo && m.errors.is_empty())
+            .max_by(|a, b| a.2.pairs_per_second.total_cmp(&b.2.pairs_per_second));
+        let _ = match best {
+            Some((r, v, m)) => writeln!(
+                md,
+                "\n**Best under p99 ≤ {slo} ms:** {} / {} ({} passages, {}): {:.1} pairs/s, p99 {:.0} ms.",
+                r.name,
+                v.label,
+                m.passages,
+                load_label(m),
+                m.pairs_per_second,
+                m.p99_ms
+            ),
+            None => writeln!(md, "\n**No configuration meets p99 ≤ {slo} ms.**"),
+        };
+    }
+    md
+}
+
+/// Experiments ranked by their best throughput, with their insight.
+fn ranking_table(md: &mut String, results: &[&ExperimentResult]) {
+    let mut ranked: Vec<(&ExperimentResult, &VariantResult, &Measurement)> = results
+        .iter()
+        .filter_map(|r| r.best().map(|(v, m)| (*r, v, m)))
+        .collect();
+    ranked.sort_by(|a, b| b.2.pairs_per_second.total_cmp(&a.2.pairs_per_second));
     let _ = writeln!(
         md,
         "| rank | experiment | best variant | pairs/s | p50 ms | p99 ms | key insight |"
@@ -486,27 +672,6 @@ pub fn summary(results: &[ExperimentResult], slo_p99_ms: Option<f64>) -> String 
             insight(r).unwrap_or_default()
         );
     }
-    if let Some(slo) = slo_p99_ms {
-        let best = results
-            .iter()
-            .flat_map(|r| r.points().map(move |(v, m)| (r, v, m)))
-            .filter(|(_, _, m)| m.p99_ms <= slo && m.errors.is_empty())
-            .max_by(|a, b| a.2.pairs_per_second.total_cmp(&b.2.pairs_per_second));
-        let _ = match best {
-            Some((r, v, m)) => writeln!(
-                md,
-                "\n**Best under p99 ≤ {slo} ms:** {} / {} ({} passages, {}): {:.1} pairs/s, p99 {:.0} ms.",
-                r.name,
-                v.label,
-                m.passages,
-                load_label(m),
-                m.pairs_per_second,
-                m.p99_ms
-            ),
-            None => writeln!(md, "\n**No configuration meets p99 ≤ {slo} ms.**"),
-        };
-    }
-    md
 }
 
 #[cfg(test)]

@@ -155,6 +155,44 @@ impl Workload {
     }
 }
 
+/// One line of a pairs file.
+#[derive(Debug, serde::Deserialize)]
+struct PairLine {
+    query: String,
+    #[serde(alias = "document", alias = "text")]
+    passage: String,
+}
+
+/// Requests from a JSON-lines file of pairs, one
+/// `{"query": …, "passage": …}` per line (`document` or `text` work for
+/// the passage; blank lines are skipped). Consecutive lines with the same
+/// query form one request, cut at `passages` pairs; the file's order is
+/// kept. Errors name the line.
+pub fn requests_from_pairs(text: &str, passages: usize) -> Result<Vec<Request>, String> {
+    let passages = passages.max(1);
+    let mut requests: Vec<Request> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let pair: PairLine =
+            serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        match requests.last_mut() {
+            Some(r) if r.query == pair.query && r.passages.len() < passages => {
+                r.passages.push(pair.passage)
+            }
+            _ => requests.push(Request {
+                query: pair.query,
+                passages: vec![pair.passage],
+            }),
+        }
+    }
+    if requests.is_empty() {
+        return Err("no pairs in the file".into());
+    }
+    Ok(requests)
+}
+
 impl Iterator for Workload {
     type Item = Request;
 
@@ -178,6 +216,31 @@ mod tests {
         })
         .next_request();
         assert_ne!(a[0], c);
+    }
+
+    #[test]
+    fn a_pairs_file_groups_consecutive_queries_and_names_bad_lines() {
+        let text = r#"{"query": "a", "passage": "1"}
+{"query": "a", "document": "2"}
+
+{"query": "a", "text": "3"}
+{"query": "b", "passage": "4"}
+{"query": "a", "passage": "5"}
+"#;
+        let r = requests_from_pairs(text, 2).unwrap();
+        let shape: Vec<(&str, usize)> = r
+            .iter()
+            .map(|r| (r.query.as_str(), r.passages.len()))
+            .collect();
+        assert_eq!(shape, [("a", 2), ("a", 1), ("b", 1), ("a", 1)]);
+        assert_eq!(r[1].passages, ["3"]);
+        let e = requests_from_pairs(
+            "{\"query\": \"a\", \"passage\": \"1\"}\n{\"query\": 1}\n",
+            8,
+        )
+        .unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+        assert!(requests_from_pairs("\n\n", 8).is_err());
     }
 
     #[test]

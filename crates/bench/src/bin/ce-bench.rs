@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! ce-bench run --server http://127.0.0.1:50051 --passages 32 --concurrency 1,2,4
+//! ce-bench run --call score_tokens --rate 1,2          # the model stage alone, open loop
+//! ce-bench run --transport http --http 127.0.0.1:8000 --ramp 0.5,4,30
+//! ce-bench run --pairs-file pairs.jsonl --call score
 //! ce-bench experiment conf/experiment/10_multi_model_pool.toml [--quick]
 //! ce-bench summary --slo-p99-ms 2000
 //! ```
@@ -14,15 +17,22 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ce_bench::experiment::{Experiment, LoadMode, plain};
-use ce_bench::load::{LoadShape, LoadSpec, Measurement, measure};
+use ce_bench::client::{Call, Endpoint, Prepared, Transport};
+use ce_bench::experiment::{ClientConfig, Experiment, LoadMode, plain};
+use ce_bench::load::{LoadShape, LoadSpec, Measurement, Ramp, measure};
 use ce_bench::report::{self, ExperimentResult, Machine, VariantResult};
 use ce_bench::server::Supervisor;
+use ce_bench::workload::{Request, Workload, WorkloadConfig, requests_from_pairs};
 use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Generated requests per load level, cycled through.
+const GENERATED_REQUESTS: usize = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,15 +51,32 @@ enum Command {
         /// gRPC endpoint.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         server: String,
+        /// HTTP address (`host:port`) for `--transport http`.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        http: String,
+        /// gRPC or HTTP.
+        #[arg(long, value_enum, default_value_t = TransportArg::Grpc)]
+        transport: TransportArg,
+        /// The API each request calls.
+        #[arg(long, value_enum, default_value_t = CallArg::Rerank)]
+        call: CallArg,
         /// Passages per request.
         #[arg(long, default_value_t = 32)]
         passages: usize,
+        /// Pairs from this JSON-lines file (`{"query", "passage"}` per line)
+        /// instead of the generated workload.
+        #[arg(long)]
+        pairs_file: Option<PathBuf>,
         /// Closed-loop levels (clients).
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         concurrency: Vec<usize>,
         /// Open-loop rates (requests/s); replaces --concurrency.
         #[arg(long, value_delimiter = ',')]
         rate: Vec<f64>,
+        /// A ramp `FROM,TO,SECONDS` (requests/s rising linearly); replaces
+        /// --concurrency and --rate.
+        #[arg(long, value_delimiter = ',', num_args = 3)]
+        ramp: Vec<f64>,
         /// Measurement window in seconds.
         #[arg(long, default_value_t = 5.0)]
         window_s: f64,
@@ -96,22 +123,163 @@ enum Command {
     },
 }
 
-/// Progress: a redrawn line on a terminal, plain lines otherwise.
-fn progress(prefix: String) -> impl Fn(&str) + Sync {
-    let tty = std::io::stderr().is_terminal();
-    move |line: &str| {
-        if tty {
-            eprint!("\r\x1b[2K{prefix}: {line}");
-        } else {
-            eprintln!("{prefix}: {line}");
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CallArg {
+    Rerank,
+    Score,
+    Tokenize,
+    ScoreTokens,
+}
+
+impl From<CallArg> for Call {
+    fn from(c: CallArg) -> Self {
+        match c {
+            CallArg::Rerank => Call::Rerank,
+            CallArg::Score => Call::Score,
+            CallArg::Tokenize => Call::Tokenize,
+            CallArg::ScoreTokens => Call::ScoreTokens,
         }
     }
 }
 
-fn end_progress() {
-    if std::io::stderr().is_terminal() {
-        eprintln!();
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Grpc,
+    Http,
+}
+
+/// Progress of one load level: a bar of its windows on a terminal, a
+/// plain line per window otherwise (logs, CI).
+struct Progress {
+    bar: Option<ProgressBar>,
+    prefix: String,
+}
+
+impl Progress {
+    fn new(prefix: String, windows: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(windows as u64);
+            let style = ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:24}] {pos}/{len} windows, {elapsed} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(prefix.clone());
+            bar.set_message("warming up");
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self { bar, prefix }
     }
+
+    fn window(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(1);
+                bar.set_message(line.to_string());
+            }
+            None => eprintln!("{}: {line}", self.prefix),
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Windows a load level measures at most.
+fn windows_of(shape: LoadShape, window_s: f64, max_windows: usize) -> usize {
+    match shape {
+        LoadShape::Ramp(r) => ((r.seconds / window_s).ceil() as usize).max(1),
+        _ => max_windows,
+    }
+}
+
+/// The requests of one load level: `passages` per request, generated from
+/// `seed` or read from `pairs_file`.
+fn requests(passages: usize, seed: u64, pairs_file: Option<&Path>) -> anyhow::Result<Vec<Request>> {
+    Ok(match pairs_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            requests_from_pairs(&text, passages)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Workload::new(WorkloadConfig {
+            seed,
+            passages,
+            ..Default::default()
+        })
+        .take(GENERATED_REQUESTS)
+        .collect(),
+    })
+}
+
+/// Measures one load level with progress, and prints its line.
+async fn measure_level(
+    endpoint: &Endpoint,
+    prepared: &Arc<Prepared>,
+    spec: &LoadSpec,
+    label: &str,
+) -> Measurement {
+    let progress = Progress::new(
+        label.to_string(),
+        windows_of(spec.shape, spec.window.as_secs_f64(), spec.max_windows),
+    );
+    let m = measure(endpoint.clone(), prepared.clone(), spec, &|line: &str| {
+        progress.window(line)
+    })
+    .await;
+    progress.finish();
+    let errors: u64 = m.errors.values().sum();
+    eprintln!(
+        "{label}: {:.1} pairs/s, {:.2} req/s, p50 {:.0} ms, p99 {:.0} ms{}{}{}",
+        m.pairs_per_second,
+        m.requests_per_second,
+        m.p50_ms,
+        m.p99_ms,
+        if errors > 0 {
+            format!(", errors {:?}", m.errors)
+        } else {
+            String::new()
+        },
+        m.knee_per_second
+            .map_or(String::new(), |k| format!(", knee {k:.2} req/s")),
+        if m.stable || m.ramp.is_some() {
+            ""
+        } else {
+            " (unstable)"
+        }
+    );
+    m
+}
+
+fn shapes(c: &ClientConfig) -> Vec<LoadShape> {
+    match (c.mode, c.ramp) {
+        (LoadMode::Closed, _) => c
+            .concurrency
+            .iter()
+            .map(|&n| LoadShape::Closed(n))
+            .collect(),
+        (LoadMode::Open, _) => c.rates.iter().map(|&r| LoadShape::Open(r)).collect(),
+        (LoadMode::Ramp, Some(r)) => vec![LoadShape::Ramp(r)],
+        (LoadMode::Ramp, None) => Vec::new(),
+    }
+}
+
+/// The endpoint for `transport`.
+async fn endpoint(transport: Transport, grpc: &str, http: &str) -> anyhow::Result<Endpoint> {
+    Ok(match transport {
+        Transport::Grpc => Endpoint::Grpc(
+            CrossEncoderClient::connect(grpc.to_string())
+                .await
+                .with_context(|| format!("connecting to {grpc}"))?,
+        ),
+        Transport::Http => Endpoint::Http(http.to_string()),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,21 +291,34 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             server,
+            http,
+            transport,
+            call,
             passages,
+            pairs_file,
             concurrency,
             rate,
+            ramp,
             window_s,
             warmup_s,
             json,
         } => runtime.block_on(async {
-            let client = CrossEncoderClient::connect(server.clone())
-                .await
-                .with_context(|| format!("connecting to {server}"))?;
-            let shapes: Vec<LoadShape> = if rate.is_empty() {
-                concurrency.into_iter().map(LoadShape::Closed).collect()
-            } else {
-                rate.into_iter().map(LoadShape::Open).collect()
+            let transport = match transport {
+                TransportArg::Grpc => Transport::Grpc,
+                TransportArg::Http => Transport::Http,
             };
+            let endpoint = endpoint(transport, &server, &http).await?;
+            let shapes: Vec<LoadShape> = match (ramp.as_slice(), rate.is_empty()) {
+                ([from, to, seconds], _) => vec![LoadShape::Ramp(Ramp {
+                    from: *from,
+                    to: *to,
+                    seconds: *seconds,
+                })],
+                (_, false) => rate.into_iter().map(LoadShape::Open).collect(),
+                (_, true) => concurrency.into_iter().map(LoadShape::Closed).collect(),
+            };
+            let requests = requests(passages, 42, pairs_file.as_deref())?;
+            let prepared = Arc::new(Prepared::new(call.into(), &endpoint, &requests).await?);
             let mut all = Vec::new();
             for shape in shapes {
                 let spec = LoadSpec {
@@ -150,18 +331,8 @@ fn main() -> anyhow::Result<()> {
                     max_windows: 8,
                     seed: 42,
                 };
-                let m = measure(client.clone(), &spec, &progress(format!("{shape:?}"))).await;
-                end_progress();
-                println!(
-                    "{shape:?}: {:.1} pairs/s, {:.2} req/s, p50 {:.0} ms, p99 {:.0} ms, errors {:?}{}",
-                    m.pairs_per_second,
-                    m.requests_per_second,
-                    m.p50_ms,
-                    m.p99_ms,
-                    m.errors,
-                    if m.stable { "" } else { " (unstable)" }
-                );
-                all.push(m);
+                let label = format!("{call:?} {shape:?}");
+                all.push(measure_level(&endpoint, &prepared, &spec, &label).await);
             }
             if let Some(path) = json {
                 std::fs::write(path, serde_json::to_vec_pretty(&all)?)?;
@@ -182,7 +353,11 @@ fn main() -> anyhow::Result<()> {
             let experiment = Experiment::load(&config, quick)?;
             let variants = experiment.variants();
             let Some(v) = variants.get(index) else {
-                bail!("{} has {} variants; no index {index}", experiment.name, variants.len());
+                bail!(
+                    "{} has {} variants; no index {index}",
+                    experiment.name,
+                    variants.len()
+                );
             };
             eprintln!("{} variant {index}: {}", experiment.name, v.label);
             print!("{}", toml::to_string(&v.settings)?);
@@ -219,14 +394,15 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
     std::fs::create_dir_all(&distribution_dir)?;
     let scratch = tempfile_dir()?;
     let c = &experiment.client;
-    let shapes: Vec<LoadShape> = match c.mode {
-        LoadMode::Closed => c
-            .concurrency
-            .iter()
-            .map(|&n| LoadShape::Closed(n))
-            .collect(),
-        LoadMode::Open => c.rates.iter().map(|&r| LoadShape::Open(r)).collect(),
-    };
+    let shapes = shapes(c);
+    // Read (and check) the pairs once, before any server starts.
+    let mut workloads = Vec::new();
+    for &passages in &c.batch_sizes {
+        workloads.push((
+            passages,
+            requests(passages, c.seed, c.pairs_file.as_deref())?,
+        ));
+    }
     let mut variants = Vec::new();
     for variant in experiment.variants() {
         let prefix = format!("{} [{}]", experiment.name, variant.label);
@@ -247,10 +423,14 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
         let started = async {
             let mut server = Supervisor::start(model, &args)?;
             let client = server.connect(Duration::from_secs(300)).await?;
-            Ok::<_, anyhow::Error>((server, client))
+            let endpoint = match c.transport {
+                Transport::Grpc => Endpoint::Grpc(client),
+                Transport::Http => Endpoint::Http(format!("127.0.0.1:{}", server.http_port)),
+            };
+            Ok::<_, anyhow::Error>((server, endpoint))
         }
         .await;
-        let (server, client) = match started {
+        let (server, endpoint) = match started {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{prefix}: could not start: {e:#}");
@@ -266,10 +446,18 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
             )
         };
         let before = padding(&server);
-        for &passages in &c.batch_sizes {
+        for (passages, requests) in &workloads {
+            let prepared = match Prepared::new(c.call, &endpoint, requests).await {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    eprintln!("{prefix}: {e}");
+                    result.error = Some(e.to_string());
+                    break;
+                }
+            };
             for &shape in &shapes {
                 let spec = LoadSpec {
-                    passages,
+                    passages: *passages,
                     shape,
                     warmup: Duration::from_secs_f64(c.warmup_s),
                     window: Duration::from_secs_f64(c.window_s),
@@ -279,15 +467,7 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
                     seed: c.seed,
                 };
                 let label = format!("{prefix} {passages} passages {shape:?}");
-                let m: Measurement = measure(client.clone(), &spec, &progress(label.clone())).await;
-                end_progress();
-                eprintln!(
-                    "{label}: {:.1} pairs/s, p50 {:.0} ms, p99 {:.0} ms{}",
-                    m.pairs_per_second,
-                    m.p50_ms,
-                    m.p99_ms,
-                    if m.stable { "" } else { " (unstable)" }
-                );
+                let m = measure_level(&endpoint, &prepared, &spec, &label).await;
                 result.measurements.push(m);
             }
         }
@@ -304,6 +484,8 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
         config: text,
         quick,
         machine: Machine::detect(),
+        call: c.call,
+        transport: c.transport,
         variants,
     };
     let plots = report::plots(&result, &results_dir).map_err(anyhow::Error::msg)?;
