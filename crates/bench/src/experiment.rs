@@ -536,6 +536,9 @@ replicas = 4
             "10a_padding_base",
             "11_3x_replicas",
             "14_production",
+            "tokenizer_only",
+            "inference_only",
+            "full_pipeline",
         ] {
             assert!(
                 names.iter().any(|n| n == seed),

@@ -5,7 +5,9 @@
 //! * [`gemm_peak`] — a GEMM peak measured on this machine, the roofline that
 //!   throughput is reported against.
 //! * [`experiment`] — experiment files (`conf/experiment/*.toml`) and sweeps.
-//! * [`load`] — the load generator (closed/open loop, stable windows, HDR).
+//! * [`client`] — what a request calls (Rerank, Score, Tokenize,
+//!   ScoreTokens) over gRPC or HTTP.
+//! * [`load`] — the load generator (closed/open loop, ramp, stable windows, HDR).
 //! * [`report`] — results as JSON, Markdown, CSV and SVG plots; the summary.
 //! * [`server`] — a `ce-supervisor` started for a benchmark, and the
 //!   memory of its processes.

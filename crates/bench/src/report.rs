@@ -178,7 +178,9 @@ pub fn markdown(r: &ExperimentResult, plots: &[String]) -> String {
     );
     let _ = writeln!(
         md,
-        "Client: {} over {}. Pairs/s for a stage-only call count the pairs that stage handled.\n",
+        "Client: {} over {}. Pairs/s for a stage-only call count the pairs that stage handled. \
+         Batch padding: the batches' padded ÷ real tokens, what an engine padding every pair to \
+         its batch's longest would compute (the packed engine computes real tokens).\n",
         call_name(r.call),
         match r.transport {
             Transport::Grpc => "gRPC",
@@ -187,7 +189,7 @@ pub fn markdown(r: &ExperimentResult, plots: &[String]) -> String {
     );
     let _ = writeln!(
         md,
-        "| variant | passages | load | pairs/s | req/s | p50 ms | p95 ms | p99 ms | errors | padding | stable | server split ms (tok/queue/inf) |"
+        "| variant | passages | load | pairs/s | req/s | p50 ms | p95 ms | p99 ms | errors | batch padding | stable | server split ms (tok/queue/inf) |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for v in &r.variants {
