@@ -186,8 +186,12 @@ pub struct Answered {
     pub server_us: Option<[u64; 3]>,
 }
 
-fn split(t: Option<Timing>) -> Option<[u64; 3]> {
-    t.map(|t| [t.tokenize_us, t.queue_us, t.inference_us])
+/// A gRPC answer of `pairs` pairs with the server's split.
+fn answered(pairs: usize, timing: Option<Timing>) -> Answered {
+    Answered {
+        pairs: pairs as u64,
+        server_us: timing.map(|t| [t.tokenize_us, t.queue_us, t.inference_us]),
+    }
 }
 
 /// One client task's connection.
@@ -216,50 +220,26 @@ impl Caller {
         let i = i % prepared.len().max(1);
         let grpc_error = |s: tonic::Status| format!("{:?}", s.code());
         match (&mut self.endpoint, prepared) {
-            (Endpoint::Grpc(c), Prepared::Rerank(v)) => {
-                let r = c
-                    .rerank(v[i].clone())
-                    .await
-                    .map_err(grpc_error)?
-                    .into_inner();
-                Ok(Answered {
-                    pairs: r.ranks.len() as u64,
-                    server_us: split(r.timing),
-                })
-            }
-            (Endpoint::Grpc(c), Prepared::Score(v)) => {
-                let r = c
-                    .score(v[i].clone())
-                    .await
-                    .map_err(grpc_error)?
-                    .into_inner();
-                Ok(Answered {
-                    pairs: r.scores.len() as u64,
-                    server_us: split(r.timing),
-                })
-            }
-            (Endpoint::Grpc(c), Prepared::Tokenize(v)) => {
-                let r = c
-                    .tokenize(v[i].clone())
-                    .await
-                    .map_err(grpc_error)?
-                    .into_inner();
-                Ok(Answered {
-                    pairs: r.lengths.len() as u64,
-                    server_us: split(r.timing),
-                })
-            }
-            (Endpoint::Grpc(c), Prepared::ScoreTokens(v)) => {
-                let r = c
-                    .score_tokens(v[i].clone())
-                    .await
-                    .map_err(grpc_error)?
-                    .into_inner();
-                Ok(Answered {
-                    pairs: r.scores.len() as u64,
-                    server_us: split(r.timing),
-                })
-            }
+            (Endpoint::Grpc(c), Prepared::Rerank(v)) => c
+                .rerank(v[i].clone())
+                .await
+                .map(|r| answered(r.get_ref().ranks.len(), r.into_inner().timing))
+                .map_err(grpc_error),
+            (Endpoint::Grpc(c), Prepared::Score(v)) => c
+                .score(v[i].clone())
+                .await
+                .map(|r| answered(r.get_ref().scores.len(), r.into_inner().timing))
+                .map_err(grpc_error),
+            (Endpoint::Grpc(c), Prepared::Tokenize(v)) => c
+                .tokenize(v[i].clone())
+                .await
+                .map(|r| answered(r.get_ref().lengths.len(), r.into_inner().timing))
+                .map_err(grpc_error),
+            (Endpoint::Grpc(c), Prepared::ScoreTokens(v)) => c
+                .score_tokens(v[i].clone())
+                .await
+                .map(|r| answered(r.get_ref().scores.len(), r.into_inner().timing))
+                .map_err(grpc_error),
             (Endpoint::Http(addr), Prepared::HttpRerank(v)) => {
                 let addr = addr.clone();
                 let result = self.http_rerank(&addr, v[i].clone()).await;

@@ -32,6 +32,23 @@ impl CrossEncoderService {
         Self { core }
     }
 
+    /// Runs one unary call within the client's deadline and records it in
+    /// `inference_requests_total` under `method`.
+    async fn unary<Req, Resp, Work>(
+        &self,
+        method: &str,
+        request: Request<Req>,
+        work: impl FnOnce(Arc<Core>, Req) -> Work,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Work: std::future::Future<Output = Result<Resp, ApiError>>,
+    {
+        let started = Instant::now();
+        let deadline = client_deadline(request.metadata());
+        let result = within(deadline, work(self.core.clone(), request.into_inner())).await;
+        self.finish(method, started, result)
+    }
+
     fn finish<T>(
         &self,
         method: &str,
@@ -127,6 +144,18 @@ fn pairs_input(
     Ok(PairsInput { groups, truncation })
 }
 
+/// Scores in input order, with the model's activation unless `raw`.
+fn score_response(core: &Core, scored: &Scored, raw: bool) -> ScoreResponse {
+    ScoreResponse {
+        scores: scored
+            .first_logits()
+            .map(|l| core.client_score(l, raw))
+            .collect(),
+        timing: Some(timing(scored)),
+        tokens: scored.tokens as u32,
+    }
+}
+
 fn timing(scored: &Scored) -> Timing {
     let t = scored.timing;
     Timing {
@@ -178,23 +207,17 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<RerankRequest>,
     ) -> Result<Response<RerankResponse>, Status> {
-        let started = Instant::now();
-        let deadline = client_deadline(request.metadata());
-        let r = request.into_inner();
-        let result = within(deadline, async {
+        self.unary("rerank", request, |core, r| async move {
             let trunc = truncation(r.truncate, r.truncation_direction)?;
             if r.top_n == Some(0) {
                 return Err(ApiError::InvalidArgument(
                     "top_n: must be at least 1 (leave it out to rank every document)".into(),
                 ));
             }
-            rerank(&self.core, r.query, r.documents, trunc).await
-        })
-        .await
-        .map(|(scored, documents)| {
+            let (scored, documents) = rerank(&core, r.query, r.documents, trunc).await?;
             let scores: Vec<f32> = scored
                 .first_logits()
-                .map(|l| self.core.client_score(l, r.raw_scores))
+                .map(|l| core.client_score(l, r.raw_scores))
                 .collect();
             let ranks = ranking(&scores, r.top_n.map(|n| n as usize))
                 .into_iter()
@@ -204,50 +227,34 @@ impl CrossEncoder for CrossEncoderService {
                     document: r.return_documents.then(|| documents[i].clone()),
                 })
                 .collect();
-            RerankResponse {
+            Ok(RerankResponse {
                 ranks,
                 timing: Some(timing(&scored)),
                 tokens: scored.tokens as u32,
-            }
-        });
-        self.finish("rerank", started, result)
+            })
+        })
+        .await
     }
 
     async fn score(
         &self,
         request: Request<ScoreRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
-        let started = Instant::now();
-        let deadline = client_deadline(request.metadata());
-        let r = request.into_inner();
-        let core = &self.core;
-        let result = within(deadline, async {
-            let input = pairs_input(core, r.pairs, r.truncate, r.truncation_direction)?;
+        self.unary("score", request, |core, r| async move {
+            let input = pairs_input(&core, r.pairs, r.truncate, r.truncation_direction)?;
             let scored = core.score(input).await?;
-            let scores = scored
-                .first_logits()
-                .map(|l| core.client_score(l, r.raw_scores))
-                .collect();
-            Ok(ScoreResponse {
-                scores,
-                timing: Some(timing(&scored)),
-                tokens: scored.tokens as u32,
-            })
+            Ok(score_response(&core, &scored, r.raw_scores))
         })
-        .await;
-        self.finish("score", started, result)
+        .await
     }
 
     async fn tokenize(
         &self,
         request: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
-        let started = Instant::now();
-        let deadline = client_deadline(request.metadata());
-        let r = request.into_inner();
-        let core = &self.core;
-        let result = within(deadline, async {
-            let input = pairs_input(core, r.pairs, r.truncate, r.truncation_direction)?;
+        self.unary("tokenize", request, |core, r| async move {
+            let started = Instant::now();
+            let input = pairs_input(&core, r.pairs, r.truncate, r.truncation_direction)?;
             let batch = core.tokenize(input).await?;
             let elapsed = started.elapsed().as_micros() as u64;
             Ok(TokenizeResponse {
@@ -270,19 +277,14 @@ impl CrossEncoder for CrossEncoderService {
                 tokens: batch.total_tokens() as u32,
             })
         })
-        .await;
-        self.finish("tokenize", started, result)
+        .await
     }
 
     async fn score_tokens(
         &self,
         request: Request<ScoreTokensRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
-        let started = Instant::now();
-        let deadline = client_deadline(request.metadata());
-        let r = request.into_inner();
-        let core = &self.core;
-        let result = within(deadline, async {
+        self.unary("score_tokens", request, |core, r| async move {
             core.check_count("pairs", r.pairs.len())?;
             let tokens = r.pairs.iter().map(|p| p.input_ids.len()).sum();
             let mut batch = TokenBatch::with_capacity(r.pairs.len(), tokens);
@@ -291,17 +293,9 @@ impl CrossEncoder for CrossEncoderService {
                 batch.push(&pair.input_ids, &pair.type_ids);
             }
             let scored = core.score_tokens(batch).await?;
-            Ok(ScoreResponse {
-                scores: scored
-                    .first_logits()
-                    .map(|l| core.client_score(l, r.raw_scores))
-                    .collect(),
-                timing: Some(timing(&scored)),
-                tokens: scored.tokens as u32,
-            })
+            Ok(score_response(&core, &scored, r.raw_scores))
         })
-        .await;
-        self.finish("score_tokens", started, result)
+        .await
     }
 
     type RerankStreamStream = ScoreStream;
