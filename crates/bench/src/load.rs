@@ -150,6 +150,13 @@ pub struct Measurement {
     pub server_queue_ms: f64,
     /// See `server_tokenize_ms`.
     pub server_inference_ms: f64,
+    /// The server's stage means over the level (warm-up included), ms,
+    /// from `/metrics` deltas of `inference_stage_duration_seconds`:
+    /// `tokenize` per tokenize job, `queue` per pair, `ring` per job
+    /// (round trip less the worker's time), `forward` per batch. Filled by
+    /// a runner that can scrape the server; empty otherwise.
+    #[serde(default)]
+    pub server_stages_ms: BTreeMap<String, f64>,
     /// Per-second series.
     pub timeline: Vec<Second>,
 }
@@ -478,6 +485,7 @@ pub async fn measure(
         server_tokenize_ms: per_request(server_us[0]),
         server_queue_ms: per_request(server_us[1]),
         server_inference_ms: per_request(server_us[2]),
+        server_stages_ms: BTreeMap::new(),
         timeline,
     }
 }

@@ -223,6 +223,36 @@ pub fn markdown(r: &ExperimentResult, plots: &[String]) -> String {
             );
         }
     }
+    if r.points().any(|(_, m)| !m.server_stages_ms.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\nServer stages, mean ms from `/metrics` deltas over each level: tokenize per \
+             tokenize job, queue wait per pair, ring transfer per job, forward pass per batch.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| variant | passages | load | tokenize | queue | ring | forward |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        for (v, m) in r.points() {
+            let stage = |s: &str| {
+                m.server_stages_ms
+                    .get(s)
+                    .map_or("-".to_string(), |ms| format!("{ms:.2}"))
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                v.label,
+                m.passages,
+                load_label(m),
+                stage("tokenize"),
+                stage("queue"),
+                stage("ring"),
+                stage("forward")
+            );
+        }
+    }
     if let Some(insight) = insight(r) {
         let _ = writeln!(md, "\n**Insight:** {insight}");
     }

@@ -63,7 +63,22 @@ max_windows = 3
             assert!(m["errors"].as_object().unwrap().is_empty(), "{m}");
         }
         assert!(v["padding_ratio"].as_f64().unwrap() >= 1.0, "{v}");
+        // The server's own stage means, from /metrics deltas.
+        for m in v["measurements"].as_array().unwrap() {
+            for stage in ["tokenize", "queue", "ring", "forward"] {
+                let ms = m["server_stages_ms"][stage].as_f64();
+                assert!(ms.is_some_and(|ms| ms >= 0.0), "{stage}: {m}");
+            }
+            assert!(
+                m["server_stages_ms"]["forward"].as_f64().unwrap() > 0.0,
+                "{m}"
+            );
+        }
     }
+    assert!(
+        md.contains("| variant | passages | load | tokenize | queue | ring | forward |"),
+        "{md}"
+    );
     let csv = read("distribution/tiny.csv");
     assert!(csv.lines().count() > 4, "{csv}");
     assert!(csv.starts_with("variant,passages,concurrency,rate,second,"));
@@ -179,6 +194,12 @@ fn stage_calls_named_variants_a_pairs_file_and_an_http_ramp_run() {
     assert_clean(&tokenized);
     let m = &tokenized["variants"][0]["measurements"][0];
     assert_eq!(m["server_inference_ms"].as_f64(), Some(0.0), "{m}");
+    // /metrics agrees: tokenize jobs ran, no batch was forwarded during the level.
+    assert!(
+        m["server_stages_ms"]["tokenize"].as_f64().unwrap() > 0.0,
+        "{m}"
+    );
+    assert!(m["server_stages_ms"].get("forward").is_none(), "{m}");
 
     // A ramp over HTTP.
     let ramp = run_experiment(

@@ -467,7 +467,9 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
                     seed: c.seed,
                 };
                 let label = format!("{prefix} {passages} passages {shape:?}");
-                let m = measure_level(&endpoint, &prepared, &spec, &label).await;
+                let stages_before = stage_sums(&server);
+                let mut m = measure_level(&endpoint, &prepared, &spec, &label).await;
+                m.server_stages_ms = stage_means(&stages_before, &stage_sums(&server));
                 result.measurements.push(m);
             }
         }
@@ -513,6 +515,39 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
         bail!("no variant of {} could be measured", result.name);
     }
     Ok(())
+}
+
+/// The server's pipeline stages, as `inference_stage_duration_seconds`
+/// labels them.
+const STAGES: [&str; 4] = ["tokenize", "queue", "ring", "forward"];
+
+/// Each stage's (seconds, observations) so far, from `/metrics`.
+fn stage_sums(server: &Supervisor) -> Vec<(f64, f64)> {
+    STAGES
+        .iter()
+        .map(|stage| {
+            let metric = |part: &str| {
+                server.metric_sum(&format!(
+                    "inference_stage_duration_seconds_{part}{{stage=\"{stage}\"}}"
+                ))
+            };
+            (metric("sum"), metric("count"))
+        })
+        .collect()
+}
+
+/// Mean milliseconds per observation of each stage between two scrapes
+/// (stages not observed in between are left out).
+fn stage_means(
+    before: &[(f64, f64)],
+    after: &[(f64, f64)],
+) -> std::collections::BTreeMap<String, f64> {
+    STAGES
+        .iter()
+        .zip(before.iter().zip(after))
+        .filter(|(_, (b, a))| a.1 > b.1)
+        .map(|(stage, (b, a))| (stage.to_string(), (a.0 - b.0) / (a.1 - b.1) * 1000.0))
+        .collect()
 }
 
 /// A private scratch directory for the variants' settings files.
