@@ -521,7 +521,7 @@ fn first_behind(windows: &[WindowStats]) -> Option<usize> {
 /// finish several requests at once, so single windows are lumpy; the
 /// average over the saturated stretch is the capacity.
 fn saturated_from(windows: &[WindowStats]) -> usize {
-    first_behind(windows).unwrap_or(windows.len() - windows.len() / 3)
+    first_behind(windows).unwrap_or(windows.len() - windows.len().div_ceil(3))
 }
 
 /// The highest offered rate among the windows before the first saturated
@@ -568,7 +568,8 @@ mod tests {
         assert_eq!(knee(&ramp[..4]), None, "kept up to the end");
         assert_eq!(knee(&[w(4.0, 0.0)]), None, "nothing answered");
         assert_eq!(saturated_from(&ramp), 4);
-        assert_eq!(saturated_from(&ramp[..4]), 3, "the last third");
+        assert_eq!(saturated_from(&ramp[..4]), 2, "the last third, rounded up");
+        assert_eq!(saturated_from(&ramp[..2]), 1, "never an empty stretch");
     }
 
     #[test]

@@ -75,8 +75,8 @@ enum Command {
         rate: Vec<f64>,
         /// A ramp `FROM,TO,SECONDS` (requests/s rising linearly); replaces
         /// --concurrency and --rate.
-        #[arg(long, value_delimiter = ',', num_args = 3)]
-        ramp: Vec<f64>,
+        #[arg(long, value_parser = parse_ramp)]
+        ramp: Option<Ramp>,
         /// Measurement window in seconds.
         #[arg(long, default_value_t = 5.0)]
         window_s: f64,
@@ -128,6 +128,8 @@ enum CallArg {
     Rerank,
     Score,
     Tokenize,
+    // Spelled as in experiment files.
+    #[value(name = "score_tokens")]
     ScoreTokens,
 }
 
@@ -146,6 +148,20 @@ impl From<CallArg> for Call {
 enum TransportArg {
     Grpc,
     Http,
+}
+
+/// `FROM,TO,SECONDS` as a ramp.
+fn parse_ramp(text: &str) -> Result<Ramp, String> {
+    let values: Vec<f64> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f64>().map_err(|e| format!("{v:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match values[..] {
+        [from, to, seconds] if from > 0.0 && to >= from && seconds > 0.0 => {
+            Ok(Ramp { from, to, seconds })
+        }
+        _ => Err("expected FROM,TO,SECONDS with 0 < FROM ≤ TO and SECONDS > 0".into()),
+    }
 }
 
 /// Progress of one load level: a bar of its windows on a terminal, a
@@ -308,14 +324,10 @@ fn main() -> anyhow::Result<()> {
                 TransportArg::Http => Transport::Http,
             };
             let endpoint = endpoint(transport, &server, &http).await?;
-            let shapes: Vec<LoadShape> = match (ramp.as_slice(), rate.is_empty()) {
-                ([from, to, seconds], _) => vec![LoadShape::Ramp(Ramp {
-                    from: *from,
-                    to: *to,
-                    seconds: *seconds,
-                })],
-                (_, false) => rate.into_iter().map(LoadShape::Open).collect(),
-                (_, true) => concurrency.into_iter().map(LoadShape::Closed).collect(),
+            let shapes: Vec<LoadShape> = match (ramp, rate.is_empty()) {
+                (Some(ramp), _) => vec![LoadShape::Ramp(ramp)],
+                (None, false) => rate.into_iter().map(LoadShape::Open).collect(),
+                (None, true) => concurrency.into_iter().map(LoadShape::Closed).collect(),
             };
             let requests = requests(passages, 42, pairs_file.as_deref())?;
             let prepared = Arc::new(Prepared::new(call.into(), &endpoint, &requests).await?);
