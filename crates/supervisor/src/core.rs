@@ -13,7 +13,7 @@ use tokio::sync::{RwLock, watch};
 
 use crate::config::{ReplicaPlan, Settings};
 use crate::metrics::{Metrics, ProcessFigures};
-use crate::request::{Admission, ApiError, PendingRequest, Scored};
+use crate::request::{Admission, Answer, ApiError, PendingRequest, Scored};
 use crate::scheduler::{Scheduler, Work};
 use crate::tokenize::Tokenizers;
 use crate::workers::{WorkerFigures, WorkerHandle};
@@ -185,22 +185,20 @@ impl Core {
                 ids.len()
             ));
         }
+        let first_at_or_above = |v: &[u32], limit: usize| {
+            v.iter()
+                .enumerate()
+                .find(|(_, x)| **x as usize >= limit)
+                .map(|(i, x)| (i, *x))
+        };
         let vocab = self.served.vocab_size;
-        if let Some((i, id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id as usize >= vocab)
-        {
+        if let Some((i, id)) = first_at_or_above(ids, vocab) {
             return bad(format!(
                 "input_ids[{i}]: token id {id} is outside the vocabulary ({vocab} ids)"
             ));
         }
         let segments = self.served.type_vocab_size;
-        if let Some((i, t)) = types
-            .iter()
-            .enumerate()
-            .find(|(_, t)| **t as usize >= segments)
-        {
+        if let Some((i, t)) = first_at_or_above(types, segments) {
             return bad(format!(
                 "type_ids[{i}]: segment {t} is outside the model's {segments} segments"
             ));
@@ -267,10 +265,7 @@ impl Core {
             request.fail(e.clone());
             return Err(e);
         }
-        drop(request);
-        answer
-            .await
-            .map_err(|_| ApiError::Internal("the request was dropped unanswered".into()))?
+        answered(request, answer).await
     }
 
     /// Tokenizes the pairs exactly as [`Core::score`] would (same workers,
@@ -309,10 +304,7 @@ impl Core {
             request.fail(e.clone());
             return Err(e);
         }
-        drop(request);
-        answer
-            .await
-            .map_err(|_| ApiError::Internal("the request was dropped unanswered".into()))?
+        answered(request, answer).await
     }
 
     /// Applies the model's activation unless `raw`.
@@ -390,4 +382,13 @@ impl Core {
             .filter(|w| w.is_alive())
             .count()
     }
+}
+
+/// Lets go of the submitting side's handle (the batches hold their own)
+/// and waits for the request's answer.
+async fn answered(request: Arc<PendingRequest>, answer: Answer) -> Result<Scored, ApiError> {
+    drop(request);
+    answer
+        .await
+        .map_err(|_| ApiError::Internal("the request was dropped unanswered".into()))?
 }
