@@ -109,8 +109,13 @@ impl Engine {
         let max_length = config.max_length.min(bert.max_position_embeddings).max(4);
         let tokenizer = PairTokenizer::from_file(&files.tokenizer, max_length)?;
         let device = config.device.open()?;
-        let mut model = BertCrossEncoder::load(&files.weights, bert, config.dtype, &device)?;
-        model.set_attention_layout(config.attention);
+        let model = BertCrossEncoder::load(
+            &files.weights,
+            bert,
+            config.dtype,
+            &device,
+            config.attention,
+        )?;
         let c = model.config();
         let info = ModelInfo {
             model: files.origin.clone(),

@@ -49,7 +49,7 @@ pub enum EngineError {
     #[error("cannot load weights: {0}")]
     Weights(String),
     /// The dtype string is not known.
-    #[error("unknown dtype {0:?} (expected f32, f16, bf16, q8_0 or q4_0)")]
+    #[error("unknown dtype {0:?} (expected f32, f16, bf16, q8_0, q4_0 or i8)")]
     UnknownDType(String),
     /// The device string is not known or the device is not available.
     #[error("device {device:?} unavailable: {reason}")]

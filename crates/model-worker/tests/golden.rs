@@ -172,6 +172,7 @@ fn reduced_precisions_stay_close_to_f32() {
         (WeightDType::Bf16, 0.99),
         (WeightDType::Q8_0, 0.99),
         (WeightDType::Q4_0, 0.97),
+        (WeightDType::I8, 0.99),
     ] {
         let scores = engine(dtype).score(&batch).unwrap();
         let cosines: Vec<f64> = (0..pairs.len())

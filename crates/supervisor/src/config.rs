@@ -51,7 +51,7 @@ pub struct Settings {
     pub tokenizers: usize,
     /// Devices, assigned to replicas round-robin (`cpu`, `cuda:N`, `metal:N`).
     pub devices: Vec<String>,
-    /// Weight precision: f32, f16, bf16, q8_0, q4_0.
+    /// Weight precision: f32, f16, bf16, q8_0, q4_0, i8 (CPU).
     pub dtype: String,
     /// Compute threads per replica (default: max(1, cores / replicas)).
     pub threads_per_replica: Option<usize>,
@@ -173,7 +173,7 @@ pub struct Cli {
     /// Devices assigned to replicas round-robin, e.g. `cuda:0,cuda:1`.
     #[arg(long, env = "CE_DEVICES", value_delimiter = ',')]
     pub devices: Option<Vec<String>>,
-    /// Weight precision: f32, f16, bf16, q8_0, q4_0.
+    /// Weight precision: f32, f16, bf16, q8_0, q4_0, i8 (CPU).
     #[arg(long, env = "CE_DTYPE")]
     pub dtype: Option<String>,
     /// Compute threads per replica (default: max(1, cores / replicas)).

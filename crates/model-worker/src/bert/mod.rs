@@ -10,7 +10,14 @@
 //!
 //! `T` is the batch's real token count: there is no padded `[pairs, L]`
 //! matrix anywhere but inside attention (see [`plan`]).
+//!
+//! Two implementations run these blocks. On the CPU, in `f32` or `i8` with
+//! the default attention layout, [`cpu`] runs them on plain slices: fused
+//! passes, AVX-512 GEMMs, one shard of the batch per thread, attention per
+//! sequence with no padding at all. Everywhere else (GPUs, the other dtypes,
+//! the padded layouts of the padding experiment) candle runs them.
 
+pub mod cpu;
 pub mod linear;
 pub mod plan;
 
@@ -316,7 +323,6 @@ struct Pooler {
 #[derive(Debug)]
 struct Classifier {
     dense: Linear,
-    num_labels: usize,
 }
 
 /// What one forward pass returns.
@@ -330,6 +336,22 @@ pub struct ForwardOutput {
     pub attention_slots: usize,
 }
 
+/// The blocks on candle tensors.
+#[derive(Debug)]
+struct CandleEncoder {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Pooler,
+    classifier: Classifier,
+}
+
+/// Which implementation runs the blocks.
+#[derive(Debug)]
+enum Encoder {
+    Candle(CandleEncoder),
+    Cpu(Box<cpu::CpuEncoder>),
+}
+
 /// A loaded BERT cross-encoder.
 #[derive(Debug)]
 pub struct BertCrossEncoder {
@@ -337,42 +359,52 @@ pub struct BertCrossEncoder {
     dtype: WeightDType,
     device: Device,
     attention: AttentionLayout,
-    embeddings: Embeddings,
-    layers: Vec<Layer>,
-    pooler: Pooler,
-    classifier: Classifier,
+    num_labels: usize,
+    encoder: Encoder,
 }
 
 impl BertCrossEncoder {
-    /// Loads the weights and prepares every layer for `dtype` on `device`.
+    /// Loads the weights and prepares every layer for `dtype` on `device`,
+    /// laying attention out as `attention` says.
     pub fn load(
         weights: &Weights,
         config: BertConfig,
         dtype: WeightDType,
         device: &Device,
+        attention: AttentionLayout,
     ) -> Result<Self> {
         let r = WeightReader::open(weights)?;
-        let act = dtype.activation_dtype();
-        let c = &config;
-        let embeddings = Embeddings::load(&r, c, act, device)?;
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| {
-                let p = format!("encoder.layer.{i}");
-                Ok(Layer {
-                    attention: SelfAttention::load(&r, &p, c, dtype, device)?,
-                    ffn: FeedForward::load(&r, &p, c, dtype, device)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // The head is tiny: keep it in the activation precision, never quantized.
-        let head_dtype = match dtype {
-            WeightDType::Q8_0 | WeightDType::Q4_0 => WeightDType::F32,
-            other => other,
+        let num_labels = Self::num_labels_of(&r, &config)?;
+        // The attention kernel tiles heads 16 columns wide.
+        let cpu_kernels = device.is_cpu()
+            && attention == AttentionLayout::Grouped
+            && config.head_dim().is_multiple_of(16);
+        let encoder = match dtype {
+            WeightDType::F32 | WeightDType::I8 if cpu_kernels => Encoder::Cpu(Box::new(
+                cpu::CpuEncoder::load(&r, &config, num_labels, dtype == WeightDType::I8)?,
+            )),
+            WeightDType::I8 => {
+                return Err(EngineError::Weights(format!(
+                    "dtype i8 runs on the CPU, with the grouped attention layout and heads a multiple of 16 wide (asked: {} attention, heads {} wide, on {:?}); use q8_0 or f16 there",
+                    attention,
+                    config.head_dim(),
+                    device.location()
+                )));
+            }
+            _ => Encoder::Candle(CandleEncoder::load(&r, &config, dtype, device, num_labels)?),
         };
-        let (pw, pb) = r.linear(c.hidden_size, c.hidden_size, "pooler.dense")?;
-        let pooler = Pooler {
-            dense: Linear::new(pw, pb, head_dtype, device)?,
-        };
+        Ok(Self {
+            config,
+            dtype,
+            device: device.clone(),
+            attention,
+            num_labels,
+            encoder,
+        })
+    }
+
+    /// The classifier's rows, checked against what `config.json` declares.
+    fn num_labels_of(r: &WeightReader, c: &BertConfig) -> Result<usize> {
         if !r.has_raw("classifier.weight") {
             return Err(EngineError::Weights(
                 "classifier.weight is missing: this is not a cross-encoder (BertForSequenceClassification) checkpoint".into(),
@@ -390,30 +422,12 @@ impl BertCrossEncoder {
                 "config.json declares {declared} labels but classifier.weight has {num_labels} rows"
             )));
         }
-        let classifier = Classifier {
-            dense: Linear::new(
-                r.get_raw((num_labels, c.hidden_size), "classifier.weight")?,
-                r.get_raw(num_labels, "classifier.bias")?,
-                head_dtype,
-                device,
-            )?,
-            num_labels,
-        };
-        Ok(Self {
-            config,
-            dtype,
-            device: device.clone(),
-            attention: AttentionLayout::default(),
-            embeddings,
-            layers,
-            pooler,
-            classifier,
-        })
+        Ok(num_labels)
     }
 
-    /// Sets how attention lays sequences out (see [`AttentionLayout`]).
-    pub fn set_attention_layout(&mut self, layout: AttentionLayout) {
-        self.attention = layout;
+    /// How attention lays sequences out.
+    pub fn attention_layout(&self) -> AttentionLayout {
+        self.attention
     }
 
     /// The model's configuration.
@@ -423,7 +437,7 @@ impl BertCrossEncoder {
 
     /// Number of logits per pair.
     pub fn num_labels(&self) -> usize {
-        self.classifier.num_labels
+        self.num_labels
     }
 
     /// The precision the model was loaded in.
@@ -449,11 +463,63 @@ impl BertCrossEncoder {
     /// is an error, never an out-of-bounds read.
     pub fn forward(&self, batch: &TokenBatch) -> Result<ForwardOutput> {
         batch.validate(&self.batch_limits())?;
+        match &self.encoder {
+            Encoder::Cpu(cpu) => cpu.forward(batch),
+            Encoder::Candle(candle) => candle.forward(batch, self),
+        }
+    }
+}
+
+impl CandleEncoder {
+    fn load(
+        r: &WeightReader,
+        c: &BertConfig,
+        dtype: WeightDType,
+        device: &Device,
+        num_labels: usize,
+    ) -> Result<Self> {
+        let act = dtype.activation_dtype();
+        let embeddings = Embeddings::load(r, c, act, device)?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                Ok(Layer {
+                    attention: SelfAttention::load(r, &p, c, dtype, device)?,
+                    ffn: FeedForward::load(r, &p, c, dtype, device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // The head is tiny: keep it in the activation precision, never quantized.
+        let head_dtype = match dtype {
+            WeightDType::Q8_0 | WeightDType::Q4_0 => WeightDType::F32,
+            other => other,
+        };
+        let (pw, pb) = r.linear(c.hidden_size, c.hidden_size, "pooler.dense")?;
+        let pooler = Pooler {
+            dense: Linear::new(pw, pb, head_dtype, device)?,
+        };
+        let classifier = Classifier {
+            dense: Linear::new(
+                r.get_raw((num_labels, c.hidden_size), "classifier.weight")?,
+                r.get_raw(num_labels, "classifier.bias")?,
+                head_dtype,
+                device,
+            )?,
+        };
+        Ok(Self {
+            embeddings,
+            layers,
+            pooler,
+            classifier,
+        })
+    }
+
+    fn forward(&self, batch: &TokenBatch, model: &BertCrossEncoder) -> Result<ForwardOutput> {
         let plan = BatchPlan::new(
             batch,
-            &self.device,
-            self.dtype.activation_dtype(),
-            self.attention,
+            &model.device,
+            model.dtype.activation_dtype(),
+            model.attention,
         )?;
         let mut hidden = self.embeddings.forward(&plan)?;
         for layer in &self.layers {
@@ -461,7 +527,7 @@ impl BertCrossEncoder {
             hidden = layer.ffn.forward(&hidden)?;
         }
         let cls = hidden.index_select(&plan.cls_rows, 0)?; // [pairs, H]
-        let head_in = match self.dtype {
+        let head_in = match model.dtype {
             WeightDType::Q8_0 | WeightDType::Q4_0 => cls.to_dtype(DType::F32)?,
             _ => cls,
         };

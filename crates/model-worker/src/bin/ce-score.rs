@@ -28,7 +28,7 @@ struct Args {
     /// Model directory or hub id.
     #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
     model: String,
-    /// Weight precision: f32, f16, bf16, q8_0, q4_0.
+    /// Weight precision: f32, f16, bf16, q8_0, q4_0, i8 (CPU).
     #[arg(long, env = "CE_DTYPE", default_value = "f32")]
     dtype: WeightDType,
     /// Device: cpu, cuda:N, metal:N.

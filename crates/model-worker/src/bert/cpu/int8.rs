@@ -1,0 +1,583 @@
+//! Integer linear layers: int8 weights per output channel, int8 activations
+//! per row, products summed in i32.
+//!
+//! ```text
+//! x [rows, in] f32 ─ per row: lo = min, sx = (max − lo)/255 ─▶ u8 = round((x − lo)/sx)
+//! W [out, in] f32 ─ per channel: sw = max|w|/127 (at load) ─▶ i8, packed
+//! y[r][o] = sw[o] · (sx[r] · Σk u8[r][k] · i8[o][k]  +  lo[r] · Σk i8[o][k])
+//! ```
+//!
+//! The activations use all 256 levels over each row's own range: after GELU
+//! a row is nearly all positive, and a symmetric code would waste half its
+//! levels on values that never occur.
+//!
+//! The u8 × i8 form is what the CPU's integer matrix instructions multiply,
+//! and the weights are packed once at load into their layout: blocks of 32
+//! output columns, and for each group of 4 inputs, 32 × 4 consecutive bytes.
+//! Three kernels read that one layout, the best the CPU has chosen at start:
+//!
+//! * **AMX** (`tdpbusd`, Sapphire Rapids and later): a 16 × 16 tile of i32
+//!   += 16 × 64 u8 · 64 × 16 i8 per instruction, 16 384 products;
+//! * **AVX-512 VNNI** (`vpdpbusd`): 64 products into 16 lanes per
+//!   instruction, four times an f32 FMA's 16;
+//! * **portable** code for every other CPU (correct, slower).
+//!
+//! `CE_INT8_KERNEL=amx|vnni|portable` forces one (falling back when the CPU
+//! lacks it), for comparisons; all three compute the same integers.
+//!
+//! Per-row activation scales keep a token with large activations from
+//! flattening every other token's precision; per-channel weight scales do
+//! the same for output columns.
+
+/// Output columns per packed block: two AVX-512 registers of i32, or two
+/// AMX tiles.
+const COLS: usize = 32;
+/// The packed depth is a multiple of this: one AMX tile row of bytes.
+const DEPTH_STEP: usize = 64;
+/// Rows per micro-tile: 8 rows × 2 registers = 16 accumulators.
+const ROWS: usize = 8;
+/// Rows quantized and multiplied per pass, so that their bytes stay in cache
+/// while every column block reads them.
+const ROW_BLOCK: usize = 192;
+
+/// Activation buffers reused across products.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    quantized: Vec<u8>,
+    /// Per row: the step between levels.
+    scales: Vec<f32>,
+    /// Per row: the value level 0 stands for.
+    lows: Vec<f32>,
+}
+
+impl Int8Linear {
+    /// Turns row `row`'s i32 sums for columns `o0..o0 + out.len()` into floats.
+    #[inline(always)]
+    fn dequantize(&self, sums: &[i32], scratch: &Scratch, row: usize, o0: usize, out: &mut [f32]) {
+        let (sx, lo) = (scratch.scales[row], scratch.lows[row]);
+        let n = out.len();
+        let columns = self.scales[o0..o0 + n].iter().zip(&self.sums[o0..o0 + n]);
+        for ((o, &acc), (sw, total)) in out.iter_mut().zip(&sums[..n]).zip(columns) {
+            *o = sw * (acc as f32 * sx + lo * total);
+        }
+    }
+}
+
+/// A linear layer's weight in int8, packed for the integer GEMM.
+#[derive(Debug)]
+pub struct Int8Linear {
+    outputs: usize,
+    inputs: usize,
+    /// `inputs` rounded up to a multiple of [`DEPTH_STEP`] (zeros beyond).
+    depth: usize,
+    /// `[out / COLS][depth / 4][COLS][4]` signed bytes (padding is 0).
+    packed: Vec<i8>,
+    /// Per output column: the weight scale.
+    scales: Vec<f32>,
+    /// Per output column: `Σk w[o][k]` of the quantized weight, what each
+    /// row's offset `lo` multiplies.
+    sums: Vec<f32>,
+}
+
+impl Int8Linear {
+    /// Quantizes a row-major `[outputs, inputs]` f32 weight.
+    pub fn quantize(weight: &[f32], outputs: usize, inputs: usize) -> Self {
+        assert_eq!(weight.len(), outputs * inputs, "weight shape");
+        let depth = inputs.div_ceil(DEPTH_STEP) * DEPTH_STEP;
+        let blocks = outputs.div_ceil(COLS);
+        let mut packed = vec![0i8; blocks * depth * COLS];
+        let mut scales = vec![0f32; outputs];
+        let mut sums = vec![0f32; outputs];
+        for o in 0..outputs {
+            let row = &weight[o * inputs..(o + 1) * inputs];
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales[o] = scale;
+            let (block, col) = (o / COLS, o % COLS);
+            let mut total = 0i32;
+            for (k, &v) in row.iter().enumerate() {
+                let q = (v / scale).round().clamp(-127.0, 127.0) as i8;
+                total += q as i32;
+                packed[(block * depth / 4 + k / 4) * COLS * 4 + col * 4 + k % 4] = q;
+            }
+            sums[o] = total as f32;
+        }
+        Self {
+            outputs,
+            inputs,
+            depth,
+            packed,
+            scales,
+            sums,
+        }
+    }
+
+    /// `dst[rows, outputs] = x[rows, inputs] · Wᵀ` (no bias).
+    pub fn product(&self, x: &[f32], rows: usize, dst: &mut [f32], scratch: &mut Scratch) {
+        assert!(x.len() >= rows * self.inputs, "input too small");
+        assert!(dst.len() >= rows * self.outputs, "destination too small");
+        for start in (0..rows).step_by(ROW_BLOCK) {
+            let n = ROW_BLOCK.min(rows - start);
+            let x = &x[start * self.inputs..(start + n) * self.inputs];
+            let dst = &mut dst[start * self.outputs..(start + n) * self.outputs];
+            self.quantize_rows(x, n, scratch);
+            match kernel() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `kernel()` chose AMX only after the CPU reported
+                // it and the kernel granted this process the tile state;
+                // `quantize_rows` sized the scratch for `n` rows.
+                Kernel::Amx => unsafe { amx::block(self, n, scratch, dst) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `kernel()` chose VNNI only where the CPU has the
+                // features `vnni::block` is compiled for.
+                Kernel::Vnni => unsafe { vnni::block(self, n, scratch, dst) },
+                _ => self.block_portable(n, scratch, dst),
+            }
+        }
+    }
+
+    /// Rounds `rows` rows of `x` to u8 with one scale per row; the rows
+    /// are padded with zeros (128) to a whole number of AMX tile pairs.
+    fn quantize_rows(&self, x: &[f32], rows: usize, scratch: &mut Scratch) {
+        scratch.quantized.clear();
+        scratch
+            .quantized
+            .resize(rows.div_ceil(amx::ROWS) * amx::ROWS * self.depth, 128);
+        scratch.scales.clear();
+        scratch.scales.resize(rows, 0.0);
+        scratch.lows.clear();
+        scratch.lows.resize(rows, 0.0);
+        quantize_activations(
+            x,
+            self.inputs,
+            self.depth,
+            &mut scratch.quantized,
+            &mut scratch.scales,
+            &mut scratch.lows,
+        );
+    }
+
+    fn block_portable(&self, rows: usize, scratch: &Scratch, dst: &mut [f32]) {
+        let quads = self.depth / 4;
+        let mut sums = vec![0i32; self.outputs];
+        for r in 0..rows {
+            let a = &scratch.quantized[r * self.depth..(r + 1) * self.depth];
+            for (o, total) in sums.iter_mut().enumerate() {
+                let (block, col) = (o / COLS, o % COLS);
+                let mut acc = 0i32;
+                for q in 0..quads {
+                    let b = &self.packed[(block * quads + q) * COLS * 4 + col * 4..][..4];
+                    for j in 0..4 {
+                        acc += a[q * 4 + j] as i32 * b[j] as i32;
+                    }
+                }
+                *total = acc;
+            }
+            self.dequantize(
+                &sums,
+                scratch,
+                r,
+                0,
+                &mut dst[r * self.outputs..(r + 1) * self.outputs],
+            );
+        }
+    }
+}
+
+/// The integer kernel in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Intel AMX tiles.
+    Amx,
+    /// AVX-512 VNNI.
+    Vnni,
+    /// Plain Rust.
+    Portable,
+}
+
+impl Kernel {
+    /// Its name, as `CE_INT8_KERNEL` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kernel::Amx => "amx",
+            Kernel::Vnni => "vnni",
+            Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// The fastest kernel this CPU and OS run, chosen once per process
+/// (`CE_INT8_KERNEL` may ask for a slower one).
+pub fn kernel() -> Kernel {
+    static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let wanted = std::env::var("CE_INT8_KERNEL").unwrap_or_default();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !matches!(wanted.as_str(), "vnni" | "portable") && amx::available() {
+                return Kernel::Amx;
+            }
+            if wanted != "portable" && vnni::available() {
+                return Kernel::Vnni;
+            }
+        }
+        let _ = wanted;
+        Kernel::Portable
+    })
+}
+
+super::kernels::vectorized! {
+    /// Per row: lo = min, scale = (max − lo) / 255, u8 = round((x − lo) / scale).
+    fn quantize_activations(
+        x: &[f32],
+        inputs: usize,
+        depth: usize,
+        out: &mut [u8],
+        scales: &mut [f32],
+        lows: &mut [f32],
+    ) {
+        // Adding 1.5 · 2^23 rounds to nearest in the float's low bits.
+        const ROUND: f32 = 12_582_912.0;
+        let rows = x.chunks_exact(inputs).zip(out.chunks_exact_mut(depth));
+        for ((row, q), (scale, low)) in rows.zip(scales.iter_mut().zip(lows.iter_mut())) {
+            let (lo, hi) = row
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+            (*scale, *low) = (s, lo);
+            let inv = 1.0 / s;
+            for (q, &v) in q.iter_mut().zip(row) {
+                let level = (((v - lo) * inv + ROUND).to_bits() as i32 - 0x4B40_0000).clamp(0, 255);
+                *q = level as u8;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{COLS, Int8Linear, ROWS, Scratch};
+
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// Multiplies `rows` quantized rows by every column block.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F/BW/VNNI; `scratch` must hold `rows` rows
+    /// of `w.depth` bytes and `dst` `rows × w.outputs` floats.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn block(w: &Int8Linear, rows: usize, scratch: &Scratch, dst: &mut [f32]) {
+        assert!(scratch.quantized.len() >= rows * w.depth && dst.len() >= rows * w.outputs);
+        let quads = w.depth / 4;
+        for block in 0..w.outputs.div_ceil(COLS) {
+            let panel = &w.packed[block * quads * COLS * 4..(block + 1) * quads * COLS * 4];
+            let cols = COLS.min(w.outputs - block * COLS);
+            let mut r = 0;
+            while r < rows {
+                let n = ROWS.min(rows - r);
+                let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
+                // SAFETY: rows r..r+n exist in the scratch (asserted above)
+                // and the panel holds `quads` groups of 128 bytes.
+                unsafe {
+                    tile(
+                        &scratch.quantized[r * w.depth..],
+                        w.depth,
+                        n,
+                        panel,
+                        quads,
+                        &mut acc,
+                    )
+                };
+                for (i, lanes) in acc.iter().enumerate().take(n) {
+                    let row = r + i;
+                    let mut values = [0i32; COLS];
+                    // SAFETY: `values` is 32 i32 = two unaligned 64-byte stores.
+                    unsafe {
+                        _mm512_storeu_si512(values.as_mut_ptr().cast(), lanes[0]);
+                        _mm512_storeu_si512(values.as_mut_ptr().add(16).cast(), lanes[1]);
+                    }
+                    let o0 = block * COLS;
+                    w.dequantize(
+                        &values,
+                        scratch,
+                        row,
+                        o0,
+                        &mut dst[row * w.outputs + o0..][..cols],
+                    );
+                }
+                r += n;
+            }
+        }
+    }
+
+    /// The micro-kernel: `n` (≤ ROWS) rows × 32 columns over the whole depth.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile(
+        a: &[u8],
+        depth: usize,
+        n: usize,
+        panel: &[i8],
+        quads: usize,
+        acc: &mut [[__m512i; 2]; ROWS],
+    ) {
+        assert!(a.len() >= (n - 1) * depth + quads * 4 && panel.len() >= quads * COLS * 4);
+        let a = a.as_ptr();
+        let b = panel.as_ptr();
+        macro_rules! rows {
+            ($count:literal) => {{
+                let mut c = [[_mm512_setzero_si512(); 2]; $count];
+                for q in 0..quads {
+                    // SAFETY: q < quads and every row index < n were checked
+                    // against the slices' lengths above.
+                    unsafe {
+                        let b0 = _mm512_loadu_si512(b.add(q * 128).cast());
+                        let b1 = _mm512_loadu_si512(b.add(q * 128 + 64).cast());
+                        for (i, ci) in c.iter_mut().enumerate() {
+                            let v = _mm512_set1_epi32(
+                                a.add(i * depth + q * 4).cast::<i32>().read_unaligned(),
+                            );
+                            ci[0] = _mm512_dpbusd_epi32(ci[0], v, b0);
+                            ci[1] = _mm512_dpbusd_epi32(ci[1], v, b1);
+                        }
+                    }
+                }
+                acc[..$count].copy_from_slice(&c);
+            }};
+        }
+        match n {
+            8 => rows!(8),
+            7 => rows!(7),
+            6 => rows!(6),
+            5 => rows!(5),
+            4 => rows!(4),
+            3 => rows!(3),
+            2 => rows!(2),
+            _ => rows!(1),
+        }
+    }
+}
+
+/// Intel AMX: tile registers driven by inline assembly (Rust has no stable
+/// AMX intrinsics; the instructions need no compiler support beyond the
+/// assembler).
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+
+    use super::{COLS, DEPTH_STEP, Int8Linear, Scratch};
+
+    /// Rows per pass: two A tiles of 16.
+    pub const ROWS: usize = 32;
+    const TILE_ROWS: usize = 16;
+
+    /// Whether the CPU has AMX-INT8 and Linux lets this process use the
+    /// tile state (it must be asked for, once per process).
+    pub fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+            let (tile, int8) = (leaf.edx >> 24 & 1 == 1, leaf.edx >> 25 & 1 == 1);
+            if !(tile && int8) {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: arch_prctl with these arguments only changes which
+            // register state the kernel saves for this process.
+            let granted = unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            } == 0;
+            if !granted {
+                tracing::info!("the CPU has AMX but the kernel refused the tile state; using VNNI");
+            }
+            granted
+        })
+    }
+
+    /// The tile configuration: palette 1; tiles 0–3 accumulate 16 × 16 i32,
+    /// 4–5 hold 16 rows × 64 u8 of activations, 6–7 16 groups of 4 depths ×
+    /// 16 columns of weights; every tile 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    impl Config {
+        fn new() -> Self {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            for t in 0..8 {
+                c[16 + 2 * t] = 64;
+                c[48 + t] = TILE_ROWS as u8;
+            }
+            Self(c)
+        }
+    }
+
+    /// Multiplies `rows` quantized rows by every column block.
+    ///
+    /// # Safety
+    /// [`available`] must have returned true in this process; `scratch`
+    /// must hold `rows` rounded up to [`ROWS`] rows of `w.depth` bytes, and
+    /// `dst` `rows × w.outputs` floats.
+    pub unsafe fn block(w: &Int8Linear, rows: usize, scratch: &Scratch, dst: &mut [f32]) {
+        let padded_rows = rows.div_ceil(ROWS) * ROWS;
+        assert!(scratch.quantized.len() >= padded_rows * w.depth && dst.len() >= rows * w.outputs);
+        assert!(w.depth.is_multiple_of(DEPTH_STEP));
+        let config = Config::new();
+        let quads = w.depth / 4;
+        let a_stride = w.depth;
+        // Weights: 4 depths × 32 columns = 128 bytes per group of 4 depths.
+        let b_stride = COLS * 4;
+        let mut c = [0i32; ROWS * COLS];
+        // SAFETY: the configuration is a valid palette-1 layout.
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) config.0.as_ptr(), options(nostack)) };
+        for block in 0..w.outputs.div_ceil(COLS) {
+            let panel = &w.packed[block * quads * COLS * 4..(block + 1) * quads * COLS * 4];
+            let cols = COLS.min(w.outputs - block * COLS);
+            for r in (0..rows).step_by(ROWS) {
+                let a = &scratch.quantized[r * a_stride..(r + ROWS) * a_stride];
+                for step in 0..w.depth / DEPTH_STEP {
+                    // Each tile load reads 16 rows of 64 bytes: A rows
+                    // r..r+32 (depths step*64..+64) and 16 groups of 4
+                    // depths of the panel, all inside the slices above.
+                    let a0 = a[step * DEPTH_STEP..].as_ptr();
+                    let a1 = a[TILE_ROWS * a_stride + step * DEPTH_STEP..].as_ptr();
+                    let b0 = panel[step * 16 * b_stride..].as_ptr();
+                    let b1 = panel[step * 16 * b_stride + 64..].as_ptr();
+                    // SAFETY: the four loads stay inside `a` and `panel` (see
+                    // above); the tiles were configured by ldtilecfg.
+                    unsafe {
+                        if step == 0 {
+                            asm!(
+                                "tilezero tmm0",
+                                "tilezero tmm1",
+                                "tilezero tmm2",
+                                "tilezero tmm3",
+                                options(nostack, nomem)
+                            );
+                        }
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbusd tmm0, tmm4, tmm6",
+                            "tdpbusd tmm1, tmm4, tmm7",
+                            "tdpbusd tmm2, tmm5, tmm6",
+                            "tdpbusd tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0,
+                            a1 = in(reg) a1,
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b1,
+                            sa = in(reg) a_stride,
+                            sb = in(reg) b_stride,
+                            options(nostack, readonly)
+                        );
+                    }
+                }
+                let out = c.as_mut_ptr();
+                let row_bytes = COLS * 4;
+                // SAFETY: `c` is 32 rows of 32 i32; each store writes 16 rows
+                // of 64 bytes at a quarter of it.
+                unsafe {
+                    asm!(
+                        "tilestored [{c0} + {s}*1], tmm0",
+                        "tilestored [{c1} + {s}*1], tmm1",
+                        "tilestored [{c2} + {s}*1], tmm2",
+                        "tilestored [{c3} + {s}*1], tmm3",
+                        c0 = in(reg) out,
+                        c1 = in(reg) out.add(16),
+                        c2 = in(reg) out.add(TILE_ROWS * COLS),
+                        c3 = in(reg) out.add(TILE_ROWS * COLS + 16),
+                        s = in(reg) row_bytes,
+                        options(nostack)
+                    );
+                }
+                let o0 = block * COLS;
+                for i in 0..ROWS.min(rows - r) {
+                    let row = r + i;
+                    let out = &mut dst[row * w.outputs + o0..][..cols];
+                    w.dequantize(&c[i * COLS..(i + 1) * COLS], scratch, row, o0, out);
+                }
+            }
+        }
+        // Hand the tile state back so the kernel need not save it.
+        // SAFETY: no tile is in use past this point.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// Stand-ins where AMX cannot exist, so the row padding stays one rule.
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub const ROWS: usize = 32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_product_approximates_f32_on_every_path() {
+        let (rows, inputs, outputs) = (21, 70, 45); // ragged everywhere
+        let w: Vec<f32> = (0..outputs * inputs)
+            .map(|i| (((i * 7919) % 201) as f32 - 100.0) * 0.001)
+            .collect();
+        let x: Vec<f32> = (0..rows * inputs)
+            .map(|i| (((i * 104_729) % 97) as f32 - 48.0) * 0.05)
+            .collect();
+        let lin = Int8Linear::quantize(&w, outputs, inputs);
+        let mut got = vec![0f32; rows * outputs];
+        let mut scratch = Scratch::default();
+        lin.product(&x, rows, &mut got, &mut scratch);
+        let mut portable = vec![0f32; rows * outputs];
+        lin.quantize_rows(&x, rows, &mut scratch);
+        lin.block_portable(rows, &scratch, &mut portable);
+        #[cfg(target_arch = "x86_64")]
+        {
+            // Every kernel this CPU has computes the same integers.
+            if vnni::available() {
+                let mut v = vec![0f32; rows * outputs];
+                unsafe { vnni::block(&lin, rows, &scratch, &mut v) };
+                assert_eq!(v, portable, "vnni");
+            }
+            if amx::available() {
+                let mut a = vec![0f32; rows * outputs];
+                unsafe { amx::block(&lin, rows, &scratch, &mut a) };
+                assert_eq!(a, portable, "amx");
+            }
+            println!("int8 kernel in use: {}", kernel().as_str());
+        }
+        for r in 0..rows {
+            for o in 0..outputs {
+                let want: f32 = (0..inputs)
+                    .map(|k| x[r * inputs + k] * w[o * inputs + k])
+                    .sum();
+                let g = got[r * outputs + o];
+                assert!(
+                    (g - want).abs() < 0.02 + 0.01 * want.abs(),
+                    "({r},{o}): {g} vs {want}"
+                );
+                // The SIMD and portable paths compute the same integers.
+                assert!((g - portable[r * outputs + o]).abs() <= 1e-5 * (1.0 + want.abs()));
+            }
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_weights_stay_zero() {
+        let lin = Int8Linear::quantize(&[0.0; 8 * 4], 8, 4);
+        let mut out = vec![1f32; 2 * 8];
+        lin.product(&[0.0; 2 * 4], 2, &mut out, &mut Scratch::default());
+        assert!(out.iter().all(|&v| v == 0.0));
+    }
+}

@@ -1,0 +1,685 @@
+//! The f32 kernels of the CPU encoder: one GEMM entry point and the fused
+//! element-wise passes around it.
+//!
+//! Every element-wise kernel is written once as plain Rust over slices with
+//! 16-wide accumulators, then compiled three times by [`vectorized!`]: for
+//! AVX-512, for AVX2+FMA and for the baseline target, picked at run time.
+//! The default `x86_64` target only promises SSE2, so without this the
+//! compiler would vectorize four lanes wide on a machine that has sixteen.
+//!
+//! `exp` and `erf` are polynomial approximations that vectorize (libm's are
+//! scalar calls): `exp` is within 2 ulp, `erf` within 6e-7 absolute, far
+//! below the engine's 1e-4 tolerance on logits.
+
+use gemm::Parallelism;
+
+/// Compiles `$body` for AVX-512, AVX2+FMA and the baseline, and dispatches
+/// on what the CPU has. The body must be safe code.
+macro_rules! vectorized {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn portable($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    portable($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            portable($($arg),*)
+        }
+    };
+}
+
+pub(crate) use vectorized;
+
+/// Lanes of the unrolled reductions: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// A strided read-only matrix: element `(r, c)` is `data[r * row + c * col]`.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Distance between rows.
+    pub row: usize,
+    /// Distance between columns.
+    pub col: usize,
+}
+
+impl<'a> View<'a> {
+    /// A contiguous row-major `[rows, cols]` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row: cols,
+            col: 1,
+        }
+    }
+
+    /// The same elements read as the transpose.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row: self.col,
+            col: self.row,
+            ..self
+        }
+    }
+
+    /// Panics unless every element lies inside `data`: the GEMM reads raw
+    /// pointers, so this check is what keeps it in bounds.
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.row + (self.cols - 1) * self.col;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+/// `dst[m, n] (row stride dst_row) = lhs[m, k] · rhs[k, n]`, on the calling
+/// thread (the encoder parallelises over sequences, not inside a product).
+pub fn matmul(dst: &mut [f32], dst_row: usize, lhs: View, rhs: View) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "inner dimensions differ");
+    lhs.check();
+    rhs.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(n <= dst_row || m == 1, "destination rows overlap");
+    assert!((m - 1) * dst_row + n <= dst.len(), "destination too small");
+    if k == 0 {
+        for r in 0..m {
+            dst[r * dst_row..r * dst_row + n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the three views were checked to lie inside their slices, the
+    // destination is a distinct `&mut` borrow, and with `read_dst = false`
+    // the GEMM only writes `dst`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.data.as_ptr(),
+            rhs.col as isize,
+            rhs.row as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// `e^x`, within 2 ulp for x in [-87, 88]; 0 below, saturating above.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for |n| < 2^11.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer
+    // without a rounding instruction the baseline target lacks.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    // Taylor series of e^r on |r| <= ln2/2: the r^7 term is below 1.2e-7.
+    let p = 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    // 2^n straight from the integer in `shifted`'s low bits: a float to int
+    // conversion (`as i32` saturates) would not vectorize.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    p * scale
+}
+
+/// The error function (Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, plus
+/// f32 rounding: < 6e-7 in all).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+/// `tanh`, through `exp` (relative error ~1e-7 away from 0, exact sign).
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let a = x.abs().min(20.0);
+    let e = exp(2.0 * a);
+    ((e - 1.0) / (e + 1.0)).copysign(x)
+}
+
+/// Which activation the feed-forward block applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x Φ(x)` with the exact normal CDF.
+    GeluErf,
+    /// The tanh approximation of GELU.
+    GeluTanh,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+vectorized! {
+    /// `rows[r][j] = act(rows[r][j] + bias[j])` for every row.
+    pub fn bias_activation(rows: &mut [f32], bias: &[f32], act: Activation) {
+        let width = bias.len();
+        for row in rows.chunks_exact_mut(width) {
+            match act {
+                Activation::GeluErf => {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        let x = *v + b;
+                        *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                    }
+                }
+                Activation::GeluTanh => {
+                    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        let x = *v + b;
+                        *v = 0.5 * x * (1.0 + tanh(C * (x + 0.044_715 * x * x * x)));
+                    }
+                }
+                Activation::Relu => {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v = (*v + b).max(0.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// `rows[r][j] += bias[j]` for every row.
+    pub fn add_bias(rows: &mut [f32], bias: &[f32]) {
+        for row in rows.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += (v - mean) * (v - mean);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn normalize(src: &[f32], dst: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let n = src.len() as f32;
+    let mean = sum(src) / n;
+    let rstd = 1.0 / (sum_sq_dev(src, mean) / n + eps).sqrt();
+    for (((d, s), g), b) in dst.iter_mut().zip(src).zip(gamma).zip(beta) {
+        *d = (s - mean) * rstd * g + b;
+    }
+}
+
+vectorized! {
+    /// Layer norm of every row in place.
+    pub fn layer_norm(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let mut tmp = [0f32; 4096];
+        let width = gamma.len();
+        for row in rows.chunks_exact_mut(width) {
+            if width <= tmp.len() {
+                tmp[..width].copy_from_slice(row);
+                normalize(&tmp[..width], row, gamma, beta, eps);
+            } else {
+                let copy = row.to_vec();
+                normalize(&copy, row, gamma, beta, eps);
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// The residual block's end: `hidden = LayerNorm(out + bias + hidden)`
+    /// row by row (`out` is scratch afterwards).
+    pub fn residual_layer_norm(
+        hidden: &mut [f32],
+        out: &mut [f32],
+        bias: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+    ) {
+        let width = gamma.len();
+        for (h, o) in hidden.chunks_exact_mut(width).zip(out.chunks_exact_mut(width)) {
+            for ((o, b), h) in o.iter_mut().zip(bias).zip(h.iter()) {
+                *o += b + h;
+            }
+            normalize(o, h, gamma, beta, eps);
+        }
+    }
+}
+
+vectorized! {
+    /// Softmax of every row of `rows` (rows of `width`) in place.
+    pub fn softmax_rows(rows: &mut [f32], width: usize) {
+        for row in rows.chunks_exact_mut(width) {
+            softmax_in_place(row);
+        }
+    }
+}
+
+vectorized! {
+    /// `tanh(x)` for every element.
+    pub fn tanh_all(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = tanh(*v);
+        }
+    }
+}
+
+/// Columns of one attention micro-tile: one AVX-512 register.
+const TILE: usize = 16;
+
+/// Buffers of [`attention`], reused across heads and sequences.
+#[derive(Debug, Default)]
+pub struct AttentionScratch {
+    keys_t: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+/// Where one sequence's heads lie in the packed matrices.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    /// Heads.
+    pub count: usize,
+    /// Width of one head (a multiple of 16).
+    pub dim: usize,
+    /// Tokens in the sequence.
+    pub len: usize,
+}
+
+/// Self-attention of one sequence: `qkv` holds its `len` rows of
+/// `[Q | K | V]` (row stride `3 · count · dim`, Q already scaled by 1/√d);
+/// each head's context `softmax(Q Kᵀ) V` goes to `context` (row stride
+/// `count · dim`) at the head's columns.
+///
+/// The products are tiny (85 × 85 × 32 for a typical pair) — a general GEMM
+/// spends longer packing them than multiplying — so they run on a 4 × 16
+/// register tile here, with K transposed once per head so that both
+/// products read their right operand in rows of 16.
+pub fn attention(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut AttentionScratch) {
+    let Heads { count, dim, len } = heads;
+    assert!(
+        dim.is_multiple_of(TILE),
+        "head width must be a multiple of 16"
+    );
+    let hidden = count * dim;
+    assert!(qkv.len() >= len * 3 * hidden && context.len() >= len * hidden);
+    let padded = len.div_ceil(TILE) * TILE;
+    grow(&mut scratch.keys_t, dim * padded);
+    grow(&mut scratch.scores, len * padded);
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut AttentionScratch) {
+            attention_heads::<true>(qkv, heads, context, scratch)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut AttentionScratch) {
+            attention_heads::<true>(qkv, heads, context, scratch)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { avx512(qkv, heads, context, scratch) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { avx2(qkv, heads, context, scratch) };
+        }
+    }
+    attention_heads::<false>(qkv, heads, context, scratch)
+}
+
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+/// `FMA`: fuse multiply-adds (a single instruction where the CPU has FMA; a
+/// slow library call where it does not, hence the flag).
+#[inline(always)]
+fn attention_heads<const FMA: bool>(
+    qkv: &[f32],
+    heads: Heads,
+    context: &mut [f32],
+    scratch: &mut AttentionScratch,
+) {
+    let Heads { count, dim, len } = heads;
+    let hidden = count * dim;
+    let stride = 3 * hidden;
+    let padded = len.div_ceil(TILE) * TILE;
+    let keys_t = &mut scratch.keys_t[..dim * padded];
+    let scores = &mut scratch.scores[..len * padded];
+    for head in 0..count {
+        let q = &qkv[head * dim..];
+        let k = &qkv[hidden + head * dim..];
+        let v = &qkv[2 * hidden + head * dim..];
+        // Kᵀ [dim, padded], the pad columns zero.
+        keys_t.fill(0.0);
+        for j in 0..len {
+            for c in 0..dim {
+                keys_t[c * padded + j] = k[j * stride + c];
+            }
+        }
+        // scores [len, padded] = Q [len, dim] · Kᵀ
+        product::<FMA>(q, stride, keys_t, padded, dim, len, padded, scores, padded);
+        for row in scores.chunks_exact_mut(padded) {
+            softmax_in_place(&mut row[..len]);
+        }
+        // context [len, dim] = P [len, len] · V [len, dim]
+        product::<FMA>(
+            scores,
+            padded,
+            v,
+            stride,
+            len,
+            len,
+            dim,
+            &mut context[head * dim..],
+            hidden,
+        );
+    }
+}
+
+/// `c[rows, cols] = a[rows, depth] · b[depth, cols]`, `cols` a multiple of
+/// 16; each operand row-major with the given row stride.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn product<const FMA: bool>(
+    a: &[f32],
+    a_row: usize,
+    b: &[f32],
+    b_row: usize,
+    depth: usize,
+    rows: usize,
+    cols: usize,
+    c: &mut [f32],
+    c_row: usize,
+) {
+    debug_assert!(cols.is_multiple_of(TILE));
+    let mut r = 0;
+    while r < rows {
+        let n = (rows - r).min(4);
+        for col in (0..cols).step_by(TILE) {
+            let (a, c) = (&a[r * a_row..], &mut c[r * c_row..]);
+            match n {
+                4 => tile::<4, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                3 => tile::<3, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                2 => tile::<2, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                _ => tile::<1, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+            }
+        }
+        r += n;
+    }
+}
+
+/// `R` rows × 16 columns of a product, accumulated in registers.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<const R: usize, const FMA: bool>(
+    a: &[f32],
+    a_row: usize,
+    b: &[f32],
+    b_row: usize,
+    depth: usize,
+    c: &mut [f32],
+    c_row: usize,
+    col: usize,
+) {
+    // One bounds check per operand up front, none in the loop.
+    let a = &a[..(R - 1) * a_row + depth];
+    let b = &b[..(depth - 1) * b_row + col + TILE];
+    let mut acc = [[0f32; TILE]; R];
+    for p in 0..depth {
+        // SAFETY: p < depth and r < R, so every index is below the lengths
+        // the two slices were just cut to.
+        let (bv, av): (&[f32; TILE], [f32; R]) = unsafe {
+            (
+                &*b.as_ptr().add(p * b_row + col).cast::<[f32; TILE]>(),
+                std::array::from_fn(|r| *a.get_unchecked(r * a_row + p)),
+            )
+        };
+        for (acc, av) in acc.iter_mut().zip(av) {
+            for (acc, &bv) in acc.iter_mut().zip(bv) {
+                *acc = if FMA {
+                    av.mul_add(bv, *acc)
+                } else {
+                    *acc + av * bv
+                };
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        c[r * c_row + col..][..TILE].copy_from_slice(acc);
+    }
+}
+
+#[inline(always)]
+fn softmax_in_place(row: &mut [f32]) {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    max = acc.iter().fold(max, |m, &v| m.max(v));
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / sum(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate_over_the_softmax_range() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + i as f32 * (87.0 + 10.0) / 200_000.0;
+            let want = (x as f64).exp();
+            let rel = ((exp(x) as f64 - want) / want).abs();
+            worst = worst.max(rel);
+        }
+        assert!(worst < 3e-7, "worst relative error {worst:e}");
+        // Far below the range: the smallest value it keeps, never NaN or negative.
+        assert!((0.0..2e-38).contains(&exp(-1000.0)));
+        assert!(exp(1000.0).is_finite());
+    }
+
+    /// erf by its Taylor series in f64 (converges fast for |x| <= 3).
+    fn erf_reference(x: f64) -> f64 {
+        let (mut term, mut total) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            total += term / (2 * n + 1) as f64;
+        }
+        total * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn erf_and_tanh_are_accurate() {
+        for i in -3000..=3000 {
+            let x = i as f32 / 1000.0;
+            let e = (erf(x) as f64 - erf_reference(x as f64)).abs();
+            // 1.5e-7 from the approximation, the rest from f32 rounding
+            // (worst near |x| = 0.25, where 1 - p·e^(-x²) cancels).
+            assert!(e < 6e-7, "erf({x}): error {e:e}");
+            let t = (tanh(x) as f64 - (x as f64).tanh()).abs();
+            assert!(t < 3e-7, "tanh({x}): error {t:e}");
+        }
+        assert_eq!(erf(9.0), 1.0);
+        assert_eq!(erf(-9.0), -1.0);
+        assert_eq!(tanh(50.0), 1.0);
+    }
+
+    #[test]
+    fn matmul_reads_strided_views() {
+        // lhs [2, 3], rhs given transposed as [2 (n), 3 (k)].
+        let lhs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let rhs_t = [1.0, 0.0, 1.0, 0.5, 0.5, 0.5];
+        let mut dst = [0f32; 2 * 4];
+        matmul(
+            &mut dst,
+            4,
+            View::rows(&lhs, 2, 3),
+            View::rows(&rhs_t, 2, 3).t(),
+        );
+        assert_eq!(&dst[..2], &[4.0, 3.0]);
+        assert_eq!(&dst[4..6], &[10.0, 7.5]);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn matmul_refuses_a_view_past_its_slice() {
+        let data = [0f32; 5];
+        let mut dst = [0f32; 4];
+        matmul(
+            &mut dst,
+            2,
+            View::rows(&data, 2, 3),
+            View::rows(&data, 3, 2),
+        );
+    }
+
+    #[test]
+    fn fused_passes_match_their_definitions() {
+        let width = 40; // not a multiple of the lane count
+        let x: Vec<f32> = (0..3 * width)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3)
+            .collect();
+        let bias: Vec<f32> = (0..width).map(|i| i as f32 * 0.01).collect();
+        let gamma: Vec<f32> = (0..width).map(|i| 1.0 + i as f32 * 0.02).collect();
+        let beta: Vec<f32> = (0..width).map(|i| -0.1 * i as f32).collect();
+
+        let mut gelu = x.clone();
+        bias_activation(&mut gelu, &bias, Activation::GeluErf);
+        for (i, g) in gelu.iter().enumerate() {
+            let v = (x[i] + bias[i % width]) as f64;
+            let want = 0.5 * v * (1.0 + erf_reference(v / 2f64.sqrt()));
+            assert!((*g as f64 - want).abs() < 1e-5, "gelu({v})");
+        }
+
+        let mut hidden = x.clone();
+        let mut out: Vec<f32> = x.iter().map(|v| v * 0.5).collect();
+        residual_layer_norm(&mut hidden, &mut out, &bias, &gamma, &beta, 1e-12);
+        for r in 0..3 {
+            let v: Vec<f64> = (0..width)
+                .map(|j| (x[r * width + j] * 1.5 + bias[j]) as f64)
+                .collect();
+            let mean = v.iter().sum::<f64>() / width as f64;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / width as f64;
+            for j in 0..width {
+                let want = (v[j] - mean) / var.sqrt() * gamma[j] as f64 + beta[j] as f64;
+                assert!((hidden[r * width + j] as f64 - want).abs() < 1e-4);
+            }
+        }
+
+        let mut soft = x.clone();
+        softmax_rows(&mut soft, width);
+        for r in 0..3 {
+            let row = &soft[r * width..(r + 1) * width];
+            let total: f32 = row.iter().sum();
+            assert!((total - 1.0).abs() < 1e-5);
+            let max = x[r * width..(r + 1) * width]
+                .iter()
+                .cloned()
+                .fold(f32::MIN, f32::max);
+            let z: f64 = x[r * width..(r + 1) * width]
+                .iter()
+                .map(|v| ((v - max) as f64).exp())
+                .sum();
+            for j in 0..width {
+                let want = ((x[r * width + j] - max) as f64).exp() / z;
+                assert!((row[j] as f64 - want).abs() < 1e-6);
+            }
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The CPU encoder: BERT on plain slices, for `f32` and `i8` on the CPU.
+//!
+//! ```text
+//! batch ─▶ shards (contiguous pairs, ≈ equal tokens, one per compute thread)
+//!            └─▶ per shard, on one thread:
+//!                embeddings ─▶ [ QKV GEMM ─▶ attention per sequence and head
+//!                                ─▶ out GEMM ─▶ +bias +residual, LayerNorm
+//!                                ─▶ FFN GEMM ─▶ +bias, GELU ─▶ GEMM ─▶ +bias +residual, LayerNorm ] × N
+//!                ─▶ pooler ─▶ classifier
+//! ```
+//!
+//! Why not candle here: on two cores its per-op threading gains 1.5× from the
+//! second thread where two independent single-threaded passes gain 2×; each
+//! candle op is its own pass over memory (bias add, GELU, residual add and
+//! layer norm are four); GELU and softmax call scalar libm; and attention
+//! needs gathers, transposes and a padded block per length group. Here a
+//! batch is cut into one shard per thread, each shard runs every layer alone
+//! (no barrier between ops), bias, activation, residual and layer norm are
+//! fused into one pass each, and attention reads Q, K and V in place from
+//! the packed QKV matrix one sequence at a time, so no token is ever padded.
+//! The GEMM is the `gemm` crate (candle's own), with its AVX-512 kernels.
+
+pub mod int8;
+pub mod kernels;
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+use ce_common::TokenBatch;
+
+use super::{ForwardOutput, WeightReader};
+use crate::config::{BertConfig, HiddenAct};
+use crate::error::{EngineError, Result};
+use int8::Int8Linear;
+use kernels::{Activation, AttentionScratch, Heads, View, matmul};
+
+/// A linear layer `y = x Wᵀ + b` as the CPU encoder stores it.
+#[derive(Debug)]
+enum CpuLinear {
+    /// f32 weight, transposed to `[in, out]` once at load.
+    F32 {
+        weight_t: Vec<f32>,
+        bias: Vec<f32>,
+        inputs: usize,
+    },
+    /// Integer weight; activations quantized per row at run time.
+    I8 { weight: Int8Linear, bias: Vec<f32> },
+}
+
+impl CpuLinear {
+    fn load(r: &WeightReader, name: &str, out: usize, inp: usize, int8: bool) -> Result<Self> {
+        let (w, b) = r.linear(out, inp, name)?;
+        Self::from_parts(to_vec(&w)?, to_vec(&b)?, out, inp, int8)
+    }
+
+    /// From a row-major `[out, in]` weight and its bias.
+    fn from_parts(
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        out: usize,
+        inp: usize,
+        int8: bool,
+    ) -> Result<Self> {
+        if int8 {
+            return Ok(Self::I8 {
+                weight: Int8Linear::quantize(&weight, out, inp),
+                bias,
+            });
+        }
+        let mut weight_t = vec![0f32; out * inp];
+        for o in 0..out {
+            for i in 0..inp {
+                weight_t[i * out + o] = weight[o * inp + i];
+            }
+        }
+        Ok(Self::F32 {
+            weight_t,
+            bias,
+            inputs: inp,
+        })
+    }
+
+    fn outputs(&self) -> usize {
+        match self {
+            Self::F32 { bias, .. } | Self::I8 { bias, .. } => bias.len(),
+        }
+    }
+
+    fn bias(&self) -> &[f32] {
+        match self {
+            Self::F32 { bias, .. } | Self::I8 { bias, .. } => bias,
+        }
+    }
+
+    /// `dst[rows, out] = x[rows, in] · Wᵀ`, without the bias (the fused
+    /// pass after it adds it).
+    fn product(&self, x: &[f32], rows: usize, dst: &mut [f32], scratch: &mut int8::Scratch) {
+        match self {
+            Self::F32 {
+                weight_t, inputs, ..
+            } => {
+                let out = self.outputs();
+                matmul(
+                    dst,
+                    out,
+                    View::rows(x, rows, *inputs),
+                    View::rows(weight_t, *inputs, out),
+                );
+            }
+            Self::I8 { weight, .. } => weight.product(x, rows, dst, scratch),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl Norm {
+    fn load(r: &WeightReader, name: &str, hidden: usize) -> Result<Self> {
+        Ok(Self {
+            gamma: to_vec(&r.get(hidden, &format!("{name}.weight"))?)?,
+            beta: to_vec(&r.get(hidden, &format!("{name}.bias"))?)?,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    /// Q, K and V in one `[H, 3H]` product; Q pre-scaled by 1/√d.
+    qkv: CpuLinear,
+    attention_out: CpuLinear,
+    attention_norm: Norm,
+    intermediate: CpuLinear,
+    output: CpuLinear,
+    output_norm: Norm,
+}
+
+/// Reusable activation buffers of one shard: large allocations are fresh
+/// zeroed pages each time, which costs page faults on every forward.
+#[derive(Debug, Default)]
+struct Workspace {
+    hidden: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    out: Vec<f32>,
+    inner: Vec<f32>,
+    attention: AttentionScratch,
+    int8: int8::Scratch,
+}
+
+fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
+/// The encoder with its weights in the CPU layout.
+#[derive(Debug)]
+pub struct CpuEncoder {
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+    eps: f32,
+    activation: Activation,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    embedding_norm: Norm,
+    layers: Vec<Layer>,
+    pooler: CpuLinear,
+    classifier: CpuLinear,
+    workspaces: Mutex<Vec<Workspace>>,
+}
+
+fn to_vec(t: &candle_core::Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl CpuEncoder {
+    /// Prepares every weight: linear layers transposed (f32) or quantized
+    /// per output channel (`int8`); the pooler and classifier stay f32.
+    pub(super) fn load(
+        r: &WeightReader,
+        c: &BertConfig,
+        num_labels: usize,
+        int8: bool,
+    ) -> Result<Self> {
+        let h = c.hidden_size;
+        let d = c.head_dim();
+        let table = |rows: usize, name: &str| to_vec(&r.get((rows, h), name)?);
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                let scale = 1.0 / (d as f32).sqrt();
+                let mut weight = Vec::with_capacity(3 * h * h);
+                let mut bias = Vec::with_capacity(3 * h);
+                for (part, factor) in [("query", scale), ("key", 1.0), ("value", 1.0)] {
+                    let (w, b) = r.linear(h, h, &format!("{p}.attention.self.{part}"))?;
+                    weight.extend(to_vec(&w)?.into_iter().map(|v| v * factor));
+                    bias.extend(to_vec(&b)?.into_iter().map(|v| v * factor));
+                }
+                Ok(Layer {
+                    qkv: CpuLinear::from_parts(weight, bias, 3 * h, h, int8)?,
+                    attention_out: CpuLinear::load(
+                        r,
+                        &format!("{p}.attention.output.dense"),
+                        h,
+                        h,
+                        int8,
+                    )?,
+                    attention_norm: Norm::load(r, &format!("{p}.attention.output.LayerNorm"), h)?,
+                    intermediate: CpuLinear::load(
+                        r,
+                        &format!("{p}.intermediate.dense"),
+                        c.intermediate_size,
+                        h,
+                        int8,
+                    )?,
+                    output: CpuLinear::load(
+                        r,
+                        &format!("{p}.output.dense"),
+                        h,
+                        c.intermediate_size,
+                        int8,
+                    )?,
+                    output_norm: Norm::load(r, &format!("{p}.output.LayerNorm"), h)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let classifier = CpuLinear::from_parts(
+            to_vec(&r.get_raw((num_labels, h), "classifier.weight")?)?,
+            to_vec(&r.get_raw(num_labels, "classifier.bias")?)?,
+            num_labels,
+            h,
+            false,
+        )?;
+        Ok(Self {
+            hidden: h,
+            heads: c.num_attention_heads,
+            head_dim: d,
+            eps: c.layer_norm_eps as f32,
+            activation: match c.hidden_act {
+                HiddenAct::GeluErf => Activation::GeluErf,
+                HiddenAct::GeluTanh => Activation::GeluTanh,
+                HiddenAct::Relu => Activation::Relu,
+            },
+            word: table(c.vocab_size, "embeddings.word_embeddings.weight")?,
+            position: table(
+                c.max_position_embeddings,
+                "embeddings.position_embeddings.weight",
+            )?,
+            token_type: table(c.type_vocab_size, "embeddings.token_type_embeddings.weight")?,
+            embedding_norm: Norm::load(r, "embeddings.LayerNorm", h)?,
+            layers,
+            pooler: CpuLinear::load(r, "pooler.dense", h, h, false)?,
+            classifier,
+            workspaces: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Scores a validated batch: one shard per compute thread, side by side.
+    pub(super) fn forward(&self, batch: &TokenBatch) -> Result<ForwardOutput> {
+        use rayon::prelude::*;
+        let shards = shards(batch, rayon::current_num_threads());
+        let parts: Vec<Result<(Vec<f32>, Vec<f32>)>> = shards
+            .into_par_iter()
+            .map(|pairs| {
+                let mut ws = self.take_workspace();
+                let part = self.forward_shard(batch, pairs, &mut ws);
+                self.return_workspace(ws);
+                part
+            })
+            .collect();
+        let labels = self.classifier.outputs();
+        let mut out = ForwardOutput {
+            logits: Vec::with_capacity(batch.len() * labels),
+            pooled: Vec::with_capacity(batch.len() * self.hidden),
+            // Attention runs on each sequence alone: not a single pad.
+            attention_slots: batch.total_tokens(),
+        };
+        for part in parts {
+            let (logits, pooled) = part?;
+            out.logits.extend(logits);
+            out.pooled.extend(pooled);
+        }
+        Ok(out)
+    }
+
+    fn take_workspace(&self) -> Workspace {
+        self.workspaces
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default()
+    }
+
+    fn return_workspace(&self, ws: Workspace) {
+        if let Ok(mut pool) = self.workspaces.lock() {
+            pool.push(ws);
+        }
+    }
+
+    /// Runs pairs `pairs` of `batch` through the whole model on this thread.
+    fn forward_shard(
+        &self,
+        batch: &TokenBatch,
+        pairs: Range<usize>,
+        ws: &mut Workspace,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let h = self.hidden;
+        let first_row = batch.range(pairs.start).start;
+        let rows = batch.range(pairs.end - 1).end - first_row;
+        let Workspace {
+            hidden,
+            qkv,
+            context,
+            out,
+            inner,
+            attention,
+            int8,
+        } = ws;
+        let hidden = grown(hidden, rows * h);
+        self.embed(batch, pairs.clone(), first_row, hidden)?;
+
+        for layer in &self.layers {
+            let qkv = grown(qkv, rows * 3 * h);
+            layer.qkv.product(hidden, rows, qkv, int8);
+            kernels::add_bias(qkv, layer.qkv.bias());
+
+            let context = grown(context, rows * h);
+            for i in pairs.clone() {
+                let r = batch.range(i);
+                let start = r.start - first_row;
+                kernels::attention(
+                    &qkv[start * 3 * h..],
+                    Heads {
+                        count: self.heads,
+                        dim: self.head_dim,
+                        len: r.len(),
+                    },
+                    &mut context[start * h..],
+                    attention,
+                );
+            }
+
+            let out = grown(out, rows * h);
+            layer.attention_out.product(context, rows, out, int8);
+            kernels::residual_layer_norm(
+                hidden,
+                out,
+                layer.attention_out.bias(),
+                &layer.attention_norm.gamma,
+                &layer.attention_norm.beta,
+                self.eps,
+            );
+
+            let inner = grown(inner, rows * layer.intermediate.outputs());
+            layer.intermediate.product(hidden, rows, inner, int8);
+            kernels::bias_activation(inner, layer.intermediate.bias(), self.activation);
+            layer.output.product(inner, rows, out, int8);
+            kernels::residual_layer_norm(
+                hidden,
+                out,
+                layer.output.bias(),
+                &layer.output_norm.gamma,
+                &layer.output_norm.beta,
+                self.eps,
+            );
+        }
+
+        let n = pairs.len();
+        let mut cls = Vec::with_capacity(n * h);
+        for i in pairs {
+            let row = batch.range(i).start - first_row;
+            cls.extend_from_slice(&hidden[row * h..(row + 1) * h]);
+        }
+        let mut pooled = vec![0f32; n * h];
+        self.pooler.product(&cls, n, &mut pooled, int8);
+        kernels::add_bias(&mut pooled, self.pooler.bias());
+        kernels::tanh_all(&mut pooled);
+        let mut logits = vec![0f32; n * self.classifier.outputs()];
+        self.classifier.product(&pooled, n, &mut logits, int8);
+        kernels::add_bias(&mut logits, self.classifier.bias());
+        Ok((logits, pooled))
+    }
+
+    /// Word + position + segment embeddings of `pairs` (their tokens start
+    /// at row `first_row` of the batch), then the layer norm.
+    fn embed(
+        &self,
+        batch: &TokenBatch,
+        pairs: Range<usize>,
+        first_row: usize,
+        dst: &mut [f32],
+    ) -> Result<()> {
+        let h = self.hidden;
+        for i in pairs {
+            for (position, row) in batch.range(i).enumerate() {
+                let word = embedding_row(&self.word, h, batch.input_ids[row] as usize, "token id")?;
+                let pos = embedding_row(&self.position, h, position, "position")?;
+                let kind = embedding_row(
+                    &self.token_type,
+                    h,
+                    batch.type_ids[row] as usize,
+                    "token type",
+                )?;
+                let local = row - first_row;
+                let out = &mut dst[local * h..(local + 1) * h];
+                for (((o, w), p), k) in out.iter_mut().zip(word).zip(pos).zip(kind) {
+                    *o = w + p + k;
+                }
+            }
+        }
+        kernels::layer_norm(
+            dst,
+            &self.embedding_norm.gamma,
+            &self.embedding_norm.beta,
+            self.eps,
+        );
+        Ok(())
+    }
+}
+
+/// Row `id` of an embedding table of width `h`.
+fn embedding_row<'t>(table: &'t [f32], h: usize, id: usize, what: &str) -> Result<&'t [f32]> {
+    table
+        .get(id * h..(id + 1) * h)
+        .ok_or_else(|| EngineError::Weights(format!("{what} {id} is outside the embedding table")))
+}
+
+/// Cuts pairs `0..batch.len()` into at most `threads` contiguous ranges of
+/// about equal tokens.
+fn shards(batch: &TokenBatch, threads: usize) -> Vec<Range<usize>> {
+    let n = batch.len();
+    let count = threads.clamp(1, n.max(1));
+    let total = batch.total_tokens().max(1);
+    let mut out = Vec::with_capacity(count);
+    let mut start = 0;
+    for s in 1..=count {
+        if start >= n {
+            break;
+        }
+        let mut end = if s == count {
+            n
+        } else {
+            let target = total * s / count;
+            (start + 1..n)
+                .find(|&i| batch.offsets[i] as usize >= target)
+                .unwrap_or(n)
+        };
+        // Leave at least one pair for every shard still to come.
+        end = end.min(n - (count - s)).max(start + 1);
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(lens: &[usize]) -> TokenBatch {
+        let mut b = TokenBatch::default();
+        for &l in lens {
+            b.push(&vec![1; l], &vec![0; l]);
+        }
+        b
+    }
+
+    #[test]
+    fn shards_cover_every_pair_once_with_balanced_tokens() {
+        let b = batch(&[10, 10, 10, 10, 80, 10, 10]);
+        let s = shards(&b, 2);
+        assert_eq!(s, vec![0..5, 5..7]);
+        assert_eq!(shards(&b, 1), vec![0..7]);
+        assert_eq!(shards(&batch(&[5]), 4), vec![0..1]);
+        let many = shards(&batch(&[1, 1, 1]), 3);
+        assert_eq!(many, vec![0..1, 1..2, 2..3]);
+        let even = shards(&batch(&[10; 8]), 2);
+        assert_eq!(even, vec![0..4, 4..8]);
+    }
+}
