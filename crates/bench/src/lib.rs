@@ -11,8 +11,12 @@
 //! * [`report`] — results as JSON, Markdown, CSV and SVG plots; the summary.
 //! * [`server`] — a `ce-supervisor` started for a benchmark, and the
 //!   memory of its processes.
+//! * [`throughput`] — closed-loop pairs/s of the bare engine and of a
+//!   served model.
 //! * `src/bin/ce-engine-bench.rs` — the engine benchmark (pairs/s, tokens/s,
 //!   padding, GFLOP/s and % of peak for every dtype).
+//! * `src/bin/ce-vs-python.rs` — ours (engine and server, f32 and i8)
+//!   against sentence-transformers on the same pairs, with the roofline.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -22,6 +26,7 @@ pub mod gemm_peak;
 pub mod load;
 pub mod report;
 pub mod server;
+pub mod throughput;
 pub mod workload;
 
 pub use workload::{Request, Workload, WorkloadConfig};

@@ -129,6 +129,7 @@ impl Engine {
         };
         tracing::info!(
             model = %info.model, dtype = %info.dtype, device = %info.device,
+            int8_kernel = (config.dtype == WeightDType::I8).then(|| crate::int8_kernel().as_str()),
             elapsed_ms = started.elapsed().as_millis() as u64, "engine loaded"
         );
         Ok(Self {

@@ -2,8 +2,9 @@
 //!
 //! * [`Engine`] — load a Hugging Face cross-encoder (directory or hub id),
 //!   tokenize pairs, score packed [`TokenBatch`](ce_common::TokenBatch)es.
-//! * [`bert`] — the BERT blocks on candle: packed linear layers, attention by
-//!   length group, pooler and classifier head.
+//! * [`bert`] — the BERT blocks: on the CPU in f32/i8 on plain slices with
+//!   fused kernels ([`bert::cpu`]), elsewhere on candle (packed linear
+//!   layers, attention by length group); pooler and classifier head.
 //! * [`config`], [`dtype`], [`device`], [`source`] — what to load, in which
 //!   precision, where, and from which files.
 //! * [`quant`] — error-minimising Q4_0 weight quantization.
@@ -33,6 +34,7 @@ pub mod quant;
 pub mod source;
 pub mod threads;
 
+pub use bert::cpu::int8::{Kernel as Int8Kernel, kernel as int8_kernel};
 pub use bert::plan::AttentionLayout;
 pub use config::{BertConfig, ScoreActivation};
 pub use device::DeviceSpec;

@@ -28,7 +28,11 @@ struct Args {
     #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
     model: String,
     /// Comma-separated dtypes to measure.
-    #[arg(long, default_value = "f32,f16,bf16,q8_0,q4_0,i8", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "f32,f16,bf16,q8_0,q4_0,i8",
+        value_delimiter = ','
+    )]
     dtypes: Vec<WeightDType>,
     /// Pairs to score per dtype.
     #[arg(long, default_value_t = 1024)]

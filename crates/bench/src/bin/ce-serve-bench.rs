@@ -13,10 +13,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ce_bench::server::Supervisor;
+use ce_bench::throughput::{engine_rate, served_rate};
 use ce_bench::{Request, Workload, WorkloadConfig};
 use ce_common::TokenBatch;
 use clap::Parser;
@@ -72,49 +72,6 @@ struct Report {
     engine_pairs_per_second_before: f64,
     engine_pairs_per_second_after: f64,
     served: Vec<Served>,
-}
-
-fn engine_rate(engine: &Engine, batches: &[TokenBatch]) -> anyhow::Result<f64> {
-    engine.score(&batches[0])?;
-    let started = Instant::now();
-    let mut pairs = 0;
-    for b in batches {
-        pairs += engine.score(b)?.logits.len();
-    }
-    Ok(pairs as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn served_rate(
-    sup: &mut Supervisor,
-    requests: Arc<Vec<Request>>,
-    concurrency: usize,
-) -> anyhow::Result<f64> {
-    let client = sup.connect(Duration::from_secs(120)).await?;
-    // Warm-up: one full request.
-    let first = &requests[0];
-    client.clone().rerank(first.to_rerank()).await?;
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (mut client, next, requests) = (client.clone(), next.clone(), requests.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut pairs = 0usize;
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(r) = requests.get(i) else {
-                    return Ok::<_, tonic::Status>(pairs);
-                };
-                let reply = client.rerank(r.to_rerank()).await?;
-                pairs += reply.into_inner().ranks.len();
-            }
-        }));
-    }
-    let mut pairs = 0;
-    for t in tasks {
-        pairs += t.await??;
-    }
-    Ok(pairs as f64 / started.elapsed().as_secs_f64())
 }
 
 fn main() -> anyhow::Result<()> {

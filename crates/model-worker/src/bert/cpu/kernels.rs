@@ -19,17 +19,19 @@ macro_rules! vectorized {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
+            // `FMA`: whether `madd` may fuse (one instruction where the CPU
+            // has FMA, a slow library call where it does not).
             #[inline(always)]
-            fn portable($($arg: $ty),*) $body
+            fn portable<const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
                 fn avx512($($arg: $ty),*) {
-                    portable($($arg),*)
+                    portable::<true>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
-                    portable($($arg),*)
+                    portable::<true>($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has AVX-512F.
@@ -42,7 +44,7 @@ macro_rules! vectorized {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            portable($($arg),*)
+            portable::<false>($($arg),*)
         }
     };
 }
@@ -146,9 +148,15 @@ pub fn matmul(dst: &mut [f32], dst_row: usize, lhs: View, rhs: View) {
     }
 }
 
+/// `a · b + c`, fused when `FMA`.
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
 /// `e^x`, within 2 ulp for x in [-87, 88]; 0 below, saturating above.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n * LN2_HI is exact for |n| < 2^11.
     const LN2_HI: f32 = 0.693_359_4;
@@ -162,12 +170,12 @@ pub fn exp(x: f32) -> f32 {
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor series of e^r on |r| <= ln2/2: the r^7 term is below 1.2e-7.
     let p = 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
+    let p = madd::<FMA>(p, r, 1.0 / 120.0);
+    let p = madd::<FMA>(p, r, 1.0 / 24.0);
+    let p = madd::<FMA>(p, r, 1.0 / 6.0);
+    let p = madd::<FMA>(p, r, 0.5);
+    let p = madd::<FMA>(p, r, 1.0);
+    let p = madd::<FMA>(p, r, 1.0);
     // 2^n straight from the integer in `shifted`'s low bits: a float to int
     // conversion (`as i32` saturates) would not vectorize.
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
@@ -178,21 +186,22 @@ pub fn exp(x: f32) -> f32 {
 /// The error function (Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, plus
 /// f32 rounding: < 6e-7 in all).
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+pub fn erf<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp(-a * a);
+    let t = 1.0 / madd::<FMA>(0.327_591_1, a, 1.0);
+    let poly = madd::<FMA>(t, 1.061_405_4, -1.453_152);
+    let poly = madd::<FMA>(poly, t, 1.421_413_8);
+    let poly = madd::<FMA>(poly, t, -0.284_496_74);
+    let poly = madd::<FMA>(poly, t, 0.254_829_6) * t;
+    let y = 1.0 - poly * exp::<FMA>(-a * a);
     y.copysign(x)
 }
 
 /// `tanh`, through `exp` (relative error ~1e-7 away from 0, exact sign).
 #[inline(always)]
-pub fn tanh(x: f32) -> f32 {
+pub fn tanh<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs().min(20.0);
-    let e = exp(2.0 * a);
+    let e = exp::<FMA>(2.0 * a);
     ((e - 1.0) / (e + 1.0)).copysign(x)
 }
 
@@ -216,14 +225,14 @@ vectorized! {
                 Activation::GeluErf => {
                     for (v, b) in row.iter_mut().zip(bias) {
                         let x = *v + b;
-                        *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                        *v = 0.5 * x * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2));
                     }
                 }
                 Activation::GeluTanh => {
                     const C: f32 = 0.797_884_6; // sqrt(2 / pi)
                     for (v, b) in row.iter_mut().zip(bias) {
                         let x = *v + b;
-                        *v = 0.5 * x * (1.0 + tanh(C * (x + 0.044_715 * x * x * x)));
+                        *v = 0.5 * x * (1.0 + tanh::<FMA>(C * (x + 0.044_715 * x * x * x)));
                     }
                 }
                 Activation::Relu => {
@@ -329,7 +338,7 @@ vectorized! {
     /// Softmax of every row of `rows` (rows of `width`) in place.
     pub fn softmax_rows(rows: &mut [f32], width: usize) {
         for row in rows.chunks_exact_mut(width) {
-            softmax_in_place(row);
+            softmax_in_place::<FMA>(row);
         }
     }
 }
@@ -338,7 +347,7 @@ vectorized! {
     /// `tanh(x)` for every element.
     pub fn tanh_all(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = tanh(*v);
+            *v = tanh::<FMA>(*v);
         }
     }
 }
@@ -381,18 +390,18 @@ pub fn attention(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut A
     );
     let hidden = count * dim;
     assert!(qkv.len() >= len * 3 * hidden && context.len() >= len * hidden);
-    let padded = len.div_ceil(TILE) * TILE;
+    let padded = len.div_ceil(2 * TILE) * 2 * TILE;
     grow(&mut scratch.keys_t, dim * padded);
     grow(&mut scratch.scores, len * padded);
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
         fn avx512(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut AttentionScratch) {
-            attention_heads::<true>(qkv, heads, context, scratch)
+            attention_heads::<true, true>(qkv, heads, context, scratch)
         }
         #[target_feature(enable = "avx2,fma")]
         fn avx2(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut AttentionScratch) {
-            attention_heads::<true>(qkv, heads, context, scratch)
+            attention_heads::<true, false>(qkv, heads, context, scratch)
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
@@ -404,7 +413,7 @@ pub fn attention(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut A
             return unsafe { avx2(qkv, heads, context, scratch) };
         }
     }
-    attention_heads::<false>(qkv, heads, context, scratch)
+    attention_heads::<false, false>(qkv, heads, context, scratch)
 }
 
 fn grow(buf: &mut Vec<f32>, len: usize) {
@@ -414,9 +423,10 @@ fn grow(buf: &mut Vec<f32>, len: usize) {
 }
 
 /// `FMA`: fuse multiply-adds (a single instruction where the CPU has FMA; a
-/// slow library call where it does not, hence the flag).
+/// slow library call where it does not, hence the flag). `AVX512`: the
+/// products' wide tiles use AVX-512 intrinsics (the caller has AVX-512F).
 #[inline(always)]
-fn attention_heads<const FMA: bool>(
+fn attention_heads<const FMA: bool, const AVX512: bool>(
     qkv: &[f32],
     heads: Heads,
     context: &mut [f32],
@@ -425,7 +435,7 @@ fn attention_heads<const FMA: bool>(
     let Heads { count, dim, len } = heads;
     let hidden = count * dim;
     let stride = 3 * hidden;
-    let padded = len.div_ceil(TILE) * TILE;
+    let padded = len.div_ceil(2 * TILE) * 2 * TILE;
     let keys_t = &mut scratch.keys_t[..dim * padded];
     let scores = &mut scratch.scores[..len * padded];
     for head in 0..count {
@@ -440,12 +450,12 @@ fn attention_heads<const FMA: bool>(
             }
         }
         // scores [len, padded] = Q [len, dim] · Kᵀ
-        product::<FMA>(q, stride, keys_t, padded, dim, len, padded, scores, padded);
+        product::<FMA, AVX512>(q, stride, keys_t, padded, dim, len, padded, scores, padded);
         for row in scores.chunks_exact_mut(padded) {
-            softmax_in_place(&mut row[..len]);
+            softmax_in_place::<FMA>(&mut row[..len]);
         }
         // context [len, dim] = P [len, len] · V [len, dim]
-        product::<FMA>(
+        product::<FMA, AVX512>(
             scores,
             padded,
             v,
@@ -463,7 +473,7 @@ fn attention_heads<const FMA: bool>(
 /// 16; each operand row-major with the given row stride.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn product<const FMA: bool>(
+fn product<const FMA: bool, const AVX512: bool>(
     a: &[f32],
     a_row: usize,
     b: &[f32],
@@ -475,26 +485,63 @@ fn product<const FMA: bool>(
     c_row: usize,
 ) {
     debug_assert!(cols.is_multiple_of(TILE));
+    // Two registers wide where the columns allow: 6 rows × 32 columns is 12
+    // FMAs per 2 loads and 6 broadcasts, where 4 × 16 is 4 per 1 and 4.
+    if cols.is_multiple_of(2 * TILE) {
+        let mut r = 0;
+        while r < rows {
+            let n = (rows - r).min(6);
+            for col in (0..cols).step_by(2 * TILE) {
+                let (a, c) = (&a[r * a_row..], &mut c[r * c_row..]);
+                #[cfg(target_arch = "x86_64")]
+                if AVX512 {
+                    // SAFETY: AVX512 is set only by the caller compiled for
+                    // (and dispatched on) AVX-512F.
+                    unsafe {
+                        match n {
+                            6 => wide::tile::<6>(a, a_row, b, b_row, depth, c, c_row, col),
+                            5 => wide::tile::<5>(a, a_row, b, b_row, depth, c, c_row, col),
+                            4 => wide::tile::<4>(a, a_row, b, b_row, depth, c, c_row, col),
+                            3 => wide::tile::<3>(a, a_row, b, b_row, depth, c, c_row, col),
+                            2 => wide::tile::<2>(a, a_row, b, b_row, depth, c, c_row, col),
+                            _ => wide::tile::<1>(a, a_row, b, b_row, depth, c, c_row, col),
+                        }
+                    }
+                    continue;
+                }
+                match n {
+                    6 => tile::<6, 32, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                    5 => tile::<5, 32, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                    4 => tile::<4, 32, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                    3 => tile::<3, 32, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                    2 => tile::<2, 32, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                    _ => tile::<1, 32, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                }
+            }
+            r += n;
+        }
+        return;
+    }
     let mut r = 0;
     while r < rows {
         let n = (rows - r).min(4);
         for col in (0..cols).step_by(TILE) {
             let (a, c) = (&a[r * a_row..], &mut c[r * c_row..]);
             match n {
-                4 => tile::<4, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
-                3 => tile::<3, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
-                2 => tile::<2, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
-                _ => tile::<1, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                4 => tile::<4, 16, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                3 => tile::<3, 16, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                2 => tile::<2, 16, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
+                _ => tile::<1, 16, FMA>(a, a_row, b, b_row, depth, c, c_row, col),
             }
         }
         r += n;
     }
 }
 
-/// `R` rows × 16 columns of a product, accumulated in registers.
+/// `R` rows × `W` columns of a product, accumulated in registers.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tile<const R: usize, const FMA: bool>(
+fn tile<const R: usize, const W: usize, const FMA: bool>(
     a: &[f32],
     a_row: usize,
     b: &[f32],
@@ -506,14 +553,14 @@ fn tile<const R: usize, const FMA: bool>(
 ) {
     // One bounds check per operand up front, none in the loop.
     let a = &a[..(R - 1) * a_row + depth];
-    let b = &b[..(depth - 1) * b_row + col + TILE];
-    let mut acc = [[0f32; TILE]; R];
+    let b = &b[..(depth - 1) * b_row + col + W];
+    let mut acc = [[0f32; W]; R];
     for p in 0..depth {
         // SAFETY: p < depth and r < R, so every index is below the lengths
         // the two slices were just cut to.
-        let (bv, av): (&[f32; TILE], [f32; R]) = unsafe {
+        let (bv, av): (&[f32; W], [f32; R]) = unsafe {
             (
-                &*b.as_ptr().add(p * b_row + col).cast::<[f32; TILE]>(),
+                &*b.as_ptr().add(p * b_row + col).cast::<[f32; W]>(),
                 std::array::from_fn(|r| *a.get_unchecked(r * a_row + p)),
             )
         };
@@ -528,12 +575,64 @@ fn tile<const R: usize, const FMA: bool>(
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        c[r * c_row + col..][..TILE].copy_from_slice(acc);
+        c[r * c_row + col..][..W].copy_from_slice(acc);
+    }
+}
+
+/// The attention products' 32-column tile in AVX-512 intrinsics: the
+/// portable tile's `[f32; 32]` rows compile to split loads and inserts.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::*;
+
+    /// `R` rows × 32 columns of `a · b`, as the portable `tile`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile<const R: usize>(
+        a: &[f32],
+        a_row: usize,
+        b: &[f32],
+        b_row: usize,
+        depth: usize,
+        c: &mut [f32],
+        c_row: usize,
+        col: usize,
+    ) {
+        let a = &a[..(R - 1) * a_row + depth];
+        let b = &b[..(depth - 1) * b_row + col + 32];
+        let c = &mut c[..(R - 1) * c_row + col + 32];
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        for p in 0..depth {
+            // SAFETY: p < depth and r < R: every load is inside the slices
+            // as cut above.
+            unsafe {
+                let row = b.as_ptr().add(p * b_row + col);
+                let (b0, b1) = (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)));
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*a.get_unchecked(r * a_row + p));
+                    lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+                    hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+                }
+            }
+        }
+        for r in 0..R {
+            // SAFETY: row r's 32 columns are inside `c` as cut above.
+            unsafe {
+                let out = c.as_mut_ptr().add(r * c_row + col);
+                _mm512_storeu_ps(out, lo[r]);
+                _mm512_storeu_ps(out.add(16), hi[r]);
+            }
+        }
     }
 }
 
 #[inline(always)]
-fn softmax_in_place(row: &mut [f32]) {
+fn softmax_in_place<const FMA: bool>(row: &mut [f32]) {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
     let mut max = chunks
@@ -547,7 +646,7 @@ fn softmax_in_place(row: &mut [f32]) {
     }
     max = acc.iter().fold(max, |m, &v| m.max(v));
     for v in row.iter_mut() {
-        *v = exp(*v - max);
+        *v = exp::<FMA>(*v - max);
     }
     let inv = 1.0 / sum(row);
     for v in row.iter_mut() {
@@ -565,13 +664,14 @@ mod tests {
         for i in 0..=200_000 {
             let x = -87.0 + i as f32 * (87.0 + 10.0) / 200_000.0;
             let want = (x as f64).exp();
-            let rel = ((exp(x) as f64 - want) / want).abs();
-            worst = worst.max(rel);
+            let rel = ((exp::<false>(x) as f64 - want) / want).abs();
+            let fused = ((exp::<true>(x) as f64 - want) / want).abs();
+            worst = worst.max(rel).max(fused);
         }
         assert!(worst < 3e-7, "worst relative error {worst:e}");
         // Far below the range: the smallest value it keeps, never NaN or negative.
-        assert!((0.0..2e-38).contains(&exp(-1000.0)));
-        assert!(exp(1000.0).is_finite());
+        assert!((0.0..2e-38).contains(&exp::<false>(-1000.0)));
+        assert!(exp::<false>(1000.0).is_finite());
     }
 
     /// erf by its Taylor series in f64 (converges fast for |x| <= 3).
@@ -588,16 +688,16 @@ mod tests {
     fn erf_and_tanh_are_accurate() {
         for i in -3000..=3000 {
             let x = i as f32 / 1000.0;
-            let e = (erf(x) as f64 - erf_reference(x as f64)).abs();
+            let e = (erf::<false>(x) as f64 - erf_reference(x as f64)).abs();
             // 1.5e-7 from the approximation, the rest from f32 rounding
             // (worst near |x| = 0.25, where 1 - p·e^(-x²) cancels).
             assert!(e < 6e-7, "erf({x}): error {e:e}");
-            let t = (tanh(x) as f64 - (x as f64).tanh()).abs();
+            let t = (tanh::<false>(x) as f64 - (x as f64).tanh()).abs();
             assert!(t < 3e-7, "tanh({x}): error {t:e}");
         }
-        assert_eq!(erf(9.0), 1.0);
-        assert_eq!(erf(-9.0), -1.0);
-        assert_eq!(tanh(50.0), 1.0);
+        assert_eq!(erf::<false>(9.0), 1.0);
+        assert_eq!(erf::<false>(-9.0), -1.0);
+        assert_eq!(tanh::<false>(50.0), 1.0);
     }
 
     #[test]
@@ -627,6 +727,54 @@ mod tests {
             View::rows(&data, 2, 3),
             View::rows(&data, 3, 2),
         );
+    }
+
+    #[test]
+    fn attention_matches_its_definition_on_every_path() {
+        let (count, dim) = (3, 32);
+        let hidden = count * dim;
+        for len in [1usize, 5, 33, 70] {
+            let qkv: Vec<f32> = (0..len * 3 * hidden)
+                .map(|i| (((i * 7919) % 251) as f32 - 125.0) * 0.004)
+                .collect();
+            let heads = Heads { count, dim, len };
+            let mut fast = vec![0f32; len * hidden];
+            attention(&qkv, heads, &mut fast, &mut AttentionScratch::default());
+            let mut plain = vec![0f32; len * hidden];
+            let mut scratch = AttentionScratch::default();
+            let padded = len.div_ceil(32) * 32;
+            grow(&mut scratch.keys_t, dim * padded);
+            grow(&mut scratch.scores, len * padded);
+            attention_heads::<false, false>(&qkv, heads, &mut plain, &mut scratch);
+            let at = |row: usize, col: usize| qkv[row * 3 * hidden + col] as f64;
+            for head in 0..count {
+                for i in 0..len {
+                    let logits: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..dim)
+                                .map(|c| at(i, head * dim + c) * at(j, hidden + head * dim + c))
+                                .sum()
+                        })
+                        .collect();
+                    let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+                    for c in 0..dim {
+                        let want: f64 = (0..len)
+                            .map(|j| {
+                                (logits[j] - max).exp() / z * at(j, 2 * hidden + head * dim + c)
+                            })
+                            .sum();
+                        let k = i * hidden + head * dim + c;
+                        assert!(
+                            (fast[k] as f64 - want).abs() < 1e-5,
+                            "len {len}: {} vs {want}",
+                            fast[k]
+                        );
+                        assert!((plain[k] as f64 - want).abs() < 1e-5, "len {len} portable");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

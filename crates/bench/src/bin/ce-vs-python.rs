@@ -1,0 +1,301 @@
+//! `ce-vs-python`: our engine and our server against sentence-transformers'
+//! `CrossEncoder`, in one run, on the same generated pairs, with the f32
+//! GEMM roofline measured in the same run.
+//!
+//! ```text
+//! scripts/bench_vs_python.sh        # sets up the Python side, then runs this
+//! ```
+//!
+//! Order: GEMM peak; our engine (f32, i8); our server over gRPC (f32, i8);
+//! the Python script on the pairs file this writes; our f32 engine again
+//! (the drift between the two engine runs says how steady the machine was).
+//! The Python script's raw logits are compared with ours pair by pair.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ce_bench::gemm_peak;
+use ce_bench::server::Supervisor;
+use ce_bench::throughput::{engine_rate, served_rate};
+use ce_bench::{Request, Workload, WorkloadConfig};
+use ce_common::TokenBatch;
+use clap::Parser;
+use model_worker::{Engine, EngineConfig, WeightDType};
+use serde::{Deserialize, Serialize};
+use tokenizer_worker::Truncation;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Our engine and server vs sentence-transformers on the same pairs"
+)]
+struct Args {
+    /// Model directory.
+    #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
+    model: String,
+    /// Requests (each 1 query × `--passages` passages).
+    #[arg(long, default_value_t = 12)]
+    requests: usize,
+    /// Passages per request.
+    #[arg(long, default_value_t = 128)]
+    passages: usize,
+    /// Concurrent gRPC clients for the served runs.
+    #[arg(long, default_value_t = 3)]
+    concurrency: usize,
+    /// Workload seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The Python interpreter that has sentence-transformers.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// The script that runs CrossEncoder on a pairs file.
+    #[arg(long, default_value = "scripts/bench_python.py")]
+    python_script: PathBuf,
+    /// CrossEncoder.predict's batch size (the library's default is 32).
+    #[arg(long, default_value_t = 32)]
+    python_batch_size: usize,
+    /// Where to keep the pairs file and the Python result.
+    #[arg(long, default_value = "target/bench-vs-python")]
+    work_dir: PathBuf,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct PythonResult {
+    library: String,
+    threads: usize,
+    batch_size: usize,
+    pairs: usize,
+    pairs_per_second: f64,
+    #[serde(skip_serializing)]
+    scores: Vec<f32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    pairs_per_second: f64,
+    vs_python: f64,
+    percent_of_roofline: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cores: usize,
+    pairs: usize,
+    mean_tokens_per_pair: f64,
+    gflop_per_pair: f64,
+    gemm_peak: gemm_peak::GemmPeak,
+    roofline_pairs_per_second: f64,
+    python: PythonResult,
+    max_abs_logit_difference: f32,
+    engine_f32_drift_percent: f64,
+    rows: Vec<Row>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // SAFETY: first statement after argument parsing; no thread exists yet.
+    unsafe { model_worker::threads::set_compute_threads(cores) }?;
+
+    let load = |dtype| {
+        let mut config = EngineConfig::new(&args.model);
+        config.dtype = dtype;
+        Engine::load(&config).with_context(|| format!("loading the model in {dtype}"))
+    };
+    let f32_engine = load(WeightDType::F32)?;
+    let i8_engine = load(WeightDType::I8)?;
+    let requests: Vec<Request> = Workload::new(WorkloadConfig {
+        seed: args.seed,
+        passages: args.passages,
+        ..Default::default()
+    })
+    .take(args.requests.max(1))
+    .collect();
+    let batches: Vec<TokenBatch> = requests
+        .iter()
+        .map(|r| {
+            f32_engine
+                .tokenizer()
+                .encode_query(&r.query, &r.passages, Truncation::Right)
+        })
+        .collect::<Result<_, _>>()?;
+    let pairs: usize = batches.iter().map(TokenBatch::len).sum();
+    let tokens: usize = batches.iter().map(TokenBatch::total_tokens).sum();
+    let config = f32_engine.config();
+    let flop: f64 = batches
+        .iter()
+        .flat_map(|b| (0..b.len()).map(|i| config.flops_per_sequence(b.seq_len(i))))
+        .sum();
+    let gflop_per_pair = flop / pairs as f64 / 1e9;
+
+    std::fs::create_dir_all(&args.work_dir)?;
+    let pairs_file = args.work_dir.join("pairs.jsonl");
+    let mut lines = String::new();
+    for r in &requests {
+        for p in &r.passages {
+            lines.push_str(&serde_json::to_string(
+                &serde_json::json!({ "query": r.query, "passage": p }),
+            )?);
+            lines.push('\n');
+        }
+    }
+    std::fs::write(&pairs_file, lines)?;
+
+    eprintln!("GEMM peak, {cores} thread(s)…");
+    let peak = gemm_peak::machine_peak(cores, Duration::from_secs(4));
+    let roofline = peak.gflops / gflop_per_pair;
+
+    eprintln!("our engine, f32 and i8 ({pairs} pairs)…");
+    let engine_f32_before = engine_rate(&f32_engine, &batches)?;
+    let engine_i8 = engine_rate(&i8_engine, &batches)?;
+    let ours: Vec<f32> = batches
+        .iter()
+        .map(|b| f32_engine.score(b).map(|s| s.first_logits()))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
+    drop(i8_engine);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let requests = Arc::new(requests);
+    let mut served = Vec::new();
+    for dtype in ["f32", "i8"] {
+        eprintln!("our server over gRPC, {dtype}…");
+        let server_args: Vec<String> = [
+            "--dtype",
+            dtype,
+            "--max-batch-size",
+            &args.passages.to_string(),
+            "--max-batch-tokens",
+            "65536",
+        ]
+        .map(String::from)
+        .into();
+        let mut server = Supervisor::start(&args.model, &server_args)?;
+        let rate =
+            runtime.block_on(served_rate(&mut server, requests.clone(), args.concurrency))?;
+        served.push((dtype, rate));
+    }
+
+    eprintln!("sentence-transformers CrossEncoder…");
+    let python_out = args.work_dir.join("python.json");
+    let status = Command::new(&args.python)
+        .arg(&args.python_script)
+        .arg("--model")
+        .arg(&args.model)
+        .arg("--pairs")
+        .arg(&pairs_file)
+        .arg("--out")
+        .arg(&python_out)
+        .arg("--threads")
+        .arg(cores.to_string())
+        .arg("--batch-size")
+        .arg(args.python_batch_size.to_string())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .status()
+        .with_context(|| format!("running {}", args.python))?;
+    if !status.success() {
+        bail!(
+            "{} {} failed: {status}",
+            args.python,
+            args.python_script.display()
+        );
+    }
+    let python: PythonResult = serde_json::from_slice(&std::fs::read(&python_out)?)
+        .with_context(|| format!("reading {}", python_out.display()))?;
+    if python.scores.len() != ours.len() {
+        bail!(
+            "the Python side scored {} pairs, ours {}",
+            python.scores.len(),
+            ours.len()
+        );
+    }
+    let max_diff = python
+        .scores
+        .iter()
+        .zip(&ours)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+
+    eprintln!("our engine again…");
+    let engine_f32_after = engine_rate(&f32_engine, &batches)?;
+    let engine_f32 = (engine_f32_before + engine_f32_after) / 2.0;
+
+    let row = |name: String, rate: f64| Row {
+        name,
+        pairs_per_second: rate,
+        vs_python: rate / python.pairs_per_second,
+        percent_of_roofline: rate / roofline * 100.0,
+    };
+    let mut rows = vec![row(
+        format!(
+            "sentence-transformers CrossEncoder ({}, batch {}, {} threads)",
+            python.library, python.batch_size, python.threads
+        ),
+        python.pairs_per_second,
+    )];
+    rows.push(row(format!("ce engine f32 ({cores} threads)"), engine_f32));
+    rows.push(row(
+        format!(
+            "ce engine i8 ({cores} threads, int8 kernel: {})",
+            model_worker::int8_kernel().as_str()
+        ),
+        engine_i8,
+    ));
+    for (dtype, rate) in &served {
+        rows.push(row(
+            format!("ce-supervisor {dtype}, gRPC end to end"),
+            *rate,
+        ));
+    }
+
+    println!(
+        "## ce-supervisor vs sentence-transformers ({pairs} pairs in requests of {} passages, {:.1} tokens/pair, {cores} cores)\n",
+        args.passages,
+        tokens as f64 / pairs as f64
+    );
+    println!(
+        "f32 roofline: GEMM peak {:.1} GFLOP/s ({}x{}x{}, {} threads) / {:.2} GFLOP per pair = {:.1} pairs/s\n",
+        peak.gflops, peak.m, peak.n, peak.k, peak.threads, gflop_per_pair, roofline
+    );
+    println!("| | pairs/s | × sentence-transformers | % of f32 roofline |");
+    println!("|---|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {:.2}× | {:.0}% |",
+            r.name, r.pairs_per_second, r.vs_python, r.percent_of_roofline
+        );
+    }
+    println!(
+        "\nSame pairs, same raw logits: max |ours f32 − sentence-transformers| = {max_diff:.2e}; our f32 engine drifted {:+.1}% between its two runs.",
+        (engine_f32_after / engine_f32_before - 1.0) * 100.0
+    );
+    let report = Report {
+        cores,
+        pairs,
+        mean_tokens_per_pair: tokens as f64 / pairs as f64,
+        gflop_per_pair,
+        gemm_peak: peak,
+        roofline_pairs_per_second: roofline,
+        python,
+        max_abs_logit_difference: max_diff,
+        engine_f32_drift_percent: (engine_f32_after / engine_f32_before - 1.0) * 100.0,
+        rows,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
