@@ -112,6 +112,47 @@ async fn scores_equal_the_engine_for_every_topology() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i8_replicas_score_as_the_i8_engine_and_close_to_f32() {
+    let pairs = fixture_pairs();
+    let f32_logits = engine_logits(&pairs);
+    let mut config = model_worker::EngineConfig::new(support::model_dir().to_string_lossy());
+    config.dtype = model_worker::WeightDType::I8;
+    let engine = model_worker::Engine::load(&config).unwrap();
+    let mut batch = ce_common::TokenBatch::default();
+    for (q, p) in &pairs {
+        engine
+            .tokenizer()
+            .encode_into(&mut batch, q, p, Default::default())
+            .unwrap();
+    }
+    let i8_logits = engine.score(&batch).unwrap().first_logits();
+
+    // Two replicas and small batches: activations are quantized per token,
+    // so how pairs are batched must not change a score.
+    let server = Server::start(&["--dtype", "i8", "--replicas", "2", "--max-batch-size", "16"]);
+    let mut client = server.client().await;
+    let request = ScoreRequest {
+        pairs: pairs
+            .iter()
+            .map(|(q, p)| Pair {
+                query: q.clone(),
+                passage: p.clone(),
+            })
+            .collect(),
+        raw_scores: true,
+        ..Default::default()
+    };
+    let got = client.score(request).await.unwrap().into_inner().scores;
+    assert_close(&got, &i8_logits, "i8 served vs i8 engine");
+    let worst = got
+        .iter()
+        .zip(&f32_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 0.05, "i8 vs f32: max |logit difference| {worst}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerank_orders_cuts_and_returns_documents() {
     let server = Server::start(&["--replicas", "2", "--tokenizers", "1"]);
     let mut client = server.client().await;

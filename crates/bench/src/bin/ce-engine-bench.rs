@@ -200,7 +200,7 @@ fn print_markdown(r: &Report) {
         r.tokenize_pairs_per_second,
     );
     println!(
-        "| dtype | pairs | pairs/s | tokens/s | padded/real (linear) | padded/real (attention) | useful GFLOP/s | % of GEMM peak | vs f32 |"
+        "| dtype | pairs | pairs/s | tokens/s | padded/real (linear) | padded/real (attention) | useful GFLOP/s | % of f32 GEMM peak | vs f32 |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let f32_rate = r
