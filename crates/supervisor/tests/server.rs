@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use ce_proto::v1::{Pair, RerankRequest, ScoreRequest, StreamPair};
-use support::{Server, engine_logits, engine_logits_for, fixture, http, score_request};
+use support::{
+    Server, engine_logits, engine_logits_for, engine_logits_in, fixture, http, score_request,
+};
 use tonic::Code;
 
 fn fixture_pairs() -> Vec<(String, String)> {
@@ -25,6 +27,21 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
             (g - w).abs() <= 1e-5,
             "{what}: pair {i}: served {g}, engine {w}"
         );
+    }
+}
+
+/// A Score request for `pairs` asking for raw logits.
+fn raw_scores_of(pairs: &[(String, String)]) -> ScoreRequest {
+    ScoreRequest {
+        pairs: pairs
+            .iter()
+            .map(|(q, p)| Pair {
+                query: q.clone(),
+                passage: p.clone(),
+            })
+            .collect(),
+        raw_scores: true,
+        ..Default::default()
     }
 }
 
@@ -90,18 +107,11 @@ async fn scores_equal_the_engine_for_every_topology() {
                 "16",
             ]);
             let mut client = server.client().await;
-            let request = ScoreRequest {
-                pairs: pairs
-                    .iter()
-                    .map(|(q, p)| Pair {
-                        query: q.clone(),
-                        passage: p.clone(),
-                    })
-                    .collect(),
-                raw_scores: true,
-                ..Default::default()
-            };
-            let got = client.score(request).await.unwrap().into_inner();
+            let got = client
+                .score(raw_scores_of(&pairs))
+                .await
+                .unwrap()
+                .into_inner();
             assert_close(&got.scores, &want, &what);
             assert!(
                 got.tokens > 0 && got.timing.is_some(),
@@ -115,34 +125,18 @@ async fn scores_equal_the_engine_for_every_topology() {
 async fn i8_replicas_score_as_the_i8_engine_and_close_to_f32() {
     let pairs = fixture_pairs();
     let f32_logits = engine_logits(&pairs);
-    let mut config = model_worker::EngineConfig::new(support::model_dir().to_string_lossy());
-    config.dtype = model_worker::WeightDType::I8;
-    let engine = model_worker::Engine::load(&config).unwrap();
-    let mut batch = ce_common::TokenBatch::default();
-    for (q, p) in &pairs {
-        engine
-            .tokenizer()
-            .encode_into(&mut batch, q, p, Default::default())
-            .unwrap();
-    }
-    let i8_logits = engine.score(&batch).unwrap().first_logits();
+    let i8_logits = engine_logits_in(model_worker::WeightDType::I8, &pairs);
 
     // Two replicas and small batches: activations are quantized per token,
     // so how pairs are batched must not change a score.
     let server = Server::start(&["--dtype", "i8", "--replicas", "2", "--max-batch-size", "16"]);
     let mut client = server.client().await;
-    let request = ScoreRequest {
-        pairs: pairs
-            .iter()
-            .map(|(q, p)| Pair {
-                query: q.clone(),
-                passage: p.clone(),
-            })
-            .collect(),
-        raw_scores: true,
-        ..Default::default()
-    };
-    let got = client.score(request).await.unwrap().into_inner().scores;
+    let got = client
+        .score(raw_scores_of(&pairs))
+        .await
+        .unwrap()
+        .into_inner()
+        .scores;
     assert_close(&got, &i8_logits, "i8 served vs i8 engine");
     let worst = got
         .iter()

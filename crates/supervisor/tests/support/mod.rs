@@ -247,10 +247,14 @@ pub fn engine_logits_for(query: &str, documents: &[String]) -> Vec<f32> {
 
 /// The bare engine's raw logit for each pair (the reference).
 pub fn engine_logits(pairs: &[(String, String)]) -> Vec<f32> {
-    let engine = model_worker::Engine::load(&model_worker::EngineConfig::new(
-        model_dir().to_str().unwrap(),
-    ))
-    .unwrap();
+    engine_logits_in(model_worker::WeightDType::F32, pairs)
+}
+
+/// The bare engine's raw logit for each pair, in `dtype`.
+pub fn engine_logits_in(dtype: model_worker::WeightDType, pairs: &[(String, String)]) -> Vec<f32> {
+    let mut config = model_worker::EngineConfig::new(model_dir().to_str().unwrap());
+    config.dtype = dtype;
+    let engine = model_worker::Engine::load(&config).unwrap();
     let mut batch = ce_common::TokenBatch::default();
     for (q, p) in pairs {
         engine
