@@ -371,6 +371,10 @@ pub struct Heads {
     pub dim: usize,
     /// Tokens in the sequence.
     pub len: usize,
+    /// Query rows computed: the first `queries` tokens attend (every token
+    /// is a key and value). `len` for a whole layer; 1 where only [CLS]'s
+    /// output is read.
+    pub queries: usize,
 }
 
 /// Self-attention of one sequence: `qkv` holds its `len` rows of
@@ -379,11 +383,15 @@ pub struct Heads {
 /// `count · dim`) at the head's columns.
 ///
 /// The products are tiny (85 × 85 × 32 for a typical pair) — a general GEMM
-/// spends longer packing them than multiplying — so they run on a 4 × 16
-/// register tile here, with K transposed once per head so that both
-/// products read their right operand in rows of 16.
+/// spends longer packing them than multiplying — so they run on register
+/// tiles here (6 × 32 with AVX-512, 4 × 16 otherwise), with K transposed
+/// once per head so that both products read their right operand in rows.
+/// Only the first `queries` rows of `context` are written.
 pub fn attention(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut AttentionScratch) {
-    let Heads { count, dim, len } = heads;
+    let Heads {
+        count, dim, len, ..
+    } = heads;
+    assert!(heads.queries <= len, "more queries than tokens");
     assert!(
         dim.is_multiple_of(TILE),
         "head width must be a multiple of 16"
@@ -432,12 +440,17 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
     context: &mut [f32],
     scratch: &mut AttentionScratch,
 ) {
-    let Heads { count, dim, len } = heads;
+    let Heads {
+        count,
+        dim,
+        len,
+        queries,
+    } = heads;
     let hidden = count * dim;
     let stride = 3 * hidden;
     let padded = len.div_ceil(2 * TILE) * 2 * TILE;
     let keys_t = &mut scratch.keys_t[..dim * padded];
-    let scores = &mut scratch.scores[..len * padded];
+    let scores = &mut scratch.scores[..queries * padded];
     for head in 0..count {
         let q = &qkv[head * dim..];
         let k = &qkv[hidden + head * dim..];
@@ -450,7 +463,9 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
             }
         }
         // scores [len, padded] = Q [len, dim] · Kᵀ
-        product::<FMA, AVX512>(q, stride, keys_t, padded, dim, len, padded, scores, padded);
+        product::<FMA, AVX512>(
+            q, stride, keys_t, padded, dim, queries, padded, scores, padded,
+        );
         for row in scores.chunks_exact_mut(padded) {
             softmax_in_place::<FMA>(&mut row[..len]);
         }
@@ -461,7 +476,7 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
             v,
             stride,
             len,
-            len,
+            queries,
             dim,
             &mut context[head * dim..],
             hidden,
@@ -737,7 +752,12 @@ mod tests {
             let qkv: Vec<f32> = (0..len * 3 * hidden)
                 .map(|i| (((i * 7919) % 251) as f32 - 125.0) * 0.004)
                 .collect();
-            let heads = Heads { count, dim, len };
+            let heads = Heads {
+                count,
+                dim,
+                len,
+                queries: len,
+            };
             let mut fast = vec![0f32; len * hidden];
             attention(&qkv, heads, &mut fast, &mut AttentionScratch::default());
             let mut plain = vec![0f32; len * hidden];
@@ -746,6 +766,13 @@ mod tests {
             grow(&mut scratch.keys_t, dim * padded);
             grow(&mut scratch.scores, len * padded);
             attention_heads::<false, false>(&qkv, heads, &mut plain, &mut scratch);
+            // The last layer's form: only the first token attends.
+            let mut first = vec![0f32; len * hidden];
+            let cls = Heads {
+                queries: 1,
+                ..heads
+            };
+            attention(&qkv, cls, &mut first, &mut AttentionScratch::default());
             let at = |row: usize, col: usize| qkv[row * 3 * hidden + col] as f64;
             for head in 0..count {
                 for i in 0..len {
@@ -771,6 +798,12 @@ mod tests {
                             fast[k]
                         );
                         assert!((plain[k] as f64 - want).abs() < 1e-5, "len {len} portable");
+                        if i == 0 {
+                            assert!(
+                                (first[k] as f64 - want).abs() < 1e-5,
+                                "len {len}, [CLS] alone"
+                            );
+                        }
                     }
                 }
             }
