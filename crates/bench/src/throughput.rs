@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use ce_common::TokenBatch;
 use model_worker::{Engine, EngineError};
 
-use crate::Request;
 use crate::server::{ServerError, Supervisor};
+use crate::{Request, Workload, WorkloadConfig};
 
 /// Pairs per second of `engine` scoring `batches` one after another (one
 /// untimed batch first).
@@ -69,4 +69,37 @@ pub async fn served_rate(
         pairs += t.await??;
     }
     Ok(pairs as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The command-line flags every "bare engine vs served" benchmark shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StandardRun {
+    /// Model directory.
+    #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
+    pub model: String,
+    /// Requests per measurement (each 1 query × `--passages` passages).
+    #[arg(long, default_value_t = 12)]
+    pub requests: usize,
+    /// Passages per request.
+    #[arg(long, default_value_t = 128)]
+    pub passages: usize,
+    /// Concurrent gRPC clients for the served runs.
+    #[arg(long, default_value_t = 3)]
+    pub concurrency: usize,
+    /// Workload seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl StandardRun {
+    /// The run's requests from the seeded standard workload (at least one).
+    pub fn requests(&self) -> Vec<Request> {
+        Workload::new(WorkloadConfig {
+            seed: self.seed,
+            passages: self.passages,
+            ..Default::default()
+        })
+        .take(self.requests.max(1))
+        .collect()
+    }
 }

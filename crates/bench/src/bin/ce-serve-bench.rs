@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use ce_bench::Request;
 use ce_bench::server::Supervisor;
-use ce_bench::throughput::{engine_rate, served_rate};
-use ce_bench::{Request, Workload, WorkloadConfig};
+use ce_bench::throughput::{StandardRun, engine_rate, served_rate};
 use ce_common::TokenBatch;
 use clap::Parser;
 use model_worker::{Engine, EngineConfig};
@@ -30,24 +30,11 @@ use tokenizer_worker::Truncation;
     about = "Bare engine vs end-to-end serving on the standard workload"
 )]
 struct Args {
-    /// Model directory.
-    #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
-    model: String,
-    /// Requests per measurement (each 1 query × `--passages` passages).
-    #[arg(long, default_value_t = 12)]
-    requests: usize,
-    /// Passages per request.
-    #[arg(long, default_value_t = 128)]
-    passages: usize,
-    /// Concurrent gRPC clients.
-    #[arg(long, default_value_t = 3)]
-    concurrency: usize,
+    #[command(flatten)]
+    run: StandardRun,
     /// Topologies as REPLICASxTOKENIZERS.
     #[arg(long, default_value = "1x1,2x1", value_delimiter = ',')]
     topologies: Vec<String>,
-    /// Workload seed.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
     /// Extra ce-supervisor flags, e.g. `--server-args='--tokenize-chunk 128'`.
     #[arg(long, default_value = "", allow_hyphen_values = true)]
     server_args: String,
@@ -81,13 +68,8 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(1);
     // SAFETY: first statement after argument parsing; no thread exists yet.
     unsafe { model_worker::threads::set_compute_threads(cores) }?;
-    let engine = Engine::load(&EngineConfig::new(&args.model)).context("loading the model")?;
-    let mut workload = Workload::new(WorkloadConfig {
-        seed: args.seed,
-        passages: args.passages,
-        ..Default::default()
-    });
-    let requests: Vec<Request> = workload.by_ref().take(args.requests).collect();
+    let engine = Engine::load(&EngineConfig::new(&args.run.model)).context("loading the model")?;
+    let requests: Vec<Request> = args.run.requests();
     let batches: Vec<TokenBatch> = requests
         .iter()
         .map(|r| {
@@ -118,15 +100,19 @@ fn main() -> anyhow::Result<()> {
             "--tokenizers",
             &tokenizers.to_string(),
             "--max-batch-size",
-            &args.passages.to_string(),
+            &args.run.passages.to_string(),
             "--max-batch-tokens",
             "65536",
         ]
         .map(String::from)
         .into();
         server_args.extend(args.server_args.split_whitespace().map(String::from));
-        let mut sup = Supervisor::start(&args.model, &server_args)?;
-        let rate = runtime.block_on(served_rate(&mut sup, requests.clone(), args.concurrency))?;
+        let mut sup = Supervisor::start(&args.run.model, &server_args)?;
+        let rate = runtime.block_on(served_rate(
+            &mut sup,
+            requests.clone(),
+            args.run.concurrency,
+        ))?;
         drop(sup);
         measured.push((replicas, tokenizers, rate));
     }

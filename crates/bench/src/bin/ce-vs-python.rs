@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use ce_bench::Request;
 use ce_bench::gemm_peak;
 use ce_bench::server::Supervisor;
-use ce_bench::throughput::{engine_rate, served_rate};
-use ce_bench::{Request, Workload, WorkloadConfig};
+use ce_bench::throughput::{StandardRun, engine_rate, served_rate};
 use ce_common::TokenBatch;
 use clap::Parser;
 use model_worker::{Engine, EngineConfig, WeightDType};
@@ -33,21 +33,8 @@ use tokenizer_worker::Truncation;
     about = "Our engine and server vs sentence-transformers on the same pairs"
 )]
 struct Args {
-    /// Model directory.
-    #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
-    model: String,
-    /// Requests (each 1 query × `--passages` passages).
-    #[arg(long, default_value_t = 12)]
-    requests: usize,
-    /// Passages per request.
-    #[arg(long, default_value_t = 128)]
-    passages: usize,
-    /// Concurrent gRPC clients for the served runs.
-    #[arg(long, default_value_t = 3)]
-    concurrency: usize,
-    /// Workload seed.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    run: StandardRun,
     /// The Python interpreter that has sentence-transformers.
     #[arg(long, default_value = "python3")]
     python: String,
@@ -107,19 +94,13 @@ fn main() -> anyhow::Result<()> {
     unsafe { model_worker::threads::set_compute_threads(cores) }?;
 
     let load = |dtype| {
-        let mut config = EngineConfig::new(&args.model);
+        let mut config = EngineConfig::new(&args.run.model);
         config.dtype = dtype;
         Engine::load(&config).with_context(|| format!("loading the model in {dtype}"))
     };
     let f32_engine = load(WeightDType::F32)?;
     let i8_engine = load(WeightDType::I8)?;
-    let requests: Vec<Request> = Workload::new(WorkloadConfig {
-        seed: args.seed,
-        passages: args.passages,
-        ..Default::default()
-    })
-    .take(args.requests.max(1))
-    .collect();
+    let requests: Vec<Request> = args.run.requests();
     let batches: Vec<TokenBatch> = requests
         .iter()
         .map(|r| {
@@ -176,15 +157,18 @@ fn main() -> anyhow::Result<()> {
             "--dtype",
             dtype,
             "--max-batch-size",
-            &args.passages.to_string(),
+            &args.run.passages.to_string(),
             "--max-batch-tokens",
             "65536",
         ]
         .map(String::from)
         .into();
-        let mut server = Supervisor::start(&args.model, &server_args)?;
-        let rate =
-            runtime.block_on(served_rate(&mut server, requests.clone(), args.concurrency))?;
+        let mut server = Supervisor::start(&args.run.model, &server_args)?;
+        let rate = runtime.block_on(served_rate(
+            &mut server,
+            requests.clone(),
+            args.run.concurrency,
+        ))?;
         served.push((dtype, rate));
     }
 
@@ -193,7 +177,7 @@ fn main() -> anyhow::Result<()> {
     let status = Command::new(&args.python)
         .arg(&args.python_script)
         .arg("--model")
-        .arg(&args.model)
+        .arg(&args.run.model)
         .arg("--pairs")
         .arg(&pairs_file)
         .arg("--out")
@@ -263,7 +247,7 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "## ce-supervisor vs sentence-transformers ({pairs} pairs in requests of {} passages, {:.1} tokens/pair, {cores} cores)\n",
-        args.passages,
+        args.run.passages,
         tokens as f64 / pairs as f64
     );
     println!(
