@@ -7,6 +7,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# A cold build of the workspace (clippy, debug tests, release) takes about
+# 7 GiB under target/; say so up front, because cargo's own "No space left on
+# device" comes minutes later, in the middle of some unrelated crate.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then
+    echo "warning: only $((free_kib / 1024)) MiB free here; a cold build needs about 7 GiB" >&2
+fi
+
 scripts/fetch_model.sh
 scripts/install_prometheus.sh
 echo "== cargo fmt --check"
