@@ -37,6 +37,20 @@ pub unsafe fn set_compute_threads(threads: usize) -> Result<(), ThreadConfigErro
         })
 }
 
+/// Sets this process's compute threads to every core it may run on and
+/// returns that count (what a benchmark alone on the machine wants).
+///
+/// # Safety
+/// As [`set_compute_threads`]: before any other thread exists.
+pub unsafe fn use_every_core() -> Result<usize, ThreadConfigError> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // SAFETY: the caller guarantees no other thread runs yet.
+    unsafe { set_compute_threads(cores) }?;
+    Ok(cores)
+}
+
 /// The compute threads in effect (what candle's GEMM will use).
 pub fn compute_threads() -> usize {
     candle_core::utils::get_num_threads()

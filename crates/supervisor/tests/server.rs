@@ -30,16 +30,21 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
     }
 }
 
+/// `pairs` as the API's messages.
+fn proto_pairs(pairs: &[(String, String)]) -> Vec<Pair> {
+    pairs
+        .iter()
+        .map(|(q, p)| Pair {
+            query: q.clone(),
+            passage: p.clone(),
+        })
+        .collect()
+}
+
 /// A Score request for `pairs` asking for raw logits.
 fn raw_scores_of(pairs: &[(String, String)]) -> ScoreRequest {
     ScoreRequest {
-        pairs: pairs
-            .iter()
-            .map(|(q, p)| Pair {
-                query: q.clone(),
-                passage: p.clone(),
-            })
-            .collect(),
+        pairs: proto_pairs(pairs),
         raw_scores: true,
         ..Default::default()
     }
@@ -1341,13 +1346,7 @@ async fn tokenize_and_score_tokens_isolate_the_two_stages() {
     let server = Server::start(&["--tokenizers", "2", "--tokenize-chunk", "4"]);
     let mut client = server.client().await;
     let request = |return_tokens| TokenizeRequest {
-        pairs: pairs
-            .iter()
-            .map(|(q, p)| Pair {
-                query: q.clone(),
-                passage: p.clone(),
-            })
-            .collect(),
+        pairs: proto_pairs(&pairs),
         return_tokens,
         ..Default::default()
     };

@@ -63,11 +63,8 @@ struct Report {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     // SAFETY: first statement after argument parsing; no thread exists yet.
-    unsafe { model_worker::threads::set_compute_threads(cores) }?;
+    let cores = unsafe { model_worker::threads::use_every_core() }?;
     let engine = Engine::load(&EngineConfig::new(&args.run.model)).context("loading the model")?;
     let requests: Vec<Request> = args.run.requests();
     let batches: Vec<TokenBatch> = requests

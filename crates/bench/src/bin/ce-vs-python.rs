@@ -87,11 +87,8 @@ struct Report {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     // SAFETY: first statement after argument parsing; no thread exists yet.
-    unsafe { model_worker::threads::set_compute_threads(cores) }?;
+    let cores = unsafe { model_worker::threads::use_every_core() }?;
 
     let load = |dtype| {
         let mut config = EngineConfig::new(&args.run.model);

@@ -137,6 +137,22 @@ impl LayerNorm {
     }
 }
 
+/// The word, position and token-type tables, each loaded by
+/// `table(rows, name)`: both encoders read the same three.
+fn embedding_tables<T>(
+    c: &BertConfig,
+    mut table: impl FnMut(usize, &str) -> Result<T>,
+) -> Result<[T; 3]> {
+    Ok([
+        table(c.vocab_size, "embeddings.word_embeddings.weight")?,
+        table(
+            c.max_position_embeddings,
+            "embeddings.position_embeddings.weight",
+        )?,
+        table(c.type_vocab_size, "embeddings.token_type_embeddings.weight")?,
+    ])
+}
+
 /// Word + position + token-type embeddings, then a layer norm.
 #[derive(Debug)]
 struct Embeddings {
@@ -153,13 +169,11 @@ impl Embeddings {
                 .to_dtype(dtype)?
                 .to_device(dev)?)
         };
+        let [word, position, token_type] = embedding_tables(c, table)?;
         Ok(Self {
-            word: table(c.vocab_size, "embeddings.word_embeddings.weight")?,
-            position: table(
-                c.max_position_embeddings,
-                "embeddings.position_embeddings.weight",
-            )?,
-            token_type: table(c.type_vocab_size, "embeddings.token_type_embeddings.weight")?,
+            word,
+            position,
+            token_type,
             norm: LayerNorm::load(r, "embeddings.LayerNorm", c, dtype, dev)?,
         })
     }

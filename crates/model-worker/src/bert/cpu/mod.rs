@@ -37,7 +37,7 @@ use std::sync::Mutex;
 
 use ce_common::TokenBatch;
 
-use super::{ForwardOutput, WeightReader};
+use super::{ForwardOutput, WeightReader, embedding_tables};
 use crate::config::{BertConfig, HiddenAct};
 use crate::error::{EngineError, Result};
 use int8::Int8Linear;
@@ -133,6 +133,12 @@ impl Norm {
             gamma: to_vec(&r.get(hidden, &format!("{name}.weight"))?)?,
             beta: to_vec(&r.get(hidden, &format!("{name}.bias"))?)?,
         })
+    }
+
+    /// `hidden = norm(hidden + product + bias)`, in one pass (`product` is
+    /// scratch afterwards).
+    fn residual(&self, hidden: &mut [f32], product: &mut [f32], bias: &[f32], eps: f32) {
+        kernels::residual_layer_norm(hidden, product, bias, &self.gamma, &self.beta, eps);
     }
 }
 
@@ -246,6 +252,7 @@ impl CpuEncoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let [word, position, token_type] = embedding_tables(c, table)?;
         let classifier = CpuLinear::from_parts(
             to_vec(&r.get_raw((num_labels, h), "classifier.weight")?)?,
             to_vec(&r.get_raw(num_labels, "classifier.bias")?)?,
@@ -263,12 +270,9 @@ impl CpuEncoder {
                 HiddenAct::GeluTanh => Activation::GeluTanh,
                 HiddenAct::Relu => Activation::Relu,
             },
-            word: table(c.vocab_size, "embeddings.word_embeddings.weight")?,
-            position: table(
-                c.max_position_embeddings,
-                "embeddings.position_embeddings.weight",
-            )?,
-            token_type: table(c.type_vocab_size, "embeddings.token_type_embeddings.weight")?,
+            word,
+            position,
+            token_type,
             embedding_norm: Norm::load(r, "embeddings.LayerNorm", h)?,
             layers,
             pooler: CpuLinear::load(r, "pooler.dense", h, h, false)?,
@@ -430,26 +434,16 @@ impl CpuEncoder {
         let hidden = &mut hidden[..rows * h];
         let out = grown(out, rows * h);
         layer.attention_out.product(context, rows, out, int8);
-        kernels::residual_layer_norm(
-            hidden,
-            out,
-            layer.attention_out.bias(),
-            &layer.attention_norm.gamma,
-            &layer.attention_norm.beta,
-            self.eps,
-        );
+        layer
+            .attention_norm
+            .residual(hidden, out, layer.attention_out.bias(), self.eps);
         let inner = grown(inner, rows * layer.intermediate.outputs());
         layer.intermediate.product(hidden, rows, inner, int8);
         kernels::bias_activation(inner, layer.intermediate.bias(), self.activation);
         layer.output.product(inner, rows, out, int8);
-        kernels::residual_layer_norm(
-            hidden,
-            out,
-            layer.output.bias(),
-            &layer.output_norm.gamma,
-            &layer.output_norm.beta,
-            self.eps,
-        );
+        layer
+            .output_norm
+            .residual(hidden, out, layer.output.bias(), self.eps);
     }
 
     /// Word + position + segment embeddings of `pairs` (their tokens start
