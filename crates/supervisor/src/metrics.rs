@@ -106,6 +106,8 @@ pub struct Metrics {
     pub throughput: Gauge<f64, AtomicU64>,
     /// Pairs waiting in the scheduling queue.
     pub queue_pairs: Gauge,
+    /// Batches sent to model replicas and not yet answered.
+    pub batches_in_flight: Gauge,
     /// Tokenize jobs sent to workers and not yet answered.
     pub tokenizer_queue: Gauge,
     /// Model replicas serving.
@@ -153,6 +155,7 @@ impl Metrics {
             queue_wait: Histogram::new(exponential_buckets(0.000_1, 2.5, 14)),
             throughput: Gauge::default(),
             queue_pairs: Gauge::default(),
+            batches_in_flight: Gauge::default(),
             tokenizer_queue: Gauge::default(),
             active_replicas: Gauge::default(),
             active_tokenizers: Gauge::default(),
@@ -194,6 +197,11 @@ impl Metrics {
             "inference_queue_size",
             "Pairs waiting for a batch",
             m.queue_pairs.clone(),
+        );
+        registry.register(
+            "inference_batches_in_flight",
+            "Batches sent to model replicas and not yet answered",
+            m.batches_in_flight.clone(),
         );
         registry.register(
             "tokenizer_pool_queue_size",

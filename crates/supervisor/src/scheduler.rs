@@ -197,6 +197,7 @@ impl Actor {
             }
         }
         self.metrics.queue_pairs.set(self.queue.len() as i64);
+        self.publish_inflight();
     }
 
     fn finish(&mut self, batch: InFlight, result: Result<WorkerReply, WorkerFailure>) {
@@ -285,6 +286,11 @@ impl Actor {
         for pair in pairs.into_iter().rev() {
             self.queue.push_front(pair);
         }
+    }
+
+    fn publish_inflight(&self) {
+        let total: usize = self.inflight.iter().sum();
+        self.metrics.batches_in_flight.set(total as i64);
     }
 
     /// Sends every batch that should go now; returns when to look again if
@@ -386,6 +392,7 @@ impl Actor {
         frame::encode_token_batch(&batch, &mut payload);
         let reply = replica.submit(FrameKind::TokenBatch, pairs.len() as u32, payload);
         self.inflight[r] += 1;
+        self.publish_inflight();
         self.isolated[r] = pairs.first().is_some_and(|p| p.group.is_some());
         let events = self.events.clone();
         let batch = InFlight {

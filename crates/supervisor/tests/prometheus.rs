@@ -74,6 +74,7 @@ fn the_dashboard_is_well_formed() {
         "inference_pairs_total",
         "inference_request_duration_seconds_bucket",
         "inference_queue_size",
+        "inference_batches_in_flight",
         "inference_queue_wait_time_seconds_bucket",
         "inference_batch_size_sum",
         "inference_batch_tokens_sum",

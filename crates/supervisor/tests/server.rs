@@ -257,6 +257,31 @@ async fn many_concurrent_clients_get_complete_correct_answers() {
     expect_engine_scores(tasks, &requests, &want, "concurrent request").await;
 }
 
+/// Waits (at most a minute) until no pair is queued and no batch is on a
+/// replica; returns the pairs scored by then.
+async fn wait_until_idle(port: u16) -> f64 {
+    let state = || {
+        (
+            support::metric(port, "inference_pairs_total"),
+            support::metric(port, "inference_queue_size"),
+            support::metric(port, "inference_batches_in_flight"),
+        )
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (scored, queued, in_flight) = state();
+        if queued == 0.0 && in_flight == 0.0 {
+            return scored;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "work still queued or running: {:?}",
+            state()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerank_stream_answers_each_pair_and_cancels() {
     let server = Server::start(&["--replicas", "1", "--tokenizers", "1"]);
@@ -314,36 +339,24 @@ async fn rerank_stream_answers_each_pair_and_cancels() {
         .unwrap()
         .into_inner();
     assert!(inbound.message().await.unwrap().is_some());
-    drop(inbound);
-    feeder.abort();
-    // The server drops the stream's remaining work: scoring stops and the queue empties.
-    let pairs_scored = || {
-        let port = server.http_port;
-        (
-            support::metric(port, "inference_pairs_total"),
-            support::metric(port, "inference_queue_size"),
-        )
-    };
-    // Batches already on the replica finish; nothing new starts after them.
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    let before = loop {
-        let (scored, queued) = pairs_scored();
-        if queued == 0.0 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if pairs_scored() == (scored, 0.0) {
-                break scored;
-            }
-        }
+    let port = server.http_port;
+    let in_flight = || support::metric(port, "inference_batches_in_flight");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while in_flight() < 1.0 {
         assert!(
             std::time::Instant::now() < until,
-            "cancelled work still queued or running: {:?}",
-            pairs_scored()
+            "a busy replica shows no batch in flight"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(inbound);
+    feeder.abort();
+    // The server drops the stream's remaining work: the queue empties, the
+    // batches already on the replica finish, and nothing new starts.
+    let before = wait_until_idle(port).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        pairs_scored().0,
+        wait_until_idle(port).await,
         before,
         "the server kept scoring a cancelled stream"
     );
@@ -729,8 +742,7 @@ async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed()
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     let scored = || support::metric(server.http_port, "inference_pairs_total");
     // Batches already on the replica finish; the rest are dropped.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let settled = scored();
+    let settled = wait_until_idle(server.http_port).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(scored(), settled, "scoring went on after the deadline");
     assert!(
