@@ -1,7 +1,7 @@
 //! The model worker process's main loop (`ce-model-worker`, built with the
 //! supervisor package so the three executables sit side by side).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ce_common::control::Role;
 use ce_common::frame::{self, ERROR_INTERNAL, FrameKind};
@@ -33,13 +33,53 @@ pub enum ProcessError {
 /// tests set it; unset (always, in production) it costs nothing.
 pub const FAULT_ABORT_TOKEN_ENV: &str = "CE_FAULT_ABORT_TOKEN";
 
-fn fault_injection_token() -> Option<u32> {
-    let token = std::env::var(FAULT_ABORT_TOKEN_ENV).ok()?.parse().ok()?;
-    tracing::warn!(
-        token,
-        "fault injection on: aborting on batches holding this token"
-    );
-    Some(token)
+/// Environment variable `TOKEN:MS` that makes a model worker sleep MS
+/// milliseconds before scoring any batch holding token id TOKEN: a slow
+/// replica on demand, for the deadline tests. Only tests set it.
+pub const FAULT_DELAY_TOKEN_ENV: &str = "CE_FAULT_DELAY_TOKEN";
+
+/// Test-only faults on marker inputs (see the two variables above).
+#[derive(Debug, Default)]
+struct FaultInjection {
+    abort_on: Option<u32>,
+    delay_on: Option<(u32, Duration)>,
+}
+
+impl FaultInjection {
+    fn from_env() -> Self {
+        let abort_on = std::env::var(FAULT_ABORT_TOKEN_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok());
+        if let Some(token) = abort_on {
+            tracing::warn!(
+                token,
+                "fault injection on: aborting on batches holding this token"
+            );
+        }
+        let delay_on = std::env::var(FAULT_DELAY_TOKEN_ENV).ok().and_then(|v| {
+            let (token, ms) = v.split_once(':')?;
+            Some((token.parse().ok()?, Duration::from_millis(ms.parse().ok()?)))
+        });
+        if let Some((token, delay)) = delay_on {
+            tracing::warn!(
+                token,
+                ?delay,
+                "fault injection on: delaying batches holding this token"
+            );
+        }
+        Self { abort_on, delay_on }
+    }
+
+    fn apply(&self, input_ids: &[u32]) {
+        if self.abort_on.is_some_and(|t| input_ids.contains(&t)) {
+            std::process::abort();
+        }
+        if let Some((token, delay)) = self.delay_on
+            && input_ids.contains(&token)
+        {
+            std::thread::sleep(delay);
+        }
+    }
 }
 
 /// Connects to the supervisor that started this process, loads the model
@@ -86,16 +126,11 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         "model replica ready"
     );
     let labels = engine.info().num_labels;
-    let poison = fault_injection_token();
+    let faults = FaultInjection::from_env();
     session.serve(|_, payload, out| {
         let scored = frame::decode_token_batch(payload)
             .map_err(|e| e.to_string())
-            .inspect(|batch| {
-                if poison.is_some_and(|t| batch.input_ids.contains(&t)) {
-                    // Test-only crash on a marker input (see `fault_injection_token`).
-                    std::process::abort();
-                }
-            })
+            .inspect(|batch| faults.apply(&batch.input_ids))
             .and_then(|batch| engine.score(&batch).map_err(|e| e.to_string()));
         match scored {
             Ok(scores) => {

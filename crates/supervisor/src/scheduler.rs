@@ -401,16 +401,7 @@ impl Actor {
         };
         let (replica, deadline) = (replica.clone(), self.config.deadline);
         tokio::spawn(async move {
-            let mut reply = reply;
-            let result = match tokio::time::timeout(deadline, &mut reply).await {
-                Ok(r) => r.unwrap_or(Err(WorkerFailure::Died)),
-                Err(_) => {
-                    // Hung (or far too slow): kill it; its batches then fail
-                    // as Died and go back to the queue.
-                    replica.kill(&format!("batch over its deadline of {deadline:?}"));
-                    reply.await.unwrap_or(Err(WorkerFailure::Died))
-                }
-            };
+            let result = replica.reply_within(reply, deadline, "batch").await;
             let _ = events.send(Event::Done {
                 replica: r,
                 batch,

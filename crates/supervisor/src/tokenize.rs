@@ -102,28 +102,23 @@ impl WorkerPool {
                 continue;
             };
             let sent = Instant::now();
-            let mut reply = worker.submit(
+            let reply = worker.submit(
                 FrameKind::TextJob,
                 job.passages.len() as u32,
                 payload.clone(),
             );
-            let reply = match tokio::time::timeout(self.deadline, &mut reply).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let deadline = self.deadline;
-                    worker.kill(&format!("tokenize job over its deadline of {deadline:?}"));
-                    reply.await
-                }
-            };
-            match reply {
-                Ok(Ok(reply)) => {
+            match worker
+                .reply_within(reply, self.deadline, "tokenize job")
+                .await
+            {
+                Ok(reply) => {
                     let m = &self.metrics;
                     m.observe_stage(Stage::Tokenize, reply.work.as_secs_f64());
                     let transfer = sent.elapsed().saturating_sub(reply.work);
                     m.observe_stage(Stage::Ring, transfer.as_secs_f64());
                     return decode_reply(reply.kind, &reply.payload);
                 }
-                Ok(Err(WorkerFailure::Died)) | Err(_) => {
+                Err(WorkerFailure::Died) => {
                     deaths += 1;
                     if suspect {
                         let first = job.first_index as usize;

@@ -141,6 +141,10 @@ struct Inner {
     shutdown: mpsc::UnboundedSender<u64>,
     stopping: AtomicBool,
     heartbeats: AtomicU64,
+    /// When the handle was made; the origin of `last_reply_us`.
+    born: Instant,
+    /// When the worker last answered a job, in µs since `born`.
+    last_reply_us: AtomicU64,
     /// `None` for a slot whose worker failed to start.
     pidfd: Option<Arc<OwnedFd>>,
     /// Why the worker of this slot failed to start, if it did.
@@ -231,6 +235,8 @@ impl WorkerHandle {
             shutdown,
             stopping: AtomicBool::new(false),
             heartbeats: AtomicU64::new(0),
+            born: Instant::now(),
+            last_reply_us: AtomicU64::new(0),
             pidfd: Some(pidfd.clone()),
             start_error: None,
             rings,
@@ -274,6 +280,8 @@ impl WorkerHandle {
                 shutdown,
                 stopping: AtomicBool::new(false),
                 heartbeats: AtomicU64::new(0),
+                born: Instant::now(),
+                last_reply_us: AtomicU64::new(0),
                 pidfd: None,
                 start_error: Some(error),
                 rings: None,
@@ -305,6 +313,41 @@ impl WorkerHandle {
             let _ = job.reply.send(Err(WorkerFailure::Died));
         }
         rx
+    }
+
+    /// Awaits `reply` (from [`submit`](Self::submit), called just before)
+    /// and SIGKILLs the worker if it holds the job longer than `deadline`.
+    ///
+    /// A worker takes its jobs one at a time, in order, so a job starts when
+    /// the one before it is answered: the clock runs from the later of the
+    /// call and the worker's last answer. A job queued behind a slow one is
+    /// not blamed for the wait, which under CPU contention (a busy host, a
+    /// noisy neighbour) used to get a healthy replica killed.
+    pub async fn reply_within(
+        &self,
+        mut reply: oneshot::Receiver<Result<WorkerReply, WorkerFailure>>,
+        deadline: Duration,
+        what: &str,
+    ) -> Result<WorkerReply, WorkerFailure> {
+        let sent = Instant::now();
+        let mut due = sent + deadline;
+        loop {
+            match tokio::time::timeout_at(due.into(), &mut reply).await {
+                Ok(r) => return r.unwrap_or(Err(WorkerFailure::Died)),
+                Err(_) => {
+                    let last_reply = self.inner.born
+                        + Duration::from_micros(self.inner.last_reply_us.load(Ordering::Acquire));
+                    let started = sent.max(last_reply);
+                    if started + deadline > Instant::now() {
+                        due = started + deadline;
+                        continue;
+                    }
+                    // Hung (or far too slow): its jobs then fail as Died.
+                    self.kill(&format!("{what} over its deadline of {deadline:?}"));
+                    return reply.await.unwrap_or(Err(WorkerFailure::Died));
+                }
+            }
+        }
     }
 
     /// Jobs sent and not yet answered.
@@ -460,6 +503,9 @@ async fn reader(
                 match waiter {
                     Some(w) => {
                         inner.outstanding.fetch_sub(1, Ordering::AcqRel);
+                        inner
+                            .last_reply_us
+                            .store(inner.born.elapsed().as_micros() as u64, Ordering::Release);
                         let reply = WorkerReply {
                             kind: header.kind,
                             count: header.count,

@@ -608,7 +608,13 @@ async fn killed_workers_are_replaced_and_no_request_fails() {
             (
                 format!("query {r} about rust"),
                 (0..40)
-                    .map(|d| format!("document {d} of {r} on memory safety"))
+                    // ~60 tokens: the load must outlast the first kill.
+                    .map(|d| {
+                        format!(
+                            "document {d} of {r} on memory safety {}",
+                            "with ownership and borrowing rules ".repeat(9)
+                        )
+                    })
                     .collect(),
             )
         })
@@ -618,6 +624,12 @@ async fn killed_workers_are_replaced_and_no_request_fails() {
     // SIGKILL the model worker mid-load, then the tokenizer worker.
     for name in ["ce-model-worker", "ce-tokenizer-w"] {
         tokio::time::sleep(Duration::from_millis(400)).await;
+        if name == "ce-model-worker" {
+            assert!(
+                tasks.iter().any(|t| !t.is_finished()),
+                "every request answered before the kill: the load is too small to test anything"
+            );
+        }
         let (pid, _) = server
             .workers()
             .into_iter()
@@ -630,12 +642,25 @@ async fn killed_workers_are_replaced_and_no_request_fails() {
         .unwrap();
     }
     expect_engine_scores(tasks, &requests, &want, "request across a worker death").await;
-    let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
-    for role in ["model", "tokenizer"] {
+    // The tokenizer's replacement may still be starting when the last
+    // answer arrives (the model worker had finished its tokens).
+    let restarts = |role: &str| {
+        support::metric(
+            server.http_port,
+            &format!("worker_restarts_total{{role=\"{role}\"}}"),
+        )
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while (restarts("model"), restarts("tokenizer")) != (1.0, 1.0) {
         assert!(
-            metrics.contains(&format!("worker_restarts_total{{role=\"{role}\"}} 1")),
-            "{metrics}"
+            std::time::Instant::now() < until
+                && restarts("model") <= 1.0
+                && restarts("tokenizer") <= 1.0,
+            "restarts: model {}, tokenizer {}",
+            restarts("model"),
+            restarts("tokenizer")
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(server.workers().len(), 2, "both slots are filled again");
 }
@@ -682,8 +707,15 @@ async fn a_hung_replica_is_killed_at_the_batch_deadline_and_replaced() {
         "--batch-deadline-ms",
         "1500",
     ]);
+    // ~100 tokens each: the request must still be running when the
+    // replica is stopped 100 ms in, however fast the machine.
     let documents: Vec<String> = (0..64)
-        .map(|d| format!("document {d} about hanging workers"))
+        .map(|d| {
+            format!(
+                "document {d} about hanging workers {}",
+                "and the deadlines that find them ".repeat(15)
+            )
+        })
         .collect();
     let want = engine_logits_for("hang", &documents);
     let mut client = server.client().await;
@@ -719,6 +751,70 @@ async fn a_hung_replica_is_killed_at_the_batch_deadline_and_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_queued_behind_a_slow_one_is_not_blamed_for_the_wait() {
+    // Batches holding "tortoise" take 900 ms on the replica. Two of them go
+    // to it at once: the second is answered 1.8 s after it was sent, but
+    // the replica held it for only 0.9 s of the 1.5 s deadline.
+    let tokenizer = tokenizer_worker::PairTokenizer::from_file(
+        &support::model_dir().join("tokenizer.json"),
+        512,
+    )
+    .unwrap();
+    let (ids, _) = tokenizer
+        .encode_pair("tortoise", "x", Default::default())
+        .unwrap();
+    let slow_token = ids[1];
+    let server = Server::spawn_with_env(
+        &[
+            "--replicas",
+            "1",
+            "--tokenizers",
+            "1",
+            "--max-batch-size",
+            "1",
+            "--max-inflight-per-replica",
+            "2",
+            "--batch-deadline-ms",
+            "1500",
+        ],
+        &support::bin_dir(),
+        &[("CE_FAULT_DELAY_TOKEN", format!("{slow_token}:900"))],
+    );
+    server.wait_ready(Duration::from_secs(60));
+    let replica = server
+        .workers()
+        .into_iter()
+        .find(|(_, n)| n == "ce-model-worker");
+    let requests: Vec<(String, Vec<String>)> = (0..2)
+        .map(|r| ("tortoise".to_string(), vec![format!("slow document {r}")]))
+        .collect();
+    let want = engine_logits(&flatten(&requests));
+    let tasks = start_requests(&server, &requests).await;
+    let port = server.http_port;
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while support::metric(port, "inference_batches_in_flight") < 2.0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the two slow batches were never on the replica together"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    expect_engine_scores(tasks, &requests, &want, "slow batch").await;
+    assert_eq!(
+        support::metric(port, "worker_restarts_total{role=\"model\"}"),
+        0.0,
+        "a healthy replica was killed"
+    );
+    assert_eq!(
+        server
+            .workers()
+            .into_iter()
+            .find(|(_, n)| n == "ce-model-worker"),
+        replica
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed() {
     let server = Server::start(&[
         "--replicas",
@@ -730,7 +826,12 @@ async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed()
     ]);
     let mut client = server.client().await;
     let documents: Vec<String> = (0..1024)
-        .map(|d| format!("document {d} that will never be scored in time"))
+        .map(|d| {
+            format!(
+                "document {d} that will never be scored in time {}",
+                "because the deadline is short ".repeat(10)
+            )
+        })
         .collect();
     let mut request = tonic::Request::new(RerankRequest {
         query: "late".into(),
@@ -1313,7 +1414,16 @@ async fn a_full_queue_refuses_at_once_with_resource_exhausted() {
         "--max-queue-pairs",
         "100",
     ]);
-    let documents: Vec<String> = (0..100).map(|d| format!("queued document {d}")).collect();
+    // ~250 tokens each, so the admitted request holds the queue for
+    // seconds, not the ~60 ms margin short documents left.
+    let documents: Vec<String> = (0..100)
+        .map(|d| {
+            format!(
+                "queued document {d} {}",
+                "that keeps the only replica busy for a while ".repeat(25)
+            )
+        })
+        .collect();
     let mut client = server.client().await;
     let first = {
         let mut client = client.clone();
@@ -1321,6 +1431,10 @@ async fn a_full_queue_refuses_at_once_with_resource_exhausted() {
         tokio::spawn(async move { client.score(request).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !first.is_finished(),
+        "the filling request is already answered"
+    );
     let asked = std::time::Instant::now();
     let status = client
         .score(score_request("more", &documents[..10]))
