@@ -257,6 +257,20 @@ async fn many_concurrent_clients_get_complete_correct_answers() {
     expect_engine_scores(tasks, &requests, &want, "concurrent request").await;
 }
 
+/// The token id of a one-token word (for the workers' test faults).
+fn token_of(word: &str) -> u32 {
+    let tokenizer = tokenizer_worker::PairTokenizer::from_file(
+        &support::model_dir().join("tokenizer.json"),
+        512,
+    )
+    .unwrap();
+    let (ids, _) = tokenizer
+        .encode_pair(word, "x", Default::default())
+        .unwrap();
+    assert_eq!(ids.len(), 5, "{word} is not one token: {ids:?}");
+    ids[1]
+}
+
 /// Waits (at most a minute) until no pair is queued and no batch is on a
 /// replica; returns the pairs scored by then.
 async fn wait_until_idle(port: u16) -> f64 {
@@ -752,18 +766,10 @@ async fn a_hung_replica_is_killed_at_the_batch_deadline_and_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_queued_behind_a_slow_one_is_not_blamed_for_the_wait() {
-    // Batches holding "tortoise" take 900 ms on the replica. Two of them go
+    // Batches holding "turtle" take 900 ms on the replica. Two of them go
     // to it at once: the second is answered 1.8 s after it was sent, but
     // the replica held it for only 0.9 s of the 1.5 s deadline.
-    let tokenizer = tokenizer_worker::PairTokenizer::from_file(
-        &support::model_dir().join("tokenizer.json"),
-        512,
-    )
-    .unwrap();
-    let (ids, _) = tokenizer
-        .encode_pair("tortoise", "x", Default::default())
-        .unwrap();
-    let slow_token = ids[1];
+    let slow_token = token_of("turtle");
     let server = Server::spawn_with_env(
         &[
             "--replicas",
@@ -786,7 +792,7 @@ async fn a_batch_queued_behind_a_slow_one_is_not_blamed_for_the_wait() {
         .into_iter()
         .find(|(_, n)| n == "ce-model-worker");
     let requests: Vec<(String, Vec<String>)> = (0..2)
-        .map(|r| ("tortoise".to_string(), vec![format!("slow document {r}")]))
+        .map(|r| ("turtle".to_string(), vec![format!("slow document {r}")]))
         .collect();
     let want = engine_logits(&flatten(&requests));
     let tasks = start_requests(&server, &requests).await;
@@ -949,15 +955,7 @@ async fn a_replica_that_cannot_start_is_reported_and_the_rest_serve() {
 async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
     // The model worker aborts on any batch holding the token of "zebra";
     // the tokenizer worker on any job holding "giraffe".
-    let tokenizer = tokenizer_worker::PairTokenizer::from_file(
-        &support::model_dir().join("tokenizer.json"),
-        512,
-    )
-    .unwrap();
-    let (ids, _) = tokenizer
-        .encode_pair("zebra", "x", Default::default())
-        .unwrap();
-    let poison_token = ids[1];
+    let poison_token = token_of("zebra");
     let env = [
         ("CE_FAULT_ABORT_TOKEN", poison_token.to_string()),
         ("CE_FAULT_ABORT_TEXT", "giraffe".to_string()),
