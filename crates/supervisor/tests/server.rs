@@ -271,6 +271,16 @@ fn token_of(word: &str) -> u32 {
     ids[1]
 }
 
+/// Waits (at most 10 s, else fails with `why`) until at least `n` batches
+/// are on replicas.
+async fn wait_for_batches_in_flight(port: u16, n: usize, why: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while support::metric(port, "inference_batches_in_flight") < n as f64 {
+        assert!(std::time::Instant::now() < until, "{why}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits (at most a minute) until no pair is queued and no batch is on a
 /// replica; returns the pairs scored by then.
 async fn wait_until_idle(port: u16) -> f64 {
@@ -354,15 +364,7 @@ async fn rerank_stream_answers_each_pair_and_cancels() {
         .into_inner();
     assert!(inbound.message().await.unwrap().is_some());
     let port = server.http_port;
-    let in_flight = || support::metric(port, "inference_batches_in_flight");
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while in_flight() < 1.0 {
-        assert!(
-            std::time::Instant::now() < until,
-            "a busy replica shows no batch in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_batches_in_flight(port, 1, "a busy replica shows no batch in flight").await;
     drop(inbound);
     feeder.abort();
     // The server drops the stream's remaining work: the queue empties, the
@@ -770,7 +772,7 @@ async fn a_batch_queued_behind_a_slow_one_is_not_blamed_for_the_wait() {
     // to it at once: the second is answered 1.8 s after it was sent, but
     // the replica held it for only 0.9 s of the 1.5 s deadline.
     let slow_token = token_of("turtle");
-    let server = Server::spawn_with_env(
+    let server = Server::start_with_env(
         &[
             "--replicas",
             "1",
@@ -783,10 +785,8 @@ async fn a_batch_queued_behind_a_slow_one_is_not_blamed_for_the_wait() {
             "--batch-deadline-ms",
             "1500",
         ],
-        &support::bin_dir(),
         &[("CE_FAULT_DELAY_TOKEN", format!("{slow_token}:900"))],
     );
-    server.wait_ready(Duration::from_secs(60));
     let replica = server
         .workers()
         .into_iter()
@@ -797,14 +797,12 @@ async fn a_batch_queued_behind_a_slow_one_is_not_blamed_for_the_wait() {
     let want = engine_logits(&flatten(&requests));
     let tasks = start_requests(&server, &requests).await;
     let port = server.http_port;
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    while support::metric(port, "inference_batches_in_flight") < 2.0 {
-        assert!(
-            std::time::Instant::now() < until,
-            "the two slow batches were never on the replica together"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_batches_in_flight(
+        port,
+        2,
+        "the two slow batches were never on the replica together",
+    )
+    .await;
     expect_engine_scores(tasks, &requests, &want, "slow batch").await;
     assert_eq!(
         support::metric(port, "worker_restarts_total{role=\"model\"}"),
@@ -960,7 +958,7 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
         ("CE_FAULT_ABORT_TOKEN", poison_token.to_string()),
         ("CE_FAULT_ABORT_TEXT", "giraffe".to_string()),
     ];
-    let server = Server::spawn_with_env(
+    let server = Server::start_with_env(
         &[
             "--replicas",
             "1",
@@ -971,10 +969,8 @@ async fn poison_input_fails_alone_and_its_batch_mates_succeed() {
             "--tokenize-chunk",
             "8",
         ],
-        &support::bin_dir(),
         &env,
     );
-    server.wait_ready(Duration::from_secs(60));
     let bystanders: Vec<String> = (0..24)
         .map(|d| format!("bystander document {d} about memory"))
         .collect();

@@ -78,7 +78,12 @@ impl Server {
 
     /// Starts the server and waits until `/health` says it serves.
     pub fn start(args: &[&str]) -> Self {
-        let server = Self::spawn(args, &bin_dir());
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (workers inherit them).
+    pub fn start_with_env(args: &[&str], env: &[(&str, String)]) -> Self {
+        let server = Self::spawn_with_env(args, &bin_dir(), env);
         server.wait_ready(Duration::from_secs(60));
         server
     }
