@@ -1,10 +1,12 @@
-//! A `ce-supervisor` started by a benchmark: found beside the running
-//! executable, on free loopback ports, stopped (SIGTERM) when dropped;
-//! and the process tree it owns, for per-process figures.
+//! The harness that starts a real `ce-supervisor` process, for the
+//! benchmarks and the integration tests alike: found beside the running
+//! executable (or one directory up, where test binaries live), listening
+//! on ports it picks itself (port 0, learnt through `--addr-file`, so two
+//! servers never race for one), stopped when dropped; and the process tree
+//! it owns, for per-process figures.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use ce_proto::v1::RerankRequest;
@@ -28,46 +30,170 @@ pub enum ServerError {
     Exited(std::process::ExitStatus),
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// What dropping a [`Supervisor`] does to the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDrop {
+    /// SIGTERM, then wait for it to drain and exit (benchmarks).
+    #[default]
+    Terminate,
+    /// SIGKILL (tests: whatever state it is in, it goes now).
+    Kill,
 }
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// `--model`.
+    pub model: String,
+    /// Further flags.
+    pub args: Vec<String>,
+    /// Extra environment variables (the workers inherit them).
+    pub env: Vec<(String, String)>,
+    /// `--worker-dir` (default: beside `ce-supervisor`).
+    pub worker_dir: Option<PathBuf>,
+    /// What dropping the handle does.
+    pub on_drop: OnDrop,
+}
+
+/// The `ce-supervisor` executable: beside the running one, or one directory
+/// up (test binaries run from `target/<profile>/deps`).
+pub fn supervisor_exe() -> Result<PathBuf, ServerError> {
+    let here = std::env::current_exe()?;
+    let beside = here.with_file_name("ce-supervisor");
+    let above = here
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("ce-supervisor"));
+    [Some(beside.clone()), above]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .ok_or(ServerError::Missing(beside))
+}
+
+/// The workspace's root (the default model lives under it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// How long a new server may take to write its addresses.
+const LISTEN_WAIT: Duration = Duration::from_secs(60);
 
 /// A running `ce-supervisor`.
 #[derive(Debug)]
 pub struct Supervisor {
-    child: Child,
+    /// The process (taken by a test that kills it itself).
+    pub child: Option<Child>,
     /// The gRPC endpoint (`http://127.0.0.1:PORT`).
     pub grpc: String,
+    /// The gRPC port.
+    pub grpc_port: u16,
     /// The HTTP port.
     pub http_port: u16,
+    on_drop: OnDrop,
+    /// Holds the address file.
+    _scratch: tempfile::TempDir,
 }
 
 impl Supervisor {
-    /// Starts `ce-supervisor --model MODEL ARGS…` on free loopback ports.
+    /// Starts `ce-supervisor --model MODEL ARGS…` on free loopback ports;
+    /// SIGTERM when dropped.
     pub fn start(model: &str, args: &[String]) -> Result<Self, ServerError> {
-        let exe = std::env::current_exe()?.with_file_name("ce-supervisor");
-        if !exe.exists() {
-            return Err(ServerError::Missing(exe));
+        Self::launch(Launch {
+            model: model.into(),
+            args: args.to_vec(),
+            ..Launch::default()
+        })
+    }
+
+    /// Starts a server as `launch` says and returns once both its ports
+    /// listen (it may still be loading: see [`Supervisor::wait_ready`]).
+    pub fn launch(launch: Launch) -> Result<Self, ServerError> {
+        let exe = supervisor_exe()?;
+        let scratch = tempfile::tempdir()?;
+        let addr_file = scratch.path().join("addrs.json");
+        let mut command = Command::new(exe);
+        command
+            .args(["--model", &launch.model])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .arg("--addr-file")
+            .arg(&addr_file);
+        if let Some(dir) = &launch.worker_dir {
+            command.arg("--worker-dir").arg(dir);
         }
-        let (grpc, http) = (free_port()?, free_port()?);
-        let child = Command::new(exe)
-            .args(["--model", model])
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(args)
+        let child = command
+            .args(&launch.args)
             .env("CE_LOG", std::env::var("CE_LOG").unwrap_or("warn".into()))
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn()?;
-        Ok(Self {
-            child,
-            grpc: format!("http://127.0.0.1:{grpc}"),
-            http_port: http,
-        })
+        let mut server = Self {
+            child: Some(child),
+            grpc: String::new(),
+            grpc_port: 0,
+            http_port: 0,
+            on_drop: launch.on_drop,
+            _scratch: scratch,
+        };
+        let (grpc, http) = server.wait_for_addrs(&addr_file)?;
+        server.grpc = format!("http://127.0.0.1:{grpc}");
+        (server.grpc_port, server.http_port) = (grpc, http);
+        Ok(server)
+    }
+
+    fn wait_for_addrs(&mut self, path: &Path) -> Result<(u16, u16), ServerError> {
+        let until = Instant::now() + LISTEN_WAIT;
+        let port = |v: &serde_json::Value, key: &str| {
+            v.get(key)?
+                .as_str()?
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.port())
+        };
+        loop {
+            if let Some(v) = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                && let (Some(grpc), Some(http)) = (port(&v, "grpc"), port(&v, "http"))
+            {
+                return Ok((grpc, http));
+            }
+            if let Some(status) = self.child_mut()?.try_wait()? {
+                return Err(ServerError::Exited(status));
+            }
+            if Instant::now() > until {
+                return Err(ServerError::NotReady(LISTEN_WAIT));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn child_mut(&mut self) -> Result<&mut Child, ServerError> {
+        self.child
+            .as_mut()
+            .ok_or_else(|| ServerError::Io(std::io::Error::other("the process was taken")))
     }
 
     /// The supervisor's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits until `/health` says it serves.
+    pub fn wait_ready(&self, limit: Duration) -> Result<(), ServerError> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if http_get(self.http_port, "/health").is_ok_and(|(status, _)| status == 200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ServerError::NotReady(limit))
+    }
+
+    /// A gRPC client (the server may still be loading).
+    pub async fn client(&self) -> Result<CrossEncoderClient<Channel>, tonic::transport::Error> {
+        CrossEncoderClient::connect(self.grpc.clone()).await
     }
 
     /// Waits until a one-pair request is answered; returns a client.
@@ -77,7 +203,7 @@ impl Supervisor {
     ) -> Result<CrossEncoderClient<Channel>, ServerError> {
         let until = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.child_mut()?.try_wait()? {
                 return Err(ServerError::Exited(status));
             }
             if let Ok(mut c) = CrossEncoderClient::connect(self.grpc.clone()).await {
@@ -100,16 +226,8 @@ impl Supervisor {
     /// The samples of `/metrics` whose line starts with `prefix`, summed
     /// (0 when absent or unreachable).
     pub fn metric_sum(&self, prefix: &str) -> f64 {
-        use std::io::{Read, Write};
-        let fetch = || -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http_port))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        };
-        fetch()
+        http_get(self.http_port, "/metrics")
+            .map(|(_, body)| body)
             .unwrap_or_default()
             .lines()
             .filter(|l| l.starts_with(prefix))
@@ -124,15 +242,92 @@ impl Supervisor {
         all.extend(children(pid).into_iter().map(Process::read));
         all
     }
+
+    /// The worker processes (pid, executable name).
+    pub fn workers(&self) -> Vec<(u32, String)> {
+        children(self.pid())
+            .into_iter()
+            .map(Process::read)
+            .map(|p| (p.pid, p.name))
+            .collect()
+    }
+
+    /// SIGTERM, then the exit status within `limit` (SIGKILL past it).
+    pub fn terminate(&mut self, limit: Duration) -> Result<ExitStatus, ServerError> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| ServerError::Io(std::io::Error::other("the process was taken")))?;
+        signal(&child, rustix::process::Signal::TERM);
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ServerError::NotReady(limit));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if let Some(mut child) = self.child.take() {
+            match self.on_drop {
+                OnDrop::Terminate => signal(&child, rustix::process::Signal::TERM),
+                OnDrop::Kill => {
+                    let _ = child.kill();
+                }
+            }
+            let _ = child.wait();
         }
-        let _ = self.child.wait();
     }
+}
+
+/// A minimal HTTP/1.1 GET on loopback: `(status, body)`.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http(port, "GET", path, None)
+}
+
+/// A minimal HTTP/1.1 client on loopback (a JSON body, if any): `(status,
+/// body)`. Enough for health, metrics and the tests' malformed requests,
+/// which a full client would refuse to send.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let body = json.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// Children of every thread of `pid` (workers are spawned by a thread).

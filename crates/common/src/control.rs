@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the control protocol and ring layout together.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
@@ -32,22 +32,37 @@ pub enum Role {
 }
 
 /// Settings the supervisor sends a worker after the handshake.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerConfig {
-    /// Compute (or tokenizer) threads the worker may use.
-    pub threads: u32,
-    /// Model directory or hub id.
-    pub model: String,
-    /// Weight precision (model workers).
-    pub dtype: String,
-    /// Device (model workers).
-    pub device: String,
     /// Longest pair in tokens.
     pub max_length: u32,
     /// Heartbeat period in milliseconds.
     pub heartbeat_ms: u64,
-    /// Attention layout (model workers): `grouped`, `single` or `padded`.
-    pub attention: String,
+    /// What the worker serves, by role.
+    pub job: WorkerJob,
+}
+
+/// What one worker serves: typed per role, so neither side parses a
+/// setting the other wrote as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerJob {
+    /// A tokenizer worker: which `tokenizer.json` to load.
+    Tokenizer {
+        /// Path of the model's `tokenizer.json`.
+        tokenizer: std::path::PathBuf,
+    },
+    /// A model replica: model, dtype, device, attention layout, threads.
+    Model(ce_model_spec::ReplicaSpec),
+}
+
+impl WorkerJob {
+    /// The role a worker serving this job has.
+    pub fn role(&self) -> Role {
+        match self {
+            WorkerJob::Tokenizer { .. } => Role::Tokenizer,
+            WorkerJob::Model(_) => Role::Model,
+        }
+    }
 }
 
 /// A worker's own figures, sent periodically.
@@ -245,9 +260,11 @@ mod tests {
             }
         ));
         let config = ControlMessage::Config(WorkerConfig {
-            threads: 2,
-            model: "m".into(),
-            ..Default::default()
+            max_length: 512,
+            heartbeat_ms: 1000,
+            job: WorkerJob::Tokenizer {
+                tokenizer: "m/tokenizer.json".into(),
+            },
         });
         sup.send(&config).await.unwrap();
         assert_eq!(worker.recv().await.unwrap(), config);

@@ -62,11 +62,6 @@ impl FrameHeader {
     pub fn zeroed() -> Self {
         Zeroable::zeroed()
     }
-
-    /// The kind, if known.
-    pub fn frame_kind(&self) -> Option<FrameKind> {
-        FrameKind::from_u16(self.kind)
-    }
 }
 
 /// What a frame carries.
@@ -254,8 +249,15 @@ impl TextJob {
     }
 }
 
+/// Bytes of the token batch payload of `pairs` pairs holding `tokens`
+/// tokens (at most 2^32 × 8 + 2^34: no overflow in u64).
+pub fn token_batch_len(pairs: usize, tokens: usize) -> u64 {
+    8 + 4 * (pairs as u64 + 1) + 8 * tokens as u64
+}
+
 /// Appends a token batch payload to `out`.
 pub fn encode_token_batch(batch: &TokenBatch, out: &mut Vec<u8>) {
+    out.reserve(token_batch_len(batch.len(), batch.total_tokens()) as usize);
     put_u32s(out, &[batch.len() as u32, batch.total_tokens() as u32]);
     put_u32s(out, &batch.offsets);
     put_u32s(out, &batch.input_ids);
@@ -268,8 +270,7 @@ pub fn decode_token_batch(bytes: &[u8]) -> Result<TokenBatch, FrameError> {
     let mut r = Reader::new(bytes, K);
     let n = r.u32()? as usize;
     let tokens = r.u32()? as usize;
-    // At most 2^32 × 8 + 2^34: no overflow in u64.
-    let expected = 8u64 + 4 * (n as u64 + 1) + 8 * tokens as u64;
+    let expected = token_batch_len(n, tokens);
     if expected != bytes.len() as u64 {
         return Err(err(
             K,
@@ -339,6 +340,47 @@ pub fn decode_error(bytes: &[u8]) -> Result<(u32, String), FrameError> {
     Ok((code, msg.to_string()))
 }
 
+/// A worker's reply, decoded and checked: what the supervisor's worker
+/// clients turn into typed results.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// A tokenizer's packed batch.
+    Tokens(TokenBatch),
+    /// A replica's logits, `[pairs, labels]` row-major.
+    Scores {
+        /// The logits.
+        logits: Vec<f32>,
+        /// Logits per pair.
+        labels: usize,
+    },
+    /// The job failed; `code` says whether the input was at fault
+    /// ([`ERROR_INVALID_INPUT`]) or the worker ([`ERROR_INTERNAL`]).
+    Error {
+        /// The error code.
+        code: u32,
+        /// What the worker said.
+        message: String,
+    },
+}
+
+impl Reply {
+    /// Decodes the payload of a reply frame of kind `kind`.
+    pub fn decode(kind: u16, payload: &[u8]) -> Result<Self, FrameError> {
+        match FrameKind::from_u16(kind) {
+            Some(FrameKind::TokenBatch) => decode_token_batch(payload).map(Reply::Tokens),
+            Some(FrameKind::Scores) => {
+                decode_scores(payload).map(|(logits, labels)| Reply::Scores { logits, labels })
+            }
+            Some(FrameKind::Error) => {
+                decode_error(payload).map(|(code, message)| Reply::Error { code, message })
+            }
+            Some(FrameKind::TextJob) | None => {
+                Err(err("reply", format!("frame kind {kind} is not a reply")))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +412,15 @@ mod tests {
         let mut b = Vec::new();
         encode_error(3, "worker crashed", &mut b);
         assert_eq!(decode_error(&b).unwrap(), (3, "worker crashed".into()));
+        assert_eq!(
+            Reply::decode(FrameKind::Error as u16, &b).unwrap(),
+            Reply::Error {
+                code: 3,
+                message: "worker crashed".into()
+            }
+        );
+        assert!(Reply::decode(FrameKind::TextJob as u16, &b).is_err());
+        assert!(Reply::decode(99, &b).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The tokio side of a ring: waits through `AsyncFd` on the eventfd
-//! doorbells, so no runtime thread ever blocks (DESIGN.md §3).
+//! doorbells, so no runtime thread ever blocks (docs/ARCHITECTURE.md, "The rings").
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;

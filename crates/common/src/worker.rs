@@ -59,7 +59,7 @@ pub enum WorkerError {
 /// What a frame handler produced: the reply's kind and count; its payload
 /// is what the handler wrote into the output buffer.
 #[derive(Debug, Clone, Copy)]
-pub struct Reply {
+pub struct Handled {
     /// Reply frame kind.
     pub kind: FrameKind,
     /// Reply element count (pairs, labels…).
@@ -168,7 +168,7 @@ impl WorkerSession {
     /// control-channel faults.
     pub fn serve<F>(self, mut handler: F) -> Result<(), WorkerError>
     where
-        F: FnMut(&FrameHeader, &[u8], &mut Vec<u8>) -> Reply,
+        F: FnMut(&FrameHeader, &[u8], &mut Vec<u8>) -> Handled,
     {
         let Self {
             role,

@@ -1,46 +1,19 @@
-//! Weight and activation precision, chosen at load time.
-
-use std::fmt;
-use std::str::FromStr;
+//! What a [`WeightDType`] means to the tensor library.
 
 use candle_core::DType;
 use candle_core::quantized::GgmlDType;
+use ce_model_spec::WeightDType;
 
-use crate::error::EngineError;
-
-/// How the model's linear layers are stored and computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
-pub enum WeightDType {
-    /// 32-bit floats throughout (the CPU default, the reference for accuracy).
-    #[default]
-    F32,
-    /// Half precision weights and activations.
-    F16,
-    /// bfloat16 weights and activations.
-    Bf16,
-    /// 8-bit block-quantized weights (ggml Q8_0: 32 weights share one f16 scale); f32 activations.
-    Q8_0,
-    /// 4-bit block-quantized weights (ggml Q4_0); f32 activations.
-    Q4_0,
-    /// 8-bit integer weights (one scale per output channel) times 8-bit
-    /// activations (one scale per token, quantized as each layer runs),
-    /// summed in i32 by AVX-512 VNNI: the fast quantized path, CPU only.
-    I8,
+/// The tensor library's side of a weight dtype.
+pub trait CandleDType {
+    /// The dtype activations (hidden states) are kept in.
+    fn activation_dtype(self) -> DType;
+    /// The ggml block format, for the quantized dtypes.
+    fn ggml(self) -> Option<GgmlDType>;
 }
 
-impl WeightDType {
-    /// Every dtype, in the order benchmarks report them.
-    pub const ALL: [WeightDType; 6] = [
-        WeightDType::F32,
-        WeightDType::F16,
-        WeightDType::Bf16,
-        WeightDType::Q8_0,
-        WeightDType::Q4_0,
-        WeightDType::I8,
-    ];
-
-    /// The dtype activations (hidden states) are kept in.
-    pub fn activation_dtype(self) -> DType {
+impl CandleDType for WeightDType {
+    fn activation_dtype(self) -> DType {
         match self {
             WeightDType::F16 => DType::F16,
             WeightDType::Bf16 => DType::BF16,
@@ -50,62 +23,11 @@ impl WeightDType {
         }
     }
 
-    /// The ggml block format, for the quantized dtypes.
-    pub fn ggml(self) -> Option<GgmlDType> {
+    fn ggml(self) -> Option<GgmlDType> {
         match self {
             WeightDType::Q8_0 => Some(GgmlDType::Q8_0),
             WeightDType::Q4_0 => Some(GgmlDType::Q4_0),
             _ => None,
         }
-    }
-
-    /// The name used on the command line and in metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WeightDType::F32 => "f32",
-            WeightDType::F16 => "f16",
-            WeightDType::Bf16 => "bf16",
-            WeightDType::Q8_0 => "q8_0",
-            WeightDType::Q4_0 => "q4_0",
-            WeightDType::I8 => "i8",
-        }
-    }
-}
-
-impl fmt::Display for WeightDType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for WeightDType {
-    type Err = EngineError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(WeightDType::F32),
-            "f16" | "float16" | "fp16" => Ok(WeightDType::F16),
-            "bf16" | "bfloat16" => Ok(WeightDType::Bf16),
-            "q8_0" | "q8" => Ok(WeightDType::Q8_0),
-            "q4_0" | "q4" | "int4" => Ok(WeightDType::Q4_0),
-            "i8" | "int8" => Ok(WeightDType::I8),
-            _ => Err(EngineError::UnknownDType(s.to_string())),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trips_names() {
-        for d in WeightDType::ALL {
-            assert_eq!(d.as_str().parse::<WeightDType>().unwrap(), d);
-        }
-        assert!(matches!(
-            "q3_k".parse::<WeightDType>(),
-            Err(EngineError::UnknownDType(_))
-        ));
     }
 }

@@ -6,12 +6,9 @@ use ce_common::TokenBatch;
 use tokenizer_worker::{PairTokenizer, Truncation};
 
 use crate::bert::BertCrossEncoder;
-use crate::bert::plan::AttentionLayout;
-use crate::config::{BertConfig, ScoreActivation};
-use crate::device::DeviceSpec;
-use crate::dtype::WeightDType;
 use crate::error::Result;
-use crate::source::ModelFiles;
+use ce_model_spec::ModelFiles;
+use ce_model_spec::{AttentionLayout, DeviceSpec, ModelConfig, ScoreActivation, WeightDType};
 
 /// How to load an engine.
 #[derive(Debug, Clone)]
@@ -73,7 +70,8 @@ pub struct BatchScores {
     pub num_labels: usize,
     /// Row-major `[pairs, num_labels]` raw logits.
     pub logits: Vec<f32>,
-    /// Row-major `[pairs, hidden]` pooled `[CLS]` vectors.
+    /// Row-major `[pairs, hidden]` pooled `[CLS]` vectors: only from
+    /// [`Engine::score_with_pooled`] (fidelity checks), empty otherwise.
     pub pooled: Vec<f32>,
     /// Real tokens in the batch.
     pub tokens: usize,
@@ -105,10 +103,10 @@ impl Engine {
     pub fn load(config: &EngineConfig) -> Result<Self> {
         let started = Instant::now();
         let files = ModelFiles::resolve(&config.model)?;
-        let bert = BertConfig::from_file(&files.config)?;
+        let bert = ModelConfig::from_file(&files.config)?;
         let max_length = config.max_length.min(bert.max_position_embeddings).max(4);
         let tokenizer = PairTokenizer::from_file(&files.tokenizer, max_length)?;
-        let device = config.device.open()?;
+        let device = crate::device::open(config.device)?;
         let model = BertCrossEncoder::load(
             &files.weights,
             bert,
@@ -146,7 +144,7 @@ impl Engine {
     }
 
     /// The model's configuration.
-    pub fn config(&self) -> &BertConfig {
+    pub fn config(&self) -> &ModelConfig {
         self.model.config()
     }
 
@@ -158,11 +156,26 @@ impl Engine {
     /// Scores a packed batch (validated first), in forward passes of at most
     /// `max_forward_tokens` tokens each.
     pub fn score(&self, batch: &TokenBatch) -> Result<BatchScores> {
+        self.forward_all(batch, false)
+    }
+
+    /// [`Engine::score`], also keeping every pair's pooled `[CLS]` vector:
+    /// what a reduced precision's fidelity is measured on.
+    pub fn score_with_pooled(&self, batch: &TokenBatch) -> Result<BatchScores> {
+        self.forward_all(batch, true)
+    }
+
+    fn forward_all(&self, batch: &TokenBatch, keep_pooled: bool) -> Result<BatchScores> {
         batch.validate(&self.model.batch_limits())?;
+        let pooled_len = if keep_pooled {
+            batch.len() * self.info.hidden_size
+        } else {
+            0
+        };
         let mut out = BatchScores {
             num_labels: self.model.num_labels(),
             logits: Vec::with_capacity(batch.len() * self.model.num_labels()),
-            pooled: Vec::with_capacity(batch.len() * self.info.hidden_size),
+            pooled: Vec::with_capacity(pooled_len),
             tokens: batch.total_tokens(),
             attention_slots: 0,
         };
@@ -184,7 +197,9 @@ impl Engine {
                 self.model.forward(&sub)?
             };
             out.logits.extend_from_slice(&part.logits);
-            out.pooled.extend_from_slice(&part.pooled);
+            if keep_pooled {
+                out.pooled.extend_from_slice(&part.pooled);
+            }
             out.attention_slots += part.attention_slots;
             start = end;
         }

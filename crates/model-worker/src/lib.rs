@@ -5,8 +5,8 @@
 //! * [`bert`] — the BERT blocks: on the CPU in f32/i8 on plain slices with
 //!   fused kernels ([`bert::cpu`]), elsewhere on candle (packed linear
 //!   layers, attention by length group); pooler and classifier head.
-//! * [`config`], [`dtype`], [`device`], [`source`] — what to load, in which
-//!   precision, where, and from which files.
+//! * [`dtype`], [`device`] — what the model specification (the
+//!   `ce-model-spec` crate, re-exported here) means to the tensor library.
 //! * [`quant`] — error-minimising Q4_0 weight quantization.
 //! * [`threads`] — the explicit per-process thread count.
 //! * [`process`] — the model worker process's main loop (`ce-model-worker`).
@@ -24,20 +24,19 @@
 #![warn(missing_docs)]
 
 pub mod bert;
-pub mod config;
 pub mod device;
 pub mod dtype;
 pub mod engine;
 pub mod error;
 pub mod process;
 pub mod quant;
-pub mod source;
 pub mod threads;
 
 pub use bert::cpu::int8::{Kernel as Int8Kernel, kernel as int8_kernel};
-pub use bert::plan::AttentionLayout;
-pub use config::{BertConfig, ScoreActivation};
-pub use device::DeviceSpec;
-pub use dtype::WeightDType;
+pub use ce_model_spec::{
+    AttentionLayout, DeviceSpec, ModelConfig, ModelFiles, ReplicaSpec, ScoreActivation, SpecError,
+    WeightDType,
+};
+pub use dtype::CandleDType;
 pub use engine::{BatchScores, Engine, EngineConfig, ModelInfo};
 pub use error::EngineError;

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use ce_common::control::Role;
+use ce_common::control::{Role, WorkerJob};
 use ce_common::frame::{self, ERROR_INTERNAL, FrameKind};
-use ce_common::worker::{Reply, WorkerError, WorkerSession};
+use ce_common::worker::{Handled, WorkerError, WorkerSession};
 
 use crate::error::EngineError;
 use crate::threads::{self, ThreadConfigError};
-use crate::{DeviceSpec, Engine, EngineConfig, WeightDType};
+use crate::{Engine, EngineConfig};
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -92,19 +92,18 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     // SAFETY: forwarded from the caller.
     let session = unsafe { WorkerSession::connect(Role::Model)? };
     let config = session.config().clone();
+    let WorkerJob::Model(replica) = &config.job else {
+        let why = format!("a model worker was sent {:?}", config.job.role());
+        session.refuse(&why);
+        return Err(ProcessError::Config(why));
+    };
     // SAFETY: `connect` ran on this thread alone; no other thread exists yet.
-    unsafe { threads::set_compute_threads(config.threads as usize)? };
-    let mut engine_config = EngineConfig::new(&config.model);
-    engine_config.dtype = config
-        .dtype
-        .parse::<WeightDType>()
-        .map_err(|e| ProcessError::Config(e.to_string()))?;
-    engine_config.device = config
-        .device
-        .parse::<DeviceSpec>()
-        .map_err(|e| ProcessError::Config(e.to_string()))?;
+    unsafe { threads::set_compute_threads(replica.threads)? };
+    let mut engine_config = EngineConfig::new(&replica.model);
+    engine_config.dtype = replica.dtype;
+    engine_config.device = replica.device;
     engine_config.max_length = config.max_length as usize;
-    engine_config.attention = config.attention.parse().map_err(ProcessError::Config)?;
+    engine_config.attention = replica.attention;
     let started = Instant::now();
     let loaded = Engine::load(&engine_config).and_then(|engine| {
         // One pass before Ready, so the first client batch does not pay for
@@ -115,7 +114,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
-            session.refuse(&format!("cannot load {}: {e}", config.model));
+            session.refuse(&format!("cannot load {}: {e}", replica.model));
             return Err(e.into());
         }
     };
@@ -136,7 +135,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
             Ok(scores) => {
                 frame::encode_scores(&scores.logits, labels, out);
                 let pairs = scores.logits.len() / labels.max(1);
-                Reply {
+                Handled {
                     kind: FrameKind::Scores,
                     count: pairs as u32,
                     pairs: pairs as u64,
@@ -145,7 +144,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
             Err(message) => {
                 out.clear();
                 frame::encode_error(ERROR_INTERNAL, &message, out);
-                Reply {
+                Handled {
                     kind: FrameKind::Error,
                     count: 0,
                     pairs: 0,

@@ -3,7 +3,7 @@
 mod support;
 
 use ce_common::{BatchError, TokenBatch};
-use model_worker::{Engine, EngineConfig, EngineError, WeightDType};
+use model_worker::{Engine, EngineConfig, EngineError, SpecError, WeightDType};
 use tokenizer_worker::{TokenizeError, Truncation};
 
 fn engine() -> Engine {
@@ -122,12 +122,15 @@ fn broken_model_directories_are_typed_errors() {
 
     assert!(matches!(
         load("/definitely/not/a/model"),
-        EngineError::ModelDirMissing(_)
+        EngineError::Spec(SpecError::ModelDirMissing(_))
     ));
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_string_lossy().to_string();
-    assert!(matches!(load(&path), EngineError::FileMissing { .. }));
+    assert!(matches!(
+        load(&path),
+        EngineError::Spec(SpecError::FileMissing { .. })
+    ));
 
     // Wrong model type, named in the message.
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "t5"}"#).unwrap();
@@ -143,13 +146,16 @@ fn broken_model_directories_are_typed_errors() {
     .unwrap();
     let e = load(&path);
     assert!(
-        matches!(e, EngineError::UnsupportedModelType(ref t) if t == "t5"),
+        matches!(e, EngineError::Spec(SpecError::UnsupportedModelType(ref t)) if t == "t5"),
         "{e}"
     );
 
     // Config not JSON.
     std::fs::write(dir.path().join("config.json"), "not json").unwrap();
-    assert!(matches!(load(&path), EngineError::Config { .. }));
+    assert!(matches!(
+        load(&path),
+        EngineError::Spec(SpecError::Config { .. })
+    ));
 
     // Config shape disagrees with the weights.
     let config = std::fs::read_to_string(support::model_dir().join("config.json")).unwrap();

@@ -165,7 +165,7 @@ fn reduced_precisions_stay_close_to_f32() {
         .filter(|p| p.kind != "text" || p.id % 6 == 0)
         .collect();
     let batch = batch_of(&pairs);
-    let reference = engine(WeightDType::F32).score(&batch).unwrap();
+    let reference = engine(WeightDType::F32).score_with_pooled(&batch).unwrap();
     let hidden = reference.pooled.len() / pairs.len();
     for (dtype, floor) in [
         (WeightDType::F16, 0.99),
@@ -174,7 +174,7 @@ fn reduced_precisions_stay_close_to_f32() {
         (WeightDType::Q4_0, 0.97),
         (WeightDType::I8, 0.99),
     ] {
-        let scores = engine(dtype).score(&batch).unwrap();
+        let scores = engine(dtype).score_with_pooled(&batch).unwrap();
         let cosines: Vec<f64> = (0..pairs.len())
             .map(|i| {
                 let r = i * hidden..(i + 1) * hidden;

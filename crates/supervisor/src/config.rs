@@ -1,11 +1,14 @@
 //! Settings: built-in defaults, then a TOML file (`--config`), then
 //! `--set key=value` overrides, then flags and their environment variables.
 //! Every key is both a flag (`max_batch_tokens` ↔ `--max-batch-tokens`, env
-//! `CE_MAX_BATCH_TOKENS`) and a key in the file.
+//! `CE_MAX_BATCH_TOKENS`) and a key in the file, declared once in the
+//! `settings!` list below. Values are typed as they are read (a dtype is a
+//! [`WeightDType`]), so a bad one is refused here, with its key.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use ce_model_spec::{AttentionLayout, DeviceSpec, ReplicaSpec, WeightDType};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -32,119 +35,203 @@ pub struct Instance {
     /// Model directory or hub id (default: `model`).
     pub model: Option<String>,
     /// Weight precision (default: `dtype`).
-    pub dtype: Option<String>,
+    pub dtype: Option<WeightDType>,
     /// Device (default: the next of `devices`).
-    pub device: Option<String>,
+    pub device: Option<DeviceSpec>,
     /// Compute threads (default: `threads_per_replica`).
     pub threads: Option<usize>,
 }
 
-/// Everything the supervisor can be told.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Settings {
-    /// Model directory or hub id.
-    pub model: String,
-    /// Model replicas (one process each).
-    pub replicas: usize,
-    /// Tokenizer worker processes; 0 tokenizes inside the supervisor.
-    pub tokenizers: usize,
-    /// Devices, assigned to replicas round-robin (`cpu`, `cuda:N`, `metal:N`).
-    pub devices: Vec<String>,
-    /// Weight precision: f32, f16, bf16, q8_0, q4_0, i8 (CPU).
-    pub dtype: String,
-    /// Compute threads per replica (default: max(1, cores / replicas)).
-    pub threads_per_replica: Option<usize>,
-    /// A heterogeneous pool; when non-empty it replaces `replicas`.
-    pub instances: Vec<Instance>,
-    /// Longest pair in tokens (capped by the model).
-    pub max_length: usize,
-    /// Attention layout: `grouped` (sequences of close lengths together),
-    /// `single` (one attention block padded to the batch's longest) or
-    /// `padded` (every layer on sequences padded to the longest); the last
-    /// two are the padding experiment's baselines.
-    pub attention: String,
-    /// Token budget of a batch (real tokens, as the packed engine computes them).
-    pub max_batch_tokens: usize,
-    /// Pairs in a batch at most.
-    pub max_batch_size: usize,
-    /// How long a partial batch may wait for company while every replica is busy.
-    pub batch_timeout_ms: u64,
-    /// Batches in flight per replica.
-    pub max_inflight_per_replica: usize,
-    /// Pairs per tokenize job.
-    pub tokenize_chunk: usize,
-    /// A worker holding a batch or tokenize job longer is killed and replaced.
-    pub batch_deadline_ms: u64,
-    /// Documents (or pairs) per request at most.
-    pub max_documents: usize,
-    /// Characters per query or document at most.
-    pub max_input_chars: usize,
-    /// Pairs waiting to be scored at most; beyond it requests are refused.
-    pub max_queue_pairs: usize,
-    /// Largest gRPC message or HTTP body accepted, in bytes.
-    pub max_request_bytes: usize,
-    /// gRPC listen address.
-    pub grpc_addr: SocketAddr,
-    /// HTTP listen address (`/rerank`, `/health`, `/info`, `/metrics`).
-    pub http_addr: SocketAddr,
-    /// Where the worker binaries are (default: beside `ce-supervisor`).
-    pub worker_dir: Option<PathBuf>,
-    /// Listen on this address instead of the addresses' own (e.g. `0.0.0.0`:
-    /// exposing the server is explicit).
-    pub host: Option<std::net::IpAddr>,
-    /// Require `authorization: Bearer KEY` for scoring and info.
-    pub api_key: Option<String>,
-    /// PEM certificate chain: with `tls_key`, both ports speak TLS only.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of `tls_cert`.
-    pub tls_key: Option<PathBuf>,
-    /// How long in-flight work may take to finish after SIGTERM.
-    pub shutdown_grace_ms: u64,
-    /// Worker heartbeat period.
-    pub heartbeat_ms: u64,
-    /// How long a worker may take to load and warm up.
-    pub ready_timeout_s: u64,
-}
+/// A comma-separated device list on the command line (`cuda:0,cuda:1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(pub Vec<DeviceSpec>);
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            model: "models/minilm-l6-ce".into(),
-            replicas: 1,
-            tokenizers: 1,
-            devices: vec!["cpu".into()],
-            dtype: "f32".into(),
-            threads_per_replica: None,
-            instances: Vec::new(),
-            max_length: 512,
-            attention: "grouped".into(),
-            max_batch_tokens: 16_384,
-            max_batch_size: 128,
-            batch_timeout_ms: 5,
-            max_inflight_per_replica: 2,
-            tokenize_chunk: 32,
-            batch_deadline_ms: 60_000,
-            max_documents: 1024,
-            max_input_chars: 50_000,
-            max_queue_pairs: 65_536,
-            max_request_bytes: 8 << 20,
-            grpc_addr: ([127, 0, 0, 1], 50051).into(),
-            http_addr: ([127, 0, 0, 1], 8000).into(),
-            worker_dir: None,
-            host: None,
-            api_key: None,
-            tls_cert: None,
-            tls_key: None,
-            shutdown_grace_ms: 30_000,
-            heartbeat_ms: 1_000,
-            ready_timeout_s: 300,
-        }
+impl std::str::FromStr for DeviceList {
+    type Err = ce_model_spec::SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
 }
 
-/// The command line. Every flag is optional: unset ones fall back to the
-/// file, then to the defaults.
+impl From<DeviceList> for Vec<DeviceSpec> {
+    fn from(list: DeviceList) -> Self {
+        list.0
+    }
+}
+
+/// Declares every setting once — doc, flag attributes, key, type, flag
+/// value type, default — and generates from that list the [`Settings`]
+/// struct (the file's keys, via serde), its `Default`, and [`SettingFlags`]
+/// (each key as an optional flag with its environment variable, via clap).
+/// Flags are merged into the file's table by their key, so the three can
+/// never disagree. `file_only` keys (tables) have no flag.
+macro_rules! settings {
+    (
+        flags {
+            $( $(#[doc = $doc:literal])* [$($arg:tt)*] $name:ident : $ty:ty => $flag:ident = $default:expr, )*
+        }
+        file_only {
+            $( $(#[doc = $fdoc:literal])* $fname:ident : $fty:ty = $fdefault:expr, )*
+        }
+    ) => {
+        /// Everything the supervisor can be told.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Settings {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+            $( $(#[doc = $fdoc])* pub $fname: $fty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Self {
+                    $( $name: $default, )*
+                    $( $fname: $fdefault, )*
+                }
+            }
+        }
+
+        /// Every setting that has a flag, unset unless given (on the
+        /// command line or in its environment variable).
+        #[derive(Debug, clap::Args, Default)]
+        pub struct SettingFlags {
+            $( $(#[doc = $doc])* #[arg($($arg)*)] pub $name: Option<$flag>, )*
+        }
+
+        impl SettingFlags {
+            /// The flags that were given, as a table of settings keys.
+            fn as_table(&self) -> Result<toml::Table, ConfigError> {
+                let mut table = toml::Table::new();
+                $(
+                    if let Some(value) = &self.$name {
+                        let value: $ty = value.clone().into();
+                        let value = toml::Value::try_from(&value).map_err(|e| {
+                            ConfigError::Invalid(format!("{}: {e}", stringify!($name)))
+                        })?;
+                        table.insert(stringify!($name).into(), value);
+                    }
+                )*
+                Ok(table)
+            }
+        }
+    };
+}
+
+settings! {
+    flags {
+        /// Model directory or hub id.
+        [long, env = "CE_MODEL"]
+        model: String => String = "models/minilm-l6-ce".into(),
+        /// Model replicas (one process each).
+        [long, env = "CE_REPLICAS"]
+        replicas: usize => usize = 1,
+        /// Tokenizer worker processes; 0 tokenizes inside the supervisor.
+        [long, env = "CE_TOKENIZERS"]
+        tokenizers: usize => usize = 1,
+        /// Devices assigned to replicas round-robin (`cpu`, `cuda:N`,
+        /// `metal:N`), e.g. `cuda:0,cuda:1`.
+        [long, env = "CE_DEVICES"]
+        devices: Vec<DeviceSpec> => DeviceList = vec![DeviceSpec::Cpu],
+        /// Weight precision: f32, f16, bf16, q8_0, q4_0, i8 (CPU).
+        [long, env = "CE_DTYPE"]
+        dtype: WeightDType => WeightDType = WeightDType::F32,
+        /// Compute threads per replica (default: max(1, cores / replicas)).
+        [long, env = "CE_THREADS_PER_REPLICA"]
+        threads_per_replica: Option<usize> => usize = None,
+        /// Longest pair in tokens (capped by the model).
+        [long, env = "CE_MAX_LENGTH"]
+        max_length: usize => usize = 512,
+        /// Attention layout: `grouped` (sequences of close lengths together),
+        /// `single` (one attention block padded to the batch's longest) or
+        /// `padded` (every layer on sequences padded to the longest); the last
+        /// two are the padding experiment's baselines.
+        [long, env = "CE_ATTENTION"]
+        attention: AttentionLayout => AttentionLayout = AttentionLayout::Grouped,
+        /// Token budget of a batch (real tokens, as the packed engine computes them).
+        [long, env = "CE_MAX_BATCH_TOKENS"]
+        max_batch_tokens: usize => usize = 16_384,
+        /// Pairs in a batch at most.
+        [long, env = "CE_MAX_BATCH_SIZE"]
+        max_batch_size: usize => usize = 128,
+        /// How long a partial batch may wait for company while every replica
+        /// is busy, in ms.
+        [long, env = "CE_BATCH_TIMEOUT_MS"]
+        batch_timeout_ms: u64 => u64 = 5,
+        /// Batches in flight per replica.
+        [long, env = "CE_MAX_INFLIGHT_PER_REPLICA"]
+        max_inflight_per_replica: usize => usize = 2,
+        /// Pairs per tokenize job.
+        [long, env = "CE_TOKENIZE_CHUNK"]
+        tokenize_chunk: usize => usize = 32,
+        /// A worker holding a batch or tokenize job longer is killed and
+        /// replaced, in ms.
+        [long, env = "CE_BATCH_DEADLINE_MS"]
+        batch_deadline_ms: u64 => u64 = 60_000,
+        /// Documents (or pairs) per request at most.
+        [long, env = "CE_MAX_DOCUMENTS"]
+        max_documents: usize => usize = 1024,
+        /// Characters per query or document at most.
+        [long, env = "CE_MAX_INPUT_CHARS"]
+        max_input_chars: usize => usize = 50_000,
+        /// Pairs waiting to be scored at most; beyond it requests are refused.
+        [long, env = "CE_MAX_QUEUE_PAIRS"]
+        max_queue_pairs: usize => usize = 65_536,
+        /// Largest gRPC message or HTTP body accepted, in bytes.
+        [long, env = "CE_MAX_REQUEST_BYTES"]
+        max_request_bytes: usize => usize = 8 << 20,
+        /// gRPC listen address (port 0: any free port; see `addr_file`).
+        [long, env = "CE_GRPC_ADDR"]
+        grpc_addr: SocketAddr => SocketAddr = ([127, 0, 0, 1], 50051).into(),
+        /// HTTP listen address (`/rerank`, `/health`, `/info`, `/metrics`).
+        [long, env = "CE_HTTP_ADDR"]
+        http_addr: SocketAddr => SocketAddr = ([127, 0, 0, 1], 8000).into(),
+        /// Once both ports listen, write their addresses here as JSON
+        /// (`{"grpc": "127.0.0.1:PORT", "http": …}`): with port 0, how a test
+        /// or a launcher learns them without racing for a free port.
+        [long, env = "CE_ADDR_FILE"]
+        addr_file: Option<PathBuf> => PathBuf = None,
+        /// Where the worker binaries are (default: beside `ce-supervisor`).
+        [long, env = "CE_WORKER_DIR"]
+        worker_dir: Option<PathBuf> => PathBuf = None,
+        /// Listen on this address instead of the addresses' own (e.g. `0.0.0.0`:
+        /// exposing the server is explicit).
+        [long, env = "CE_HOST"]
+        host: Option<IpAddr> => IpAddr = None,
+        /// Require `authorization: Bearer KEY` for scoring and info.
+        [long, env = "CE_API_KEY", hide_env_values = true]
+        api_key: Option<String> => String = None,
+        /// PEM certificate chain: with `tls_key`, both ports speak TLS only.
+        [long, env = "CE_TLS_CERT", requires = "tls_key"]
+        tls_cert: Option<PathBuf> => PathBuf = None,
+        /// PEM private key of `tls_cert`.
+        [long, env = "CE_TLS_KEY", requires = "tls_cert"]
+        tls_key: Option<PathBuf> => PathBuf = None,
+        /// How long in-flight requests may take to finish after SIGTERM, in ms.
+        [long, env = "CE_SHUTDOWN_GRACE_MS"]
+        shutdown_grace_ms: u64 => u64 = 30_000,
+        /// Then how long the workers may take to finish and exit, in ms;
+        /// whatever is left ends with the supervisor (parent-death signal).
+        [long, env = "CE_WORKER_GRACE_MS"]
+        worker_grace_ms: u64 => u64 = 2_000,
+        /// Worker heartbeat period, in ms.
+        [long, env = "CE_HEARTBEAT_MS"]
+        heartbeat_ms: u64 => u64 = 1_000,
+        /// How long a worker may take to load and warm up, in seconds.
+        [long, env = "CE_READY_TIMEOUT_S"]
+        ready_timeout_s: u64 => u64 = 300,
+    }
+    file_only {
+        /// A heterogeneous pool; when non-empty it replaces `replicas`.
+        instances: Vec<Instance> = Vec::new(),
+    }
+}
+
+/// The command line: every setting as an optional flag (unset ones fall
+/// back to `--set`, the file, then the defaults), plus where the file is.
 #[derive(Debug, Parser, Default)]
 #[command(
     name = "ce-supervisor",
@@ -158,154 +245,15 @@ pub struct Cli {
     /// Override one key, e.g. `--set max_batch_tokens=8192` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
-    /// Model directory or hub id.
-    #[arg(long, env = "CE_MODEL")]
-    pub model: Option<String>,
-    /// Model replicas (one process each).
-    #[arg(long, env = "CE_REPLICAS")]
-    pub replicas: Option<usize>,
-    /// Tokenizer worker processes; 0 tokenizes inside the supervisor.
-    #[arg(long, env = "CE_TOKENIZERS")]
-    pub tokenizers: Option<usize>,
-    /// One device for every replica.
+    /// One device for every replica (shorthand for `--devices`).
     #[arg(long, env = "CE_DEVICE", conflicts_with = "devices")]
-    pub device: Option<String>,
-    /// Devices assigned to replicas round-robin, e.g. `cuda:0,cuda:1`.
-    #[arg(long, env = "CE_DEVICES", value_delimiter = ',')]
-    pub devices: Option<Vec<String>>,
-    /// Weight precision: f32, f16, bf16, q8_0, q4_0, i8 (CPU).
-    #[arg(long, env = "CE_DTYPE")]
-    pub dtype: Option<String>,
-    /// Compute threads per replica (default: max(1, cores / replicas)).
-    #[arg(long, env = "CE_THREADS_PER_REPLICA")]
-    pub threads_per_replica: Option<usize>,
-    /// Longest pair in tokens.
-    #[arg(long, env = "CE_MAX_LENGTH")]
-    pub max_length: Option<usize>,
-    /// Attention layout: grouped (default), single (attention padded to the
-    /// batch's longest) or padded (every layer padded).
-    #[arg(long, env = "CE_ATTENTION")]
-    pub attention: Option<String>,
-    /// Token budget of a batch.
-    #[arg(long, env = "CE_MAX_BATCH_TOKENS")]
-    pub max_batch_tokens: Option<usize>,
-    /// Pairs in a batch at most.
-    #[arg(long, env = "CE_MAX_BATCH_SIZE")]
-    pub max_batch_size: Option<usize>,
-    /// Partial-batch wait while every replica is busy, in ms.
-    #[arg(long, env = "CE_BATCH_TIMEOUT_MS")]
-    pub batch_timeout_ms: Option<u64>,
-    /// Batches in flight per replica.
-    #[arg(long, env = "CE_MAX_INFLIGHT_PER_REPLICA")]
-    pub max_inflight_per_replica: Option<usize>,
-    /// Pairs per tokenize job.
-    #[arg(long, env = "CE_TOKENIZE_CHUNK")]
-    pub tokenize_chunk: Option<usize>,
-    /// Kill and replace a worker holding a batch longer than this, in ms.
-    #[arg(long, env = "CE_BATCH_DEADLINE_MS")]
-    pub batch_deadline_ms: Option<u64>,
-    /// Documents per request at most.
-    #[arg(long, env = "CE_MAX_DOCUMENTS")]
-    pub max_documents: Option<usize>,
-    /// Characters per query or document at most.
-    #[arg(long, env = "CE_MAX_INPUT_CHARS")]
-    pub max_input_chars: Option<usize>,
-    /// Pairs waiting to be scored at most.
-    #[arg(long, env = "CE_MAX_QUEUE_PAIRS")]
-    pub max_queue_pairs: Option<usize>,
-    /// Largest gRPC message or HTTP body, in bytes.
-    #[arg(long, env = "CE_MAX_REQUEST_BYTES")]
-    pub max_request_bytes: Option<usize>,
-    /// gRPC listen address.
-    #[arg(long, env = "CE_GRPC_ADDR")]
-    pub grpc_addr: Option<SocketAddr>,
-    /// HTTP listen address.
-    #[arg(long, env = "CE_HTTP_ADDR")]
-    pub http_addr: Option<SocketAddr>,
-    /// Directory of the worker binaries.
-    #[arg(long, env = "CE_WORKER_DIR")]
-    pub worker_dir: Option<PathBuf>,
-    /// Listen address for both ports, e.g. `0.0.0.0` (default: loopback).
-    #[arg(long, env = "CE_HOST")]
-    pub host: Option<std::net::IpAddr>,
-    /// Require `authorization: Bearer KEY` for scoring and info.
-    #[arg(long, env = "CE_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// PEM certificate chain; with `--tls-key`, gRPC and HTTP speak TLS.
-    #[arg(long, env = "CE_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for `--tls-cert`.
-    #[arg(long, env = "CE_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Grace period after SIGTERM, in ms.
-    #[arg(long, env = "CE_SHUTDOWN_GRACE_MS")]
-    pub shutdown_grace_ms: Option<u64>,
-    /// Worker heartbeat period, in ms.
-    #[arg(long, env = "CE_HEARTBEAT_MS")]
-    pub heartbeat_ms: Option<u64>,
-    /// Seconds a worker may take to load.
-    #[arg(long, env = "CE_READY_TIMEOUT_S")]
-    pub ready_timeout_s: Option<u64>,
+    pub device: Option<DeviceSpec>,
+    /// The settings' flags.
+    #[command(flatten)]
+    pub flags: SettingFlags,
 }
 
 impl Cli {
-    /// Flags that were given, as a TOML table of settings keys.
-    fn as_table(&self) -> Result<toml::Table, ConfigError> {
-        let mut t = toml::Table::new();
-        let mut put = |k: &str, v: Option<toml::Value>| {
-            if let Some(v) = v {
-                t.insert(k.into(), v);
-            }
-        };
-        let s = |v: &Option<String>| v.clone().map(toml::Value::String);
-        let n = |v: Option<usize>| v.map(|v| toml::Value::Integer(v as i64));
-        let u = |v: Option<u64>| v.map(|v| toml::Value::Integer(v as i64));
-        let a = |v: Option<SocketAddr>| v.map(|v| toml::Value::String(v.to_string()));
-        let path = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map(|p| toml::Value::String(p.display().to_string()))
-        };
-        put("model", s(&self.model));
-        put("replicas", n(self.replicas));
-        put("tokenizers", n(self.tokenizers));
-        put(
-            "devices",
-            self.device
-                .clone()
-                .map(|d| vec![d])
-                .or_else(|| self.devices.clone())
-                .map(|d| d.into()),
-        );
-        put("dtype", s(&self.dtype));
-        put("threads_per_replica", n(self.threads_per_replica));
-        put("max_length", n(self.max_length));
-        put("attention", s(&self.attention));
-        put("max_batch_tokens", n(self.max_batch_tokens));
-        put("max_batch_size", n(self.max_batch_size));
-        put("batch_timeout_ms", u(self.batch_timeout_ms));
-        put("max_inflight_per_replica", n(self.max_inflight_per_replica));
-        put("tokenize_chunk", n(self.tokenize_chunk));
-        put("batch_deadline_ms", u(self.batch_deadline_ms));
-        put("max_documents", n(self.max_documents));
-        put("max_input_chars", n(self.max_input_chars));
-        put("max_queue_pairs", n(self.max_queue_pairs));
-        put("max_request_bytes", n(self.max_request_bytes));
-        put("grpc_addr", a(self.grpc_addr));
-        put("http_addr", a(self.http_addr));
-        put("worker_dir", path(&self.worker_dir));
-        put(
-            "host",
-            self.host.map(|h| toml::Value::String(h.to_string())),
-        );
-        put("api_key", s(&self.api_key));
-        put("tls_cert", path(&self.tls_cert));
-        put("tls_key", path(&self.tls_key));
-        put("shutdown_grace_ms", u(self.shutdown_grace_ms));
-        put("heartbeat_ms", u(self.heartbeat_ms));
-        put("ready_timeout_s", u(self.ready_timeout_s));
-        Ok(t)
-    }
-
     /// Resolves the settings: defaults < file < `--set` < flags/env.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         let mut table = match &self.config {
@@ -331,9 +279,17 @@ impl Cli {
                 .unwrap_or_else(|| toml::Value::String(value.to_string()));
             table.insert(key.trim().to_string(), value);
         }
-        table.extend(self.as_table()?);
-        let mut settings: Settings = Settings::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        table.extend(self.flags.as_table()?);
+        if let Some(device) = self.device {
+            let devices = toml::Value::try_from(vec![device])
+                .map_err(|e| ConfigError::Invalid(format!("device: {e}")))?;
+            table.insert("devices".into(), devices);
+        }
+        // Through TOML text, so that a bad value's error shows its key and
+        // line (`dtype = "q3"` … unknown dtype "q3").
+        let text = toml::to_string(&table).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut settings: Settings =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(host) = settings.host {
             settings.grpc_addr.set_ip(host);
             settings.http_addr.set_ip(host);
@@ -341,19 +297,6 @@ impl Cli {
         settings.validate()?;
         Ok(settings)
     }
-}
-
-/// Where, on what and how one replica runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplicaPlan {
-    /// Model directory or hub id.
-    pub model: String,
-    /// Weight precision.
-    pub dtype: String,
-    /// Device.
-    pub device: String,
-    /// Compute threads.
-    pub threads: usize,
 }
 
 impl Settings {
@@ -387,12 +330,6 @@ impl Settings {
                 self.max_batch_tokens, self.max_length
             ));
         }
-        if !matches!(self.attention.as_str(), "grouped" | "single" | "padded") {
-            return bad(format!(
-                "attention {:?}: expected \"grouped\", \"single\" or \"padded\"",
-                self.attention
-            ));
-        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together: give both or neither".into());
         }
@@ -401,7 +338,7 @@ impl Settings {
 
     /// The replicas to start: `instances` if given, else `replicas` copies,
     /// devices round-robin, threads = max(1, cores / replicas) unless set.
-    pub fn replica_plans(&self, cores: usize) -> Vec<ReplicaPlan> {
+    pub fn replica_plans(&self, cores: usize) -> Vec<ReplicaSpec> {
         let count = if self.instances.is_empty() {
             self.replicas
         } else {
@@ -413,16 +350,24 @@ impl Settings {
         (0..count)
             .map(|i| {
                 let inst = self.instances.get(i).cloned().unwrap_or_default();
-                ReplicaPlan {
+                ReplicaSpec {
                     model: inst.model.unwrap_or_else(|| self.model.clone()),
-                    dtype: inst.dtype.unwrap_or_else(|| self.dtype.clone()),
-                    device: inst
-                        .device
-                        .unwrap_or_else(|| self.devices[i % self.devices.len()].clone()),
+                    dtype: inst.dtype.unwrap_or(self.dtype),
+                    device: inst.device.unwrap_or(self.devices[i % self.devices.len()]),
+                    attention: self.attention,
                     threads: inst.threads.unwrap_or(default_threads),
                 }
             })
             .collect()
+    }
+
+    /// The settings key a replica's fields come from, for error messages.
+    pub fn replica_key(&self, index: usize) -> String {
+        if self.instances.is_empty() {
+            "model/dtype/devices".into()
+        } else {
+            format!("instances[{index}]")
+        }
     }
 }
 
@@ -519,13 +464,43 @@ mod tests {
     }
 
     #[test]
+    fn typed_values_are_refused_at_start_with_their_key() {
+        let e = cli(&["--set", "dtype=q3"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dtype") && e.contains("q3"), "{e}");
+        assert!(Cli::try_parse_from(["ce-supervisor", "--dtype", "q3"]).is_err());
+        let e = cli(&["--set", "attention=diagonal"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attention") && e.contains("diagonal"), "{e}");
+        let e = cli(&["--set", "devices=[\"tpu:0\"]"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("devices") && e.contains("tpu:0"), "{e}");
+        let s = cli(&["--device", "cuda:1", "--dtype", "int8"])
+            .settings()
+            .unwrap();
+        assert_eq!(
+            (s.devices, s.dtype),
+            (vec![DeviceSpec::Cuda(1)], WeightDType::I8)
+        );
+    }
+
+    #[test]
     fn replicas_share_the_cores_and_devices_round_robin() {
         let s = cli(&["--replicas", "3", "--devices", "cuda:0,cuda:1"])
             .settings()
             .unwrap();
         let plans = s.replica_plans(2);
         assert_eq!(
-            plans.iter().map(|p| p.device.as_str()).collect::<Vec<_>>(),
+            plans
+                .iter()
+                .map(|p| p.device.to_string())
+                .collect::<Vec<_>>(),
             ["cuda:0", "cuda:1", "cuda:0"]
         );
         assert!(plans.iter().all(|p| p.threads == 1));
@@ -548,6 +523,9 @@ mod tests {
         let plans = s.replica_plans(4);
         assert_eq!(plans.len(), 2);
         assert_eq!((plans[0].dtype.as_str(), plans[0].threads), ("q8_0", 2));
-        assert_eq!((plans[1].device.as_str(), plans[1].threads), ("cuda:1", 3));
+        assert_eq!(
+            (plans[1].device.to_string().as_str(), plans[1].threads),
+            ("cuda:1", 3)
+        );
     }
 }

@@ -1,22 +1,24 @@
-//! [`Core`]: what every API endpoint calls. Validates limits, admits the
-//! request, tokenizes it in chunks, queues the pairs and awaits the scores.
+//! [`Core`]: the serving pipeline under the API layer. Admits a request,
+//! tokenizes it in chunks, queues the pairs and awaits the scores; knows
+//! the worker pools for readiness, `/info` and `/metrics`.
 
 use std::sync::Arc;
 
 use ce_common::TokenBatch;
-use ce_common::control::{MetricsSnapshot, Role};
+use ce_common::control::MetricsSnapshot;
 use ce_common::frame::TextJob;
+use ce_model_spec::{ReplicaSpec, ScoreActivation};
 use futures_util::future::try_join_all;
-use model_worker::ScoreActivation;
 use tokenizer_worker::Truncation;
-use tokio::sync::{RwLock, watch};
+use tokio::sync::watch;
 
-use crate::config::{ReplicaPlan, Settings};
+use crate::api::ApiError;
+use crate::config::Settings;
 use crate::metrics::{Metrics, ProcessFigures};
-use crate::request::{Admission, Answer, ApiError, PendingRequest, Scored};
+use crate::request::{Admission, Answer, PendingRequest, Scored};
 use crate::scheduler::{Scheduler, Work};
 use crate::tokenize::Tokenizers;
-use crate::workers::{WorkerFigures, WorkerHandle};
+use crate::workers::{Client, ReplicaClient, TokenizerClient, WorkerFigures, WorkerPool};
 
 /// Pairs to score: consecutive groups sharing a query, in input order.
 #[derive(Debug, Clone, Default)]
@@ -42,10 +44,10 @@ impl PairsInput {
 /// One replica as `Info` and `/info` report it.
 #[derive(Debug, Clone)]
 pub struct ReplicaStatus {
-    /// Its index.
-    pub index: usize,
-    /// Model, dtype, device, threads.
-    pub plan: ReplicaPlan,
+    /// Its slot.
+    pub slot: usize,
+    /// Model, dtype, device, attention, threads.
+    pub spec: ReplicaSpec,
     /// Whether it serves now.
     pub serving: bool,
     /// Its latest figures.
@@ -76,13 +78,13 @@ pub struct Core {
     pub settings: Settings,
     /// The model.
     pub served: ServedModel,
-    /// The replicas' plans (model, dtype, device, threads), by index.
-    pub plans: Vec<ReplicaPlan>,
+    /// The replicas' specs, by slot.
+    pub plans: Vec<ReplicaSpec>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     tokenizers: Tokenizers,
-    tokenizer_workers: Arc<RwLock<Vec<WorkerHandle>>>,
-    replicas: Arc<RwLock<Vec<WorkerHandle>>>,
+    tokenizer_pool: WorkerPool<TokenizerClient>,
+    replicas: WorkerPool<ReplicaClient>,
     scheduler: Scheduler,
     admission: Arc<Admission>,
     ready: watch::Receiver<bool>,
@@ -95,16 +97,16 @@ pub struct CoreParts {
     pub settings: Settings,
     /// The model.
     pub served: ServedModel,
-    /// Replica plans.
-    pub plans: Vec<ReplicaPlan>,
+    /// Replica specs.
+    pub plans: Vec<ReplicaSpec>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Where tokenization happens.
     pub tokenizers: Tokenizers,
-    /// Tokenizer worker handles (empty with `--tokenizers 0`).
-    pub tokenizer_workers: Arc<RwLock<Vec<WorkerHandle>>>,
-    /// Replica handles.
-    pub replicas: Arc<RwLock<Vec<WorkerHandle>>>,
+    /// The tokenizer workers (none with `--tokenizers 0`).
+    pub tokenizer_pool: WorkerPool<TokenizerClient>,
+    /// The replicas.
+    pub replicas: WorkerPool<ReplicaClient>,
     /// The scheduler.
     pub scheduler: Scheduler,
     /// Readiness.
@@ -120,7 +122,7 @@ impl Core {
             plans: parts.plans,
             metrics: parts.metrics,
             tokenizers: parts.tokenizers,
-            tokenizer_workers: parts.tokenizer_workers,
+            tokenizer_pool: parts.tokenizer_pool,
             replicas: parts.replicas,
             scheduler: parts.scheduler,
             admission: Arc::new(Admission::default()),
@@ -133,84 +135,11 @@ impl Core {
         *self.ready.borrow()
     }
 
-    /// Checks one text field against `max_input_chars`.
-    pub fn check_text(&self, field: &str, text: &str) -> Result<(), ApiError> {
-        let limit = self.settings.max_input_chars;
-        // Bytes bound characters from above: count only when it can matter.
-        if text.len() > limit && text.chars().count() > limit {
-            return Err(ApiError::InvalidArgument(format!(
-                "{field}: {} characters exceed max_input_chars ({limit})",
-                text.chars().count()
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks a request's document count against `max_documents`.
-    pub fn check_count(&self, field: &str, n: usize) -> Result<(), ApiError> {
-        if n == 0 {
-            return Err(ApiError::InvalidArgument(format!(
-                "{field}: must not be empty"
-            )));
-        }
-        if n > self.settings.max_documents {
-            return Err(ApiError::InvalidArgument(format!(
-                "{field}: {n} exceed max_documents ({})",
-                self.settings.max_documents
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks one pre-tokenized pair (`field` names it in the message):
-    /// ids and segments parallel, not empty, within `max_length`, and every
-    /// id within the model's vocabularies. A batch that passes cannot make
-    /// a model worker fail.
-    pub fn check_tokens(&self, field: &str, ids: &[u32], types: &[u32]) -> Result<(), ApiError> {
-        let bad = |m: String| Err(ApiError::InvalidArgument(format!("{field}.{m}")));
-        if ids.is_empty() {
-            return bad("input_ids: must not be empty".into());
-        }
-        if ids.len() != types.len() {
-            return bad(format!(
-                "type_ids: {} ids for {} input_ids; they must be parallel",
-                types.len(),
-                ids.len()
-            ));
-        }
-        let max = self.served.max_length;
-        if ids.len() > max {
-            return bad(format!(
-                "input_ids: {} tokens exceed max_length ({max})",
-                ids.len()
-            ));
-        }
-        let first_at_or_above = |v: &[u32], limit: usize| {
-            v.iter()
-                .enumerate()
-                .find(|(_, x)| **x as usize >= limit)
-                .map(|(i, x)| (i, *x))
-        };
-        let vocab = self.served.vocab_size;
-        if let Some((i, id)) = first_at_or_above(ids, vocab) {
-            return bad(format!(
-                "input_ids[{i}]: token id {id} is outside the vocabulary ({vocab} ids)"
-            ));
-        }
-        let segments = self.served.type_vocab_size;
-        if let Some((i, t)) = first_at_or_above(types, segments) {
-            return bad(format!(
-                "type_ids[{i}]: segment {t} is outside the model's {segments} segments"
-            ));
-        }
-        Ok(())
-    }
-
-    async fn check_serving(&self) -> Result<(), ApiError> {
+    fn check_serving(&self) -> Result<(), ApiError> {
         if !self.is_ready() {
             return Err(ApiError::Unavailable("the model is still loading".into()));
         }
-        if !self.replicas.read().await.iter().any(|r| r.is_alive()) {
+        if self.replicas.serving() == 0 {
             return Err(ApiError::Unavailable(
                 "no model replica is serving (restarting)".into(),
             ));
@@ -243,7 +172,7 @@ impl Core {
 
     /// Scores the pairs; logits come back in input order.
     pub async fn score(&self, input: PairsInput) -> Result<Scored, ApiError> {
-        self.check_serving().await?;
+        self.check_serving()?;
         let n = input.len();
         let (request, answer) =
             PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
@@ -290,9 +219,9 @@ impl Core {
     }
 
     /// Scores pairs that arrive as token ids, skipping the tokenizer stage;
-    /// every pair must have passed [`Core::check_tokens`].
+    /// every pair must have passed the API's token checks.
     pub async fn score_tokens(&self, batch: TokenBatch) -> Result<Scored, ApiError> {
-        self.check_serving().await?;
+        self.check_serving()?;
         let (request, answer) =
             PendingRequest::admit(batch.len(), &self.admission, self.settings.max_queue_pairs)?;
         request.tokenized(batch.total_tokens() as u64);
@@ -307,30 +236,21 @@ impl Core {
         answered(request, answer).await
     }
 
-    /// Applies the model's activation unless `raw`.
-    pub fn client_score(&self, logit: f32, raw: bool) -> f32 {
-        if raw {
-            logit
-        } else {
-            self.served.activation.apply(logit)
-        }
-    }
-
-    /// Replicas with their plan, whether they serve, their figures and
+    /// Replicas with their spec, whether they serve, their figures and
     /// why they failed to start (if they did).
-    pub async fn replica_status(&self) -> Vec<ReplicaStatus> {
-        let replicas = self.replicas.read().await;
+    pub fn replica_status(&self) -> Vec<ReplicaStatus> {
+        let replicas = self.replicas.members();
         self.plans
             .iter()
             .enumerate()
-            .map(|(i, plan)| {
-                let handle = replicas.get(i);
+            .map(|(slot, spec)| {
+                let process = replicas.get(slot).map(Client::process);
                 ReplicaStatus {
-                    index: i,
-                    plan: plan.clone(),
-                    serving: handle.is_some_and(|h| h.is_alive()),
-                    metrics: handle.map(|h| h.metrics()).unwrap_or_default(),
-                    error: handle.and_then(|h| h.start_error().map(String::from)),
+                    slot,
+                    spec: spec.clone(),
+                    serving: process.is_some_and(|p| p.is_alive()),
+                    metrics: process.map(|p| p.metrics()).unwrap_or_default(),
+                    error: process.and_then(|p| p.start_error().map(String::from)),
                 }
             })
             .collect()
@@ -338,34 +258,28 @@ impl Core {
 
     /// True when at least one replica and (unless tokenizing in process)
     /// one tokenizer serve.
-    pub async fn has_capacity(&self) -> bool {
+    pub fn has_capacity(&self) -> bool {
         self.is_ready()
-            && self.replicas.read().await.iter().any(|r| r.is_alive())
-            && (self.settings.tokenizers == 0 || self.tokenizers_serving().await > 0)
+            && self.replicas.serving() > 0
+            && (self.settings.tokenizers == 0 || self.tokenizer_pool.serving() > 0)
     }
 
-    /// Every worker slot's figures (replicas with their plan) and the
+    /// Every worker slot's figures (replicas with their spec) and the
     /// supervisor's own, for `/metrics`; also refreshes the pool gauges.
-    pub async fn process_figures(&self) -> ProcessFigures {
-        let mut workers: Vec<(WorkerFigures, Option<ReplicaPlan>)> = Vec::new();
-        for (i, replica) in self.replicas.read().await.iter().enumerate() {
-            workers.push((replica.figures(), self.plans.get(i).cloned()));
+    pub fn process_figures(&self) -> ProcessFigures {
+        let mut workers: Vec<(WorkerFigures, Option<ReplicaSpec>)> = Vec::new();
+        for (slot, replica) in self.replicas.members().iter().enumerate() {
+            workers.push((replica.process().figures(), self.plans.get(slot).cloned()));
         }
-        let mut tokenize_jobs = 0;
-        for tokenizer in self.tokenizer_workers.read().await.iter() {
-            tokenize_jobs += tokenizer.outstanding();
-            workers.push((tokenizer.figures(), None));
+        for tokenizer in self.tokenizer_pool.members().iter() {
+            workers.push((tokenizer.process().figures(), None));
         }
         let m = &self.metrics;
-        let serving = |role| {
-            workers
-                .iter()
-                .filter(|(w, _)| w.role == role && w.alive)
-                .count()
-        };
-        m.active_replicas.set(serving(Role::Model) as i64);
-        m.active_tokenizers.set(serving(Role::Tokenizer) as i64);
-        m.tokenizer_queue.set(tokenize_jobs as i64);
+        m.active_replicas.set(self.replicas.serving() as i64);
+        m.active_tokenizers
+            .set(self.tokenizer_pool.serving() as i64);
+        m.tokenizer_queue
+            .set(self.tokenizer_pool.in_flight() as i64);
         ProcessFigures {
             supervisor_rss_bytes: ce_common::procstat::resident_bytes().unwrap_or(0),
             workers,
@@ -373,14 +287,14 @@ impl Core {
         }
     }
 
-    /// Tokenizer workers serving.
-    pub async fn tokenizers_serving(&self) -> usize {
-        self.tokenizer_workers
-            .read()
-            .await
-            .iter()
-            .filter(|w| w.is_alive())
-            .count()
+    /// The replica pool.
+    pub fn replicas(&self) -> &WorkerPool<ReplicaClient> {
+        &self.replicas
+    }
+
+    /// The tokenizer pool (empty with `--tokenizers 0`).
+    pub fn tokenizer_pool(&self) -> &WorkerPool<TokenizerClient> {
+        &self.tokenizer_pool
     }
 }
 

@@ -1,8 +1,8 @@
 //! The HTTP front end on the metrics port: `POST /rerank` in
 //! text-embeddings-inference's request and response shapes (so its clients
-//! work unchanged), `GET /health`, `GET /info`, `GET /metrics`.
+//! work unchanged), `GET /health`, `GET /info`, `GET /metrics` — each
+//! translating JSON to and from the [`Api`].
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -12,11 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use tokenizer_worker::Truncation;
 
-use crate::core::Core;
-use crate::grpc::{ranking, rerank};
-use crate::request::ApiError;
+use crate::api::{self, Api, ApiError, RerankInput, Side, http_refusal};
 
 /// text-embeddings-inference's `/rerank` request.
 #[derive(Debug, Deserialize)]
@@ -51,44 +48,16 @@ pub struct RankBody {
     pub text: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorBody {
-    error: String,
-    error_type: &'static str,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let error_type = match &self {
-            ApiError::InvalidArgument(_) => "Validation",
-            ApiError::Overloaded(_) => "Overloaded",
-            ApiError::Unavailable(_) => "Unhealthy",
-            ApiError::Internal(_) => "Backend",
-            ApiError::DeadlineExceeded(_) => "Timeout",
-        };
-        let status =
-            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-                error_type,
-            }),
-        )
-            .into_response()
-    }
-}
-
-/// The router, over `core`.
-pub fn router(core: Arc<Core>) -> axum::Router {
+/// The router, over `api`.
+pub fn router(api: Api) -> axum::Router {
     let guarded = axum::Router::new()
         .route("/rerank", post(rerank_handler))
         .route("/info", get(info))
         .route_layer(axum::middleware::from_fn_with_state(
-            core.clone(),
+            api.clone(),
             require_key,
         ));
-    let body_limit = axum::extract::DefaultBodyLimit::max(core.settings.max_request_bytes);
+    let body_limit = axum::extract::DefaultBodyLimit::max(api.core().settings.max_request_bytes);
     axum::Router::new()
         .merge(guarded)
         .route("/health", get(health))
@@ -96,11 +65,11 @@ pub fn router(core: Arc<Core>) -> axum::Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(body_limit)
-        .with_state(core)
+        .with_state(api)
 }
 
 async fn require_key(
-    State(core): State<Arc<Core>>,
+    State(api): State<Api>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -108,84 +77,76 @@ async fn require_key(
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    if crate::auth::authorized(core.settings.api_key.as_deref(), header) {
+    if crate::auth::authorized(api.core().settings.api_key.as_deref(), header) {
         next.run(request).await
     } else {
-        let body = ErrorBody {
-            error: "missing or wrong API key (Authorization: Bearer …)".into(),
-            error_type: "Unauthorized",
-        };
-        (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+        http_refusal(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "missing or wrong API key (Authorization: Bearer …)".into(),
+        )
     }
 }
 
-/// An error answer in the API's JSON shape, for what fails before a
-/// handler runs (body, route, method).
-fn refusal(status: StatusCode, error_type: &'static str, error: String) -> Response {
-    (status, Json(ErrorBody { error, error_type })).into_response()
-}
-
 async fn rerank_handler(
-    State(core): State<Arc<Core>>,
+    State(api): State<Api>,
     body: Result<Json<RerankBody>, JsonRejection>,
 ) -> Response {
     let started = Instant::now();
     let body = match body {
         Ok(Json(body)) => body,
         Err(rejection) => {
-            core.metrics.observe_request(
-                "http_rerank",
-                "invalid_argument",
-                started.elapsed().as_secs_f64(),
-            );
             let status = rejection.status();
             let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
                 format!(
                     "request body over max_request_bytes ({} bytes)",
-                    core.settings.max_request_bytes
+                    api.core().settings.max_request_bytes
                 )
             } else {
                 rejection.body_text()
             };
-            return refusal(status, "Validation", message);
+            let refused: Result<(), _> = Err(ApiError::InvalidArgument(message.clone()));
+            api.record("http_rerank", started, &refused);
+            return http_refusal(status, "Validation", message);
         }
     };
-    let result = async {
-        let truncation = match (body.truncate, body.truncation_direction.as_deref()) {
-            (Some(false), _) => Truncation::Off,
-            (_, None | Some("Right") | Some("right")) => Truncation::Right,
-            (_, Some("Left") | Some("left")) => Truncation::Left,
-            (_, Some(other)) => {
+    let call = async {
+        let side = match body.truncation_direction.as_deref() {
+            None | Some("Right") | Some("right") => Side::Right,
+            Some("Left") | Some("left") => Side::Left,
+            Some(other) => {
                 return Err(ApiError::InvalidArgument(format!(
                     "truncation_direction: {other:?} is neither \"Right\" nor \"Left\""
                 )));
             }
         };
-        let (scored, texts) = rerank(&core, body.query, body.texts, truncation).await?;
-        let scores: Vec<f32> = scored
-            .first_logits()
-            .map(|l| core.client_score(l, body.raw_scores))
-            .collect();
-        Ok(ranking(&scores, None)
+        let input = RerankInput {
+            query: body.query,
+            documents: body.texts,
+            truncation: api::truncation(body.truncate, side),
+            raw_scores: body.raw_scores,
+            return_documents: body.return_text,
+            top_n: None,
+        };
+        let ranking = api.rerank(input).await?;
+        Ok(ranking
+            .ranks
             .into_iter()
-            .map(|i| RankBody {
-                index: i,
-                score: scores[i],
-                text: body.return_text.then(|| texts[i].clone()),
+            .map(|r| RankBody {
+                index: r.index,
+                score: r.score,
+                text: r.document,
             })
             .collect::<Vec<_>>())
-    }
-    .await;
-    let status = result
-        .as_ref()
-        .map_or_else(ApiError::status_label, |_| "ok");
-    core.metrics
-        .observe_request("http_rerank", status, started.elapsed().as_secs_f64());
-    result.map(Json).into_response()
+    };
+    api.recorded("http_rerank", None, call)
+        .await
+        .map(Json)
+        .into_response()
 }
 
 async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    refusal(
+    http_refusal(
         StatusCode::NOT_FOUND,
         "NotFound",
         format!("no route {method} {uri}; routes: POST /rerank, GET /health, /info, /metrics"),
@@ -193,56 +154,32 @@ async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response 
 }
 
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    refusal(
+    http_refusal(
         StatusCode::METHOD_NOT_ALLOWED,
         "MethodNotAllowed",
         format!("{uri} does not take {method}"),
     )
 }
 
-async fn health(State(core): State<Arc<Core>>) -> (StatusCode, &'static str) {
-    if core.has_capacity().await {
+async fn health(State(api): State<Api>) -> (StatusCode, &'static str) {
+    if api.core().has_capacity() {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
     }
 }
 
-async fn info(State(core): State<Arc<Core>>) -> Json<serde_json::Value> {
-    let replicas: Vec<serde_json::Value> = core
-        .replica_status()
-        .await
-        .into_iter()
-        .map(|r| {
-            serde_json::json!({
-                "replica": r.index, "model": r.plan.model, "dtype": r.plan.dtype, "device": r.plan.device,
-                "threads": r.plan.threads, "serving": r.serving, "pairs": r.metrics.pairs,
-                "rss_bytes": r.metrics.rss_bytes, "error": r.error,
-            })
-        })
-        .collect();
-    Json(serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "model": core.served.model,
-        "max_length": core.served.max_length,
-        "score_activation": core.served.activation,
-        "max_documents": core.settings.max_documents,
-        "max_input_chars": core.settings.max_input_chars,
-        "max_batch_tokens": core.settings.max_batch_tokens,
-        "max_batch_size": core.settings.max_batch_size,
-        "tokenizers": core.settings.tokenizers,
-        "replicas": replicas,
-        "ready": core.is_ready(),
-    }))
+async fn info(State(api): State<Api>) -> Json<api::Info> {
+    Json(api.info())
 }
 
-async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
-    let figures = core.process_figures().await;
+async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    let core = api.core();
     (
         [(
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        core.metrics.render(figures),
+        core.metrics.render(core.process_figures()),
     )
 }

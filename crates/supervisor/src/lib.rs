@@ -1,21 +1,24 @@
 //! `ce-supervisor`: serves a cross-encoder through tokenizer and model
-//! worker processes connected by shared-memory rings (DESIGN.md §1).
+//! worker processes connected by shared-memory rings (see
+//! `docs/ARCHITECTURE.md`).
 //!
 //! Life of a request, by module:
-//! * [`grpc`], [`http`] — the front ends: validate, then call [`core`].
+//! * [`grpc`], [`http`] — the front ends: translate wire types, call [`api`].
+//! * [`api`] — validation, rerank/score logic, ranking, truncation, request
+//!   metrics, `Info`; [`api::ApiError`] and its gRPC and HTTP mappings.
 //! * [`core`] — admission ([`request`]), chunked tokenization
 //!   ([`tokenize`]), then the scheduling queue.
 //! * [`scheduler`] — one actor owning the queue: [`batcher`] picks batches,
-//!   the router sends each to the replica with the fewest in flight, scores
-//!   are matched back to their requests.
-//! * [`workers`] — a worker process seen from here: spawn, handshake,
-//!   rings, control channel, death.
-//! * [`server`] — start-up, readiness, signals and shutdown.
+//!   the router leases the replica with the fewest in flight, scores are
+//!   matched back to their requests.
+//! * [`workers`] — the worker pools, their typed clients and processes.
+//! * [`server`] — start-up, listeners, readiness and shutdown.
 //! * [`config`], [`metrics`], [`logging`], [`auth`] — settings, Prometheus,
 //!   logs, the optional API key.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod auth;
 pub mod batcher;
 pub mod config;

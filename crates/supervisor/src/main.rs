@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use supervisor::config::Cli;
+use supervisor::server::Listeners;
 
 fn main() -> anyhow::Result<()> {
     supervisor::logging::init();
@@ -11,5 +12,8 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(supervisor::server::run(settings))
+        .block_on(async {
+            let listeners = Listeners::bind(&settings).await?;
+            supervisor::server::run(settings, listeners).await
+        })
 }

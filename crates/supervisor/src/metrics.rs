@@ -1,5 +1,5 @@
 //! The supervisor's Prometheus metrics (names follow the seed system, see
-//! DESIGN.md §6) and their text rendering for `GET /metrics`.
+//! docs/ARCHITECTURE.md, "Metrics") and their text rendering for `GET /metrics`.
 //!
 //! Two kinds: metrics the supervisor updates as work flows (registered
 //! once), and per-process figures — every worker's CPU, memory, jobs and
@@ -30,8 +30,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::config::ReplicaPlan;
 use crate::workers::WorkerFigures;
+use ce_model_spec::ReplicaSpec;
 
 /// Labels of a request metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -166,7 +166,24 @@ impl Metrics {
             worker_restarts: Family::default(),
             cpu_percent: Mutex::default(),
         };
-        let m = &metrics;
+        metrics.register_requests(&mut registry);
+        metrics.register_pipeline(&mut registry);
+        // Both roles from the start, so dashboards show 0, not "no data".
+        for role in ["model", "tokenizer"] {
+            metrics
+                .worker_restarts
+                .get_or_create(&RoleLabels { role: role.into() })
+                .inc_by(0);
+        }
+        if let Ok(mut r) = metrics.registry.lock() {
+            *r = registry;
+        }
+        metrics
+    }
+
+    /// Requests, pairs, latency and queue figures.
+    fn register_requests(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "inference_requests",
             "Requests answered, by method and status",
@@ -198,6 +215,11 @@ impl Metrics {
             "Pairs waiting for a batch",
             m.queue_pairs.clone(),
         );
+    }
+
+    /// Pools, batches, stages and restarts.
+    fn register_pipeline(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "inference_batches_in_flight",
             "Batches sent to model replicas and not yet answered",
@@ -243,16 +265,6 @@ impl Metrics {
             "Workers replaced after dying",
             m.worker_restarts.clone(),
         );
-        // Both roles from the start, so dashboards show 0, not "no data".
-        for role in ["model", "tokenizer"] {
-            m.worker_restarts
-                .get_or_create(&RoleLabels { role: role.into() })
-                .inc_by(0);
-        }
-        if let Ok(mut r) = metrics.registry.lock() {
-            *r = registry;
-        }
-        metrics
     }
 
     /// Records one request's outcome and latency.
@@ -325,7 +337,7 @@ pub struct ProcessFigures {
     /// The supervisor's resident memory.
     pub supervisor_rss_bytes: u64,
     /// Every worker slot, with the replica's plan for model workers.
-    pub workers: Vec<(WorkerFigures, Option<ReplicaPlan>)>,
+    pub workers: Vec<(WorkerFigures, Option<ReplicaSpec>)>,
     /// CPU percent per process name, from the sampler.
     pub cpu_percent: BTreeMap<String, f64>,
 }
@@ -381,7 +393,7 @@ impl WorkerLabels {
     fn of(w: &WorkerFigures) -> Self {
         Self {
             role: role_name(w.role),
-            replica: w.index.to_string(),
+            replica: w.slot.to_string(),
             pid: w.pid.to_string(),
         }
     }
@@ -389,19 +401,34 @@ impl WorkerLabels {
 
 /// One row per live worker: its labels and `value` of its snapshot.
 fn per_worker<'a, M: 'a>(
-    live: &'a [&(WorkerFigures, Option<ReplicaPlan>)],
+    live: &'a [&(WorkerFigures, Option<ReplicaSpec>)],
     value: impl Fn(&MetricsSnapshot) -> M + 'a,
 ) -> impl Iterator<Item = (WorkerLabels, M)> + 'a {
     live.iter()
         .map(move |(w, _)| (WorkerLabels::of(w), value(&w.snapshot)))
 }
 
+type Live<'a> = Vec<&'a (WorkerFigures, Option<ReplicaSpec>)>;
+
 impl Collector for ProcessFigures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let live: Vec<&(WorkerFigures, Option<ReplicaPlan>)> =
-            self.workers.iter().filter(|(w, _)| w.alive).collect();
+        let live: Live = self.workers.iter().filter(|(w, _)| w.alive).collect();
+        self.encode_processes(&mut encoder, &live)?;
+        self.encode_worker_counters(&mut encoder, &live)?;
+        self.encode_rings(&mut encoder, &live)?;
+        self.encode_replicas(&mut encoder)
+    }
+}
+
+impl ProcessFigures {
+    /// CPU and memory of every process, the supervisor's included.
+    fn encode_processes(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        live: &Live,
+    ) -> Result<(), std::fmt::Error> {
         family(
-            &mut encoder,
+            encoder,
             "process_cpu_percent",
             "CPU use of each process, percent of one core, over the last 5 s",
             MetricType::Gauge,
@@ -410,7 +437,7 @@ impl Collector for ProcessFigures {
                 .map(|(p, v)| (ProcessLabel { process: p.clone() }, ConstGauge::new(*v))),
         )?;
         family(
-            &mut encoder,
+            encoder,
             "process_resident_memory_bytes",
             "Resident memory of each process",
             MetricType::Gauge,
@@ -423,65 +450,81 @@ impl Collector for ProcessFigures {
             .chain(live.iter().map(|(w, _)| {
                 (
                     ProcessLabel {
-                        process: process_name(w.role, w.index),
+                        process: process_name(w.role, w.slot),
                     },
                     ConstGauge::new(w.snapshot.rss_bytes as i64),
                 )
             })),
-        )?;
+        )
+    }
+
+    /// Each worker's own counters, and whether each slot serves.
+    fn encode_worker_counters(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        live: &Live,
+    ) -> Result<(), std::fmt::Error> {
         family(
-            &mut encoder,
+            encoder,
             "worker_cpu_seconds",
             "CPU seconds used by the worker process",
             MetricType::Counter,
-            per_worker(&live, |s| ConstCounter::new(s.cpu_seconds)),
+            per_worker(live, |s| ConstCounter::new(s.cpu_seconds)),
         )?;
         family(
-            &mut encoder,
+            encoder,
             "worker_busy_seconds",
             "Seconds the worker spent on jobs (forward passes or tokenization)",
             MetricType::Counter,
-            per_worker(&live, |s| ConstCounter::new(s.busy_seconds)),
+            per_worker(live, |s| ConstCounter::new(s.busy_seconds)),
         )?;
         family(
-            &mut encoder,
+            encoder,
             "worker_jobs",
             "Jobs (batches or tokenize jobs) the worker completed",
             MetricType::Counter,
-            per_worker(&live, |s| ConstCounter::new(s.jobs)),
+            per_worker(live, |s| ConstCounter::new(s.jobs)),
         )?;
         family(
-            &mut encoder,
+            encoder,
             "worker_pairs",
             "Pairs the worker completed",
             MetricType::Counter,
-            per_worker(&live, |s| ConstCounter::new(s.pairs)),
+            per_worker(live, |s| ConstCounter::new(s.pairs)),
         )?;
         family(
-            &mut encoder,
+            encoder,
             "worker_resident_memory_bytes",
             "Resident memory of the worker process",
             MetricType::Gauge,
-            per_worker(&live, |s| ConstGauge::new(s.rss_bytes as i64)),
+            per_worker(live, |s| ConstGauge::new(s.rss_bytes as i64)),
         )?;
         family(
-            &mut encoder,
+            encoder,
             "worker_up",
             "1 while the worker slot's process serves, 0 while it is dead or restarting",
             MetricType::Gauge,
             self.workers
                 .iter()
                 .map(|(w, _)| (WorkerLabels::of(w), ConstGauge::new(i64::from(w.alive)))),
-        )?;
+        )
+    }
+
+    /// Bytes waiting in each live worker's two rings.
+    fn encode_rings(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        live: &Live,
+    ) -> Result<(), std::fmt::Error> {
         family(
-            &mut encoder,
+            encoder,
             "ring_occupancy_bytes",
             "Bytes waiting in a worker's shared-memory ring",
             MetricType::Gauge,
             live.iter().flat_map(|(w, _)| {
                 let labels = |direction| RingLabels {
                     role: role_name(w.role),
-                    replica: w.index.to_string(),
+                    replica: w.slot.to_string(),
                     direction,
                 };
                 [
@@ -495,24 +538,28 @@ impl Collector for ProcessFigures {
                     ),
                 ]
             }),
-        )?;
+        )
+    }
+
+    /// Device memory and the served model of each replica.
+    fn encode_replicas(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let models = || self.workers.iter().filter(|(w, _)| w.role == Role::Model);
         family(
-            &mut encoder,
+            encoder,
             "gpu_memory_bytes",
             "Device memory used by a model replica (0 on the CPU)",
             MetricType::Gauge,
             models().map(|(w, _)| {
                 (
                     ReplicaLabel {
-                        replica: w.index.to_string(),
+                        replica: w.slot.to_string(),
                     },
                     ConstGauge::new(w.snapshot.device_memory_bytes as i64),
                 )
             }),
         )?;
         family(
-            &mut encoder,
+            encoder,
             "model_info",
             "The model each replica serves (value 1)",
             MetricType::Gauge,
@@ -520,16 +567,15 @@ impl Collector for ProcessFigures {
                 let plan = plan.as_ref()?;
                 Some((
                     ModelLabels {
-                        replica: w.index.to_string(),
+                        replica: w.slot.to_string(),
                         model: plan.model.clone(),
-                        dtype: plan.dtype.clone(),
-                        device: plan.device.clone(),
+                        dtype: plan.dtype.to_string(),
+                        device: plan.device.to_string(),
                     },
                     ConstGauge::new(1i64),
                 ))
             }),
-        )?;
-        Ok(())
+        )
     }
 }
 
@@ -537,10 +583,10 @@ impl Collector for ProcessFigures {
 mod tests {
     use super::*;
 
-    fn worker(role: Role, index: u32, pid: u32, alive: bool) -> WorkerFigures {
+    fn worker(role: Role, slot: u32, pid: u32, alive: bool) -> WorkerFigures {
         WorkerFigures {
             role,
-            index,
+            slot,
             pid,
             alive,
             snapshot: MetricsSnapshot {
@@ -562,10 +608,11 @@ mod tests {
         metrics.observe_request("rerank", "ok", 0.2);
         metrics.observe_stage(Stage::Ring, 0.000_03);
         metrics.pair_latency.observe(0.05);
-        let plan = ReplicaPlan {
+        let plan = ReplicaSpec {
             model: "m".into(),
-            dtype: "f32".into(),
-            device: "cpu".into(),
+            dtype: ce_model_spec::WeightDType::F32,
+            device: ce_model_spec::DeviceSpec::Cpu,
+            attention: Default::default(),
             threads: 2,
         };
         let text = metrics.render(ProcessFigures {

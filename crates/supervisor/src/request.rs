@@ -8,60 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-/// Why a request failed, mapped once to a gRPC status and an HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
-    /// The client's input is unusable; the message names the field.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// Too much work is queued; retry later.
-    #[error("{0}")]
-    Overloaded(String),
-    /// No replica or tokenizer is serving.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The server failed.
-    #[error("{0}")]
-    Internal(String),
-    /// The client's deadline passed first.
-    #[error("{0}")]
-    DeadlineExceeded(String),
-}
-
-impl ApiError {
-    /// The gRPC status for this error.
-    pub fn to_status(&self) -> tonic::Status {
-        match self {
-            ApiError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-            ApiError::Overloaded(m) => tonic::Status::resource_exhausted(m),
-            ApiError::Unavailable(m) => tonic::Status::unavailable(m),
-            ApiError::Internal(m) => tonic::Status::internal(m),
-            ApiError::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
-        }
-    }
-
-    /// The `status` label of `inference_requests_total` for this error.
-    pub fn status_label(&self) -> &'static str {
-        match self {
-            ApiError::InvalidArgument(_) => "invalid_argument",
-            ApiError::Overloaded(_) => "resource_exhausted",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
-            ApiError::DeadlineExceeded(_) => "deadline_exceeded",
-        }
-    }
-
-    /// The HTTP status for this error (text-embeddings-inference's choices).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            ApiError::InvalidArgument(_) => 422,
-            ApiError::Overloaded(_) => 429,
-            ApiError::Unavailable(_) => 503,
-            ApiError::Internal(_) => 500,
-            ApiError::DeadlineExceeded(_) => 504,
-        }
-    }
-}
+use crate::api::ApiError;
 
 /// Where the time of a request went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

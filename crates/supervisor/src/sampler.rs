@@ -77,10 +77,10 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 .map(|d| d.as_secs_f64())
                 .ok(),
         )];
-        for (w, _) in core.process_figures().await.workers {
+        for (w, _) in core.process_figures().workers {
             if w.alive {
                 processes.push((
-                    (process_name(w.role, w.index), w.pid),
+                    (process_name(w.role, w.slot), w.pid),
                     Some(w.snapshot.cpu_seconds),
                 ));
             }

@@ -1,28 +1,30 @@
 //! The scheduling queue, batcher and router, as one actor task that owns
-//! all their state (no locks on the hot path).
+//! the queue (no locks on the dispatch path: replicas are leased from the
+//! [`WorkerPool`], which counts their work in flight).
 //!
-//! Tokenized pairs arrive as [`Work`]; whenever a replica has a free slot
-//! (fewer than `max_inflight` batches) the actor forms a batch
+//! Tokenized pairs arrive as [`Work`]; whenever a replica has room (fewer
+//! than `max_inflight` batches) the actor forms a batch
 //! ([`crate::batcher::choose`]) and sends it to the replica with the fewest
 //! batches in flight. It waits for company only while every replica is
 //! busy, and never longer than the batch timeout. While every replica is
 //! dead the queue waits for their restart. Scores are matched back
 //! to their requests; the pairs of a batch whose replica died go back to
-//! the front of the queue, in quarantine (a pair that keeps killing
-//! replicas fails its request; see `requeue_after_death`).
+//! the front of the queue as suspects ([`crate::workers::isolation`]): a
+//! pair that keeps killing replicas fails its request.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ce_common::TokenBatch;
-use ce_common::frame::{self, FrameKind};
-use tokio::sync::{RwLock, mpsc};
+use tokio::sync::{mpsc, watch};
 
+use crate::api::ApiError;
 use crate::batcher::{self, BatchLimits};
 use crate::metrics::{Metrics, Stage};
-use crate::request::{ApiError, PendingRequest};
-use crate::workers::{WorkerFailure, WorkerHandle, WorkerReply};
+use crate::request::PendingRequest;
+use crate::workers::isolation::{AfterDeath, after_death};
+use crate::workers::{JobError, Lease, ReplicaClient, Scores, Share, Worked, WorkerPool};
 
 /// Tokenized pairs of one request.
 #[derive(Debug)]
@@ -57,9 +59,8 @@ struct QueuedPair {
     enqueued: Instant,
     /// Deaths of replicas holding this pair.
     tries: u8,
-    /// Quarantine: pairs of a batch that killed its replica are re-sent
-    /// only with the other members of their half, halving until the poison
-    /// is alone.
+    /// Suspects: pairs of a batch that killed its replica are re-sent only
+    /// with the other members of their group, alone on a replica.
     group: Option<u64>,
 }
 
@@ -67,16 +68,15 @@ struct QueuedPair {
 struct InFlight {
     pairs: Vec<QueuedPair>,
     sent: Instant,
+    /// Whether the batch held its replica alone.
+    alone: bool,
 }
 
 enum Event {
     Work(Work),
-    /// The replica list changed (a restart): look for work to send.
-    Nudge,
     Done {
-        replica: usize,
         batch: InFlight,
-        result: Result<WorkerReply, WorkerFailure>,
+        result: Result<Worked<Scores>, JobError>,
     },
 }
 
@@ -90,25 +90,23 @@ impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Event::Work(w) => write!(f, "Work({} pairs)", w.batch.len()),
-            Event::Done { replica, .. } => write!(f, "Done(replica {replica})"),
-            Event::Nudge => write!(f, "Nudge"),
+            Event::Done { batch, .. } => write!(f, "Done({} pairs)", batch.pairs.len()),
         }
     }
 }
 
 impl Scheduler {
-    /// Starts the actor over `replicas` (a shared, replaceable list).
+    /// Starts the actor over the replica pool.
     pub fn start(
         config: SchedulerConfig,
-        replicas: Arc<RwLock<Vec<WorkerHandle>>>,
+        replicas: WorkerPool<ReplicaClient>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let (events, rx) = mpsc::unbounded_channel();
         let actor = Actor {
             config,
+            restarts: replicas.generation(),
             replicas,
-            inflight: Vec::new(),
-            isolated: Vec::new(),
             queue: VecDeque::new(),
             events: events.clone(),
             metrics,
@@ -116,11 +114,6 @@ impl Scheduler {
         };
         tokio::spawn(actor.run(rx));
         Self { events }
-    }
-
-    /// Tells the scheduler the replicas changed (one was replaced).
-    pub fn nudge(&self) {
-        let _ = self.events.send(Event::Nudge);
     }
 
     /// Queues tokenized pairs.
@@ -133,12 +126,9 @@ impl Scheduler {
 
 struct Actor {
     config: SchedulerConfig,
-    replicas: Arc<RwLock<Vec<WorkerHandle>>>,
-    /// Batches in flight per replica slot.
-    inflight: Vec<usize>,
-    /// Replicas running a quarantine batch, which must be alone on its
-    /// replica: a death then blames only that batch.
-    isolated: Vec<bool>,
+    replicas: WorkerPool<ReplicaClient>,
+    /// Changes when a replica is replaced: look for work to send.
+    restarts: watch::Receiver<u64>,
     queue: VecDeque<QueuedPair>,
     events: mpsc::UnboundedSender<Event>,
     metrics: Arc<Metrics>,
@@ -148,13 +138,22 @@ struct Actor {
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
         loop {
-            let wake_at = self.dispatch().await;
-            let event = match wake_at {
-                Some(at) => tokio::select! {
-                    e = rx.recv() => e,
-                    _ = tokio::time::sleep_until(at.into()) => continue,
-                },
-                None => rx.recv().await,
+            let wake_at = self.dispatch();
+            let sleep = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                e = rx.recv() => e,
+                _ = sleep => continue,
+                changed = self.restarts.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             let Some(event) = event else { return };
             self.handle(event);
@@ -167,7 +166,6 @@ impl Actor {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Nudge => {}
             Event::Work(work) => {
                 let now = Instant::now();
                 for i in 0..work.batch.len() {
@@ -182,184 +180,131 @@ impl Actor {
                     });
                 }
             }
-            Event::Done {
-                replica,
-                batch,
-                result,
-            } => {
-                if let Some(n) = self.inflight.get_mut(replica) {
-                    *n = n.saturating_sub(1);
-                }
-                if let Some(i) = self.isolated.get_mut(replica) {
-                    *i = false;
-                }
-                self.finish(batch, result);
-            }
+            Event::Done { batch, result } => self.finish(batch, result),
         }
         self.metrics.queue_pairs.set(self.queue.len() as i64);
         self.publish_inflight();
     }
 
-    fn finish(&mut self, batch: InFlight, result: Result<WorkerReply, WorkerFailure>) {
-        let elapsed = batch.sent.elapsed();
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(WorkerFailure::Died) => {
-                self.requeue_after_death(batch.pairs);
-                return;
-            }
-        };
-        let scores = match FrameKind::from_u16(reply.kind) {
-            Some(FrameKind::Scores) => {
-                frame::decode_scores(&reply.payload).map_err(|e| e.to_string())
-            }
-            Some(FrameKind::Error) => Err(frame::decode_error(&reply.payload)
-                .map(|(_, m)| m)
-                .unwrap_or_else(|e| e.to_string())),
-            _ => Err(format!("unexpected reply kind {}", reply.kind)),
-        };
-        match scores {
-            Ok((logits, labels)) if logits.len() == batch.pairs.len() * labels => {
+    fn finish(&mut self, batch: InFlight, result: Result<Worked<Scores>, JobError>) {
+        let message = match result {
+            Ok(done) => {
                 let m = &self.metrics;
                 m.pairs.inc_by(batch.pairs.len() as u64);
-                m.observe_stage(Stage::Forward, reply.work.as_secs_f64());
+                m.observe_stage(Stage::Forward, done.work.as_secs_f64());
                 m.observe_stage(
                     Stage::Ring,
-                    elapsed.saturating_sub(reply.work).as_secs_f64(),
+                    done.round_trip.saturating_sub(done.work).as_secs_f64(),
                 );
-                for (pair, row) in batch.pairs.iter().zip(logits.chunks(labels)) {
+                let labels = done.output.labels;
+                for (pair, row) in batch.pairs.iter().zip(done.output.logits.chunks(labels)) {
                     let queued = batch.sent.saturating_duration_since(pair.enqueued);
                     m.pair_latency
                         .observe(pair.enqueued.elapsed().as_secs_f64());
-                    pair.request.complete(pair.index, row, queued, elapsed);
+                    pair.request
+                        .complete(pair.index, row, queued, done.round_trip);
                 }
+                return;
             }
-            Ok((logits, labels)) => {
-                let message = format!(
-                    "model worker returned {} logits for {} pairs × {labels}",
-                    logits.len(),
-                    batch.pairs.len()
-                );
-                batch
-                    .pairs
-                    .iter()
-                    .for_each(|p| p.request.fail(ApiError::Internal(message.clone())));
-            }
-            Err(message) => {
-                batch.pairs.iter().for_each(|p| {
-                    p.request
-                        .fail(ApiError::Internal(format!("model worker: {message}")))
-                });
-            }
+            Err(JobError::Died) => return self.requeue_after_death(batch.pairs, batch.alone),
+            Err(JobError::Refused(message)) => format!("model worker: {message}"),
+            Err(JobError::Failed(message)) => message,
+        };
+        for pair in &batch.pairs {
+            pair.request.fail(ApiError::Internal(message.clone()));
         }
     }
 
-    /// The replica died holding these pairs. Several are split in two
-    /// quarantine groups that travel alone, so the bystanders finish and
-    /// the poison is isolated in log2(n) deaths. A pair that was alone
-    /// outside quarantine is quarantined alone: it may have been a
-    /// bystander of an outside kill. A pair that kills its replica while
-    /// quarantined alone is the poison: its request fails, after two tries
-    /// when it was alone from the start, after 1 + ⌈log2 n⌉ replica deaths
-    /// when it came in a batch of n.
-    fn requeue_after_death(&mut self, mut pairs: Vec<QueuedPair>) {
+    /// The replica died holding these pairs: they go back to the front of
+    /// the queue as suspects, split so that the bystanders finish and the
+    /// poison is isolated ([`after_death`]). A pair that kills its replica
+    /// alone fails its request: after two tries when it was alone from the
+    /// start, after 1 + ⌈log2 n⌉ replica deaths when it came in a batch of n.
+    fn requeue_after_death(&mut self, mut pairs: Vec<QueuedPair>, alone: bool) {
         for p in &mut pairs {
             p.tries = p.tries.saturating_add(1);
         }
-        if let [pair] = pairs.as_mut_slice() {
-            if pair.group.is_some() {
+        let groups = match after_death(pairs, alone) {
+            AfterDeath::Refuse(pair) => {
                 pair.request.fail(ApiError::Internal(format!(
                     "a model worker crashed scoring document {} ({} times, the last time alone); this input is refused",
                     pair.index, pair.tries
                 )));
                 return;
             }
-            pair.group = Some(self.next_group);
-            self.next_group += 1;
-        } else {
-            let half = pairs.len() / 2;
-            for (i, p) in pairs.iter_mut().enumerate() {
-                p.group = Some(self.next_group + (i >= half) as u64);
+            AfterDeath::RetryAlone(groups) => groups,
+        };
+        let mut requeued = Vec::new();
+        for group in groups {
+            for mut pair in group {
+                pair.group = Some(self.next_group);
+                requeued.push(pair);
             }
-            self.next_group += 2;
+            self.next_group += 1;
         }
-        for pair in pairs.into_iter().rev() {
+        for pair in requeued.into_iter().rev() {
             self.queue.push_front(pair);
         }
     }
 
     fn publish_inflight(&self) {
-        let total: usize = self.inflight.iter().sum();
-        self.metrics.batches_in_flight.set(total as i64);
+        self.metrics
+            .batches_in_flight
+            .set(self.replicas.in_flight() as i64);
     }
 
     /// Sends every batch that should go now; returns when to look again if
     /// a partial batch is waiting for company.
-    async fn dispatch(&mut self) -> Option<Instant> {
-        let replicas = self.replicas.read().await.clone();
-        self.inflight.resize(replicas.len(), 0);
-        self.isolated.resize(replicas.len(), false);
+    fn dispatch(&mut self) -> Option<Instant> {
         loop {
             self.queue.retain(|p| !p.request.is_abandoned());
             self.metrics.queue_pairs.set(self.queue.len() as i64);
-            let oldest = self.queue.front()?.enqueued;
-            let quarantined = self.queue.front().is_some_and(|p| p.group.is_some());
-            let slot = (0..replicas.len())
-                .filter(|&r| replicas[r].is_alive() && !self.isolated[r])
-                .filter(|&r| {
-                    if quarantined {
-                        self.inflight[r] == 0
-                    } else {
-                        self.inflight[r] < self.config.max_inflight
-                    }
-                })
-                .min_by_key(|&r| self.inflight[r]);
-            let Some(r) = slot else {
+            let front = self.queue.front()?;
+            let (oldest, suspects) = (front.enqueued, front.group);
+            // Suspects go alone to an idle replica; other batches share one
+            // with up to `max_inflight` batches.
+            let share = match suspects {
+                Some(_) => Share::Alone,
+                None => Share::Shared(self.config.max_inflight),
+            };
+            let Some(lease) = self.replicas.try_lease(share) else {
                 // Every replica busy, or all dead and being restarted: the
                 // queue waits (clients' deadlines bound the wait) and a
-                // completion or a restart's nudge brings us back.
+                // completion or a restart brings us back.
                 return None;
             };
-            // The batcher looks at one batch's worth of the oldest pairs:
-            // a request is answered when its last pair is, so mixing the
-            // pairs of many requests by length (a wider window) makes every
-            // request wait for the slowest of several batches. A 1-to-3 s
-            // open-loop ramp over HTTP answered 0.7 requests/s past the knee
-            // with 8 batches' worth, against a capacity of 1.3. The packed
-            // engine groups lengths for attention inside each batch anyway.
-            // Quarantined pairs get a length no budget fits, so they never
-            // join a normal batch.
-            let window = self.config.limits.max_pairs;
-            let lengths: Vec<usize> = self
-                .queue
-                .iter()
-                .take(window)
-                .map(|p| {
-                    if p.group.is_some() {
-                        usize::MAX / 4
-                    } else {
-                        p.ids.len()
-                    }
-                })
-                .collect();
-            let full = self.queue.len() >= self.config.limits.max_pairs
-                || self
-                    .queue
-                    .iter()
-                    .take(window)
-                    .map(|p| p.ids.len())
-                    .sum::<usize>()
-                    >= self.config.limits.max_tokens;
-            let due = oldest + self.config.timeout;
-            if !(full || self.inflight[r] == 0 || Instant::now() >= due) {
-                return Some(due);
-            }
-            let chosen = match self.queue.front().and_then(|p| p.group) {
-                // A quarantine group goes alone, whole.
+            let chosen: Vec<usize> = match suspects {
+                // A suspect group goes alone, whole.
                 Some(g) => (0..self.queue.len())
                     .filter(|&i| self.queue[i].group == Some(g))
                     .collect(),
-                None => batcher::choose(&lengths, self.config.limits, window),
+                None => {
+                    // The batcher looks at one batch's worth of the oldest
+                    // pairs: a request is answered when its last pair is,
+                    // so mixing the pairs of many requests by length (a
+                    // wider window) makes every request wait for the
+                    // slowest of several batches. A 1-to-3 s open-loop ramp
+                    // over HTTP answered 0.7 requests/s past the knee with
+                    // 8 batches' worth, against a capacity of 1.3. The
+                    // packed engine groups lengths for attention inside
+                    // each batch anyway. Suspects (always at the front,
+                    // where a death puts them) never join a normal batch.
+                    let limits = self.config.limits;
+                    let lengths: Vec<usize> = self
+                        .queue
+                        .iter()
+                        .take(limits.max_pairs)
+                        .take_while(|p| p.group.is_none())
+                        .map(|p| p.ids.len())
+                        .collect();
+                    let full = self.queue.len() >= limits.max_pairs
+                        || lengths.iter().sum::<usize>() >= limits.max_tokens;
+                    let due = oldest + self.config.timeout;
+                    if !(full || lease.found_idle() || Instant::now() >= due) {
+                        return Some(due);
+                    }
+                    batcher::choose(&lengths, limits, limits.max_pairs)
+                }
             };
             let mut pairs = Vec::with_capacity(chosen.len());
             for &i in chosen.iter().rev() {
@@ -368,11 +313,11 @@ impl Actor {
                 }
             }
             pairs.reverse();
-            self.send(r, &replicas[r], pairs);
+            self.send(lease, pairs);
         }
     }
 
-    fn send(&mut self, r: usize, replica: &WorkerHandle, pairs: Vec<QueuedPair>) {
+    fn send(&mut self, lease: Lease<ReplicaClient>, pairs: Vec<QueuedPair>) {
         let tokens: usize = pairs.iter().map(|p| p.ids.len()).sum();
         let mut batch = TokenBatch::with_capacity(pairs.len(), tokens);
         for p in &pairs {
@@ -388,23 +333,21 @@ impl Actor {
             self.metrics.queue_wait.observe(waited);
             self.metrics.observe_stage(Stage::Queue, waited);
         }
-        let mut payload = Vec::with_capacity(8 + 4 * (batch.len() + 1) + 8 * tokens);
-        frame::encode_token_batch(&batch, &mut payload);
-        let reply = replica.submit(FrameKind::TokenBatch, pairs.len() as u32, payload);
-        self.inflight[r] += 1;
         self.publish_inflight();
-        self.isolated[r] = pairs.first().is_some_and(|p| p.group.is_some());
         let events = self.events.clone();
-        let batch = InFlight {
-            pairs,
-            sent: Instant::now(),
-        };
-        let (replica, deadline) = (replica.clone(), self.config.deadline);
+        let deadline = self.config.deadline;
         tokio::spawn(async move {
-            let result = replica.reply_within(reply, deadline, "batch").await;
+            let in_flight = InFlight {
+                pairs,
+                sent: Instant::now(),
+                alone: lease.is_alone(),
+            };
+            let result = lease.client().score(&batch, deadline).await;
+            // Free the replica before the actor hears of it, so that its
+            // in-flight gauge and next dispatch see the room.
+            drop(lease);
             let _ = events.send(Event::Done {
-                replica: r,
-                batch,
+                batch: in_flight,
                 result,
             });
         });

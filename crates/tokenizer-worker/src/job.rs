@@ -3,21 +3,13 @@
 
 use ce_common::TokenBatch;
 use ce_common::frame::{self, ERROR_INTERNAL, ERROR_INVALID_INPUT, FrameKind, TextJob};
+use ce_common::worker::Handled;
 
 use crate::{PairTokenizer, TokenizeError, Truncation};
 
-/// The outcome of a job: the reply frame's kind, count and pairs done. Its
-/// payload has been written to the output buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobReply {
-    /// [`FrameKind::TokenBatch`] or [`FrameKind::Error`].
-    pub kind: FrameKind,
-    /// Pairs in the batch (0 for an error).
-    pub pairs: u32,
-}
-
-/// Tokenizes the text job in `payload` and writes the reply payload to `out`.
-pub fn tokenize_job(tokenizer: &PairTokenizer, payload: &[u8], out: &mut Vec<u8>) -> JobReply {
+/// Tokenizes the text job in `payload` and writes the reply payload to
+/// `out`: a token batch, or an error that names the offending document.
+pub fn tokenize_job(tokenizer: &PairTokenizer, payload: &[u8], out: &mut Vec<u8>) -> Handled {
     let job = match TextJob::decode(payload) {
         Ok(job) => job,
         Err(e) => return error(out, ERROR_INTERNAL, &e.to_string()),
@@ -25,9 +17,10 @@ pub fn tokenize_job(tokenizer: &PairTokenizer, payload: &[u8], out: &mut Vec<u8>
     match tokenize(tokenizer, &job) {
         Ok(batch) => {
             frame::encode_token_batch(&batch, out);
-            JobReply {
+            Handled {
                 kind: FrameKind::TokenBatch,
-                pairs: batch.len() as u32,
+                count: batch.len() as u32,
+                pairs: batch.len() as u64,
             }
         }
         Err(message) => error(out, ERROR_INVALID_INPUT, &message),
@@ -55,11 +48,12 @@ pub fn tokenize(tokenizer: &PairTokenizer, job: &TextJob) -> Result<TokenBatch, 
     Ok(batch)
 }
 
-fn error(out: &mut Vec<u8>, code: u32, message: &str) -> JobReply {
+fn error(out: &mut Vec<u8>, code: u32, message: &str) -> Handled {
     out.clear();
     frame::encode_error(code, message, out);
-    JobReply {
+    Handled {
         kind: FrameKind::Error,
+        count: 0,
         pairs: 0,
     }
 }

@@ -9,7 +9,7 @@
 //! * [`job`] — one text job in, one packed batch (or a precise error) out.
 //! * [`process`] — the worker process's main loop.
 //!
-//! The tokenizer worker process (`ce-tokenizer-worker`, DESIGN.md §1) wraps
+//! The tokenizer worker process (`ce-tokenizer-worker`, see docs/ARCHITECTURE.md) wraps
 //! this library; the supervisor uses it directly when run with `--tokenizers 0`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -1,10 +1,8 @@
 //! The tokenizer worker process's main loop (`ce-tokenizer-worker`, built
 //! with the supervisor package so the three executables sit side by side).
 
-use std::path::Path;
-
-use ce_common::control::Role;
-use ce_common::worker::{Reply, WorkerError, WorkerSession};
+use ce_common::control::{Role, WorkerJob};
+use ce_common::worker::{WorkerError, WorkerSession};
 
 use crate::job::tokenize_job;
 use crate::{PairTokenizer, TokenizeError};
@@ -18,6 +16,9 @@ pub enum ProcessError {
     /// The tokenizer could not be loaded.
     #[error(transparent)]
     Tokenizer(#[from] TokenizeError),
+    /// The supervisor's configuration is not a tokenizer's.
+    #[error("bad worker configuration: {0}")]
+    Config(String),
 }
 
 /// Environment variable that makes a tokenizer worker abort on any job
@@ -47,23 +48,26 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     // SAFETY: forwarded from the caller.
     let session = unsafe { WorkerSession::connect(Role::Tokenizer)? };
     let config = session.config().clone();
-    let threads = config.threads.max(1).to_string();
+    let WorkerJob::Tokenizer { tokenizer: path } = &config.job else {
+        let why = format!("a tokenizer worker was sent {:?}", config.job.role());
+        session.refuse(&why);
+        return Err(ProcessError::Config(why));
+    };
     // SAFETY: `connect` ran on this thread alone; no other thread exists yet.
     unsafe {
-        // The tokenizers library may parallelise on its own: hold it to our share.
-        std::env::set_var("RAYON_NUM_THREADS", &threads);
+        // One job at a time on one thread: the supervisor scales tokenizers
+        // by processes, so the library must not parallelise on its own.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
         std::env::set_var("TOKENIZERS_PARALLELISM", "false");
     }
-    // `model` is the tokenizer.json the supervisor resolved for us.
-    let tokenizer =
-        match PairTokenizer::from_file(Path::new(&config.model), config.max_length as usize) {
-            Ok(t) => t,
-            Err(e) => {
-                session.refuse(&e.to_string());
-                return Err(e.into());
-            }
-        };
-    tracing::info!(worker = session.replica(), tokenizer = %config.model, "tokenizer loaded");
+    let tokenizer = match PairTokenizer::from_file(path, config.max_length as usize) {
+        Ok(t) => t,
+        Err(e) => {
+            session.refuse(&e.to_string());
+            return Err(e.into());
+        }
+    };
+    tracing::info!(worker = session.replica(), tokenizer = %path.display(), "tokenizer loaded");
     let poison = fault_injection_text();
     session.serve(|_, payload, out| {
         if let Some(marker) = &poison
@@ -74,12 +78,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
             // Test-only crash on a marker input (see `fault_injection_text`).
             std::process::abort();
         }
-        let reply = tokenize_job(&tokenizer, payload, out);
-        Reply {
-            kind: reply.kind,
-            count: reply.pairs,
-            pairs: reply.pairs as u64,
-        }
+        tokenize_job(&tokenizer, payload, out)
     })?;
     Ok(())
 }

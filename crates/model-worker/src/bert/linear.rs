@@ -11,8 +11,9 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::dtype::WeightDType;
+use crate::dtype::CandleDType;
 use crate::error::Result;
+use ce_model_spec::WeightDType;
 
 /// One linear layer (`y = x Wᵀ + b`).
 #[derive(Debug, Clone)]

@@ -29,10 +29,10 @@ use candle_nn::VarBuilder;
 use ce_common::TokenBatch;
 use ce_common::batch::BatchLimits;
 
-use crate::config::{BertConfig, HiddenAct};
-use crate::dtype::WeightDType;
+use crate::dtype::CandleDType;
 use crate::error::{EngineError, Result};
-use crate::source::Weights;
+use ce_model_spec::Weights;
+use ce_model_spec::{HiddenAct, ModelConfig, WeightDType};
 use linear::Linear;
 use plan::{AttentionLayout, BatchPlan};
 
@@ -110,7 +110,7 @@ impl LayerNorm {
     fn load(
         r: &WeightReader,
         name: &str,
-        c: &BertConfig,
+        c: &ModelConfig,
         dtype: DType,
         dev: &Device,
     ) -> Result<Self> {
@@ -140,7 +140,7 @@ impl LayerNorm {
 /// The word, position and token-type tables, each loaded by
 /// `table(rows, name)`: both encoders read the same three.
 fn embedding_tables<T>(
-    c: &BertConfig,
+    c: &ModelConfig,
     mut table: impl FnMut(usize, &str) -> Result<T>,
 ) -> Result<[T; 3]> {
     Ok([
@@ -163,7 +163,7 @@ struct Embeddings {
 }
 
 impl Embeddings {
-    fn load(r: &WeightReader, c: &BertConfig, dtype: DType, dev: &Device) -> Result<Self> {
+    fn load(r: &WeightReader, c: &ModelConfig, dtype: DType, dev: &Device) -> Result<Self> {
         let table = |rows: usize, name: &str| -> Result<Tensor> {
             Ok(r.get((rows, c.hidden_size), name)?
                 .to_dtype(dtype)?
@@ -202,7 +202,7 @@ impl SelfAttention {
     fn load(
         r: &WeightReader,
         p: &str,
-        c: &BertConfig,
+        c: &ModelConfig,
         dtype: WeightDType,
         dev: &Device,
     ) -> Result<Self> {
@@ -279,7 +279,7 @@ impl FeedForward {
     fn load(
         r: &WeightReader,
         p: &str,
-        c: &BertConfig,
+        c: &ModelConfig,
         dtype: WeightDType,
         dev: &Device,
     ) -> Result<Self> {
@@ -369,7 +369,7 @@ enum Encoder {
 /// A loaded BERT cross-encoder.
 #[derive(Debug)]
 pub struct BertCrossEncoder {
-    config: BertConfig,
+    config: ModelConfig,
     dtype: WeightDType,
     device: Device,
     attention: AttentionLayout,
@@ -382,29 +382,26 @@ impl BertCrossEncoder {
     /// laying attention out as `attention` says.
     pub fn load(
         weights: &Weights,
-        config: BertConfig,
+        config: ModelConfig,
         dtype: WeightDType,
         device: &Device,
         attention: AttentionLayout,
     ) -> Result<Self> {
         let r = WeightReader::open(weights)?;
         let num_labels = Self::num_labels_of(&r, &config)?;
-        // The attention kernel tiles heads 16 columns wide.
-        let cpu_kernels = device.is_cpu()
-            && attention == AttentionLayout::Grouped
-            && config.head_dim().is_multiple_of(16);
+        let spec = ce_model_spec::ReplicaSpec {
+            model: String::new(),
+            dtype,
+            device: crate::device::spec_of(device),
+            attention,
+            threads: 0,
+        };
+        spec.check(&config)?;
+        let cpu_kernels = spec.runs_cpu_kernels(&config);
         let encoder = match dtype {
             WeightDType::F32 | WeightDType::I8 if cpu_kernels => Encoder::Cpu(Box::new(
                 cpu::CpuEncoder::load(&r, &config, num_labels, dtype == WeightDType::I8)?,
             )),
-            WeightDType::I8 => {
-                return Err(EngineError::Weights(format!(
-                    "dtype i8 runs on the CPU, with the grouped attention layout and heads a multiple of 16 wide (asked: {} attention, heads {} wide, on {:?}); use q8_0 or f16 there",
-                    attention,
-                    config.head_dim(),
-                    device.location()
-                )));
-            }
             _ => Encoder::Candle(CandleEncoder::load(&r, &config, dtype, device, num_labels)?),
         };
         Ok(Self {
@@ -418,7 +415,7 @@ impl BertCrossEncoder {
     }
 
     /// The classifier's rows, checked against what `config.json` declares.
-    fn num_labels_of(r: &WeightReader, c: &BertConfig) -> Result<usize> {
+    fn num_labels_of(r: &WeightReader, c: &ModelConfig) -> Result<usize> {
         if !r.has_raw("classifier.weight") {
             return Err(EngineError::Weights(
                 "classifier.weight is missing: this is not a cross-encoder (BertForSequenceClassification) checkpoint".into(),
@@ -445,7 +442,7 @@ impl BertCrossEncoder {
     }
 
     /// The model's configuration.
-    pub fn config(&self) -> &BertConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -487,7 +484,7 @@ impl BertCrossEncoder {
 impl CandleEncoder {
     fn load(
         r: &WeightReader,
-        c: &BertConfig,
+        c: &ModelConfig,
         dtype: WeightDType,
         device: &Device,
         num_labels: usize,

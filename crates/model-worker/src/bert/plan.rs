@@ -14,52 +14,11 @@ use candle_core::{DType, Device, Tensor};
 use ce_common::TokenBatch;
 
 use crate::error::Result;
+pub use ce_model_spec::AttentionLayout;
 
 /// A group's padded attention may cost at most this multiple of its real
 /// attention (Σ l_max² against Σ l²) before a new group starts.
 const MAX_GROUP_ATTENTION_WASTE: f64 = 1.3;
-
-/// How sequences are laid out for attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttentionLayout {
-    /// Sorted by length and cut into groups of close lengths (the default).
-    #[default]
-    Grouped,
-    /// One block, every sequence padded to the batch's longest, in batch
-    /// order: attention as an engine without length grouping computes it
-    /// (for the padding experiment; linear layers stay packed).
-    Single,
-    /// Everything padded: every sequence is padded to the batch's longest
-    /// before the embeddings, so linear layers, norms and attention all run
-    /// on `[pairs × longest, H]`. What a classic padded BERT computes; the
-    /// padding experiment's baseline.
-    Padded,
-}
-
-impl std::str::FromStr for AttentionLayout {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "grouped" | "" => Ok(Self::Grouped),
-            "single" => Ok(Self::Single),
-            "padded" => Ok(Self::Padded),
-            other => Err(format!(
-                "attention layout {other:?}: expected \"grouped\", \"single\" or \"padded\""
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for AttentionLayout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Grouped => "grouped",
-            Self::Single => "single",
-            Self::Padded => "padded",
-        })
-    }
-}
 
 /// Sequences computed together in one padded attention block.
 #[derive(Debug)]

@@ -1,18 +1,19 @@
-//! A real `ce-supervisor` process for the tests, and small real clients.
+//! Test-side helpers around the one server harness
+//! ([`ce_bench::server::Supervisor`], which the benchmarks use too): the
+//! default model, the tests' way of starting a server (SIGKILL on drop,
+//! failing the test on error), small real clients and the engine's
+//! reference scores.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
+use ce_bench::server::{Launch, OnDrop, Supervisor};
 use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use tonic::transport::Channel;
 
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+pub use ce_bench::server::{http, workspace_root};
 
 /// The default model; the tests fail (not skip) without it.
 pub fn model_dir() -> PathBuf {
@@ -25,6 +26,7 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
+/// Where the server and worker executables of this build are.
 pub fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_ce-supervisor"))
         .parent()
@@ -32,48 +34,43 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A running supervisor on ports it chose; killed (SIGKILL) if the test
+/// ends without stopping it.
+pub struct Server(Supervisor);
+
+impl std::ops::Deref for Server {
+    type Target = Supervisor;
+
+    fn deref(&self) -> &Supervisor {
+        &self.0
+    }
 }
 
-/// A running supervisor; killed (SIGKILL) if the test ends without stopping it.
-pub struct Server {
-    pub child: Option<Child>,
-    pub grpc_port: u16,
-    pub http_port: u16,
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Supervisor {
+        &mut self.0
+    }
 }
 
 impl Server {
-    /// Starts the server without waiting for readiness.
+    /// Starts the server without waiting for readiness (its ports listen).
     pub fn spawn(args: &[&str], worker_dir: &Path) -> Self {
         Self::spawn_with_env(args, worker_dir, &[])
     }
 
     /// [`Server::spawn`] with extra environment variables (workers inherit them).
     pub fn spawn_with_env(args: &[&str], worker_dir: &Path, env: &[(&str, String)]) -> Self {
-        let (grpc_port, http_port) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_ce-supervisor"))
-            .arg("--model")
-            .arg(model_dir())
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-            .arg("--worker-dir")
-            .arg(worker_dir)
-            .args(args)
-            .env("CE_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start ce-supervisor");
-        Self {
-            child: Some(child),
-            grpc_port,
-            http_port,
-        }
+        let launch = Launch {
+            model: model_dir().display().to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            worker_dir: Some(worker_dir.to_path_buf()),
+            on_drop: OnDrop::Kill,
+        };
+        Self(Supervisor::launch(launch).expect("start ce-supervisor"))
     }
 
     /// Starts the server and waits until `/health` says it serves.
@@ -88,105 +85,24 @@ impl Server {
         server
     }
 
+    /// Waits until `/health` says it serves; fails the test otherwise.
     pub fn wait_ready(&self, limit: Duration) {
-        let until = Instant::now() + limit;
-        while Instant::now() < until {
-            if let Ok((200, _)) = http(self.http_port, "GET", "/health", None) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server not ready within {limit:?}");
+        self.0
+            .wait_ready(limit)
+            .unwrap_or_else(|e| panic!("server not ready: {e}"));
     }
 
+    /// A gRPC client.
     pub async fn client(&self) -> CrossEncoderClient<Channel> {
-        CrossEncoderClient::connect(format!("http://127.0.0.1:{}", self.grpc_port))
-            .await
-            .expect("connect")
-    }
-
-    /// The worker processes (pid, executable name), from every thread's
-    /// children (workers are spawned by a dedicated thread).
-    pub fn workers(&self) -> Vec<(u32, String)> {
-        let pid = self.pid();
-        let mut out = Vec::new();
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for child in children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok())
-            {
-                let name =
-                    std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
-                out.push((child, name.trim().to_string()));
-            }
-        }
-        out
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.0.client().await.expect("connect")
     }
 
     /// SIGTERM, then the exit status (within `limit`).
     pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let until = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                panic!("server did not exit within {limit:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0
+            .terminate(limit)
+            .unwrap_or_else(|e| panic!("server did not exit within {limit:?} of SIGTERM: {e}"))
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 client: `(status, body)`.
-pub fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    json: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = json.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let status = response
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// The value of the first sample of `name` on the server's `/metrics`

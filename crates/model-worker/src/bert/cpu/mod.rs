@@ -38,8 +38,8 @@ use std::sync::Mutex;
 use ce_common::TokenBatch;
 
 use super::{ForwardOutput, WeightReader, embedding_tables};
-use crate::config::{BertConfig, HiddenAct};
 use crate::error::{EngineError, Result};
+use ce_model_spec::{HiddenAct, ModelConfig};
 use int8::Int8Linear;
 use kernels::{Activation, AttentionScratch, Heads, View, matmul};
 
@@ -206,7 +206,7 @@ impl CpuEncoder {
     /// per output channel (`int8`); the pooler and classifier stay f32.
     pub(super) fn load(
         r: &WeightReader,
-        c: &BertConfig,
+        c: &ModelConfig,
         num_labels: usize,
         int8: bool,
     ) -> Result<Self> {

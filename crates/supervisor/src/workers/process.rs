@@ -1,6 +1,7 @@
 //! The supervisor's side of one worker process: spawn it with its link and
 //! control socket, shake hands, configure it, wait until it is ready, then
-//! carry jobs to it and replies back.
+//! carry frames to it and replies back. Only the typed clients
+//! ([`super::client`]) send frames; everything else sees a process.
 //!
 //! A worker handle runs three tasks: a writer (jobs → to-worker ring), a
 //! reader (from-worker ring → the job's reply channel, matched by frame id)
@@ -11,7 +12,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,12 +42,12 @@ pub enum StartError {
     #[error("cannot create the worker's rings: {0}")]
     Link(#[from] link::LinkError),
     /// Handshake or readiness failed.
-    #[error("worker {role:?} {index} did not become ready: {source}")]
+    #[error("worker {role:?} {slot} did not become ready: {source}")]
     Control {
         /// Its role.
         role: Role,
-        /// Its index.
-        index: u32,
+        /// Its slot.
+        slot: u32,
         /// Why.
         source: ControlError,
     },
@@ -63,13 +64,11 @@ pub enum WorkerFailure {
     Died,
 }
 
-/// A worker's answer to one job.
-#[derive(Debug, Clone)]
-pub struct WorkerReply {
+/// A reply frame as it came off the ring, for the typed clients to decode.
+#[derive(Debug)]
+pub(super) struct RawReply {
     /// Frame kind of the reply.
     pub kind: u16,
-    /// Its count field.
-    pub count: u32,
     /// Its payload.
     pub payload: Vec<u8>,
     /// Time the worker spent on the job, by its own clock (the rest of the
@@ -77,13 +76,16 @@ pub struct WorkerReply {
     pub work: Duration,
 }
 
+/// Where a frame's reply (or its worker's death) arrives.
+pub(super) type PendingReply = oneshot::Receiver<Result<RawReply, WorkerFailure>>;
+
 /// One worker's figures for `/metrics`.
 #[derive(Debug, Clone)]
 pub struct WorkerFigures {
     /// Tokenizer or model.
     pub role: Role,
-    /// Its index among workers of its role.
-    pub index: u32,
+    /// Its slot among workers of its role.
+    pub slot: u32,
     /// Its pid (0 for a slot that failed to start).
     pub pid: u32,
     /// Whether it serves.
@@ -96,7 +98,7 @@ pub struct WorkerFigures {
     pub from_worker_bytes: u64,
 }
 
-type ReplySender = oneshot::Sender<Result<WorkerReply, WorkerFailure>>;
+type ReplySender = oneshot::Sender<Result<RawReply, WorkerFailure>>;
 
 struct Job {
     kind: FrameKind,
@@ -110,8 +112,8 @@ struct Job {
 pub struct WorkerSpec {
     /// Tokenizer or model.
     pub role: Role,
-    /// Index among workers of its role.
-    pub index: u32,
+    /// Its slot among workers of its role.
+    pub slot: u32,
     /// The worker binary.
     pub program: PathBuf,
     /// What it is told after the handshake.
@@ -122,25 +124,26 @@ pub struct WorkerSpec {
     pub ready_timeout: Duration,
 }
 
-/// A running, ready worker.
+/// A worker process: running and ready, dead, or a slot whose worker
+/// failed to start (dead from the start, carrying the reason).
 #[derive(Debug, Clone)]
-pub struct WorkerHandle {
+pub struct WorkerProcess {
     inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
     role: Role,
-    index: u32,
+    slot: u32,
     pid: u32,
     jobs: mpsc::UnboundedSender<Job>,
-    outstanding: AtomicUsize,
     alive: AtomicBool,
     died: watch::Sender<bool>,
     metrics: Mutex<MetricsSnapshot>,
     shutdown: mpsc::UnboundedSender<u64>,
     stopping: AtomicBool,
-    heartbeats: AtomicU64,
+    /// Frames sent and not yet answered, by frame id.
+    pending: Pending,
     /// When the handle was made; the origin of `last_reply_us`.
     born: Instant,
     /// When the worker last answered a job, in µs since `born`.
@@ -153,10 +156,10 @@ struct Inner {
     rings: Option<[RingGauge; 2]>,
 }
 
-impl WorkerHandle {
+impl WorkerProcess {
     /// Spawns the worker and waits until it says it is ready.
     pub async fn start(spec: WorkerSpec, spawner: &Spawner) -> Result<Self, StartError> {
-        let name = format!("ce-{:?}-{}", spec.role, spec.index).to_lowercase();
+        let name = format!("ce-{:?}-{}", spec.role, spec.slot).to_lowercase();
         let (sup_link, child_link) = link::create(spec.link, &name)?;
         let (ours, theirs) = control::socket_pair().map_err(|source| StartError::Spawn {
             program: spec.program.clone(),
@@ -166,7 +169,7 @@ impl WorkerHandle {
         command.fds.push(OwnedFd::from(theirs));
         command
             .env
-            .push((REPLICA_ENV.into(), spec.index.to_string().into()));
+            .push((REPLICA_ENV.into(), spec.slot.to_string().into()));
         let spawner = spawner.clone();
         let program = spec.program.clone();
         let spawned = tokio::task::spawn_blocking(move || spawner.spawn(command))
@@ -179,13 +182,13 @@ impl WorkerHandle {
         let pid = spawned.pid();
         let control_err = |source| StartError::Control {
             role: spec.role,
-            index: spec.index,
+            slot: spec.slot,
             source,
         };
         let mut control = ControlChannel::from_std(ours).map_err(|e| control_err(e.into()))?;
         let ready = async {
             match control
-                .handshake(Role::Supervisor, spec.index, Duration::from_secs(30))
+                .handshake(Role::Supervisor, spec.slot, Duration::from_secs(30))
                 .await?
             {
                 ControlMessage::Hello { role, .. } if role == spec.role => {}
@@ -220,36 +223,22 @@ impl WorkerHandle {
         let pidfd = Arc::new(spawned.pidfd);
         let producer = AsyncProducer::new(sup_link.to_worker)?;
         let consumer = AsyncConsumer::new(sup_link.from_worker)?;
-        let rings = Some([producer.get_ref().gauge(), consumer.get_ref().gauge()]);
+        let rings = [producer.get_ref().gauge(), consumer.get_ref().gauge()];
         let (jobs, job_rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner {
-            role: spec.role,
-            index: spec.index,
-            pid,
+        let inner = Arc::new(Inner::new(
+            spec.role,
+            spec.slot,
+            Some(Live {
+                pid,
+                pidfd: pidfd.clone(),
+                rings,
+            }),
             jobs,
-            outstanding: AtomicUsize::new(0),
-            alive: AtomicBool::new(true),
-            died: watch::Sender::new(false),
-            metrics: Mutex::new(MetricsSnapshot::default()),
             shutdown,
-            stopping: AtomicBool::new(false),
-            heartbeats: AtomicU64::new(0),
-            born: Instant::now(),
-            last_reply_us: AtomicU64::new(0),
-            pidfd: Some(pidfd.clone()),
-            start_error: None,
-            rings,
-        });
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(writer(
-            inner.clone(),
-            producer,
-            job_rx,
-            pending.clone(),
-            pidfd.clone(),
         ));
-        tokio::spawn(reader(inner.clone(), consumer, pending, pidfd));
+        tokio::spawn(writer(inner.clone(), producer, job_rx, pidfd.clone()));
+        tokio::spawn(reader(inner.clone(), consumer, pidfd));
         tokio::spawn(control_task(
             inner.clone(),
             control,
@@ -258,34 +247,29 @@ impl WorkerHandle {
         ));
         // Reap the process when it exits, so it never lingers as a zombie.
         tokio::task::spawn_blocking(move || child.wait());
-        tracing::info!(role = ?spec.role, index = spec.index, pid, "worker ready");
+        tracing::info!(role = ?spec.role, slot = spec.slot, pid, "worker ready");
         Ok(Self { inner })
+    }
+
+    /// A slot whose worker has not been started yet (while loading).
+    pub fn not_started(role: Role, slot: u32) -> Self {
+        Self::dead(role, slot, None)
     }
 
     /// A slot whose worker could not be started: dead from the start, it
     /// carries the reason (for `/info` and logs) until a restart succeeds.
-    pub fn failed(role: Role, index: u32, error: String) -> Self {
+    pub fn failed(role: Role, slot: u32, error: String) -> Self {
+        Self::dead(role, slot, Some(error))
+    }
+
+    fn dead(role: Role, slot: u32, start_error: Option<String>) -> Self {
+        // Nobody receives: a job sent here fails at once as Died.
         let (jobs, _) = mpsc::unbounded_channel();
         let (shutdown, _) = mpsc::unbounded_channel();
+        let mut inner = Inner::new(role, slot, None, jobs, shutdown);
+        inner.start_error = start_error;
         Self {
-            inner: Arc::new(Inner {
-                role,
-                index,
-                pid: 0,
-                jobs,
-                outstanding: AtomicUsize::new(0),
-                alive: AtomicBool::new(false),
-                died: watch::Sender::new(true),
-                metrics: Mutex::new(MetricsSnapshot::default()),
-                shutdown,
-                stopping: AtomicBool::new(false),
-                heartbeats: AtomicU64::new(0),
-                born: Instant::now(),
-                last_reply_us: AtomicU64::new(0),
-                pidfd: None,
-                start_error: Some(error),
-                rings: None,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -294,28 +278,22 @@ impl WorkerHandle {
         self.inner.start_error.as_deref()
     }
 
-    /// Sends a job; the reply (or the worker's death) arrives on the receiver.
-    pub fn submit(
-        &self,
-        kind: FrameKind,
-        count: u32,
-        payload: Vec<u8>,
-    ) -> oneshot::Receiver<Result<WorkerReply, WorkerFailure>> {
+    /// Sends a frame; its reply (or the worker's death) arrives on the
+    /// receiver.
+    pub(super) fn send(&self, kind: FrameKind, count: u32, payload: Vec<u8>) -> PendingReply {
         let (reply, rx) = oneshot::channel();
-        self.inner.outstanding.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(job)) = self.inner.jobs.send(Job {
             kind,
             count,
             payload,
             reply,
         }) {
-            self.inner.outstanding.fetch_sub(1, Ordering::AcqRel);
             let _ = job.reply.send(Err(WorkerFailure::Died));
         }
         rx
     }
 
-    /// Awaits `reply` (from [`submit`](Self::submit), called just before)
+    /// Awaits `reply` (from [`send`](Self::send), called just before)
     /// and SIGKILLs the worker if it holds the job longer than `deadline`.
     ///
     /// A worker takes its jobs one at a time, in order, so a job starts when
@@ -323,12 +301,12 @@ impl WorkerHandle {
     /// call and the worker's last answer. A job queued behind a slow one is
     /// not blamed for the wait, which under CPU contention (a busy host, a
     /// noisy neighbour) used to get a healthy replica killed.
-    pub async fn reply_within(
+    pub(super) async fn reply_within(
         &self,
-        mut reply: oneshot::Receiver<Result<WorkerReply, WorkerFailure>>,
+        mut reply: PendingReply,
         deadline: Duration,
         what: &str,
-    ) -> Result<WorkerReply, WorkerFailure> {
+    ) -> Result<RawReply, WorkerFailure> {
         let sent = Instant::now();
         let mut due = sent + deadline;
         loop {
@@ -350,9 +328,9 @@ impl WorkerHandle {
         }
     }
 
-    /// Jobs sent and not yet answered.
-    pub fn outstanding(&self) -> usize {
-        self.inner.outstanding.load(Ordering::Acquire)
+    /// Frames sent and not yet answered.
+    pub fn holding(&self) -> usize {
+        self.inner.holding()
     }
 
     /// False once the process has died.
@@ -371,9 +349,9 @@ impl WorkerHandle {
         self.inner.pid
     }
 
-    /// Its index among workers of its role.
-    pub fn index(&self) -> u32 {
-        self.inner.index
+    /// Its slot among workers of its role.
+    pub fn slot(&self) -> u32 {
+        self.inner.slot
     }
 
     /// Its role.
@@ -400,7 +378,7 @@ impl WorkerHandle {
         };
         WorkerFigures {
             role: self.inner.role,
-            index: self.inner.index,
+            slot: self.inner.slot,
             pid: self.inner.pid,
             alive: self.is_alive(),
             snapshot: self.metrics(),
@@ -424,29 +402,66 @@ impl WorkerHandle {
 
 type Pending = Arc<Mutex<HashMap<u64, ReplySender>>>;
 
+/// What only a started worker has.
+struct Live {
+    pid: u32,
+    pidfd: Arc<OwnedFd>,
+    rings: [RingGauge; 2],
+}
+
 impl Inner {
+    /// A live worker's state, or (`live` = `None`) a dead slot's.
+    fn new(
+        role: Role,
+        slot: u32,
+        live: Option<Live>,
+        jobs: mpsc::UnboundedSender<Job>,
+        shutdown: mpsc::UnboundedSender<u64>,
+    ) -> Self {
+        Self {
+            role,
+            slot,
+            pid: live.as_ref().map_or(0, |l| l.pid),
+            jobs,
+            alive: AtomicBool::new(live.is_some()),
+            died: watch::Sender::new(live.is_none()),
+            metrics: Mutex::new(MetricsSnapshot::default()),
+            shutdown,
+            stopping: AtomicBool::new(false),
+            pending: Arc::default(),
+            born: Instant::now(),
+            last_reply_us: AtomicU64::new(0),
+            pidfd: live.as_ref().map(|l| l.pidfd.clone()),
+            start_error: None,
+            rings: live.map(|l| l.rings),
+        }
+    }
+
+    fn holding(&self) -> usize {
+        self.pending.lock().map_or(0, |p| p.len())
+    }
+
     fn kill(&self, why: &str) {
-        tracing::error!(role = ?self.role, index = self.index, pid = self.pid, "killing worker: {why}");
+        tracing::error!(role = ?self.role, slot = self.slot, pid = self.pid, "killing worker: {why}");
         if let Some(pidfd) = &self.pidfd {
             let _ =
                 rustix::process::pidfd_send_signal(pidfd.as_fd(), rustix::process::Signal::KILL);
         }
     }
 
-    fn mark_dead(&self, pending: &Pending) {
+    fn mark_dead(&self) {
         if self.alive.swap(false, Ordering::AcqRel) {
             if self.stopping.load(Ordering::Acquire) {
-                tracing::info!(role = ?self.role, index = self.index, pid = self.pid, "worker exited");
+                tracing::info!(role = ?self.role, slot = self.slot, pid = self.pid, "worker exited");
             } else {
-                tracing::warn!(role = ?self.role, index = self.index, pid = self.pid, "worker died");
+                tracing::warn!(role = ?self.role, slot = self.slot, pid = self.pid, "worker died");
             }
         }
-        let failed: Vec<ReplySender> = match pending.lock() {
+        let failed: Vec<ReplySender> = match self.pending.lock() {
             Ok(mut p) => p.drain().map(|(_, s)| s).collect(),
             Err(_) => Vec::new(),
         };
         for s in failed {
-            self.outstanding.fetch_sub(1, Ordering::AcqRel);
             let _ = s.send(Err(WorkerFailure::Died));
         }
         self.died.send_replace(true);
@@ -457,7 +472,6 @@ async fn writer(
     inner: Arc<Inner>,
     mut producer: AsyncProducer,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    pending: Pending,
     pidfd: Arc<OwnedFd>,
 ) {
     let mut next_id = 1u64;
@@ -465,11 +479,10 @@ async fn writer(
         let id = next_id;
         next_id += 1;
         if !inner.alive.load(Ordering::Acquire) {
-            inner.outstanding.fetch_sub(1, Ordering::AcqRel);
             let _ = job.reply.send(Err(WorkerFailure::Died));
             continue;
         }
-        if let Ok(mut p) = pending.lock() {
+        if let Ok(mut p) = inner.pending.lock() {
             p.insert(id, job.reply);
         }
         let meta = FrameMeta {
@@ -481,54 +494,51 @@ async fn writer(
         let alive = || !has_exited(&pidfd);
         if let Err(e) = producer.send(meta, &job.payload, alive).await {
             if e != RingError::PeerGone {
-                tracing::error!(role = ?inner.role, index = inner.index, "to-worker ring failed: {e}");
+                tracing::error!(role = ?inner.role, slot = inner.slot, "to-worker ring failed: {e}");
             }
-            inner.mark_dead(&pending);
+            inner.mark_dead();
         }
     }
 }
 
-async fn reader(
-    inner: Arc<Inner>,
-    mut consumer: AsyncConsumer,
-    pending: Pending,
-    pidfd: Arc<OwnedFd>,
-) {
+async fn reader(inner: Arc<Inner>, mut consumer: AsyncConsumer, pidfd: Arc<OwnedFd>) {
     let mut buf = Vec::new();
     loop {
         let alive = || !has_exited(&pidfd);
         match consumer.recv(&mut buf, alive).await {
             Ok(header) => {
-                let waiter = pending.lock().ok().and_then(|mut p| p.remove(&header.id));
+                let waiter = inner
+                    .pending
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.remove(&header.id));
                 match waiter {
                     Some(w) => {
-                        inner.outstanding.fetch_sub(1, Ordering::AcqRel);
                         inner
                             .last_reply_us
                             .store(inner.born.elapsed().as_micros() as u64, Ordering::Release);
-                        let reply = WorkerReply {
+                        let reply = RawReply {
                             kind: header.kind,
-                            count: header.count,
                             payload: std::mem::take(&mut buf),
                             work: Duration::from_micros(header.work_us.into()),
                         };
                         let _ = w.send(Ok(reply));
                     }
                     None => {
-                        tracing::warn!(role = ?inner.role, index = inner.index, id = header.id, "reply to no job")
+                        tracing::warn!(role = ?inner.role, slot = inner.slot, id = header.id, "reply to no job")
                     }
                 }
             }
             Err(e) => {
                 if e != RingError::PeerGone {
-                    tracing::error!(role = ?inner.role, index = inner.index, "from-worker ring failed: {e}");
+                    tracing::error!(role = ?inner.role, slot = inner.slot, "from-worker ring failed: {e}");
                     // A worker that corrupts its ring is not to be trusted again.
                     let _ = rustix::process::pidfd_send_signal(
                         pidfd.as_fd(),
                         rustix::process::Signal::KILL,
                     );
                 }
-                inner.mark_dead(&pending);
+                inner.mark_dead();
                 return;
             }
         }
@@ -559,10 +569,9 @@ async fn control_task(
                     }
                 }
                 Ok(ControlMessage::Heartbeat { .. }) => {
-                    inner.heartbeats.fetch_add(1, Ordering::Relaxed);
                     last_beat = Instant::now();
                 }
-                Ok(other) => tracing::debug!(index = inner.index, "ignoring control message {other:?}"),
+                Ok(other) => tracing::debug!(slot = inner.slot, "ignoring control message {other:?}"),
                 // EOF: the process is gone; the ring tasks notice through the pidfd.
                 Err(_) => return,
             },
@@ -571,7 +580,7 @@ async fn control_task(
             }
             _ = watchdog.tick() => {
                 let silent = last_beat.elapsed();
-                let holding = inner.outstanding.load(Ordering::Acquire);
+                let holding = inner.holding();
                 if silent > stale_after && holding > 0 && inner.alive.load(Ordering::Acquire) {
                     inner.kill(&format!(
                         "no heartbeat for {silent:.1?} while holding {holding} job(s): hung"

@@ -1,10 +1,10 @@
-//! `config.json` of a Hugging Face BERT cross-encoder.
+//! `config.json` of a Hugging Face BERT cross-encoder, validated.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{EngineError, Result};
+use crate::error::{Result, SpecError};
 
 /// The hidden activation of the feed-forward blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub enum HiddenAct {
 }
 
 /// What a client-facing score applies to the raw logit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScoreActivation {
     /// Raw logits.
@@ -80,7 +80,7 @@ fn default_eps() -> f64 {
 
 /// The validated shape and behaviour of a BERT cross-encoder.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BertConfig {
+pub struct ModelConfig {
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Hidden width `H`.
@@ -105,15 +105,15 @@ pub struct BertConfig {
     pub score_activation: ScoreActivation,
 }
 
-impl BertConfig {
+impl ModelConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         Self::from_json(&text).map_err(|e| match e {
-            EngineError::Config { message, .. } => EngineError::Config {
+            SpecError::Config { message, .. } => SpecError::Config {
                 path: path.to_path_buf(),
                 message,
             },
@@ -123,7 +123,7 @@ impl BertConfig {
 
     /// Parses and validates the text of a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let config_err = |message: String| EngineError::Config {
+        let config_err = |message: String| SpecError::Config {
             path: "config.json".into(),
             message,
         };
@@ -133,7 +133,7 @@ impl BertConfig {
             serde_json::from_str(text).map_err(|e| config_err(e.to_string()))?;
         match value.get("model_type").and_then(|v| v.as_str()) {
             Some("bert") => {}
-            Some(other) => return Err(EngineError::UnsupportedModelType(other.to_string())),
+            Some(other) => return Err(SpecError::UnsupportedModelType(other.to_string())),
             None => return Err(config_err("no \"model_type\" field".into())),
         }
         let raw: RawConfig =
@@ -143,7 +143,7 @@ impl BertConfig {
             "gelu" => HiddenAct::GeluErf,
             "gelu_new" | "gelu_pytorch_tanh" => HiddenAct::GeluTanh,
             "relu" => HiddenAct::Relu,
-            other => return Err(EngineError::UnsupportedActivation(other.to_string())),
+            other => return Err(SpecError::UnsupportedActivation(other.to_string())),
         };
         if let Some(kind) = raw.position_embedding_type.as_deref()
             && kind != "absolute"
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn parses_minilm() {
-        let c = BertConfig::from_json(MINILM).unwrap();
+        let c = ModelConfig::from_json(MINILM).unwrap();
         assert_eq!(c.head_dim(), 32);
         assert_eq!(c.hidden_act, HiddenAct::GeluErf);
         assert_eq!(c.declared_labels, Some(1));
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn rejects_other_model_types_by_name() {
-        let e = BertConfig::from_json(r#"{"model_type":"xlm-roberta"}"#).unwrap_err();
+        let e = ModelConfig::from_json(r#"{"model_type":"xlm-roberta"}"#).unwrap_err();
         assert!(e.to_string().contains("xlm-roberta"), "{e}");
     }
 
@@ -250,21 +250,21 @@ mod tests {
     fn rejects_bad_shapes_and_activations() {
         let bad_heads = MINILM.replace("\"num_attention_heads\":12", "\"num_attention_heads\":7");
         assert!(matches!(
-            BertConfig::from_json(&bad_heads),
-            Err(EngineError::Config { .. })
+            ModelConfig::from_json(&bad_heads),
+            Err(SpecError::Config { .. })
         ));
         let bad_act = MINILM.replace("\"hidden_act\":\"gelu\"", "\"hidden_act\":\"swish\"");
         assert!(matches!(
-            BertConfig::from_json(&bad_act),
-            Err(EngineError::UnsupportedActivation(_))
+            ModelConfig::from_json(&bad_act),
+            Err(SpecError::UnsupportedActivation(_))
         ));
         assert!(matches!(
-            BertConfig::from_json("{not json"),
-            Err(EngineError::Config { .. })
+            ModelConfig::from_json("{not json"),
+            Err(SpecError::Config { .. })
         ));
         assert!(matches!(
-            BertConfig::from_json(r#"{"model_type":"bert"}"#),
-            Err(EngineError::Config { .. })
+            ModelConfig::from_json(r#"{"model_type":"bert"}"#),
+            Err(SpecError::Config { .. })
         ));
     }
 
@@ -274,7 +274,7 @@ mod tests {
             ",\n        \"sbert_ce_default_activation_function\":\"torch.nn.modules.linear.Identity\"",
             "",
         );
-        let c = BertConfig::from_json(&no_act).unwrap();
+        let c = ModelConfig::from_json(&no_act).unwrap();
         assert_eq!(c.score_activation, ScoreActivation::Sigmoid);
         assert!((ScoreActivation::Sigmoid.apply(0.0) - 0.5).abs() < 1e-7);
     }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{EngineError, Result};
+use crate::error::{Result, SpecError};
 
 /// The files of a cross-encoder, resolved to local paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,20 +37,20 @@ impl ModelFiles {
         if looks_like_hub_id(spec) {
             return Self::from_hub(spec);
         }
-        Err(EngineError::ModelDirMissing(path.to_path_buf()))
+        Err(SpecError::ModelDirMissing(path.to_path_buf()))
     }
 
     /// The files of a local model directory.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(EngineError::ModelDirMissing(dir.to_path_buf()));
+            return Err(SpecError::ModelDirMissing(dir.to_path_buf()));
         }
         let need = |file: &str| {
             let p = dir.join(file);
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(EngineError::FileMissing {
+                Err(SpecError::FileMissing {
                     dir: dir.to_path_buf(),
                     file: file.to_string(),
                 })
@@ -75,7 +75,7 @@ impl ModelFiles {
 
     #[cfg(feature = "hub")]
     fn from_hub(id: &str) -> Result<Self> {
-        let hub_err = |reason: String| EngineError::Hub {
+        let hub_err = |reason: String| SpecError::Hub {
             id: id.to_string(),
             reason,
         };
@@ -107,7 +107,7 @@ impl ModelFiles {
 
     #[cfg(not(feature = "hub"))]
     fn from_hub(id: &str) -> Result<Self> {
-        Err(EngineError::Hub {
+        Err(SpecError::Hub {
             id: id.to_string(),
             reason: "this binary was built without the `hub` feature; pass a model directory"
                 .into(),
@@ -140,16 +140,16 @@ mod tests {
     #[test]
     fn missing_dir_and_files_are_typed_errors() {
         let e = ModelFiles::resolve("/nonexistent/model/dir").unwrap_err();
-        assert!(matches!(e, EngineError::ModelDirMissing(_)), "{e}");
+        assert!(matches!(e, SpecError::ModelDirMissing(_)), "{e}");
 
         let dir = tempfile::tempdir().unwrap();
         let e = ModelFiles::from_dir(dir.path()).unwrap_err();
-        assert!(matches!(e, EngineError::FileMissing { ref file, .. } if file == "config.json"));
+        assert!(matches!(e, SpecError::FileMissing { ref file, .. } if file == "config.json"));
         std::fs::write(dir.path().join("config.json"), "{}").unwrap();
         std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
         let e = ModelFiles::from_dir(dir.path()).unwrap_err();
         assert!(
-            matches!(e, EngineError::FileMissing { ref file, .. } if file == "model.safetensors")
+            matches!(e, SpecError::FileMissing { ref file, .. } if file == "model.safetensors")
         );
         std::fs::write(dir.path().join("pytorch_model.bin"), "").unwrap();
         let files = ModelFiles::from_dir(dir.path()).unwrap();

@@ -1,0 +1,235 @@
+//! Typed clients of the two worker roles: the supervisor asks a tokenizer
+//! to `tokenize` a [`TextJob`] and a replica to `score` a [`TokenBatch`];
+//! frames are encoded and replies decoded here and in `ce_common::frame`,
+//! nowhere else.
+
+use std::time::{Duration, Instant};
+
+use ce_common::TokenBatch;
+use ce_common::frame::{self, ERROR_INVALID_INPUT, FrameKind, Reply, TextJob};
+
+use super::process::{RawReply, WorkerFailure, WorkerProcess};
+
+/// Why a job got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The worker died (or was killed as hung) holding the job.
+    #[error("worker process died")]
+    Died,
+    /// The worker refused the input (too long with truncation off, an
+    /// empty query…); the message names the document.
+    #[error("{0}")]
+    Refused(String),
+    /// The worker failed on valid input or answered nonsense.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<WorkerFailure> for JobError {
+    fn from(failure: WorkerFailure) -> Self {
+        match failure {
+            WorkerFailure::Died => JobError::Died,
+        }
+    }
+}
+
+/// A job's result with the time the worker spent on it by its own clock,
+/// and the whole round trip (the difference is transfer and waiting).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worked<T> {
+    /// What the worker produced.
+    pub output: T,
+    /// The worker's own time on the job.
+    pub work: Duration,
+    /// Send to answer.
+    pub round_trip: Duration,
+}
+
+/// A replica's logits for one batch, `[pairs, labels]` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// The logits.
+    pub logits: Vec<f32>,
+    /// Logits per pair.
+    pub labels: usize,
+}
+
+/// What the pool needs of a client: made from a process, and able to show
+/// that a freshly started one serves.
+pub trait Client: Clone + Send + Sync + 'static {
+    /// What a new worker is sent before it may serve.
+    type WarmUp: Send + Sync + 'static;
+
+    /// A client of `process`.
+    fn new(process: WorkerProcess) -> Self;
+
+    /// Its process.
+    fn process(&self) -> &WorkerProcess;
+
+    /// Proves a fresh worker serves.
+    fn warm_up(
+        &self,
+        with: &Self::WarmUp,
+        deadline: Duration,
+    ) -> impl Future<Output = Result<(), JobError>> + Send;
+}
+
+/// Sends one frame and decodes its reply; kills the worker if it holds the
+/// job longer than `deadline` (see [`WorkerProcess::reply_within`]).
+async fn call(
+    process: &WorkerProcess,
+    kind: FrameKind,
+    count: u32,
+    payload: Vec<u8>,
+    deadline: Duration,
+    what: &str,
+) -> Result<Worked<Reply>, JobError> {
+    let sent = Instant::now();
+    let pending = process.send(kind, count, payload);
+    let RawReply {
+        kind,
+        payload,
+        work,
+    } = process.reply_within(pending, deadline, what).await?;
+    let role = format!("{:?}", process.role()).to_lowercase();
+    let output = Reply::decode(kind, &payload)
+        .map_err(|e| JobError::Failed(format!("{role} worker sent {e}")))?;
+    if let Reply::Error { code, message } = output {
+        return Err(if code == ERROR_INVALID_INPUT {
+            JobError::Refused(message)
+        } else {
+            JobError::Failed(format!("{role} worker: {message}"))
+        });
+    }
+    Ok(Worked {
+        output,
+        work,
+        round_trip: sent.elapsed(),
+    })
+}
+
+/// A tokenizer worker.
+#[derive(Debug, Clone)]
+pub struct TokenizerClient {
+    process: WorkerProcess,
+}
+
+impl TokenizerClient {
+    /// Tokenizes `job` into one packed batch, its pairs in order.
+    pub async fn tokenize(
+        &self,
+        job: &TextJob,
+        deadline: Duration,
+    ) -> Result<Worked<TokenBatch>, JobError> {
+        let mut payload = Vec::new();
+        job.encode(&mut payload);
+        let count = job.passages.len() as u32;
+        let done = call(
+            &self.process,
+            FrameKind::TextJob,
+            count,
+            payload,
+            deadline,
+            "tokenize job",
+        )
+        .await?;
+        match done.output {
+            Reply::Tokens(batch) if batch.len() == job.passages.len() => Ok(Worked {
+                output: batch,
+                work: done.work,
+                round_trip: done.round_trip,
+            }),
+            other => Err(JobError::Failed(format!(
+                "tokenizer worker answered {} passages with {}",
+                job.passages.len(),
+                describe(&other)
+            ))),
+        }
+    }
+}
+
+impl Client for TokenizerClient {
+    type WarmUp = ();
+
+    fn new(process: WorkerProcess) -> Self {
+        Self { process }
+    }
+
+    fn process(&self) -> &WorkerProcess {
+        &self.process
+    }
+
+    async fn warm_up(&self, _: &(), _: Duration) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// A model replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaClient {
+    process: WorkerProcess,
+}
+
+impl ReplicaClient {
+    /// Scores a batch: one row of logits per pair.
+    pub async fn score(
+        &self,
+        batch: &TokenBatch,
+        deadline: Duration,
+    ) -> Result<Worked<Scores>, JobError> {
+        let mut payload = Vec::new();
+        frame::encode_token_batch(batch, &mut payload);
+        let done = call(
+            &self.process,
+            FrameKind::TokenBatch,
+            batch.len() as u32,
+            payload,
+            deadline,
+            "batch",
+        )
+        .await?;
+        match done.output {
+            Reply::Scores { logits, labels } if logits.len() == batch.len() * labels => {
+                Ok(Worked {
+                    output: Scores { logits, labels },
+                    work: done.work,
+                    round_trip: done.round_trip,
+                })
+            }
+            Reply::Scores { logits, labels } => Err(JobError::Failed(format!(
+                "model worker returned {} logits for {} pairs × {labels}",
+                logits.len(),
+                batch.len()
+            ))),
+            other => Err(JobError::Failed(format!(
+                "model worker answered a batch with {}",
+                describe(&other)
+            ))),
+        }
+    }
+}
+
+impl Client for ReplicaClient {
+    type WarmUp = TokenBatch;
+
+    fn new(process: WorkerProcess) -> Self {
+        Self { process }
+    }
+
+    fn process(&self) -> &WorkerProcess {
+        &self.process
+    }
+
+    /// One small batch through the rings, answered with scores.
+    async fn warm_up(&self, batch: &TokenBatch, deadline: Duration) -> Result<(), JobError> {
+        self.score(batch, deadline).await.map(drop)
+    }
+}
+
+fn describe(reply: &Reply) -> String {
+    match reply {
+        Reply::Tokens(b) => format!("a token batch of {} pairs", b.len()),
+        Reply::Scores { logits, labels } => format!("{} logits × {labels}", logits.len()),
+        Reply::Error { message, .. } => format!("an error: {message}"),
+    }
+}
