@@ -217,6 +217,24 @@ impl Recorder {
         self.second().0.errors += 1;
     }
 
+    /// Every second's figures (with its median latency) and the errors by
+    /// status.
+    fn summary(&self) -> (Vec<Second>, BTreeMap<String, u64>) {
+        let timeline = self
+            .seconds
+            .values()
+            .map(|(s, h)| Second {
+                p50_ms: if h.is_empty() {
+                    0.0
+                } else {
+                    h.value_at_quantile(0.5) as f64 / 1000.0
+                },
+                ..s.clone()
+            })
+            .collect();
+        (timeline, self.errors.clone())
+    }
+
     fn second(&mut self) -> (&mut Second, &mut Histogram<u64>) {
         let s = self.started.elapsed().as_secs();
         let (second, h) = self.seconds.entry(s).or_insert_with(|| {
@@ -267,79 +285,119 @@ pub async fn measure(
         errors: BTreeMap::new(),
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
     let started = Instant::now();
-    match spec.shape {
-        LoadShape::Closed(concurrency) => {
-            for c in 0..concurrency {
+    let load = Load {
+        endpoint,
+        prepared,
+        recorder: recorder.clone(),
+        stop: stop.clone(),
+    };
+    let tasks = match spec.shape {
+        LoadShape::Closed(concurrency) => load.closed_loop(concurrency),
+        LoadShape::Open(_) | LoadShape::Ramp(_) => vec![load.open_loop(spec, started)],
+    };
+    tokio::time::sleep(spec.warmup).await;
+    let (windows, stable) = measure_windows(spec, &recorder, started, progress).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    summarize(spec, &windows, stable, &recorder)
+}
+
+/// What the load's tasks share.
+struct Load {
+    endpoint: Endpoint,
+    prepared: Arc<Prepared>,
+    recorder: Arc<Mutex<Recorder>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Load {
+    /// `concurrency` clients, each sending its next request as soon as the
+    /// last is answered.
+    fn closed_loop(&self, concurrency: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..concurrency)
+            .map(|c| {
                 let (mut caller, prepared, recorder, stop) = (
-                    Caller::new(endpoint.clone()),
-                    prepared.clone(),
-                    recorder.clone(),
-                    stop.clone(),
+                    Caller::new(self.endpoint.clone()),
+                    self.prepared.clone(),
+                    self.recorder.clone(),
+                    self.stop.clone(),
                 );
-                tasks.push(tokio::spawn(async move {
+                tokio::spawn(async move {
                     let mut i = c;
                     while !stop.load(Ordering::Relaxed) {
                         one_request(&mut caller, &prepared, i, &recorder).await;
                         i += concurrency;
                     }
-                }));
-            }
-        }
-        LoadShape::Open(_) | LoadShape::Ramp(_) => {
-            let (endpoint, prepared, recorder, stop) = (
-                endpoint.clone(),
-                prepared.clone(),
-                recorder.clone(),
-                stop.clone(),
-            );
-            let (seed, shape, warmup) = (spec.seed, spec.shape, spec.warmup);
-            tasks.push(tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(seed);
-                let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-                // Idle HTTP connections, reused by later arrivals.
-                let idle: Arc<Mutex<Vec<Caller>>> = Arc::new(Mutex::new(Vec::new()));
-                let mut next = Instant::now();
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let rate = arrival_rate(shape, warmup, next.duration_since(started));
-                    let gaps = Exp::new(rate.max(1e-3)).expect("positive rate");
-                    next += Duration::from_secs_f64(gaps.sample(&mut rng));
-                    tokio::time::sleep_until(next.into()).await;
-                    if in_flight.load(Ordering::Relaxed) >= OPEN_LOOP_CAP {
-                        if let Ok(mut r) = recorder.lock() {
-                            r.failed("dropped by client (too many in flight)".into());
-                        }
-                        continue;
-                    }
-                    let mut caller = idle
-                        .lock()
-                        .ok()
-                        .and_then(|mut v| v.pop())
-                        .unwrap_or_else(|| Caller::new(endpoint.clone()));
-                    let (prepared, recorder, in_flight, idle) = (
-                        prepared.clone(),
-                        recorder.clone(),
-                        in_flight.clone(),
-                        idle.clone(),
-                    );
-                    let request = i;
-                    i += 1;
-                    in_flight.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        one_request(&mut caller, &prepared, request, &recorder).await;
-                        if let Ok(mut v) = idle.lock() {
-                            v.push(caller);
-                        }
-                        in_flight.fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-            }));
-        }
+                })
+            })
+            .collect()
     }
 
-    tokio::time::sleep(spec.warmup).await;
+    /// Poisson arrivals at the shape's rate (fixed or ramping), whatever
+    /// the answers do, up to [`OPEN_LOOP_CAP`] in flight.
+    fn open_loop(&self, spec: &LoadSpec, started: Instant) -> tokio::task::JoinHandle<()> {
+        let (endpoint, prepared, recorder, stop) = (
+            self.endpoint.clone(),
+            self.prepared.clone(),
+            self.recorder.clone(),
+            self.stop.clone(),
+        );
+        let (seed, shape, warmup) = (spec.seed, spec.shape, spec.warmup);
+        tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            // Idle HTTP connections, reused by later arrivals.
+            let idle: Arc<Mutex<Vec<Caller>>> = Arc::new(Mutex::new(Vec::new()));
+            let mut next = Instant::now();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let rate = arrival_rate(shape, warmup, next.duration_since(started));
+                let gaps = Exp::new(rate.max(1e-3)).expect("positive rate");
+                next += Duration::from_secs_f64(gaps.sample(&mut rng));
+                tokio::time::sleep_until(next.into()).await;
+                if in_flight.load(Ordering::Relaxed) >= OPEN_LOOP_CAP {
+                    if let Ok(mut r) = recorder.lock() {
+                        r.failed("dropped by client (too many in flight)".into());
+                    }
+                    continue;
+                }
+                let mut caller = idle
+                    .lock()
+                    .ok()
+                    .and_then(|mut v| v.pop())
+                    .unwrap_or_else(|| Caller::new(endpoint.clone()));
+                let (prepared, recorder, in_flight, idle) = (
+                    prepared.clone(),
+                    recorder.clone(),
+                    in_flight.clone(),
+                    idle.clone(),
+                );
+                let request = i;
+                i += 1;
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    one_request(&mut caller, &prepared, request, &recorder).await;
+                    if let Ok(mut v) = idle.lock() {
+                        v.push(caller);
+                    }
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        })
+    }
+}
+
+/// Measures windows until enough agree (a ramp: every window of its rise);
+/// returns them and whether they agreed.
+async fn measure_windows(
+    spec: &LoadSpec,
+    recorder: &Mutex<Recorder>,
+    started: Instant,
+    progress: &(dyn Fn(&str) + Sync),
+) -> (Vec<(WindowStats, WindowRecord)>, bool) {
     let take_window = || {
         recorder
             .lock()
@@ -348,7 +406,6 @@ pub async fn measure(
     };
     let _ = take_window();
     let mut windows: Vec<(WindowStats, WindowRecord)> = Vec::new();
-    let mut stable = false;
     // A ramp measures every window of its rise and never stops early.
     let (window_count, ramp) = match spec.shape {
         LoadShape::Ramp(r) => (
@@ -394,16 +451,24 @@ pub async fn measure(
                 spec.tolerance,
             )
         {
-            stable = true;
-            break;
+            return (windows, true);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
+    (windows, false)
+}
 
-    // Statistics over the agreeing windows; a ramp's over all of them.
+/// The level's statistics: over the agreeing windows, a ramp's over all of
+/// them (its throughput: what it sustained once saturated).
+fn summarize(
+    spec: &LoadSpec,
+    windows: &[(WindowStats, WindowRecord)],
+    stable: bool,
+    recorder: &Mutex<Recorder>,
+) -> Measurement {
+    let ramp = match spec.shape {
+        LoadShape::Ramp(r) => Some(r),
+        _ => None,
+    };
     let keep = if ramp.is_some() {
         windows.len()
     } else {
@@ -426,31 +491,19 @@ pub async fn measure(
     let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     let per_request = |us: u64| us as f64 / 1000.0 / timed.max(1) as f64;
     let stats: Vec<WindowStats> = windows.iter().map(|(s, _)| *s).collect();
-    // A ramp's headline throughput is what it sustained once saturated.
     let sustained = |f: fn(&WindowStats) -> f64| {
         let from = saturated_from(&stats);
         let tail = &stats[from..];
         tail.iter().map(f).sum::<f64>() / tail.len().max(1) as f64
     };
-    let (timeline, errors) = recorder
-        .lock()
-        .map(|r| {
-            (
-                r.seconds
-                    .values()
-                    .map(|(s, h)| Second {
-                        p50_ms: if h.is_empty() {
-                            0.0
-                        } else {
-                            h.value_at_quantile(0.5) as f64 / 1000.0
-                        },
-                        ..s.clone()
-                    })
-                    .collect(),
-                r.errors.clone(),
-            )
-        })
-        .unwrap_or_default();
+    let headline = |f: fn(&WindowStats) -> f64| {
+        if ramp.is_some() {
+            sustained(f)
+        } else {
+            mean(f)
+        }
+    };
+    let (timeline, errors) = recorder.lock().map(|r| r.summary()).unwrap_or_default();
     Measurement {
         passages: spec.passages,
         concurrency: match spec.shape {
@@ -464,16 +517,8 @@ pub async fn measure(
         ramp,
         knee_per_second: ramp.and_then(|_| knee(&stats)),
         stable,
-        pairs_per_second: if ramp.is_some() {
-            sustained(|s| s.pairs_per_second)
-        } else {
-            mean(|s| s.pairs_per_second)
-        },
-        requests_per_second: if ramp.is_some() {
-            sustained(|s| s.requests_per_second)
-        } else {
-            mean(|s| s.requests_per_second)
-        },
+        pairs_per_second: headline(|s| s.pairs_per_second),
+        requests_per_second: headline(|s| s.requests_per_second),
         windows: stats,
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),

@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustix::process::{Pid, Signal, kill_process};
 use support::{Server, engine_logits, score_request};
+use tonic::transport::Channel;
 
 const CONCURRENCY: usize = 8;
 const KILL_EVERY: Duration = Duration::from_secs(5);
@@ -36,14 +38,10 @@ struct ClientLog {
     slowest: Duration,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_request_fails_while_workers_are_killed_and_stopped() {
-    let seconds = env_u64("CE_CHAOS_SECONDS", 20);
-    let seed = env_u64("CE_CHAOS_SEED", rand::rng().random());
-    eprintln!("chaos: {seconds} s, seed {seed} (CE_CHAOS_SEED reproduces the victims)");
-    let mut rng = StdRng::seed_from_u64(seed);
+type Requests = Arc<Vec<(String, Vec<String>)>>;
 
-    // Requests of 16 documents each, and their reference scores.
+/// Requests of 16 documents each, and their reference scores.
+fn chaos_requests() -> (Requests, Arc<Vec<Vec<f32>>>) {
     let requests: Vec<(String, Vec<String>)> = (0..8)
         .map(|r| {
             let query = format!("chaos query {r} about rivers and mountains");
@@ -66,56 +64,50 @@ async fn no_request_fails_while_workers_are_killed_and_stopped() {
         .chunks(16)
         .map(<[f32]>::to_vec)
         .collect();
-    let requests = Arc::new(requests);
-    let reference = Arc::new(reference);
+    (Arc::new(requests), Arc::new(reference))
+}
 
-    let server = Server::start(&[
-        "--replicas",
-        "2",
-        "--tokenizers",
-        "2",
-        "--max-batch-size",
-        "32",
-        "--tokenize-chunk",
-        "8",
-    ]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..CONCURRENCY {
-        let (mut client, stop) = (server.client().await, stop.clone());
-        let (requests, reference) = (requests.clone(), reference.clone());
-        clients.push(tokio::spawn(async move {
-            let mut log = ClientLog::default();
-            let mut i = c;
-            while !stop.load(Ordering::Relaxed) {
-                let (query, documents) = &requests[i % requests.len()];
-                let request = score_request(query, documents);
-                let sent = Instant::now();
-                match client.score(request).await {
-                    Ok(reply) => {
-                        let scores = reply.into_inner().scores;
-                        let want = &reference[i % requests.len()];
-                        let worst = scores
-                            .iter()
-                            .zip(want)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0f32, f32::max);
-                        if scores.len() != want.len() || worst > 1e-4 {
-                            log.failures
-                                .push(format!("request {i}: scores off by {worst}: {scores:?}"));
-                        }
-                        log.answered += 1;
-                    }
-                    Err(status) => log.failures.push(format!("request {i}: {status:?}")),
+/// Client `c`: its share of the requests, one at a time until `stop`,
+/// each answer checked against the engine's.
+async fn client_loop(
+    c: usize,
+    mut client: CrossEncoderClient<Channel>,
+    requests: Requests,
+    reference: Arc<Vec<Vec<f32>>>,
+    stop: Arc<AtomicBool>,
+) -> ClientLog {
+    let mut log = ClientLog::default();
+    let mut i = c;
+    while !stop.load(Ordering::Relaxed) {
+        let (query, documents) = &requests[i % requests.len()];
+        let request = score_request(query, documents);
+        let sent = Instant::now();
+        match client.score(request).await {
+            Ok(reply) => {
+                let scores = reply.into_inner().scores;
+                let want = &reference[i % requests.len()];
+                let worst = scores
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                if scores.len() != want.len() || worst > 1e-4 {
+                    log.failures
+                        .push(format!("request {i}: scores off by {worst}: {scores:?}"));
                 }
-                log.slowest = log.slowest.max(sent.elapsed());
-                i += CONCURRENCY;
+                log.answered += 1;
             }
-            log
-        }));
+            Err(status) => log.failures.push(format!("request {i}: {status:?}")),
+        }
+        log.slowest = log.slowest.max(sent.elapsed());
+        i += CONCURRENCY;
     }
+    log
+}
 
-    // The chaos: a SIGKILL every KILL_EVERY, one SIGSTOP half-way.
+/// The chaos: a SIGKILL every KILL_EVERY, one SIGSTOP half-way. Returns
+/// the names of the killed workers and the stopped one.
+async fn unleash(server: &Server, seconds: u64, rng: &mut StdRng) -> (Vec<String>, (u32, String)) {
     let started = Instant::now();
     let (mut killed, mut stopped) = (Vec::new(), None);
     let mut next_kill = started + KILL_EVERY;
@@ -142,6 +134,39 @@ async fn no_request_fails_while_workers_are_killed_and_stopped() {
             }
         }
     }
+    (killed, stopped.expect("a worker was stopped"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_fails_while_workers_are_killed_and_stopped() {
+    let seconds = env_u64("CE_CHAOS_SECONDS", 20);
+    let seed = env_u64("CE_CHAOS_SEED", rand::rng().random());
+    eprintln!("chaos: {seconds} s, seed {seed} (CE_CHAOS_SEED reproduces the victims)");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let (requests, reference) = chaos_requests();
+
+    let server = Server::start(&[
+        "--replicas",
+        "2",
+        "--tokenizers",
+        "2",
+        "--max-batch-size",
+        "32",
+        "--tokenize-chunk",
+        "8",
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..CONCURRENCY {
+        let (client, stop) = (server.client().await, stop.clone());
+        let (requests, reference) = (requests.clone(), reference.clone());
+        clients.push(tokio::spawn(client_loop(
+            c, client, requests, reference, stop,
+        )));
+    }
+
+    let (killed, (stopped_pid, stopped_name)) = unleash(&server, seconds, &mut rng).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = ClientLog::default();
     for c in clients {
@@ -152,7 +177,6 @@ async fn no_request_fails_while_workers_are_killed_and_stopped() {
     }
 
     // The stopped worker must have been found hung and replaced too.
-    let (stopped_pid, stopped_name) = stopped.expect("a worker was stopped");
     let replaced_by = Instant::now() + Duration::from_secs(15);
     while server.workers().iter().any(|(p, _)| *p == stopped_pid) {
         assert!(

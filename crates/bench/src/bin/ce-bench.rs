@@ -432,64 +432,7 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
             padding_ratio: None,
             error: None,
         };
-        let started = async {
-            let mut server = Supervisor::start(model, &args)?;
-            let client = server.connect(Duration::from_secs(300)).await?;
-            let endpoint = match c.transport {
-                Transport::Grpc => Endpoint::Grpc(client),
-                Transport::Http => Endpoint::Http(format!("127.0.0.1:{}", server.http_port)),
-            };
-            Ok::<_, anyhow::Error>((server, endpoint))
-        }
-        .await;
-        let (server, endpoint) = match started {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("{prefix}: could not start: {e:#}");
-                result.error = Some(format!("{e:#}"));
-                variants.push(result);
-                continue;
-            }
-        };
-        let padding = |s: &Supervisor| {
-            (
-                s.metric_sum("inference_padding_ratio_sum"),
-                s.metric_sum("inference_padding_ratio_count"),
-            )
-        };
-        let before = padding(&server);
-        for (passages, requests) in &workloads {
-            let prepared = match Prepared::new(c.call, &endpoint, requests).await {
-                Ok(p) => Arc::new(p),
-                Err(e) => {
-                    eprintln!("{prefix}: {e}");
-                    result.error = Some(e.to_string());
-                    break;
-                }
-            };
-            for &shape in &shapes {
-                let spec = LoadSpec {
-                    passages: *passages,
-                    shape,
-                    warmup: Duration::from_secs_f64(c.warmup_s),
-                    window: Duration::from_secs_f64(c.window_s),
-                    stable_windows: c.stable_windows,
-                    tolerance: c.tolerance,
-                    max_windows: c.max_windows,
-                    seed: c.seed,
-                };
-                let label = format!("{prefix} {passages} passages {shape:?}");
-                let stages_before = stage_sums(&server);
-                let mut m = measure_level(&endpoint, &prepared, &spec, &label).await;
-                m.server_stages_ms = stage_means(&stages_before, &stage_sums(&server));
-                result.measurements.push(m);
-            }
-        }
-        let after = padding(&server);
-        if after.1 > before.1 {
-            result.padding_ratio = Some((after.0 - before.0) / (after.1 - before.1));
-        }
-        drop(server);
+        measure_variant(&mut result, &prefix, model, &args, c, &workloads, &shapes).await;
         variants.push(result);
     }
     let result = ExperimentResult {
@@ -502,19 +445,7 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
         transport: c.transport,
         variants,
     };
-    let plots = report::plots(&result, &results_dir).map_err(anyhow::Error::msg)?;
-    std::fs::write(
-        results_dir.join(format!("{}_results.md", result.name)),
-        report::markdown(&result, &plots),
-    )?;
-    std::fs::write(
-        results_dir.join(format!("{}.json", result.name)),
-        serde_json::to_vec_pretty(&result)?,
-    )?;
-    std::fs::write(
-        distribution_dir.join(format!("{}.csv", result.name)),
-        report::distribution_csv(&result),
-    )?;
+    write_results(&result, &results_dir, &distribution_dir)?;
     let _ = std::fs::remove_dir_all(&scratch);
     eprintln!(
         "{}: results in {}",
@@ -526,6 +457,98 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
     if result.variants.iter().all(|v| v.error.is_some()) {
         bail!("no variant of {} could be measured", result.name);
     }
+    Ok(())
+}
+
+/// Starts a server with one variant's settings and measures every load
+/// level of the experiment on it, into `result` (its error, if the server
+/// does not start or a workload cannot be prepared).
+async fn measure_variant(
+    result: &mut VariantResult,
+    prefix: &str,
+    model: &str,
+    args: &[String],
+    c: &ClientConfig,
+    workloads: &[(usize, Vec<Request>)],
+    shapes: &[LoadShape],
+) {
+    let started = async {
+        let mut server = Supervisor::start(model, args)?;
+        let client = server.connect(Duration::from_secs(300)).await?;
+        let endpoint = match c.transport {
+            Transport::Grpc => Endpoint::Grpc(client),
+            Transport::Http => Endpoint::Http(format!("127.0.0.1:{}", server.http_port)),
+        };
+        Ok::<_, anyhow::Error>((server, endpoint))
+    }
+    .await;
+    let (server, endpoint) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{prefix}: could not start: {e:#}");
+            result.error = Some(format!("{e:#}"));
+            return;
+        }
+    };
+    let padding = |s: &Supervisor| {
+        (
+            s.metric_sum("inference_padding_ratio_sum"),
+            s.metric_sum("inference_padding_ratio_count"),
+        )
+    };
+    let before = padding(&server);
+    for (passages, requests) in workloads {
+        let prepared = match Prepared::new(c.call, &endpoint, requests).await {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                eprintln!("{prefix}: {e}");
+                result.error = Some(e.to_string());
+                break;
+            }
+        };
+        for &shape in shapes {
+            let spec = LoadSpec {
+                passages: *passages,
+                shape,
+                warmup: Duration::from_secs_f64(c.warmup_s),
+                window: Duration::from_secs_f64(c.window_s),
+                stable_windows: c.stable_windows,
+                tolerance: c.tolerance,
+                max_windows: c.max_windows,
+                seed: c.seed,
+            };
+            let label = format!("{prefix} {passages} passages {shape:?}");
+            let stages_before = stage_sums(&server);
+            let mut m = measure_level(&endpoint, &prepared, &spec, &label).await;
+            m.server_stages_ms = stage_means(&stages_before, &stage_sums(&server));
+            result.measurements.push(m);
+        }
+    }
+    let after = padding(&server);
+    if after.1 > before.1 {
+        result.padding_ratio = Some((after.0 - before.0) / (after.1 - before.1));
+    }
+}
+
+/// Writes the experiment's Markdown (with plots), JSON and distribution CSV.
+fn write_results(
+    result: &ExperimentResult,
+    results_dir: &Path,
+    distribution_dir: &Path,
+) -> anyhow::Result<()> {
+    let plots = report::plots(result, results_dir).map_err(anyhow::Error::msg)?;
+    std::fs::write(
+        results_dir.join(format!("{}_results.md", result.name)),
+        report::markdown(result, &plots),
+    )?;
+    std::fs::write(
+        results_dir.join(format!("{}.json", result.name)),
+        serde_json::to_vec_pretty(result)?,
+    )?;
+    std::fs::write(
+        distribution_dir.join(format!("{}.csv", result.name)),
+        report::distribution_csv(result),
+    )?;
     Ok(())
 }
 

@@ -197,6 +197,72 @@ async fn soak(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     }));
     let started = Instant::now();
+    let (sent, mut samples) = offer_load(&args, &server, &client, &requests, rate, &outcomes).await;
+    samples.push((started.elapsed().as_secs_f64(), server.processes()));
+    drop(server);
+
+    let (processes, mut problems) =
+        memory_growth(&workers_at_start, &samples, warmup, args.max_growth);
+    let outcomes = std::mem::take(&mut *outcomes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    if !outcomes.failures.is_empty() {
+        problems.push(format!(
+            "{} of {sent} requests failed, first: {}",
+            outcomes.failures.len(),
+            outcomes.failures[0]
+        ));
+    }
+    let latency = outcomes.latency_us.context("latency histogram")?;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let report = Report {
+        duration_s: args.duration,
+        capacity_requests_per_second: capacity,
+        offered_requests_per_second: rate,
+        passages: args.passages,
+        sent,
+        answered: outcomes.answered,
+        failed: outcomes.failures.len(),
+        latency_p50_ms: ms(latency.value_at_quantile(0.5)),
+        latency_p99_ms: ms(latency.value_at_quantile(0.99)),
+        latency_max_ms: ms(latency.max()),
+        processes,
+        problems,
+    };
+    print_report(&report, warmup);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.csv {
+        let mut csv = String::from("seconds,pid,name,rss_bytes\n");
+        for (at, ps) in &samples {
+            for p in ps {
+                csv += &format!(
+                    "{at:.1},{},{},{}\n",
+                    p.pid,
+                    p.name,
+                    p.rss_bytes.unwrap_or(0)
+                );
+            }
+        }
+        std::fs::write(path, csv)?;
+    }
+    if !report.problems.is_empty() {
+        bail!("soak failed: {}", report.problems.join("; "));
+    }
+    Ok(())
+}
+
+/// Offers `rate` requests per second, open loop, for `args.duration`,
+/// sampling every process's memory every `args.sample_every` seconds;
+/// returns how many were sent and the samples.
+async fn offer_load(
+    args: &Args,
+    server: &Supervisor,
+    client: &CrossEncoderClient<Channel>,
+    requests: &Arc<Vec<Request>>,
+    rate: f64,
+    outcomes: &Arc<std::sync::Mutex<Outcomes>>,
+) -> (usize, Vec<(f64, Vec<ce_bench::server::Process>)>) {
+    let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -250,13 +316,21 @@ async fn soak(args: Args) -> anyhow::Result<()> {
     for t in in_flight {
         let _ = t.await;
     }
-    samples.push((started.elapsed().as_secs_f64(), server.processes()));
-    drop(server);
+    (sent, samples)
+}
 
-    // Memory: high-water marks after the warm-up, first third against the rest.
+/// Each process's RSS growth after the warm-up (high-water marks, first
+/// third against the rest), and what is wrong: a process that died, one
+/// never sampled, one that grew more than `max_growth`.
+fn memory_growth(
+    workers_at_start: &BTreeMap<u32, String>,
+    samples: &[(f64, Vec<ce_bench::server::Process>)],
+    warmup: u64,
+    max_growth: f64,
+) -> (Vec<ProcessReport>, Vec<String>) {
     let mut problems = Vec::new();
     let mut processes = Vec::new();
-    for (&pid, name) in &workers_at_start {
+    for (&pid, name) in workers_at_start {
         let series: Vec<(f64, Option<u64>)> = samples
             .iter()
             .map(|(at, ps)| {
@@ -280,7 +354,7 @@ async fn soak(args: Args) -> anyhow::Result<()> {
             continue;
         };
         let growth = max as f64 / baseline.max(1) as f64 - 1.0;
-        if growth > args.max_growth {
+        if growth > max_growth {
             problems.push(format!(
                 "{name} {pid}: RSS grew {:.1}% ({} → {} MiB) after warm-up",
                 growth * 100.0,
@@ -297,52 +371,7 @@ async fn soak(args: Args) -> anyhow::Result<()> {
             growth_percent: growth * 100.0,
         });
     }
-    let outcomes = std::mem::take(&mut *outcomes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    if !outcomes.failures.is_empty() {
-        problems.push(format!(
-            "{} of {sent} requests failed, first: {}",
-            outcomes.failures.len(),
-            outcomes.failures[0]
-        ));
-    }
-    let latency = outcomes.latency_us.context("latency histogram")?;
-    let ms = |us: u64| us as f64 / 1000.0;
-    let report = Report {
-        duration_s: args.duration,
-        capacity_requests_per_second: capacity,
-        offered_requests_per_second: rate,
-        passages: args.passages,
-        sent,
-        answered: outcomes.answered,
-        failed: outcomes.failures.len(),
-        latency_p50_ms: ms(latency.value_at_quantile(0.5)),
-        latency_p99_ms: ms(latency.value_at_quantile(0.99)),
-        latency_max_ms: ms(latency.max()),
-        processes,
-        problems,
-    };
-    print_report(&report, warmup);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-    }
-    if let Some(path) = &args.csv {
-        let mut csv = String::from("seconds,pid,name,rss_bytes\n");
-        for (at, ps) in &samples {
-            for p in ps {
-                csv += &format!(
-                    "{at:.1},{},{},{}\n",
-                    p.pid,
-                    p.name,
-                    p.rss_bytes.unwrap_or(0)
-                );
-            }
-        }
-        std::fs::write(path, csv)?;
-    }
-    if !report.problems.is_empty() {
-        bail!("soak failed: {}", report.problems.join("; "));
-    }
-    Ok(())
+    (processes, problems)
 }
 
 /// The baseline and the peak of a process's RSS samples after warm-up: the

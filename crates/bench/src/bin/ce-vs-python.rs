@@ -115,18 +115,7 @@ fn main() -> anyhow::Result<()> {
         .sum();
     let gflop_per_pair = flop / pairs as f64 / 1e9;
 
-    std::fs::create_dir_all(&args.work_dir)?;
-    let pairs_file = args.work_dir.join("pairs.jsonl");
-    let mut lines = String::new();
-    for r in &requests {
-        for p in &r.passages {
-            lines.push_str(&serde_json::to_string(
-                &serde_json::json!({ "query": r.query, "passage": p }),
-            )?);
-            lines.push('\n');
-        }
-    }
-    std::fs::write(&pairs_file, lines)?;
+    let pairs_file = write_pairs_file(&args.work_dir, &requests)?;
 
     eprintln!("GEMM peak, {cores} thread(s)…");
     let peak = gemm_peak::machine_peak(cores, Duration::from_secs(4));
@@ -142,60 +131,9 @@ fn main() -> anyhow::Result<()> {
         .concat();
     drop(i8_engine);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let requests = Arc::new(requests);
-    let mut served = Vec::new();
-    for dtype in ["f32", "i8"] {
-        eprintln!("our server over gRPC, {dtype}…");
-        let server_args: Vec<String> = [
-            "--dtype",
-            dtype,
-            "--max-batch-size",
-            &args.run.passages.to_string(),
-            "--max-batch-tokens",
-            "65536",
-        ]
-        .map(String::from)
-        .into();
-        let mut server = Supervisor::start(&args.run.model, &server_args)?;
-        let rate = runtime.block_on(served_rate(
-            &mut server,
-            requests.clone(),
-            args.run.concurrency,
-        ))?;
-        served.push((dtype, rate));
-    }
+    let served = served_rates(&args, requests)?;
 
-    eprintln!("sentence-transformers CrossEncoder…");
-    let python_out = args.work_dir.join("python.json");
-    let status = Command::new(&args.python)
-        .arg(&args.python_script)
-        .arg("--model")
-        .arg(&args.run.model)
-        .arg("--pairs")
-        .arg(&pairs_file)
-        .arg("--out")
-        .arg(&python_out)
-        .arg("--threads")
-        .arg(cores.to_string())
-        .arg("--batch-size")
-        .arg(args.python_batch_size.to_string())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("TOKENIZERS_PARALLELISM", "false")
-        .status()
-        .with_context(|| format!("running {}", args.python))?;
-    if !status.success() {
-        bail!(
-            "{} {} failed: {status}",
-            args.python,
-            args.python_script.display()
-        );
-    }
-    let python: PythonResult = serde_json::from_slice(&std::fs::read(&python_out)?)
-        .with_context(|| format!("reading {}", python_out.display()))?;
+    let python = run_python(&args, &pairs_file, cores)?;
     if python.scores.len() != ours.len() {
         bail!(
             "the Python side scored {} pairs, ours {}",
@@ -242,27 +180,6 @@ fn main() -> anyhow::Result<()> {
         ));
     }
 
-    println!(
-        "## ce-supervisor vs sentence-transformers ({pairs} pairs in requests of {} passages, {:.1} tokens/pair, {cores} cores)\n",
-        args.run.passages,
-        tokens as f64 / pairs as f64
-    );
-    println!(
-        "f32 roofline: GEMM peak {:.1} GFLOP/s ({}x{}x{}, {} threads) / {:.2} GFLOP per pair (the whole model's; our CPU encoder skips the last layer's non-[CLS] rows, ~1/7 of them) = {:.1} pairs/s\n",
-        peak.gflops, peak.m, peak.n, peak.k, peak.threads, gflop_per_pair, roofline
-    );
-    println!("| | pairs/s | × sentence-transformers | % of f32 roofline |");
-    println!("|---|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {:.1} | {:.2}× | {:.0}% |",
-            r.name, r.pairs_per_second, r.vs_python, r.percent_of_roofline
-        );
-    }
-    println!(
-        "\nSame pairs, same raw logits: max |ours f32 − sentence-transformers| = {max_diff:.2e}; our f32 engine drifted {:+.1}% between its two runs.",
-        (engine_f32_after / engine_f32_before - 1.0) * 100.0
-    );
     let report = Report {
         cores,
         pairs,
@@ -275,8 +192,124 @@ fn main() -> anyhow::Result<()> {
         engine_f32_drift_percent: (engine_f32_after / engine_f32_before - 1.0) * 100.0,
         rows,
     };
+    print_report(&report, args.run.passages);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())
+}
+
+/// Every pair as a JSON line, for the Python side to read.
+fn write_pairs_file(dir: &std::path::Path, requests: &[Request]) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let pairs_file = dir.join("pairs.jsonl");
+    let mut lines = String::new();
+    for r in requests {
+        for p in &r.passages {
+            lines.push_str(&serde_json::to_string(
+                &serde_json::json!({ "query": r.query, "passage": p }),
+            )?);
+            lines.push('\n');
+        }
+    }
+    std::fs::write(&pairs_file, lines)?;
+    Ok(pairs_file)
+}
+
+/// Our server end to end over gRPC, in f32 and in i8.
+fn served_rates(args: &Args, requests: Vec<Request>) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let requests = Arc::new(requests);
+    let mut served = Vec::new();
+    for dtype in ["f32", "i8"] {
+        eprintln!("our server over gRPC, {dtype}…");
+        let server_args: Vec<String> = [
+            "--dtype",
+            dtype,
+            "--max-batch-size",
+            &args.run.passages.to_string(),
+            "--max-batch-tokens",
+            "65536",
+        ]
+        .map(String::from)
+        .into();
+        let mut server = Supervisor::start(&args.run.model, &server_args)?;
+        let rate = runtime.block_on(served_rate(
+            &mut server,
+            requests.clone(),
+            args.run.concurrency,
+        ))?;
+        served.push((dtype, rate));
+    }
+    Ok(served)
+}
+
+/// sentence-transformers' `CrossEncoder` on the same pairs, with as many
+/// threads as we use.
+fn run_python(
+    args: &Args,
+    pairs_file: &std::path::Path,
+    cores: usize,
+) -> anyhow::Result<PythonResult> {
+    eprintln!("sentence-transformers CrossEncoder…");
+    let python_out = args.work_dir.join("python.json");
+    let status = Command::new(&args.python)
+        .arg(&args.python_script)
+        .arg("--model")
+        .arg(&args.run.model)
+        .arg("--pairs")
+        .arg(pairs_file)
+        .arg("--out")
+        .arg(&python_out)
+        .arg("--threads")
+        .arg(cores.to_string())
+        .arg("--batch-size")
+        .arg(args.python_batch_size.to_string())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .status()
+        .with_context(|| format!("running {}", args.python))?;
+    if !status.success() {
+        bail!(
+            "{} {} failed: {status}",
+            args.python,
+            args.python_script.display()
+        );
+    }
+    serde_json::from_slice(&std::fs::read(&python_out)?)
+        .with_context(|| format!("reading {}", python_out.display()))
+}
+
+/// The Markdown table on stdout.
+fn print_report(report: &Report, passages: usize) {
+    let (pairs, cores, peak) = (report.pairs, report.cores, &report.gemm_peak);
+    println!(
+        "## ce-supervisor vs sentence-transformers ({pairs} pairs in requests of {passages} passages, {:.1} tokens/pair, {cores} cores)\n",
+        report.mean_tokens_per_pair
+    );
+    println!(
+        "f32 roofline: GEMM peak {:.1} GFLOP/s ({}x{}x{}, {} threads) / {:.2} GFLOP per pair (the whole model's; our CPU encoder skips the last layer's non-[CLS] rows, ~1/7 of them) = {:.1} pairs/s\n",
+        peak.gflops,
+        peak.m,
+        peak.n,
+        peak.k,
+        peak.threads,
+        report.gflop_per_pair,
+        report.roofline_pairs_per_second
+    );
+    println!("| | pairs/s | × sentence-transformers | % of f32 roofline |");
+    println!("|---|---:|---:|---:|");
+    for r in &report.rows {
+        println!(
+            "| {} | {:.1} | {:.2}× | {:.0}% |",
+            r.name, r.pairs_per_second, r.vs_python, r.percent_of_roofline
+        );
+    }
+    println!(
+        "\nSame pairs, same raw logits: max |ours f32 − sentence-transformers| = {:.2e}; our f32 engine drifted {:+.1}% between its two runs.",
+        report.max_abs_logit_difference, report.engine_f32_drift_percent
+    );
 }

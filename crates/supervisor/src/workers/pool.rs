@@ -400,3 +400,84 @@ async fn start_one<C: Client>(spec: &WorkerSpec, starter: &Starter<C>) -> C {
         C::new(WorkerProcess::failed(spec.role, spec.slot, e))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load() -> Load {
+        Load(AtomicUsize::new(0))
+    }
+
+    #[test]
+    fn shared_leases_stop_at_the_limit_and_free_on_release() {
+        let l = load();
+        assert!(l.try_share(2) && l.try_share(2));
+        assert!(!l.try_share(2), "a third batch on a replica that takes two");
+        assert_eq!(l.leases(), 2);
+        l.release(false);
+        assert!(l.try_share(2));
+        assert_eq!(l.leases(), 2);
+    }
+
+    #[test]
+    fn an_alone_lease_excludes_everything_else() {
+        let l = load();
+        assert!(l.try_share(usize::MAX));
+        assert!(!l.try_alone(false), "alone needs an idle worker");
+        l.release(false);
+        assert!(l.try_alone(false));
+        assert_eq!(l.leases(), 1);
+        assert!(!l.try_share(usize::MAX) && !l.try_alone(false));
+        l.release(true);
+        assert_eq!(l.leases(), 0);
+        assert!(l.try_share(usize::MAX));
+    }
+
+    #[test]
+    fn a_reservation_drains_the_worker_for_the_alone_lease() {
+        let l = load();
+        assert!(l.try_share(usize::MAX));
+        assert!(l.try_reserve());
+        assert!(!l.try_reserve(), "one reservation at a time");
+        assert!(
+            !l.try_share(usize::MAX),
+            "no new shared work while reserved"
+        );
+        assert!(!l.try_alone(true), "the shared lease is still there");
+        l.release(false);
+        assert!(l.try_alone(true));
+        assert!(!l.try_share(usize::MAX));
+        l.release(true);
+        assert!(l.try_share(usize::MAX), "the slot is free again");
+        // A reservation given up (its worker died) frees the slot too.
+        l.release(false);
+        assert!(l.try_reserve());
+        l.unreserve();
+        assert!(l.try_share(usize::MAX));
+    }
+
+    #[test]
+    fn concurrent_shared_leases_never_pass_the_limit() {
+        let l = Arc::new(load());
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (l, peak) = (l.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        if l.try_share(3) {
+                            peak.fetch_max(l.leases(), Ordering::AcqRel);
+                            l.release(false);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(peak.load(Ordering::Acquire) <= 3);
+        assert_eq!(l.leases(), 0);
+    }
+}

@@ -374,3 +374,40 @@ async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed()
         "{settled} of 1024 pairs computed after a 400 ms deadline"
     );
 }
+
+/// A setting no replica can serve stops the server at start, naming the
+/// key, before any worker starts (it used to pass, and the worker then
+/// restarted forever).
+#[test]
+fn unusable_settings_stop_the_start_with_the_key_named() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ce-supervisor"))
+            .arg("--model")
+            .arg(support::model_dir())
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("CE_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ce-supervisor");
+        (out.status, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (status, stderr) = run(&["--set", "dtype=q3"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("dtype") && stderr.contains("q3"),
+        "{stderr}"
+    );
+    let (status, stderr) = run(&["--dtype", "q3"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--dtype") && stderr.contains("q3"),
+        "{stderr}"
+    );
+    let (status, stderr) = run(&["--dtype", "i8", "--attention", "padded"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("replica 0") && stderr.contains("i8") && stderr.contains("q8_0"),
+        "{stderr}"
+    );
+}
