@@ -7,9 +7,10 @@
 //! attention small. Only the first `window` pairs are considered, which
 //! bounds the work per batch.
 
-/// Limits of one batch.
+/// What one batch may hold: the scheduler's budget (the engine checks its
+/// own limits, `ce_common::batch::BatchLimits`, on every batch it gets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
+pub struct BatchBudget {
     /// Sum of the pairs' tokens at most.
     pub max_tokens: usize,
     /// Pairs at most.
@@ -19,7 +20,7 @@ pub struct BatchLimits {
 /// Picks the next batch from a FIFO queue described by each pair's token
 /// count. Returns queue positions in ascending order; empty only for an
 /// empty queue. A pair longer than the budget is sent alone.
-pub fn choose(lengths: &[usize], limits: BatchLimits, window: usize) -> Vec<usize> {
+pub fn choose(lengths: &[usize], budget: BatchBudget, window: usize) -> Vec<usize> {
     let n = lengths.len().min(window.max(1));
     if n == 0 {
         return Vec::new();
@@ -31,11 +32,11 @@ pub fn choose(lengths: &[usize], limits: BatchLimits, window: usize) -> Vec<usiz
     let (mut lo, mut hi) = (p, p + 1); // order[lo..hi] is taken
     let mut tokens = target;
     let mut taken = vec![0usize];
-    while taken.len() < limits.max_pairs.max(1) {
+    while taken.len() < budget.max_pairs.max(1) {
         let left = lo.checked_sub(1).map(|j| (j, lengths[order[j]]));
         let right = (hi < n).then(|| (hi, lengths[order[hi]]));
         let fits =
-            |c: Option<(usize, usize)>| c.filter(|&(_, len)| tokens + len <= limits.max_tokens);
+            |c: Option<(usize, usize)>| c.filter(|&(_, len)| tokens + len <= budget.max_tokens);
         let pick = match (fits(left), fits(right)) {
             (Some(l), Some(r)) => {
                 if target - l.1 <= r.1 - target {
@@ -64,7 +65,7 @@ pub fn choose(lengths: &[usize], limits: BatchLimits, window: usize) -> Vec<usiz
 mod tests {
     use super::*;
 
-    const L: BatchLimits = BatchLimits {
+    const L: BatchBudget = BatchBudget {
         max_tokens: 100,
         max_pairs: 4,
     };
@@ -74,7 +75,7 @@ mod tests {
         let lengths = [50, 10, 48, 90, 52, 11];
         let b = choose(
             &lengths,
-            BatchLimits {
+            BatchBudget {
                 max_tokens: 1000,
                 max_pairs: 3,
             },

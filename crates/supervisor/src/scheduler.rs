@@ -20,7 +20,7 @@ use ce_common::TokenBatch;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::ApiError;
-use crate::batcher::{self, BatchLimits};
+use crate::batcher::{self, BatchBudget};
 use crate::metrics::{Metrics, Stage};
 use crate::request::PendingRequest;
 use crate::workers::isolation::{AfterDeath, after_death};
@@ -40,8 +40,8 @@ pub struct Work {
 /// Batching and routing settings.
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
-    /// Batch limits.
-    pub limits: BatchLimits,
+    /// What one batch may hold.
+    pub budget: BatchBudget,
     /// Longest wait for company while every replica is busy.
     pub timeout: Duration,
     /// Batches in flight per replica.
@@ -289,21 +289,21 @@ impl Actor {
                     // packed engine groups lengths for attention inside
                     // each batch anyway. Suspects (always at the front,
                     // where a death puts them) never join a normal batch.
-                    let limits = self.config.limits;
+                    let budget = self.config.budget;
                     let lengths: Vec<usize> = self
                         .queue
                         .iter()
-                        .take(limits.max_pairs)
+                        .take(budget.max_pairs)
                         .take_while(|p| p.group.is_none())
                         .map(|p| p.ids.len())
                         .collect();
-                    let full = self.queue.len() >= limits.max_pairs
-                        || lengths.iter().sum::<usize>() >= limits.max_tokens;
+                    let full = self.queue.len() >= budget.max_pairs
+                        || lengths.iter().sum::<usize>() >= budget.max_tokens;
                     let due = oldest + self.config.timeout;
                     if !(full || lease.found_idle() || Instant::now() >= due) {
                         return Some(due);
                     }
-                    batcher::choose(&lengths, limits, limits.max_pairs)
+                    batcher::choose(&lengths, budget, budget.max_pairs)
                 }
             };
             let mut pairs = Vec::with_capacity(chosen.len());

@@ -16,7 +16,7 @@ use ce_common::spawn::Spawner;
 use tokio::sync::{Semaphore, watch};
 
 use crate::api::Api;
-use crate::batcher::BatchLimits;
+use crate::batcher::BatchBudget;
 use crate::config::Settings;
 use crate::core::{Core, CoreParts};
 use crate::metrics::Metrics;
@@ -143,7 +143,7 @@ fn assemble_core(
     let deadline = Duration::from_millis(settings.batch_deadline_ms);
     let scheduler = Scheduler::start(
         SchedulerConfig {
-            limits: BatchLimits {
+            budget: BatchBudget {
                 max_tokens: settings.max_batch_tokens,
                 max_pairs: settings.max_batch_size,
             },
