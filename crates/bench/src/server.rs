@@ -28,6 +28,12 @@ pub enum ServerError {
     /// It exited.
     #[error("ce-supervisor exited: {0}")]
     Exited(std::process::ExitStatus),
+    /// It did not exit in time after SIGTERM (it was SIGKILLed).
+    #[error("ce-supervisor did not exit within {0:?} of SIGTERM")]
+    StillRunning(Duration),
+    /// A test took the process to handle it itself.
+    #[error("the ce-supervisor process was taken by its caller")]
+    Taken,
 }
 
 /// What dropping a [`Supervisor`] does to the process.
@@ -169,9 +175,7 @@ impl Supervisor {
     }
 
     fn child_mut(&mut self) -> Result<&mut Child, ServerError> {
-        self.child
-            .as_mut()
-            .ok_or_else(|| ServerError::Io(std::io::Error::other("the process was taken")))
+        self.child.as_mut().ok_or(ServerError::Taken)
     }
 
     /// The supervisor's pid.
@@ -254,10 +258,7 @@ impl Supervisor {
 
     /// SIGTERM, then the exit status within `limit` (SIGKILL past it).
     pub fn terminate(&mut self, limit: Duration) -> Result<ExitStatus, ServerError> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| ServerError::Io(std::io::Error::other("the process was taken")))?;
+        let mut child = self.child.take().ok_or(ServerError::Taken)?;
         signal(&child, rustix::process::Signal::TERM);
         let until = Instant::now() + limit;
         loop {
@@ -267,7 +268,7 @@ impl Supervisor {
             if Instant::now() > until {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(ServerError::NotReady(limit));
+                return Err(ServerError::StillRunning(limit));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

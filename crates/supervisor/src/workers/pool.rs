@@ -138,11 +138,6 @@ impl<C> Lease<C> {
         &self.client
     }
 
-    /// Its slot.
-    pub fn slot(&self) -> usize {
-        self.slot
-    }
-
     /// Whether this lease holds its worker alone.
     pub fn is_alone(&self) -> bool {
         self.alone
@@ -237,11 +232,7 @@ impl<C: Client> WorkerPool<C> {
     /// allows, if there is one now. Never waits, never locks.
     pub fn try_lease(&self, share: Share) -> Option<Lease<C>> {
         let members = self.shared.members.load();
-        let mut candidates: Vec<usize> = (0..members.len())
-            .filter(|&s| members[s].process().is_alive())
-            .collect();
-        candidates.sort_by_key(|&s| self.shared.loads[s].leases());
-        for slot in candidates {
+        for slot in self.serving_by_load(&members) {
             let load = &self.shared.loads[slot];
             let before = load.leases();
             let taken = match share {
@@ -298,13 +289,18 @@ impl<C: Client> WorkerPool<C> {
 
     fn reserve_least_loaded(&self) -> Option<usize> {
         let members = self.shared.members.load();
-        let mut candidates: Vec<usize> = (0..members.len())
-            .filter(|&s| members[s].process().is_alive())
-            .collect();
-        candidates.sort_by_key(|&s| self.shared.loads[s].leases());
-        candidates
+        self.serving_by_load(&members)
             .into_iter()
             .find(|&s| self.shared.loads[s].try_reserve())
+    }
+
+    /// The slots whose worker serves, least work in flight first.
+    fn serving_by_load(&self, members: &[C]) -> Vec<usize> {
+        let mut slots: Vec<usize> = (0..members.len())
+            .filter(|&s| members[s].process().is_alive())
+            .collect();
+        slots.sort_by_key(|&s| self.shared.loads[s].leases());
+        slots
     }
 
     fn lease(&self, slot: usize, alone: bool, before: usize, members: &[C]) -> Lease<C> {

@@ -328,11 +328,6 @@ impl WorkerProcess {
         }
     }
 
-    /// Frames sent and not yet answered.
-    pub fn holding(&self) -> usize {
-        self.inner.holding()
-    }
-
     /// False once the process has died.
     pub fn is_alive(&self) -> bool {
         self.inner.alive.load(Ordering::Acquire)
@@ -347,11 +342,6 @@ impl WorkerProcess {
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.inner.pid
-    }
-
-    /// Its slot among workers of its role.
-    pub fn slot(&self) -> u32 {
-        self.inner.slot
     }
 
     /// Its role.
