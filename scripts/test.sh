@@ -2,8 +2,9 @@
 # The project's one test command: fetch the default model and install
 # Prometheus (for the metrics test) if missing; formatting and lints; the
 # deployment files' linters; the release build the Dockerfile runs; then
-# every test of the workspace (a 20 s chaos test, a real Prometheus and a
-# 60 s soak among them). Fails on any failure.
+# every test of the workspace (a 20 s chaos test, a real Prometheus, an
+# abuse battery and a 60 s soak among them) and a bounded fuzzing run of
+# every decoder target. Fails on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,3 +28,5 @@ echo "== release build (what the Dockerfile runs)"
 scripts/build_release.sh
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== fuzz (20 s a target)"
+scripts/fuzz.sh 20

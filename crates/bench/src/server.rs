@@ -59,6 +59,11 @@ pub struct Launch {
     pub worker_dir: Option<PathBuf>,
     /// What dropping the handle does.
     pub on_drop: OnDrop,
+    /// Start it as the leader of its own process group, as a shell starts
+    /// a foreground job, so [`Supervisor::interrupt_group`] can deliver a
+    /// terminal's Ctrl-C to the group. It then also gets SIGKILL should
+    /// this process die first (it no longer shares our group's fate).
+    pub own_process_group: bool,
 }
 
 /// The `ce-supervisor` executable: beside the running one, or one directory
@@ -126,6 +131,19 @@ impl Supervisor {
             .arg(&addr_file);
         if let Some(dir) = &launch.worker_dir {
             command.arg("--worker-dir").arg(dir);
+        }
+        if launch.own_process_group {
+            use std::os::unix::process::CommandExt;
+            command.process_group(0);
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::KILL,
+                    ))?;
+                    Ok(())
+                });
+            }
         }
         let child = command
             .args(&launch.args)
@@ -256,10 +274,50 @@ impl Supervisor {
             .collect()
     }
 
-    /// SIGTERM, then the exit status within `limit` (SIGKILL past it).
-    pub fn terminate(&mut self, limit: Duration) -> Result<ExitStatus, ServerError> {
+    /// Open file descriptors of the supervisor.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Shared-memory (memfd) mappings of the supervisor: its rings.
+    pub fn memfd_mappings(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))
+            .map(|m| m.lines().filter(|l| l.contains("/memfd:")).count())
+            .unwrap_or(0)
+    }
+
+    /// CPU time the supervisor has used (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised name: utime and stime are 12 and 13.
+        stat.rsplit_once(')')
+            .map(|(_, rest)| {
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let field = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                field(11) + field(12)
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGINT to the supervisor's whole process group, as a terminal's
+    /// Ctrl-C does (start it with [`Launch::own_process_group`]).
+    pub fn interrupt_group(&self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::INT);
+        }
+    }
+
+    /// Waits for the supervisor to exit on its own, within `limit` (SIGKILL past it).
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus, ServerError> {
         let mut child = self.child.take().ok_or(ServerError::Taken)?;
-        signal(&child, rustix::process::Signal::TERM);
         let until = Instant::now() + limit;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -272,6 +330,13 @@ impl Supervisor {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, then the exit status within `limit` (SIGKILL past it).
+    pub fn terminate(&mut self, limit: Duration) -> Result<ExitStatus, ServerError> {
+        let child = self.child.as_ref().ok_or(ServerError::Taken)?;
+        signal(child, rustix::process::Signal::TERM);
+        self.wait_exit(limit)
     }
 }
 

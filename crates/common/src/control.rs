@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the control protocol and ring layout together.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 

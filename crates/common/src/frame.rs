@@ -76,6 +76,11 @@ pub enum FrameKind {
     Scores = 3,
     /// Either way: a job or batch failed.
     Error = 4,
+    /// Supervisor → tokenizer: a request's query, tokenized once for all
+    /// of its pairs.
+    QueryJob = 5,
+    /// Tokenizer → supervisor: a query's ids ([`QueryIds`]).
+    QueryIds = 6,
 }
 
 impl FrameKind {
@@ -86,6 +91,8 @@ impl FrameKind {
             2 => FrameKind::TokenBatch,
             3 => FrameKind::Scores,
             4 => FrameKind::Error,
+            5 => FrameKind::QueryJob,
+            6 => FrameKind::QueryIds,
             _ => return None,
         })
     }
@@ -180,11 +187,85 @@ pub const ERROR_INVALID_INPUT: u32 = 1;
 /// Error code: the worker failed on valid input.
 pub const ERROR_INTERNAL: u32 = 2;
 
-/// A query and the passages to tokenize against it.
+/// A query to tokenize once for every pair of its request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TextJob {
+pub struct QueryJob {
     /// The query.
     pub query: String,
+    /// The request's truncation code (see [`TextJob::truncation`]): it
+    /// decides which end of an over-long query is kept.
+    pub truncation: u32,
+}
+
+impl QueryJob {
+    /// Payload bytes of this job.
+    pub fn encoded_len(&self) -> usize {
+        4 + self.query.len()
+    }
+
+    /// Appends the payload to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u32s(out, &[self.truncation]);
+        out.extend_from_slice(self.query.as_bytes());
+    }
+
+    /// Decodes and validates a payload.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        const K: &str = "query job";
+        let mut r = Reader::new(bytes, K);
+        let truncation = r.u32()?;
+        let rest = r.take(bytes.len() - 4)?;
+        let query =
+            String::from_utf8(rest.to_vec()).map_err(|e| err(K, format!("invalid UTF-8: {e}")))?;
+        r.finish()?;
+        Ok(Self { query, truncation })
+    }
+}
+
+/// A tokenized query: the length pair truncation weighs it at and the ids
+/// a pair can use of it (at most the model's length, from the end
+/// truncation keeps).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueryIds {
+    /// Its length as longest-first truncation weighs it, without special
+    /// tokens (at least `ids.len()`).
+    pub tokens: u32,
+    /// Its ids, without special tokens, cut to the model's length.
+    pub ids: Vec<u32>,
+}
+
+impl QueryIds {
+    /// Appends the payload to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u32s(out, &[self.tokens, self.ids.len() as u32]);
+        put_u32s(out, &self.ids);
+    }
+
+    /// Decodes and validates a payload.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        const K: &str = "query ids";
+        let mut r = Reader::new(bytes, K);
+        let tokens = r.u32()?;
+        let n = r.u32()? as usize;
+        if n > bytes.len() / 4 || n > tokens as usize {
+            return Err(err(
+                K,
+                format!("{n} ids of a {tokens}-token query in {} bytes", bytes.len()),
+            ));
+        }
+        let ids = r.u32s(n)?;
+        r.finish()?;
+        Ok(Self { tokens, ids })
+    }
+}
+
+/// A query's token ids (tokenized once per request, see [`QueryJob`]) and
+/// the passages to tokenize against it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TextJob {
+    /// The query, tokenized (longest-first truncation weighs its whole
+    /// length, so that is sent with the ids a pair can use).
+    pub query: QueryIds,
     /// The passages.
     pub passages: Vec<String>,
     /// How over-long pairs are handled: 0 truncate the end, 1 truncate the
@@ -195,21 +276,44 @@ pub struct TextJob {
     pub first_index: u32,
 }
 
+/// Payload bytes of a [`TextJob`] before its passages: the header and the
+/// query's ids.
+pub fn text_job_base_len(query_ids: usize) -> usize {
+    20 + 4 * query_ids
+}
+
+/// Payload bytes one passage of `len` bytes adds to a [`TextJob`].
+pub fn text_job_passage_len(len: usize) -> usize {
+    4 + len
+}
+
 impl TextJob {
+    /// Payload bytes of this job.
+    pub fn encoded_len(&self) -> usize {
+        text_job_base_len(self.query.ids.len())
+            + self
+                .passages
+                .iter()
+                .map(|p| text_job_passage_len(p.len()))
+                .sum::<usize>()
+    }
+
     /// Appends the payload to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
         let lens: Vec<u32> = self.passages.iter().map(|p| p.len() as u32).collect();
         put_u32s(
             out,
             &[
                 self.passages.len() as u32,
-                self.query.len() as u32,
+                self.query.tokens,
+                self.query.ids.len() as u32,
                 self.truncation,
                 self.first_index,
             ],
         );
         put_u32s(out, &lens);
-        out.extend_from_slice(self.query.as_bytes());
+        put_u32s(out, &self.query.ids);
         for p in &self.passages {
             out.extend_from_slice(p.as_bytes());
         }
@@ -220,28 +324,40 @@ impl TextJob {
         const K: &str = "text job";
         let mut r = Reader::new(bytes, K);
         let n = r.u32()? as usize;
+        let query_tokens = r.u32()?;
         let query_len = r.u32()? as usize;
         let truncation = r.u32()?;
         let first_index = r.u32()?;
-        if n > bytes.len() / 4 {
+        if query_len > query_tokens as usize {
             return Err(err(
                 K,
-                format!("{n} passages cannot fit in {} bytes", bytes.len()),
+                format!("{query_len} ids of a {query_tokens}-token query"),
+            ));
+        }
+        if n > bytes.len() / 4 || query_len > bytes.len() / 4 {
+            return Err(err(
+                K,
+                format!(
+                    "{n} passages and {query_len} query ids cannot fit in {} bytes",
+                    bytes.len()
+                ),
             ));
         }
         let lens = r.u32s(n)?;
-        let text = |r: &mut Reader, len: usize| -> Result<String, FrameError> {
-            let b = r.take(len)?;
-            String::from_utf8(b.to_vec()).map_err(|e| err(K, format!("invalid UTF-8: {e}")))
-        };
-        let query = text(&mut r, query_len)?;
+        let query_ids = r.u32s(query_len)?;
         let passages = lens
             .iter()
-            .map(|&l| text(&mut r, l as usize))
+            .map(|&l| {
+                let b = r.take(l as usize)?;
+                String::from_utf8(b.to_vec()).map_err(|e| err(K, format!("invalid UTF-8: {e}")))
+            })
             .collect::<Result<_, _>>()?;
         r.finish()?;
         Ok(Self {
-            query,
+            query: QueryIds {
+                tokens: query_tokens,
+                ids: query_ids,
+            },
             passages,
             truncation,
             first_index,
@@ -324,10 +440,18 @@ pub fn decode_scores(bytes: &[u8]) -> Result<(Vec<f32>, usize), FrameError> {
     Ok((logits, labels as usize))
 }
 
+/// Longest error message a frame carries; longer ones are cut (at a
+/// character boundary), so an error reply always fits its ring.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
 /// Appends an error payload to `out`.
 pub fn encode_error(code: u32, message: &str, out: &mut Vec<u8>) {
     put_u32s(out, &[code]);
-    out.extend_from_slice(message.as_bytes());
+    let mut end = message.len().min(MAX_ERROR_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&message.as_bytes()[..end]);
 }
 
 /// Decodes an error payload into `(code, message)`.
@@ -346,6 +470,8 @@ pub fn decode_error(bytes: &[u8]) -> Result<(u32, String), FrameError> {
 pub enum Reply {
     /// A tokenizer's packed batch.
     Tokens(TokenBatch),
+    /// A tokenizer's query.
+    Query(QueryIds),
     /// A replica's logits, `[pairs, labels]` row-major.
     Scores {
         /// The logits.
@@ -368,13 +494,14 @@ impl Reply {
     pub fn decode(kind: u16, payload: &[u8]) -> Result<Self, FrameError> {
         match FrameKind::from_u16(kind) {
             Some(FrameKind::TokenBatch) => decode_token_batch(payload).map(Reply::Tokens),
+            Some(FrameKind::QueryIds) => QueryIds::decode(payload).map(Reply::Query),
             Some(FrameKind::Scores) => {
                 decode_scores(payload).map(|(logits, labels)| Reply::Scores { logits, labels })
             }
             Some(FrameKind::Error) => {
                 decode_error(payload).map(|(code, message)| Reply::Error { code, message })
             }
-            Some(FrameKind::TextJob) | None => {
+            Some(FrameKind::TextJob | FrameKind::QueryJob) | None => {
                 Err(err("reply", format!("frame kind {kind} is not a reply")))
             }
         }
@@ -389,14 +516,45 @@ mod tests {
     #[test]
     fn payloads_round_trip() {
         let job = TextJob {
-            query: "qü".into(),
+            query: QueryIds {
+                tokens: 9,
+                ids: vec![7, 0, u32::MAX],
+            },
             passages: vec!["a".into(), "".into(), "東京".into()],
             truncation: 2,
             first_index: 7,
         };
         let mut b = Vec::new();
         job.encode(&mut b);
+        assert_eq!(b.len(), job.encoded_len());
         assert_eq!(TextJob::decode(&b).unwrap(), job);
+
+        let query = QueryJob {
+            query: "qü".into(),
+            truncation: 1,
+        };
+        let mut b = Vec::new();
+        query.encode(&mut b);
+        assert_eq!(b.len(), query.encoded_len());
+        assert_eq!(QueryJob::decode(&b).unwrap(), query);
+        assert!(QueryJob::decode(&b[..3]).is_err());
+        assert!(QueryJob::decode(&[0, 0, 0, 0, 0xff]).is_err());
+        let ids = QueryIds {
+            tokens: 700,
+            ids: vec![1, 2, 3],
+        };
+        let mut b = Vec::new();
+        ids.encode(&mut b);
+        assert_eq!(
+            Reply::decode(FrameKind::QueryIds as u16, &b).unwrap(),
+            Reply::Query(ids)
+        );
+        assert!(QueryIds::decode(&[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+
+        let mut b = Vec::new();
+        encode_error(2, &"é".repeat(MAX_ERROR_MESSAGE), &mut b);
+        let (_, cut) = decode_error(&b).unwrap();
+        assert!(cut.len() <= MAX_ERROR_MESSAGE && cut.chars().all(|c| c == 'é'));
 
         let mut batch = TokenBatch::default();
         batch.push(&[101, 7, 102], &[0, 0, 0]);
@@ -427,7 +585,10 @@ mod tests {
     fn rejects_inconsistent_payloads() {
         let mut b = Vec::new();
         TextJob {
-            query: "q".into(),
+            query: QueryIds {
+                tokens: 1,
+                ids: vec![5],
+            },
             passages: vec!["ab".into()],
             truncation: 0,
             first_index: 0,
@@ -465,6 +626,8 @@ mod tests {
                 bytes[4..8].copy_from_slice(&rng.random_range(0u32..8).to_le_bytes());
             }
             let _ = TextJob::decode(&bytes);
+            let _ = QueryJob::decode(&bytes);
+            let _ = QueryIds::decode(&bytes);
             let _ = decode_token_batch(&bytes);
             let _ = decode_scores(&bytes);
             let _ = decode_error(&bytes);

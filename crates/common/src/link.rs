@@ -53,7 +53,40 @@ impl Default for LinkConfig {
     }
 }
 
+/// The largest ring a link is made with (each direction): 1 GiB.
+pub const MAX_RING_CAPACITY: usize = 1 << 30;
+
 impl LinkConfig {
+    /// The smallest link (no smaller than the default) whose rings carry
+    /// frames of up to `to_worker` and `from_worker` payload bytes; `None`
+    /// if that needs a ring over [`MAX_RING_CAPACITY`].
+    pub fn carrying(to_worker: usize, from_worker: usize) -> Option<Self> {
+        let ring = |payload: usize, floor: usize| {
+            // A frame may take at most half a ring (see `max_payload`).
+            let capacity = payload
+                .checked_add(crate::frame::FRAME_HEADER_LEN)?
+                .checked_mul(2)?
+                .checked_next_power_of_two()?
+                .max(floor);
+            (capacity <= MAX_RING_CAPACITY).then_some(capacity)
+        };
+        let floor = Self::default();
+        Some(Self {
+            to_worker: ring(to_worker, floor.to_worker)?,
+            from_worker: ring(from_worker, floor.from_worker)?,
+        })
+    }
+
+    /// Largest payload of a frame to the worker.
+    pub fn max_to_worker_payload(&self) -> usize {
+        self.to_worker / 2 - crate::frame::FRAME_HEADER_LEN
+    }
+
+    /// Largest payload of a frame from the worker.
+    pub fn max_from_worker_payload(&self) -> usize {
+        self.from_worker / 2 - crate::frame::FRAME_HEADER_LEN
+    }
+
     fn placements(&self) -> (RingPlacement, RingPlacement) {
         let a = RingPlacement {
             offset: 0,

@@ -6,6 +6,8 @@
 //! * The death signal fires when the *thread* that forked exits, so all
 //!   spawning happens on one long-lived [`Spawner`] thread, never on a tokio
 //!   worker thread that the runtime may retire.
+//! * The child leads its own process group, so a terminal's Ctrl-C reaches
+//!   the supervisor alone, which drains the workers itself.
 //! * Link fds are placed at fixed numbers from [`CHILD_LINK_FD_BASE`] (the
 //!   only fds the child inherits besides stdio), and the parent gets a pidfd
 //!   for the child: readable the moment the child dies, pollable by tokio.
@@ -86,7 +88,9 @@ pub fn spawn_now(spec: SpawnSpec) -> std::io::Result<Spawned> {
         .collect::<Result<_, _>>()?;
     let raw: Vec<RawFd> = high.iter().map(|fd| fd.as_raw_fd()).collect();
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args).stdin(Stdio::null());
+    // Its own process group: a terminal's Ctrl-C (SIGINT to the foreground
+    // group) reaches only the supervisor, which then drains its workers.
+    cmd.args(&spec.args).stdin(Stdio::null()).process_group(0);
     if !spec.inherit_stderr {
         cmd.stderr(Stdio::null());
     }
@@ -141,6 +145,8 @@ type Request = (SpawnSpec, mpsc::Sender<std::io::Result<Spawned>>);
 #[derive(Debug, Clone)]
 pub struct Spawner {
     tx: mpsc::Sender<Request>,
+    /// Set by [`Spawner::close`]: no process starts after shutdown begins.
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Spawner {
@@ -154,11 +160,24 @@ impl Spawner {
                     let _ = reply.send(spawn_now(spec));
                 }
             })?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            closed: Default::default(),
+        })
     }
 
-    /// Spawns on the spawner thread and waits for the result.
+    /// Refuses every later spawn, in every clone (shutdown has begun).
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Spawns on the spawner thread and waits for the result; refused once
+    /// [`close`](Self::close)d.
     pub fn spawn(&self, spec: SpawnSpec) -> std::io::Result<Spawned> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(std::io::Error::other("shutting down: no new worker starts"));
+        }
         let (reply, rx) = mpsc::channel();
         self.tx
             .send((spec, reply))
@@ -215,6 +234,23 @@ mod tests {
         let n = rustix::io::read(&r, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"placed\n");
         assert!(has_exited(&s.pidfd));
+    }
+
+    #[test]
+    fn children_lead_their_own_process_group_and_close_stops_spawning() {
+        let spawner = Spawner::start().unwrap();
+        let mut spec = SpawnSpec::new("/bin/sh");
+        spec.args = vec!["-c".into(), "sleep 5".into()];
+        let mut s = spawner.spawn(spec).unwrap();
+        let pid = Pid::from_raw(s.pid() as i32).unwrap();
+        let group = rustix::process::getpgid(Some(pid)).unwrap();
+        assert_eq!(group, pid, "the child leads its group");
+        assert_ne!(group, rustix::process::getpgrp());
+        s.child.kill().unwrap();
+        s.child.wait().unwrap();
+        spawner.clone().close();
+        let e = spawner.spawn(SpawnSpec::new("/bin/true")).unwrap_err();
+        assert!(e.to_string().contains("shutting down"), "{e}");
     }
 
     #[test]

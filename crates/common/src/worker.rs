@@ -68,6 +68,9 @@ pub struct Handled {
     pub pairs: u64,
 }
 
+/// The longest duration a worker accepts from its supervisor (a day).
+const MAX_PEER_MS: u64 = 86_400_000;
+
 /// Counters the control thread reports in its metrics snapshots.
 #[derive(Debug, Default)]
 struct Counters {
@@ -182,7 +185,8 @@ impl WorkerSession {
         runtime.block_on(control.send(&ControlMessage::Ready))?;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
-        let heartbeat = Duration::from_millis(config.heartbeat_ms.max(50));
+        // The supervisor's numbers, kept in a range where a timer cannot overflow.
+        let heartbeat = Duration::from_millis(config.heartbeat_ms.clamp(50, MAX_PEER_MS));
         {
             let (stop, counters) = (stop.clone(), counters.clone());
             std::thread::Builder::new()
@@ -258,7 +262,7 @@ async fn control_loop(
                     stop.store(true, Ordering::Release);
                     // The serving loop exits once the ring is drained; past
                     // the grace period we go regardless.
-                    tokio::time::sleep(Duration::from_millis(grace_ms)).await;
+                    tokio::time::sleep(Duration::from_millis(grace_ms.min(MAX_PEER_MS))).await;
                     std::process::exit(0);
                 }
                 ControlMessage::Heartbeat { .. } => {}

@@ -23,7 +23,10 @@ fn random_payload(rng: &mut StdRng, out: &mut Vec<u8>) -> FrameKind {
     match rng.random_range(0..5) {
         0 => {
             let job = TextJob {
-                query: "q".repeat(rng.random_range(0..40)),
+                query: frame::QueryIds {
+                    tokens: 40,
+                    ids: (0..rng.random_range(0..40)).map(|i| i * 3).collect(),
+                },
                 passages: (0..rng.random_range(0..6))
                     .map(|i| "ü".repeat(i * 7))
                     .collect(),
@@ -68,6 +71,8 @@ fn decode(kind: u16, payload: &[u8]) -> bool {
         Some(FrameKind::TokenBatch) => frame::decode_token_batch(payload).is_ok(),
         Some(FrameKind::Scores) => frame::decode_scores(payload).is_ok(),
         Some(FrameKind::Error) => frame::decode_error(payload).is_ok(),
+        Some(FrameKind::QueryJob) => frame::QueryJob::decode(payload).is_ok(),
+        Some(FrameKind::QueryIds) => frame::QueryIds::decode(payload).is_ok(),
         None => false,
     }
 }

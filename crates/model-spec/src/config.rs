@@ -37,6 +37,34 @@ impl ScoreActivation {
     }
 }
 
+/// The largest shapes a `config.json` may declare. Far above any
+/// cross-encoder published (XLM-RoBERTa's 250,002 tokens; 1,024–4,096 wide;
+/// 24–48 layers); low enough that no product of them overflows and no
+/// matrix passes 2^31 elements (8 GiB of f32).
+struct ConfigLimits {
+    vocab_size: usize,
+    hidden_size: usize,
+    layers: usize,
+    heads: usize,
+    intermediate_size: usize,
+    positions: usize,
+    type_vocab_size: usize,
+    labels: usize,
+    matrix_elements: usize,
+}
+
+const LIMITS: ConfigLimits = ConfigLimits {
+    vocab_size: 1 << 21,
+    hidden_size: 1 << 14,
+    layers: 256,
+    heads: 512,
+    intermediate_size: 1 << 16,
+    positions: 1 << 17,
+    type_vocab_size: 1 << 10,
+    labels: 1 << 12,
+    matrix_elements: 1 << 31,
+};
+
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
@@ -152,17 +180,64 @@ impl ModelConfig {
                 "position_embedding_type {kind:?} is not supported (only \"absolute\")"
             )));
         }
-        for (name, v) in [
-            ("vocab_size", raw.vocab_size),
-            ("hidden_size", raw.hidden_size),
-            ("num_hidden_layers", raw.num_hidden_layers),
-            ("num_attention_heads", raw.num_attention_heads),
-            ("intermediate_size", raw.intermediate_size),
-            ("max_position_embeddings", raw.max_position_embeddings),
-            ("type_vocab_size", raw.type_vocab_size),
+        for (name, v, most) in [
+            ("vocab_size", raw.vocab_size, LIMITS.vocab_size),
+            ("hidden_size", raw.hidden_size, LIMITS.hidden_size),
+            ("num_hidden_layers", raw.num_hidden_layers, LIMITS.layers),
+            ("num_attention_heads", raw.num_attention_heads, LIMITS.heads),
+            (
+                "intermediate_size",
+                raw.intermediate_size,
+                LIMITS.intermediate_size,
+            ),
+            (
+                "max_position_embeddings",
+                raw.max_position_embeddings,
+                LIMITS.positions,
+            ),
+            (
+                "type_vocab_size",
+                raw.type_vocab_size,
+                LIMITS.type_vocab_size,
+            ),
         ] {
-            if v == 0 {
-                return Err(config_err(format!("{name} must be positive")));
+            if v == 0 || v > most {
+                return Err(config_err(format!("{name} {v} is outside 1..={most}")));
+            }
+        }
+        if let Some(labels) = raw.num_labels
+            && !(1..=LIMITS.labels).contains(&labels)
+        {
+            return Err(config_err(format!(
+                "num_labels {labels} is outside 1..={}",
+                LIMITS.labels
+            )));
+        }
+        // Every weight matrix, in elements, with checked products: a model
+        // file must not be able to make a worker allocate without bound
+        // (or wrap an allocation size) before any weight is read.
+        let (h, f) = (raw.hidden_size, raw.intermediate_size);
+        let matrices = [
+            ("vocab_size × hidden_size", raw.vocab_size.checked_mul(h)),
+            (
+                "max_position_embeddings × hidden_size",
+                raw.max_position_embeddings.checked_mul(h),
+            ),
+            (
+                "3 × hidden_size²",
+                h.checked_mul(h).and_then(|x| x.checked_mul(3)),
+            ),
+            ("hidden_size × intermediate_size", h.checked_mul(f)),
+        ];
+        for (what, elements) in matrices {
+            match elements {
+                Some(n) if n <= LIMITS.matrix_elements => {}
+                _ => {
+                    return Err(config_err(format!(
+                        "{what} is over {} elements: not a model this server can hold",
+                        LIMITS.matrix_elements
+                    )));
+                }
             }
         }
         if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) {
@@ -266,6 +341,36 @@ mod tests {
             ModelConfig::from_json(r#"{"model_type":"bert"}"#),
             Err(SpecError::Config { .. })
         ));
+    }
+
+    #[test]
+    fn hostile_sizes_are_refused_before_anything_is_allocated() {
+        for (field, value) in [
+            ("\"hidden_size\":384", "\"hidden_size\":12582912"),
+            (
+                "\"vocab_size\":30522",
+                "\"vocab_size\":18446744073709551615",
+            ),
+            ("\"intermediate_size\":1536", "\"intermediate_size\":0"),
+            ("\"num_hidden_layers\":6", "\"num_hidden_layers\":100000"),
+            (
+                "\"max_position_embeddings\":512",
+                "\"max_position_embeddings\":4294967296",
+            ),
+        ] {
+            let hostile = MINILM.replace(field, value);
+            assert_ne!(hostile, MINILM);
+            let e = ModelConfig::from_json(&hostile).unwrap_err().to_string();
+            let name = field.split('"').nth(1).unwrap();
+            assert!(e.contains(name), "{e}");
+        }
+        // Each within range, their product not.
+        let wide = MINILM
+            .replace("\"hidden_size\":384", "\"hidden_size\":12288")
+            .replace("\"num_attention_heads\":12", "\"num_attention_heads\":96")
+            .replace("\"vocab_size\":30522", "\"vocab_size\":2000000");
+        let e = ModelConfig::from_json(&wide).unwrap_err().to_string();
+        assert!(e.contains("vocab_size × hidden_size"), "{e}");
     }
 
     #[test]

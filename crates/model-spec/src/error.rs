@@ -51,6 +51,14 @@ pub enum SpecError {
     /// The attention layout name is not known.
     #[error("attention layout {0:?}: expected \"grouped\", \"single\" or \"padded\"")]
     UnknownAttention(String),
+    /// The weight file does not hold what `config.json` declares.
+    #[error("weights {path} do not match config.json: {message}")]
+    WeightsMismatch {
+        /// The weight file.
+        path: PathBuf,
+        /// What differs.
+        message: String,
+    },
     /// The dtype, device, attention layout and model do not fit together.
     #[error("{0}")]
     Incompatible(String),

@@ -125,6 +125,102 @@ fn looks_like_hub_id(spec: &str) -> bool {
     )
 }
 
+/// The largest safetensors header read (the format's own limit is 100 MB).
+const MAX_SAFETENSORS_HEADER: u64 = 100 << 20;
+
+impl Weights {
+    /// Checks the weight file against `config` before anything is loaded:
+    /// for safetensors, the header's word-embedding and feed-forward shapes
+    /// and the number of layers, and that every tensor lies inside the
+    /// file. Reads only the header. A PyTorch pickle is checked as it is
+    /// loaded (by shape, tensor by tensor).
+    pub fn check_shapes(&self, config: &crate::ModelConfig) -> Result<()> {
+        let Weights::Safetensors(path) = self else {
+            return Ok(());
+        };
+        let mismatch = |message: String| SpecError::WeightsMismatch {
+            path: path.clone(),
+            message,
+        };
+        let io = |source| SpecError::Io {
+            path: path.clone(),
+            source,
+        };
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut len = [0u8; 8];
+        if file_len < 8 {
+            return Err(mismatch(format!(
+                "{file_len} bytes: too short to be safetensors"
+            )));
+        }
+        file.read_exact(&mut len).map_err(io)?;
+        let header_len = u64::from_le_bytes(len);
+        if header_len > MAX_SAFETENSORS_HEADER || header_len + 8 > file_len {
+            return Err(mismatch(format!(
+                "a header of {header_len} bytes in a file of {file_len}"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(io)?;
+        let header: std::collections::BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| mismatch(format!("header: {e}")))?;
+        let data_len = file_len - 8 - header_len;
+        let mut shapes = std::collections::BTreeMap::new();
+        for (name, entry) in &header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let shape: Vec<u64> = entry
+                .get("shape")
+                .and_then(|s| serde_json::from_value(s.clone()).ok())
+                .ok_or_else(|| mismatch(format!("{name}: no shape")))?;
+            let end = entry
+                .get("data_offsets")
+                .and_then(|o| o.get(1))
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| mismatch(format!("{name}: no data_offsets")))?;
+            if end > data_len {
+                return Err(mismatch(format!(
+                    "{name} ends at byte {end} of {data_len} bytes of data"
+                )));
+            }
+            shapes.insert(name.trim_start_matches("bert.").to_string(), shape);
+        }
+        let h = config.hidden_size as u64;
+        let expect = [
+            (
+                "embeddings.word_embeddings.weight".to_string(),
+                vec![config.vocab_size as u64, h],
+            ),
+            (
+                "encoder.layer.0.intermediate.dense.weight".to_string(),
+                vec![config.intermediate_size as u64, h],
+            ),
+            (
+                format!(
+                    "encoder.layer.{}.attention.self.query.weight",
+                    config.num_hidden_layers - 1
+                ),
+                vec![h, h],
+            ),
+        ];
+        for (name, want) in expect {
+            match shapes.get(&name) {
+                Some(got) if *got == want => {}
+                Some(got) => {
+                    return Err(mismatch(format!(
+                        "{name} is {got:?}, config.json implies {want:?}"
+                    )));
+                }
+                None => return Err(mismatch(format!("no tensor {name}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

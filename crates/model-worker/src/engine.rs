@@ -104,6 +104,7 @@ impl Engine {
         let started = Instant::now();
         let files = ModelFiles::resolve(&config.model)?;
         let bert = ModelConfig::from_file(&files.config)?;
+        files.weights.check_shapes(&bert)?;
         let max_length = config.max_length.min(bert.max_position_embeddings).max(4);
         let tokenizer = PairTokenizer::from_file(&files.tokenizer, max_length)?;
         let device = crate::device::open(config.device)?;

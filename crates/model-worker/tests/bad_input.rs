@@ -164,7 +164,11 @@ fn broken_model_directories_are_typed_errors() {
         config.replace("\"intermediate_size\": 1536", "\"intermediate_size\": 1024"),
     )
     .unwrap();
-    assert!(matches!(load(&path), EngineError::Weights(_)));
+    let e = load(&path);
+    assert!(
+        matches!(e, EngineError::Spec(SpecError::WeightsMismatch { ref message, .. }) if message.contains("intermediate.dense.weight")),
+        "{e}"
+    );
 
     // Weights that are not safetensors.
     let dir2 = tempfile::tempdir().unwrap();
@@ -172,7 +176,10 @@ fn broken_model_directories_are_typed_errors() {
     std::fs::remove_file(dir2.path().join("model.safetensors")).unwrap();
     std::fs::write(dir2.path().join("model.safetensors"), b"garbage").unwrap();
     let e = load(&dir2.path().to_string_lossy());
-    assert!(matches!(e, EngineError::Weights(_)), "{e}");
+    assert!(
+        matches!(e, EngineError::Spec(SpecError::WeightsMismatch { .. })),
+        "{e}"
+    );
 
     // Tokenizer that is not a tokenizer.
     let dir3 = tempfile::tempdir().unwrap();

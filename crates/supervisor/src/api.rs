@@ -273,15 +273,22 @@ impl Api {
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
+        // The server's own bound holds on every path, whatever the client asks.
+        let most = Duration::from_millis(self.core.settings.request_timeout_ms);
         let result = match deadline {
-            Some(d) => tokio::time::timeout(d.saturating_sub(ANSWER_MARGIN), call)
+            Some(d) if d <= most => tokio::time::timeout(d.saturating_sub(ANSWER_MARGIN), call)
                 .await
                 .unwrap_or_else(|_| {
                     Err(ApiError::DeadlineExceeded(format!(
                         "deadline of {d:?} passed before the scores were ready"
                     )))
                 }),
-            None => call.await,
+            _ => tokio::time::timeout(most, call).await.unwrap_or_else(|_| {
+                Err(ApiError::DeadlineExceeded(format!(
+                    "the request took longer than request_timeout_ms ({} ms)",
+                    most.as_millis()
+                )))
+            }),
         };
         self.record(method, started, &result);
         result
@@ -353,11 +360,9 @@ impl Api {
         passage: String,
         raw_scores: bool,
     ) -> Result<f32, ApiError> {
-        if query.trim().is_empty() {
-            return Err(ApiError::InvalidArgument(format!(
-                "pair {id}: query must not be empty"
-            )));
-        }
+        // The same checks as every other path, each pair on its own.
+        self.check_query(&format!("pair {id}: query"), &query)?;
+        self.check_text(&format!("pair {id}: passage"), &passage)?;
         let input = PairsInput {
             groups: vec![(query, vec![passage])],
             truncation: Truncation::Right,

@@ -2,19 +2,23 @@
 //! `authorization: Bearer KEY` (gRPC metadata or HTTP header); health and
 //! metrics stay open, as in text-embeddings-inference.
 
-/// Checks an `authorization` header value against the key.
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Checks an `authorization` header value against the key. The scheme is
+/// matched case-insensitively (`Bearer`, `bearer`: RFC 9110 §11.1). The
+/// keys are compared as SHA-256 digests in constant time, so neither
+/// where they first differ nor the key's length shows in the timing.
 pub fn authorized(expected: Option<&str>, header: Option<&str>) -> bool {
     let Some(key) = expected else { return true };
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+    let Some((scheme, given)) = header.and_then(|h| h.split_once(' ')) else {
         return false;
     };
-    // Compare in time independent of where the first difference is.
-    given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    let digest = |s: &str| Sha256::digest(s.as_bytes());
+    let same: bool = digest(given.trim_start_matches(' '))
+        .ct_eq(&digest(key))
+        .into();
+    scheme.eq_ignore_ascii_case("bearer") & same
 }
 
 /// A tonic interceptor enforcing the key.
@@ -48,5 +52,19 @@ mod tests {
         assert!(!authorized(Some("k1"), Some("Bearer k10")));
         assert!(!authorized(Some("k1"), Some("k1")));
         assert!(!authorized(Some("k1"), None));
+        assert!(!authorized(Some("k1"), Some("Bearer ")));
+        assert!(!authorized(Some("k1"), Some("Basic k1")));
+        assert!(!authorized(Some("k1"), Some("Bearerk1")));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            assert!(
+                authorized(Some("k1"), Some(&format!("{scheme} k1"))),
+                "{scheme}"
+            );
+        }
+        assert!(authorized(Some("k1"), Some("Bearer  k1")), "extra spaces");
     }
 }

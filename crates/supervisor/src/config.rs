@@ -177,9 +177,19 @@ settings! {
         /// Characters per query or document at most.
         [long, env = "CE_MAX_INPUT_CHARS"]
         max_input_chars: usize => usize = 50_000,
-        /// Pairs waiting to be scored at most; beyond it requests are refused.
+        /// Pairs admitted and not yet scored at most; beyond it requests are
+        /// refused (RESOURCE_EXHAUSTED / 429).
         [long, env = "CE_MAX_QUEUE_PAIRS"]
         max_queue_pairs: usize => usize = 65_536,
+        /// Tokens of model work queued at most, counted once a request is
+        /// tokenized; a request over it alone, or past it with the queue, is
+        /// refused (RESOURCE_EXHAUSTED / 429).
+        [long, env = "CE_MAX_QUEUE_TOKENS"]
+        max_queue_tokens: usize => usize = 262_144,
+        /// Longest a request may take on the server, in ms (a client's
+        /// shorter deadline wins): then DEADLINE_EXCEEDED / 504.
+        [long, env = "CE_REQUEST_TIMEOUT_MS"]
+        request_timeout_ms: u64 => u64 = 120_000,
         /// Largest gRPC message or HTTP body accepted, in bytes.
         [long, env = "CE_MAX_REQUEST_BYTES"]
         max_request_bytes: usize => usize = 8 << 20,
@@ -210,6 +220,34 @@ settings! {
         /// PEM private key of `tls_cert`.
         [long, env = "CE_TLS_KEY", requires = "tls_cert"]
         tls_key: Option<PathBuf> => PathBuf = None,
+        /// An HTTP connection is closed when a request's headers take longer
+        /// than this to arrive, in ms.
+        [long, env = "CE_HTTP_HEADER_TIMEOUT_MS"]
+        http_header_timeout_ms: u64 => u64 = 10_000,
+        /// An HTTP connection with no request for this long is closed, in ms.
+        [long, env = "CE_HTTP_IDLE_TIMEOUT_MS"]
+        http_idle_timeout_ms: u64 => u64 = 60_000,
+        /// A request body that takes longer to arrive is refused (408), in ms.
+        [long, env = "CE_HTTP_BODY_TIMEOUT_MS"]
+        http_body_timeout_ms: u64 => u64 = 30_000,
+        /// A gRPC connection that has not sent its first bytes (the HTTP/2
+        /// preface, or TLS hello) within this is closed, in ms.
+        [long, env = "CE_GRPC_HANDSHAKE_TIMEOUT_MS"]
+        grpc_handshake_timeout_ms: u64 => u64 = 10_000,
+        /// HTTP/2 keepalive pings on gRPC connections every this many ms…
+        [long, env = "CE_GRPC_KEEPALIVE_INTERVAL_MS"]
+        grpc_keepalive_interval_ms: u64 => u64 = 30_000,
+        /// …and a connection whose ping is not answered within this is closed, in ms.
+        [long, env = "CE_GRPC_KEEPALIVE_TIMEOUT_MS"]
+        grpc_keepalive_timeout_ms: u64 => u64 = 10_000,
+        /// Concurrent streams (calls) per gRPC connection at most, advertised
+        /// in SETTINGS_MAX_CONCURRENT_STREAMS.
+        [long, env = "CE_GRPC_MAX_CONCURRENT_STREAMS"]
+        grpc_max_concurrent_streams: u32 => u32 = 256,
+        /// Failed starts in a row after which a worker slot stops retrying
+        /// and reports why ("replica N cannot load: …").
+        [long, env = "CE_MAX_START_ATTEMPTS"]
+        max_start_attempts: u32 => u32 = 5,
         /// How long in-flight requests may take to finish after SIGTERM, in ms.
         [long, env = "CE_SHUTDOWN_GRACE_MS"]
         shutdown_grace_ms: u64 => u64 = 30_000,
@@ -299,6 +337,10 @@ impl Cli {
     }
 }
 
+/// The longest duration a setting may name: a day. Longer is a typo, and
+/// arithmetic on it (a heartbeat times the misses allowed) stays in range.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+
 impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -313,22 +355,58 @@ impl Settings {
             ("max_batch_size", self.max_batch_size),
             ("max_inflight_per_replica", self.max_inflight_per_replica),
             ("tokenize_chunk", self.tokenize_chunk),
-            ("batch_deadline_ms", self.batch_deadline_ms as usize),
             ("max_documents", self.max_documents),
             ("max_input_chars", self.max_input_chars),
             ("max_queue_pairs", self.max_queue_pairs),
+            ("max_queue_tokens", self.max_queue_tokens),
             ("max_request_bytes", self.max_request_bytes),
             ("max_length", self.max_length),
+            (
+                "grpc_max_concurrent_streams",
+                self.grpc_max_concurrent_streams as usize,
+            ),
+            ("max_start_attempts", self.max_start_attempts as usize),
         ] {
             if v == 0 {
                 return bad(format!("{key} must be at least 1"));
             }
         }
-        if self.max_batch_tokens < self.max_length {
-            return bad(format!(
-                "max_batch_tokens ({}) must hold one pair of max_length ({}) tokens",
-                self.max_batch_tokens, self.max_length
-            ));
+        for (key, ms, least) in [
+            ("batch_timeout_ms", self.batch_timeout_ms, 0),
+            ("batch_deadline_ms", self.batch_deadline_ms, 1),
+            ("request_timeout_ms", self.request_timeout_ms, 1),
+            ("http_header_timeout_ms", self.http_header_timeout_ms, 1),
+            ("http_idle_timeout_ms", self.http_idle_timeout_ms, 1),
+            ("http_body_timeout_ms", self.http_body_timeout_ms, 1),
+            (
+                "grpc_handshake_timeout_ms",
+                self.grpc_handshake_timeout_ms,
+                1,
+            ),
+            (
+                "grpc_keepalive_interval_ms",
+                self.grpc_keepalive_interval_ms,
+                1,
+            ),
+            (
+                "grpc_keepalive_timeout_ms",
+                self.grpc_keepalive_timeout_ms,
+                1,
+            ),
+            ("shutdown_grace_ms", self.shutdown_grace_ms, 0),
+            ("worker_grace_ms", self.worker_grace_ms, 0),
+            ("heartbeat_ms", self.heartbeat_ms, 10),
+            (
+                "ready_timeout_s",
+                self.ready_timeout_s.saturating_mul(1000),
+                1000,
+            ),
+        ] {
+            if !(least..=MAX_DURATION_MS).contains(&ms) {
+                return bad(format!(
+                    "{key} must be between {least} ms and a day ({MAX_DURATION_MS} ms)"
+                ));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together: give both or neither".into());
@@ -461,6 +539,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("max_batch_size"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_bounded_so_their_arithmetic_cannot_overflow() {
+        for key in [
+            "heartbeat_ms",
+            "batch_deadline_ms",
+            "shutdown_grace_ms",
+            "http_idle_timeout_ms",
+        ] {
+            let e = cli(&["--set", &format!("{key}={}", u64::MAX / 2)])
+                .settings()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("a day"), "{e}");
+        }
+        let e = cli(&["--set", "ready_timeout_s=18446744073709551"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ready_timeout_s"), "{e}");
+        let e = cli(&["--heartbeat-ms", "1"])
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("heartbeat_ms"), "{e}");
+        assert!(cli(&["--heartbeat-ms", "86400000"]).settings().is_ok());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ce_common::TokenBatch;
 use ce_common::control::MetricsSnapshot;
-use ce_common::frame::TextJob;
+use ce_common::frame::{self, QueryIds, QueryJob, TextJob};
 use ce_model_spec::{ReplicaSpec, ScoreActivation};
 use futures_util::future::try_join_all;
 use tokenizer_worker::Truncation;
@@ -39,6 +39,18 @@ impl PairsInput {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// How large one tokenize job may be: at most `passages` passages (its
+/// reply must fit the worker's ring) and `bytes` payload bytes (the job
+/// must fit the ring to the worker). Sized at start-up so that a job of
+/// one passage of `max_input_chars` always fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobBudget {
+    /// Passages per job at most.
+    pub passages: usize,
+    /// Payload bytes per job at most.
+    pub bytes: usize,
 }
 
 /// One replica as `Info` and `/info` report it.
@@ -87,6 +99,7 @@ pub struct Core {
     replicas: WorkerPool<ReplicaClient>,
     scheduler: Scheduler,
     admission: Arc<Admission>,
+    job_budget: JobBudget,
     ready: watch::Receiver<bool>,
 }
 
@@ -109,6 +122,8 @@ pub struct CoreParts {
     pub replicas: WorkerPool<ReplicaClient>,
     /// The scheduler.
     pub scheduler: Scheduler,
+    /// How large a tokenize job may be.
+    pub job_budget: JobBudget,
     /// Readiness.
     pub ready: watch::Receiver<bool>,
 }
@@ -126,6 +141,7 @@ impl Core {
             replicas: parts.replicas,
             scheduler: parts.scheduler,
             admission: Arc::new(Admission::default()),
+            job_budget: parts.job_budget,
             ready: parts.ready,
         }
     }
@@ -147,50 +163,64 @@ impl Core {
         Ok(())
     }
 
-    /// The tokenize jobs of `input`: each group cut into `tokenize_chunk`
-    /// passages, with the index of its first pair.
-    fn text_jobs(&self, input: PairsInput) -> Vec<(usize, TextJob)> {
-        let chunk = self.settings.tokenize_chunk;
+    /// Tokenizes every pair: each group's query once, then its passages in
+    /// jobs against the query's ids; batches in input order with the index
+    /// of their first pair.
+    async fn tokenize_pairs(
+        &self,
+        input: PairsInput,
+    ) -> Result<Vec<(usize, TokenBatch)>, ApiError> {
+        let truncation = input.truncation;
+        let queries = try_join_all(input.groups.iter().map(|(query, _)| {
+            self.tokenizers.query(QueryJob {
+                query: query.clone(),
+                truncation: truncation.code(),
+            })
+        }))
+        .await?;
         let mut jobs = Vec::new();
-        let mut first = 0usize;
-        for (query, passages) in input.groups {
-            for part in passages.chunks(chunk) {
-                jobs.push((
-                    first,
-                    TextJob {
-                        query: query.clone(),
-                        passages: part.to_vec(),
-                        truncation: input.truncation.code(),
-                        first_index: first as u32,
-                    },
-                ));
-                first += part.len();
-            }
+        let mut first = 0;
+        for ((_, passages), query) in input.groups.into_iter().zip(&queries) {
+            let n = passages.len();
+            cut_jobs(
+                first,
+                query,
+                passages,
+                truncation,
+                self.job_budget,
+                &mut jobs,
+            );
+            first += n;
         }
-        jobs
+        try_join_all(jobs.into_iter().map(|(first, job)| async move {
+            Ok::<_, ApiError>((first, self.tokenizers.tokenize(job).await?))
+        }))
+        .await
     }
 
-    /// Scores the pairs; logits come back in input order.
+    /// Scores the pairs; logits come back in input order. Admitted twice:
+    /// by pairs on arrival (`max_queue_pairs`), and by the tokens of model
+    /// work once tokenized (`max_queue_tokens`), before any pair is queued.
     pub async fn score(&self, input: PairsInput) -> Result<Scored, ApiError> {
         self.check_serving()?;
         let n = input.len();
         let (request, answer) =
             PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
-        let jobs = self.text_jobs(input);
-        let tokenized = try_join_all(jobs.into_iter().map(|(first_index, job)| {
-            let request = request.clone();
-            async move {
-                let batch = self.tokenizers.tokenize(job).await?;
-                request.tokenized(batch.total_tokens() as u64);
+        let queued = async {
+            let batches = self.tokenize_pairs(input).await?;
+            let tokens = batches.iter().map(|(_, b)| b.total_tokens()).sum::<usize>();
+            request.admit_tokens(tokens, self.settings.max_queue_tokens)?;
+            request.tokenized(tokens as u64);
+            for (first_index, batch) in batches {
                 self.scheduler.submit(Work {
-                    request,
+                    request: request.clone(),
                     first_index,
                     batch,
-                })
+                })?;
             }
-        }))
-        .await;
-        if let Err(e) = tokenized {
+            Ok::<_, ApiError>(())
+        };
+        if let Err(e) = queued.await {
             request.fail(e.clone());
             return Err(e);
         }
@@ -198,21 +228,16 @@ impl Core {
     }
 
     /// Tokenizes the pairs exactly as [`Core::score`] would (same workers,
-    /// same chunks) without scoring them: one batch in input order. The
+    /// same jobs) without scoring them: one batch in input order. The
     /// pairs count against `max_queue_pairs` while they are tokenized.
     pub async fn tokenize(&self, input: PairsInput) -> Result<TokenBatch, ApiError> {
         let n = input.len();
         let (_admitted, _answer) =
             PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
-        let jobs = self.text_jobs(input);
-        let parts = try_join_all(
-            jobs.into_iter()
-                .map(|(_, job)| self.tokenizers.tokenize(job)),
-        )
-        .await?;
-        let tokens = parts.iter().map(TokenBatch::total_tokens).sum();
+        let parts = self.tokenize_pairs(input).await?;
+        let tokens = parts.iter().map(|(_, b)| b.total_tokens()).sum();
         let mut batch = TokenBatch::with_capacity(n, tokens);
-        for part in &parts {
+        for (_, part) in &parts {
             batch.extend_from(part);
         }
         Ok(batch)
@@ -224,7 +249,9 @@ impl Core {
         self.check_serving()?;
         let (request, answer) =
             PendingRequest::admit(batch.len(), &self.admission, self.settings.max_queue_pairs)?;
-        request.tokenized(batch.total_tokens() as u64);
+        let tokens = batch.total_tokens();
+        request.admit_tokens(tokens, self.settings.max_queue_tokens)?;
+        request.tokenized(tokens as u64);
         if let Err(e) = self.scheduler.submit(Work {
             request: request.clone(),
             first_index: 0,
@@ -305,4 +332,89 @@ async fn answered(request: Arc<PendingRequest>, answer: Answer) -> Result<Scored
     answer
         .await
         .map_err(|_| ApiError::Internal("the request was dropped unanswered".into()))?
+}
+
+/// The tokenize jobs of one group: its passages against the query's ids,
+/// cut so that no job passes `budget` (in passages or bytes; a job holds
+/// at least one passage), each with the index of its first pair.
+fn cut_jobs(
+    first: usize,
+    query: &QueryIds,
+    passages: Vec<String>,
+    truncation: Truncation,
+    budget: JobBudget,
+    jobs: &mut Vec<(usize, TextJob)>,
+) {
+    let base = frame::text_job_base_len(query.ids.len());
+    let mut next = first;
+    let mut job: Vec<String> = Vec::new();
+    let mut bytes = base;
+    let mut flush = |job: &mut Vec<String>, next: &mut usize| {
+        if job.is_empty() {
+            return;
+        }
+        let passages = std::mem::take(job);
+        let n = passages.len();
+        jobs.push((
+            *next,
+            TextJob {
+                query: query.clone(),
+                passages,
+                truncation: truncation.code(),
+                first_index: *next as u32,
+            },
+        ));
+        *next += n;
+    };
+    for passage in passages {
+        let len = frame::text_job_passage_len(passage.len());
+        if !job.is_empty() && (job.len() == budget.passages || bytes + len > budget.bytes) {
+            flush(&mut job, &mut next);
+            bytes = base;
+        }
+        bytes += len;
+        job.push(passage);
+    }
+    flush(&mut job, &mut next);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_are_cut_by_passages_and_by_bytes_in_order() {
+        let query = QueryIds {
+            tokens: 3,
+            ids: vec![1, 2, 3],
+        };
+        let budget = JobBudget {
+            passages: 4,
+            bytes: 1000,
+        };
+        let passages: Vec<String> = [10, 10, 10, 10, 10, 600, 600, 5000, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| format!("{i}{}", "x".repeat(n)))
+            .collect();
+        let mut jobs = Vec::new();
+        cut_jobs(
+            7,
+            &query,
+            passages.clone(),
+            Truncation::Right,
+            budget,
+            &mut jobs,
+        );
+        let shape: Vec<(usize, usize)> = jobs.iter().map(|(f, j)| (*f, j.passages.len())).collect();
+        // Four by count; then 10 + 600 fit, a second 600 does not; the
+        // 5000-byte passage goes alone (over the budget by itself); then 1.
+        assert_eq!(shape, [(7, 4), (11, 2), (13, 1), (14, 1), (15, 1)]);
+        for (first, job) in &jobs {
+            assert_eq!(job.first_index as usize, *first);
+            assert!(job.encoded_len() <= budget.bytes || job.passages.len() == 1);
+        }
+        let again: Vec<String> = jobs.into_iter().flat_map(|(_, j)| j.passages).collect();
+        assert_eq!(again, passages);
+    }
 }

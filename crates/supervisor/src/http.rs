@@ -11,42 +11,10 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
 
 use crate::api::{self, Api, ApiError, RerankInput, Side, http_refusal};
 
-/// text-embeddings-inference's `/rerank` request.
-#[derive(Debug, Deserialize)]
-pub struct RerankBody {
-    /// The query.
-    pub query: String,
-    /// Documents to rank.
-    pub texts: Vec<String>,
-    /// Raw logits instead of the activation.
-    #[serde(default)]
-    pub raw_scores: bool,
-    /// Echo each document in the answer.
-    #[serde(default)]
-    pub return_text: bool,
-    /// Truncate over-long pairs (default true).
-    #[serde(default)]
-    pub truncate: Option<bool>,
-    /// `Right` (default) or `Left`.
-    #[serde(default)]
-    pub truncation_direction: Option<String>,
-}
-
-/// One entry of the `/rerank` answer.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct RankBody {
-    /// Position in `texts`.
-    pub index: usize,
-    /// Score.
-    pub score: f32,
-    /// The document, if asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-}
+pub use ce_http_types::{RankBody, RerankBody};
 
 /// The router, over `api`.
 pub fn router(api: Api) -> axum::Router {
@@ -65,7 +33,58 @@ pub fn router(api: Api) -> axum::Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(body_limit)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), read_body))
         .with_state(api)
+}
+
+/// Reads the whole request body first, within `http_body_timeout_ms` (408
+/// after it) and `max_request_bytes` (413 beyond it), so no handler waits
+/// on a client that trickles its body and no route can be sent more.
+async fn read_body(
+    State(api): State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let settings = &api.core().settings;
+    let (limit, within) = (
+        settings.max_request_bytes,
+        std::time::Duration::from_millis(settings.http_body_timeout_ms),
+    );
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(request).await
+        }
+        Ok(Err(e)) => {
+            let too_large =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                http_refusal(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Validation",
+                    format!("request body over max_request_bytes ({limit} bytes)"),
+                )
+            } else {
+                http_refusal(
+                    StatusCode::BAD_REQUEST,
+                    "Validation",
+                    format!("request body: {e}"),
+                )
+            }
+        }
+        Err(_) => http_refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            "Timeout",
+            format!(
+                "request body not received within http_body_timeout_ms ({} ms)",
+                within.as_millis()
+            ),
+        ),
+    }
 }
 
 async fn require_key(

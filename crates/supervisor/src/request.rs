@@ -57,10 +57,12 @@ struct State {
 /// Where a request's answer arrives.
 pub type Answer = oneshot::Receiver<Result<Scored, ApiError>>;
 
-/// Counts pairs admitted and not yet finished, for admission control.
+/// Counts pairs admitted and not yet finished, and the tokens of model
+/// work they hold once tokenized, for admission control.
 #[derive(Debug, Default)]
 pub struct Admission {
     pairs: AtomicUsize,
+    tokens: AtomicUsize,
 }
 
 impl Admission {
@@ -68,12 +70,19 @@ impl Admission {
     pub fn pairs(&self) -> usize {
         self.pairs.load(Ordering::Acquire)
     }
+
+    /// Tokens admitted to the model queue and not yet finished.
+    pub fn tokens(&self) -> usize {
+        self.tokens.load(Ordering::Acquire)
+    }
 }
 
 /// One request's shared state.
 #[derive(Debug)]
 pub struct PendingRequest {
     pairs: usize,
+    /// Tokens it holds of `Admission::tokens` (0 until tokenized).
+    tokens: AtomicUsize,
     arrived: Instant,
     state: Mutex<State>,
     answer: Mutex<Option<oneshot::Sender<Result<Scored, ApiError>>>>,
@@ -98,6 +107,7 @@ impl PendingRequest {
         let (tx, rx) = oneshot::channel();
         let request = Arc::new(Self {
             pairs,
+            tokens: AtomicUsize::new(0),
             arrived: Instant::now(),
             state: Mutex::new(State {
                 logits: Vec::new(),
@@ -112,6 +122,28 @@ impl PendingRequest {
             admission: admission.clone(),
         });
         Ok((request, rx))
+    }
+
+    /// Admits the request's model work, `tokens` tokens, once it is
+    /// tokenized: refused when it alone exceeds `limit`, or when it would
+    /// take the tokens queued past `limit`. Its tokens are released when
+    /// the request ends.
+    pub fn admit_tokens(&self, tokens: usize, limit: usize) -> Result<(), ApiError> {
+        if tokens > limit {
+            return Err(ApiError::Overloaded(format!(
+                "this request needs {tokens} tokens of model work, more than max_queue_tokens ({limit}) allows one request; send fewer or shorter documents"
+            )));
+        }
+        let admission = &self.admission;
+        let before = admission.tokens.fetch_add(tokens, Ordering::AcqRel);
+        if before + tokens > limit {
+            admission.tokens.fetch_sub(tokens, Ordering::AcqRel);
+            return Err(ApiError::Overloaded(format!(
+                "server busy: {before} tokens queued, this request needs {tokens}, limit {limit} (max_queue_tokens); retry later"
+            )));
+        }
+        self.tokens.fetch_add(tokens, Ordering::AcqRel);
+        Ok(())
     }
 
     /// When it arrived.
@@ -186,6 +218,8 @@ impl PendingRequest {
 impl Drop for PendingRequest {
     fn drop(&mut self) {
         self.admission.pairs.fetch_sub(self.pairs, Ordering::AcqRel);
+        let tokens = self.tokens.load(Ordering::Acquire);
+        self.admission.tokens.fetch_sub(tokens, Ordering::AcqRel);
     }
 }
 
@@ -219,6 +253,30 @@ mod tests {
         // A request alone larger than the limit still runs (it cannot starve).
         drop(_a);
         assert!(PendingRequest::admit(30, &admission, 10).is_ok());
+    }
+
+    #[test]
+    fn model_work_is_admitted_in_tokens_and_released_at_the_end() {
+        let admission = Arc::new(Admission::default());
+        let (a, _ra) = PendingRequest::admit(2, &admission, 10).unwrap();
+        a.admit_tokens(600, 1000).unwrap();
+        let (b, _rb) = PendingRequest::admit(2, &admission, 10).unwrap();
+        let e = b.admit_tokens(500, 1000).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::Overloaded(m) if m.contains("max_queue_tokens") && m.contains("600 tokens queued")),
+            "{e}"
+        );
+        let e = b.admit_tokens(1001, 1000).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::Overloaded(m) if m.contains("more than max_queue_tokens")),
+            "{e}"
+        );
+        assert_eq!(admission.tokens(), 600);
+        drop(a);
+        assert_eq!(admission.tokens(), 0);
+        b.admit_tokens(1000, 1000).unwrap();
+        drop(b);
+        assert_eq!((admission.tokens(), admission.pairs()), (0, 0));
     }
 
     #[test]

@@ -1,26 +1,20 @@
 //! Optional TLS for both ports (`--tls-cert`/`--tls-key`, rustls with the
-//! ring provider): tonic terminates it for gRPC; for HTTP a listener
-//! hands axum connections whose handshake has completed.
+//! ring provider): tonic terminates it for gRPC; for HTTP the connection
+//! layer (`server::connections`) runs the handshake with this acceptor.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
-use tokio_rustls::server::TlsStream;
 
 /// A client that has not finished its handshake by then is dropped, so
 /// slow or silent peers cannot hold connections open.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshaken connections waiting for axum to take them.
-const ACCEPTED_BACKLOG: usize = 64;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -111,73 +105,8 @@ impl TlsIdentity {
             .timeout(HANDSHAKE_TIMEOUT)
     }
 
-    /// Wraps `listener`: handshakes run concurrently, off the accept loop,
-    /// and only completed ones reach the server.
-    pub fn http_listener(&self, listener: TcpListener) -> io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(self.http.clone());
-        let (tx, rx) = mpsc::channel(ACCEPTED_BACKLOG);
-        tokio::spawn(accept_loop(listener, acceptor, tx));
-        Ok(TlsListener {
-            local,
-            accepted: rx,
-        })
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    accepted: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    loop {
-        let next = tokio::select! {
-            next = listener.accept() => next,
-            // The server stopped taking connections: close the port.
-            _ = accepted.closed() => return,
-        };
-        let (tcp, peer) = match next {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of fds and the like: back off rather than spin.
-                tracing::warn!("HTTP accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = accepted.send((tls, peer)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
-}
-
-/// HTTP connections after their TLS handshake, for `axum::serve`.
-#[derive(Debug)]
-pub struct TlsListener {
-    local: SocketAddr,
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(connection) => connection,
-            // The accept loop only ends once this listener is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+    /// The acceptor for HTTP connections (ALPN `http/1.1`).
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.http.clone())
     }
 }

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ce_common::TokenBatch;
-use ce_common::frame::TextJob;
+use ce_common::frame::{QueryIds, QueryJob, TextJob};
 use tokenizer_worker::PairTokenizer;
 use tokio::sync::Semaphore;
 
 use crate::api::ApiError;
 use crate::metrics::{Metrics, Stage};
 use crate::workers::isolation::{AfterDeath, after_death};
-use crate::workers::{JobError, Share, TokenizerClient, WorkerPool};
+use crate::workers::{JobError, Share, TokenizerClient, Worked, WorkerPool};
 
 /// How long a job waits for a tokenizer worker to be restarted.
 const RESTART_WAIT: Duration = Duration::from_secs(30);
@@ -42,47 +42,98 @@ pub enum Tokenizers {
 }
 
 impl Tokenizers {
-    /// Tokenizes one job.
-    pub async fn tokenize(&self, job: TextJob) -> Result<TokenBatch, ApiError> {
+    /// Tokenizes a request's query once, for every pair of it.
+    pub async fn query(&self, job: QueryJob) -> Result<QueryIds, ApiError> {
         match self {
-            Tokenizers::InProcess {
-                tokenizer,
-                permits,
-                metrics,
-            } => {
-                let _permit = permits
-                    .acquire()
+            Tokenizers::InProcess { .. } => {
+                self.in_process(move |t| tokenizer_worker::job::query(t, &job))
                     .await
-                    .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-                let tokenizer = tokenizer.clone();
-                let (batch, took) = tokio::task::spawn_blocking(move || {
-                    let started = Instant::now();
-                    let batch = tokenizer_worker::job::tokenize(&tokenizer, &job);
-                    (batch, started.elapsed())
-                })
-                .await
-                .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?;
-                metrics.observe_stage(Stage::Tokenize, took.as_secs_f64());
-                batch.map_err(ApiError::InvalidArgument)
             }
             Tokenizers::Workers {
                 pool,
                 deadline,
                 metrics,
-            } => on_workers(pool, &job, *deadline, metrics).await,
+            } => {
+                let what = "tokenizing the query of this request".to_string();
+                let (job, deadline) = (&job, *deadline);
+                on_workers(pool, metrics, what, |c| async move {
+                    c.query(job, deadline).await
+                })
+                .await
+            }
         }
+    }
+
+    /// Tokenizes one job.
+    pub async fn tokenize(&self, job: TextJob) -> Result<TokenBatch, ApiError> {
+        match self {
+            Tokenizers::InProcess { .. } => {
+                self.in_process(move |t| tokenizer_worker::job::tokenize(t, &job))
+                    .await
+            }
+            Tokenizers::Workers {
+                pool,
+                deadline,
+                metrics,
+            } => {
+                let first = job.first_index as usize;
+                let what = format!(
+                    "tokenizing documents {first}..{} of this request",
+                    first + job.passages.len()
+                );
+                let (job, deadline) = (&job, *deadline);
+                on_workers(pool, metrics, what, |c| async move {
+                    c.tokenize(job, deadline).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// Runs `work` on the in-process tokenizer, one job at a time.
+    async fn in_process<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&PairTokenizer) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let Tokenizers::InProcess {
+            tokenizer,
+            permits,
+            metrics,
+        } = self
+        else {
+            return Err(ApiError::Internal("no in-process tokenizer".into()));
+        };
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        let tokenizer = tokenizer.clone();
+        let (output, took) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let output = work(&tokenizer);
+            (output, started.elapsed())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("tokenizer task failed: {e}")))?;
+        metrics.observe_stage(Stage::Tokenize, took.as_secs_f64());
+        output.map_err(ApiError::InvalidArgument)
     }
 }
 
-/// Tokenizes `job` on the least loaded worker. A job whose worker died
-/// holding it is retried alone on a worker; if it kills that one too it is
-/// refused ([`after_death`]).
-async fn on_workers(
+/// Runs `call` on the least loaded worker. A job whose worker died holding
+/// it (or answered it with nonsense, and was killed for it) is retried
+/// alone on a worker; if it kills that one too it is refused
+/// ([`after_death`]). `what` names the job in that refusal.
+async fn on_workers<T, F, Fut>(
     pool: &WorkerPool<TokenizerClient>,
-    job: &TextJob,
-    deadline: Duration,
     metrics: &Metrics,
-) -> Result<TokenBatch, ApiError> {
+    what: String,
+    call: F,
+) -> Result<T, ApiError>
+where
+    F: Fn(TokenizerClient) -> Fut,
+    Fut: Future<Output = Result<Worked<T>, JobError>>,
+{
     let (mut alone, mut deaths) = (false, 0);
     loop {
         let share = if alone {
@@ -95,7 +146,7 @@ async fn on_workers(
                 "no tokenizer worker is serving".into(),
             ));
         };
-        match lease.client().tokenize(job, deadline).await {
+        match call(lease.client().clone()).await {
             Ok(done) => {
                 metrics.observe_stage(Stage::Tokenize, done.work.as_secs_f64());
                 let transfer = done.round_trip.saturating_sub(done.work);
@@ -105,10 +156,8 @@ async fn on_workers(
             Err(JobError::Died) => {
                 deaths += 1;
                 if let AfterDeath::Refuse(()) = after_death(vec![()], alone) {
-                    let first = job.first_index as usize;
                     return Err(ApiError::Internal(format!(
-                        "a tokenizer worker crashed (or hung) tokenizing documents {first}..{} of this request, {deaths} times, the last time alone; this input is refused",
-                        first + job.passages.len()
+                        "a tokenizer worker crashed, hung or answered nonsense {what}, {deaths} times, the last time alone; this input is refused"
                     )));
                 }
                 alone = true;

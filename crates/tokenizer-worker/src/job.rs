@@ -1,49 +1,82 @@
-//! One text job: decode, tokenize every pair, encode the packed batch (or
-//! an error that names the offending document).
+//! One job: a request's query ([`QueryJob`], tokenized once) or a text job
+//! (its passages against the query's ids): decode, tokenize, encode the
+//! packed batch (or an error that names the offending document).
 
 use ce_common::TokenBatch;
-use ce_common::frame::{self, ERROR_INTERNAL, ERROR_INVALID_INPUT, FrameKind, TextJob};
+use ce_common::frame::{
+    self, ERROR_INTERNAL, ERROR_INVALID_INPUT, FrameKind, QueryIds, QueryJob, TextJob,
+};
 use ce_common::worker::Handled;
 
 use crate::{PairTokenizer, TokenizeError, Truncation};
 
-/// Tokenizes the text job in `payload` and writes the reply payload to
-/// `out`: a token batch, or an error that names the offending document.
-pub fn tokenize_job(tokenizer: &PairTokenizer, payload: &[u8], out: &mut Vec<u8>) -> Handled {
-    let job = match TextJob::decode(payload) {
-        Ok(job) => job,
-        Err(e) => return error(out, ERROR_INTERNAL, &e.to_string()),
-    };
-    match tokenize(tokenizer, &job) {
-        Ok(batch) => {
-            frame::encode_token_batch(&batch, out);
-            Handled {
-                kind: FrameKind::TokenBatch,
-                count: batch.len() as u32,
-                pairs: batch.len() as u64,
-            }
+/// Answers the frame of kind `kind` in `payload` into `out`: the query's
+/// ids or a token batch, or an error that names the offending document.
+pub fn handle(tokenizer: &PairTokenizer, kind: u16, payload: &[u8], out: &mut Vec<u8>) -> Handled {
+    match FrameKind::from_u16(kind) {
+        Some(FrameKind::TextJob) => match TextJob::decode(payload) {
+            Ok(job) => match tokenize(tokenizer, &job) {
+                Ok(batch) => {
+                    frame::encode_token_batch(&batch, out);
+                    Handled {
+                        kind: FrameKind::TokenBatch,
+                        count: batch.len() as u32,
+                        pairs: batch.len() as u64,
+                    }
+                }
+                Err(message) => error(out, ERROR_INVALID_INPUT, &message),
+            },
+            Err(e) => error(out, ERROR_INTERNAL, &e.to_string()),
+        },
+        Some(FrameKind::QueryJob) => match QueryJob::decode(payload) {
+            Ok(job) => match query(tokenizer, &job) {
+                Ok(ids) => {
+                    ids.encode(out);
+                    Handled {
+                        kind: FrameKind::QueryIds,
+                        count: 1,
+                        pairs: 0,
+                    }
+                }
+                Err(message) => error(out, ERROR_INVALID_INPUT, &message),
+            },
+            Err(e) => error(out, ERROR_INTERNAL, &e.to_string()),
+        },
+        _ => {
+            let message = format!("a tokenizer takes no frame of kind {kind}");
+            error(out, ERROR_INTERNAL, &message)
         }
-        Err(message) => error(out, ERROR_INVALID_INPUT, &message),
     }
+}
+
+fn truncation_of(code: u32) -> Result<Truncation, String> {
+    Truncation::from_code(code).ok_or_else(|| format!("unknown truncation code {code}"))
+}
+
+/// Tokenizes a request's query once for all of its pairs.
+pub fn query(tokenizer: &PairTokenizer, job: &QueryJob) -> Result<QueryIds, String> {
+    tokenizer
+        .encode_query_ids(&job.query, truncation_of(job.truncation)?)
+        .map_err(|e| match e {
+            TokenizeError::EmptyQuery => e.to_string(),
+            other => format!("query: {other}"),
+        })
 }
 
 /// Tokenizes a decoded job; the error names the document that failed.
 pub fn tokenize(tokenizer: &PairTokenizer, job: &TextJob) -> Result<TokenBatch, String> {
-    let truncation = Truncation::from_code(job.truncation)
-        .ok_or_else(|| format!("unknown truncation code {}", job.truncation))?;
+    let truncation = truncation_of(job.truncation)?;
     let total: usize = job
         .passages
         .iter()
-        .map(|p| p.len() / 3 + job.query.len() / 3 + 3)
+        .map(|p| (p.len() / 3 + job.query.ids.len() + 3).min(tokenizer.max_length()))
         .sum();
     let mut batch = TokenBatch::with_capacity(job.passages.len(), total);
     for (i, passage) in job.passages.iter().enumerate() {
-        tokenizer
-            .encode_into(&mut batch, &job.query, passage, truncation)
-            .map_err(|e| match e {
-                TokenizeError::EmptyQuery => e.to_string(),
-                other => format!("document {}: {other}", job.first_index as usize + i),
-            })?;
+        let (ids, types) = tokenizer
+            .encode_with_query(&job.query, passage, truncation)
+            .map_err(|e| format!("document {}: {e}", job.first_index as usize + i))?;
+        batch.push(&ids, &types);
     }
     Ok(batch)
 }

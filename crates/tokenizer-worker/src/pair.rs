@@ -3,7 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use ce_common::TokenBatch;
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use ce_common::frame::QueryIds;
+use tokenizers::{
+    Encoding, PostProcessor, Token, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
+};
 
 /// Why a pair could not be tokenized.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +29,17 @@ pub enum TokenizeError {
     )]
     TooLong {
         /// Tokens the pair needs, special tokens included.
+        tokens: usize,
+        /// The model's maximum sequence length.
+        limit: usize,
+    },
+    /// Truncation was off and the query alone (with the pair's special
+    /// tokens) is longer than the model takes: no document can be scored.
+    #[error(
+        "query of {tokens} tokens (with special tokens) exceeds the model's limit of {limit} tokens (truncation is off)"
+    )]
+    QueryTooLong {
+        /// Tokens the query and the pair's special tokens need.
         tokens: usize,
         /// The model's maximum sequence length.
         limit: usize,
@@ -163,6 +178,154 @@ impl PairTokenizer {
         ))
     }
 
+    /// The query's ids, tokenized once for every pair of a request: the
+    /// length longest-first truncation weighs it at (see
+    /// [`weighed_len`](Self::weighed_len)) and its ids cut to `max_length`
+    /// at the end `truncation` removes — no pair can use more.
+    /// With truncation off, a query that cannot fit with any document is
+    /// refused here.
+    pub fn encode_query_ids(
+        &self,
+        query: &str,
+        truncation: Truncation,
+    ) -> Result<QueryIds, TokenizeError> {
+        if query.trim().is_empty() {
+            return Err(TokenizeError::EmptyQuery);
+        }
+        let encoding = self
+            .untruncated
+            .encode(query, false)
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        let ids = encoding.get_ids();
+        let keep = ids.len().min(self.max_length);
+        let (kept, weighed) = match truncation {
+            Truncation::Right => (&ids[..keep], self.weighed_len(&encoding, false)),
+            Truncation::Left => (&ids[ids.len() - keep..], self.weighed_len(&encoding, true)),
+            Truncation::Off => {
+                let tokens = ids.len() + self.pair_specials();
+                if tokens > self.max_length {
+                    return Err(TokenizeError::QueryTooLong {
+                        tokens,
+                        limit: self.max_length,
+                    });
+                }
+                (ids, ids.len())
+            }
+        };
+        Ok(QueryIds {
+            tokens: u32::try_from(weighed).unwrap_or(u32::MAX),
+            ids: kept.to_vec(),
+        })
+    }
+
+    /// The length longest-first truncation weighs a text at: the tokens
+    /// the library produces when it tokenizes the text of a pair with
+    /// truncation on. It stops, at a word's end, once `max_length` tokens
+    /// are made (counting from the end the truncation cuts last, here
+    /// `from_end` for left truncation), and a pair's halves are then
+    /// compared at those lengths. `encoding` is the whole text's.
+    fn weighed_len(&self, encoding: &Encoding, from_end: bool) -> usize {
+        let words = encoding.get_word_ids();
+        let special = encoding.get_special_tokens_mask();
+        if words.len() <= self.max_length {
+            return words.len();
+        }
+        let order: Box<dyn Iterator<Item = usize>> = if from_end {
+            Box::new((0..words.len()).rev())
+        } else {
+            Box::new(0..words.len())
+        };
+        let mut total = 0;
+        let mut order = order.peekable();
+        while let Some(i) = order.next() {
+            total += 1;
+            let word_ends = order.peek().is_none_or(|&next| words[next] != words[i]);
+            // The library tokenizes a word at a time and checks the limit
+            // after each word it tokenized (not after added tokens).
+            if word_ends && special[i] == 0 && total >= self.max_length {
+                return total;
+            }
+        }
+        total
+    }
+
+    /// Special tokens the post-processor adds to a pair.
+    fn pair_specials(&self) -> usize {
+        self.untruncated
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true))
+    }
+
+    /// Encodes the pair of a query tokenized by
+    /// [`encode_query_ids`](Self::encode_query_ids) and `passage`, with the
+    /// ids and segments [`encode_pair`](Self::encode_pair) gives the two
+    /// texts (a test checks it on 1,200 random pairs, each truncation). The passage is
+    /// tokenized alone; both are cut to the lengths of the library's
+    /// longest-first rule, at the lengths it weighs them
+    /// ([`weighed_len`](Self::weighed_len)); the library's post-processor
+    /// adds the special tokens and segments.
+    pub fn encode_with_query(
+        &self,
+        query: &QueryIds,
+        passage: &str,
+        truncation: Truncation,
+    ) -> Result<(Vec<u32>, Vec<u32>), TokenizeError> {
+        let encode_err = |e: tokenizers::Error| TokenizeError::Encode(e.to_string());
+        let passage = self
+            .untruncated
+            .encode(passage, false)
+            .map_err(encode_err)?;
+        let weighed = match truncation {
+            Truncation::Off => passage.len(),
+            _ => self.weighed_len(&passage, truncation == Truncation::Left),
+        };
+        let passage = passage.get_ids();
+        let query_weighed = query.tokens as usize;
+        let (q, p) = match truncation {
+            Truncation::Off => (query_weighed, passage.len()),
+            _ => {
+                let budget = self.max_length.saturating_sub(self.pair_specials());
+                let (q, p) = longest_first(query_weighed, weighed, budget);
+                (q, p.min(passage.len()))
+            }
+        };
+        // Both cut at the end truncation removes (the query's ids were cut
+        // so already, to at most `max_length` ≥ `q`).
+        let (q_ids, p_ids) = match truncation {
+            Truncation::Left => (
+                &query.ids[query.ids.len().saturating_sub(q)..],
+                &passage[passage.len() - p..],
+            ),
+            _ => (&query.ids[..q.min(query.ids.len())], &passage[..p]),
+        };
+        let tokens = |ids: &[u32]| {
+            ids.iter()
+                .map(|&id| Token::new(id, String::new(), (0, 0)))
+                .collect()
+        };
+        // Segments as the library gives the first and second text of a
+        // pair; the post-processor sets its own where it has them.
+        let encoding = self
+            .untruncated
+            .post_process(
+                Encoding::from_tokens(tokens(q_ids), 0),
+                Some(Encoding::from_tokens(tokens(p_ids), 1)),
+                true,
+            )
+            .map_err(encode_err)?;
+        let total = encoding.get_ids().len();
+        if total > self.max_length {
+            return Err(TokenizeError::TooLong {
+                tokens: total,
+                limit: self.max_length,
+            });
+        }
+        Ok((
+            encoding.get_ids().to_vec(),
+            encoding.get_type_ids().to_vec(),
+        ))
+    }
+
     /// Encodes one pair and appends it to `batch`.
     pub fn encode_into(
         &self,
@@ -188,5 +351,133 @@ impl PairTokenizer {
             self.encode_into(&mut batch, query, passage.as_ref(), truncation)?;
         }
         Ok(batch)
+    }
+}
+
+/// Lengths of a pair of `first` and `second` tokens cut to `budget`
+/// tokens longest-first, as the tokenizers library cuts them: the shorter
+/// keeps its length if the longer can take the rest, else both get half
+/// and the longer (the second, on a tie) the odd token.
+fn longest_first(first: usize, second: usize, budget: usize) -> (usize, usize) {
+    if first + second <= budget {
+        return (first, second);
+    }
+    let swapped = first > second;
+    let short = first.min(second);
+    let mut n1 = short;
+    let mut n2 = if short > budget {
+        short
+    } else {
+        short.max(budget - short)
+    };
+    if n1 + n2 > budget {
+        n1 = budget / 2;
+        n2 = n1 + budget % 2;
+    }
+    if swapped { (n2, n1) } else { (n1, n2) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn default_model_tokenizer(max_length: usize) -> PairTokenizer {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/minilm-l6-ce/tokenizer.json"
+        );
+        PairTokenizer::from_file(Path::new(path), max_length)
+            .expect("the default model (scripts/fetch_model.sh)")
+    }
+
+    fn random_text(rng: &mut rand::rngs::StdRng, max_words: usize) -> String {
+        const WORDS: &[&str] = &[
+            "the",
+            "reranker",
+            "scores",
+            "passages",
+            "東京",
+            "naïve",
+            "x",
+            "zzzzqqq",
+            "!",
+            "état",
+            "1234",
+            "un-believable",
+            "日本語の文",
+            "emoji🙂",
+            "ß",
+            " ",
+            "over-long",
+        ];
+        (0..rng.random_range(0..max_words))
+            .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The query tokenized once gives every pair exactly the ids and
+    /// segments of tokenizing the two texts together, for every truncation
+    /// and for queries and passages shorter and far longer than the limit.
+    #[test]
+    fn a_query_tokenized_once_encodes_every_pair_identically() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        for max_length in [16, 64, 512] {
+            let t = default_model_tokenizer(max_length);
+            for case in 0..400 {
+                let query = format!("q{case} {}", random_text(&mut rng, [4, 40, 400][case % 3]));
+                let passage = random_text(&mut rng, [3, 60, 900][(case / 3) % 3]);
+                for truncation in [Truncation::Right, Truncation::Left, Truncation::Off] {
+                    let whole = t.encode_pair(&query, &passage, truncation);
+                    let once = t
+                        .encode_query_ids(&query, truncation)
+                        .and_then(|q| t.encode_with_query(&q, &passage, truncation));
+                    match (whole, once) {
+                        (Ok(a), Ok(b)) => {
+                            assert_eq!(a, b, "{max_length} {truncation:?} {query:?} / {passage:?}")
+                        }
+                        (
+                            Err(TokenizeError::TooLong { .. }),
+                            Err(TokenizeError::TooLong { .. } | TokenizeError::QueryTooLong { .. }),
+                        ) => {
+                            assert_eq!(truncation, Truncation::Off)
+                        }
+                        (a, b) => {
+                            panic!("{truncation:?}: {a:?} vs {b:?} for {query:?} / {passage:?}")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_query_too_long_without_truncation_is_refused_once() {
+        let t = default_model_tokenizer(16);
+        let e = t
+            .encode_query_ids(&"word ".repeat(40), Truncation::Off)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                TokenizeError::QueryTooLong {
+                    tokens: 43,
+                    limit: 16
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            t.encode_query_ids(&"word ".repeat(40), Truncation::Right)
+                .unwrap()
+                .ids
+                .len(),
+            16
+        );
+        assert!(matches!(
+            t.encode_query_ids("  ", Truncation::Right),
+            Err(TokenizeError::EmptyQuery)
+        ));
     }
 }

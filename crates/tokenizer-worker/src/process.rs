@@ -4,7 +4,9 @@
 use ce_common::control::{Role, WorkerJob};
 use ce_common::worker::{WorkerError, WorkerSession};
 
-use crate::job::tokenize_job;
+use ce_common::frame::{FrameKind, QueryJob, TextJob};
+
+use crate::job::handle;
 use crate::{PairTokenizer, TokenizeError};
 
 /// Why the worker stopped with an error.
@@ -27,15 +29,41 @@ pub enum ProcessError {
 /// nothing.
 pub const FAULT_ABORT_TEXT_ENV: &str = "CE_FAULT_ABORT_TEXT";
 
-fn fault_injection_text() -> Option<String> {
-    let marker = std::env::var(FAULT_ABORT_TEXT_ENV)
-        .ok()
-        .filter(|m| !m.is_empty())?;
-    tracing::warn!(
-        marker,
-        "fault injection on: aborting on jobs holding this text"
-    );
-    Some(marker)
+/// Environment variable that makes a tokenizer worker answer any text job
+/// holding this text with one pair too few: the tests' lying worker.
+pub const FAULT_SHORT_REPLY_TEXT_ENV: &str = "CE_FAULT_SHORT_REPLY_TEXT";
+
+/// The test-only faults this worker was started with.
+#[derive(Debug, Default)]
+struct Faults {
+    abort_on: Option<String>,
+    short_reply_on: Option<String>,
+}
+
+impl Faults {
+    fn from_env() -> Self {
+        let marker = |env: &str| {
+            let m = std::env::var(env).ok().filter(|m| !m.is_empty())?;
+            tracing::warn!(env, marker = m, "fault injection on");
+            Some(m)
+        };
+        Self {
+            abort_on: marker(FAULT_ABORT_TEXT_ENV),
+            short_reply_on: marker(FAULT_SHORT_REPLY_TEXT_ENV),
+        }
+    }
+
+    fn holds(marker: &Option<String>, kind: u16, payload: &[u8]) -> bool {
+        let Some(marker) = marker else { return false };
+        match FrameKind::from_u16(kind) {
+            Some(FrameKind::TextJob) => TextJob::decode(payload)
+                .is_ok_and(|j| j.passages.iter().any(|p| p.contains(marker.as_str()))),
+            Some(FrameKind::QueryJob) => {
+                QueryJob::decode(payload).is_ok_and(|j| j.query.contains(marker.as_str()))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Connects to the supervisor that started this process and serves text
@@ -68,17 +96,22 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         }
     };
     tracing::info!(worker = session.replica(), tokenizer = %path.display(), "tokenizer loaded");
-    let poison = fault_injection_text();
-    session.serve(|_, payload, out| {
-        if let Some(marker) = &poison
-            && let Ok(job) = ce_common::frame::TextJob::decode(payload)
-            && (job.query.contains(marker.as_str())
-                || job.passages.iter().any(|p| p.contains(marker.as_str())))
-        {
-            // Test-only crash on a marker input (see `fault_injection_text`).
+    let faults = Faults::from_env();
+    session.serve(|header, payload, out| {
+        if Faults::holds(&faults.abort_on, header.kind, payload) {
+            // Test-only crash on a marker input.
             std::process::abort();
         }
-        tokenize_job(&tokenizer, payload, out)
+        if Faults::holds(&faults.short_reply_on, header.kind, payload)
+            && let Ok(mut job) = TextJob::decode(payload)
+        {
+            // Test-only lie: one pair fewer than asked.
+            job.passages.pop();
+            let mut shorter = Vec::new();
+            job.encode(&mut shorter);
+            return handle(&tokenizer, header.kind, &shorter, out);
+        }
+        handle(&tokenizer, header.kind, payload, out)
     })?;
     Ok(())
 }

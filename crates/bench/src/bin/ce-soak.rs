@@ -1,5 +1,5 @@
 //! `ce-soak`: a long steady load against a real `ce-supervisor`, watching
-//! every process's memory.
+//! every process's memory and the supervisor's file descriptors.
 //!
 //! ```text
 //! scripts/soak.sh 600            # ten minutes
@@ -9,8 +9,9 @@
 //! `--load` of it (70% by default) at a steady rate for DURATION seconds,
 //! sampling the resident memory of the supervisor and of every worker each
 //! `--sample-every` seconds. It fails (exit 1) if a request fails, a worker
-//! dies, or any process's RSS peak grows by more than `--max-growth` over
-//! its peak in the first third after warm-up (see `growth_marks`).
+//! dies, any process's RSS peak grows by more than `--max-growth` over its
+//! peak in the first third after warm-up (see `growth_marks`), or the
+//! supervisor's open fds grow after warm-up (see `fd_growth`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -98,7 +99,31 @@ struct Report {
     latency_p99_ms: f64,
     latency_max_ms: f64,
     processes: Vec<ProcessReport>,
+    /// The supervisor's open file descriptors after the warm-up: first, peak, last.
+    supervisor_fds: [usize; 3],
     problems: Vec<String>,
+}
+
+/// File descriptors the supervisor may gain over the soak (connections
+/// come and go); a leak of one per request or restart passes it quickly.
+const FD_SLACK: usize = 8;
+
+/// The supervisor's fd counts after the warm-up: first, peak and last,
+/// and a problem if the peak passes the first by more than [`FD_SLACK`].
+fn fd_growth(fds: &[(f64, usize)], warmup: u64) -> ([usize; 3], Option<String>) {
+    let after: Vec<usize> = fds
+        .iter()
+        .filter(|(at, _)| *at >= warmup as f64)
+        .map(|(_, n)| *n)
+        .collect();
+    let (Some(&first), Some(&peak), Some(&last)) =
+        (after.first(), after.iter().max(), after.last())
+    else {
+        return ([0; 3], None);
+    };
+    let problem = (peak > first + FD_SLACK)
+        .then(|| format!("supervisor file descriptors grew from {first} to {peak} after warm-up"));
+    ([first, peak, last], problem)
 }
 
 /// Requests per second the server answers at `concurrency` clients.
@@ -197,12 +222,15 @@ async fn soak(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     }));
     let started = Instant::now();
-    let (sent, mut samples) = offer_load(&args, &server, &client, &requests, rate, &outcomes).await;
+    let (sent, mut samples, fds) =
+        offer_load(&args, &server, &client, &requests, rate, &outcomes).await;
     samples.push((started.elapsed().as_secs_f64(), server.processes()));
     drop(server);
 
     let (processes, mut problems) =
         memory_growth(&workers_at_start, &samples, warmup, args.max_growth);
+    let (supervisor_fds, fd_problem) = fd_growth(&fds, warmup);
+    problems.extend(fd_problem);
     let outcomes = std::mem::take(&mut *outcomes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     if !outcomes.failures.is_empty() {
         problems.push(format!(
@@ -225,6 +253,7 @@ async fn soak(args: Args) -> anyhow::Result<()> {
         latency_p99_ms: ms(latency.value_at_quantile(0.99)),
         latency_max_ms: ms(latency.max()),
         processes,
+        supervisor_fds,
         problems,
     };
     print_report(&report, warmup);
@@ -261,7 +290,11 @@ async fn offer_load(
     requests: &Arc<Vec<Request>>,
     rate: f64,
     outcomes: &Arc<std::sync::Mutex<Outcomes>>,
-) -> (usize, Vec<(f64, Vec<ce_bench::server::Process>)>) {
+) -> (
+    usize,
+    Vec<(f64, Vec<ce_bench::server::Process>)>,
+    Vec<(f64, usize)>,
+) {
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let mut ticks = tokio::time::interval(period);
@@ -269,6 +302,7 @@ async fn offer_load(
     let mut sampler = tokio::time::interval(Duration::from_secs(args.sample_every));
     sampler.tick().await;
     let mut samples: Vec<(f64, Vec<ce_bench::server::Process>)> = Vec::new();
+    let mut fds: Vec<(f64, usize)> = Vec::new();
     let mut in_flight = Vec::new();
     let (mut sent, mut next) = (0usize, 0usize);
     let end = started + Duration::from_secs(args.duration);
@@ -308,15 +342,22 @@ async fn offer_load(
                     .map(|p| format!("{} {} MiB", p.name, p.rss_bytes.unwrap_or(0) >> 20))
                     .collect();
                 let o = outcomes.lock().map(|o| (o.answered, o.failures.len())).unwrap_or_default();
-                eprintln!("{at:>6.0} s: {} answered, {} failed; {}", o.0, o.1, line.join(", "));
+                let open = server.fd_count();
+                eprintln!(
+                    "{at:>6.0} s: {} answered, {} failed; {}; supervisor {open} fds",
+                    o.0,
+                    o.1,
+                    line.join(", ")
+                );
                 samples.push((at, now));
+                fds.push((at, open));
             }
         }
     }
     for t in in_flight {
         let _ = t.await;
     }
-    (sent, samples)
+    (sent, samples, fds)
 }
 
 /// Each process's RSS growth after the warm-up (high-water marks, first
@@ -416,6 +457,10 @@ fn print_report(r: &Report, warmup: u64) {
             p.growth_percent
         );
     }
+    let [first, peak, last] = r.supervisor_fds;
+    println!(
+        "\nsupervisor file descriptors after warm-up: {first} first, {peak} peak, {last} last"
+    );
     if r.problems.is_empty() {
         println!("\nPASS");
     } else {
@@ -428,7 +473,15 @@ fn print_report(r: &Report, warmup: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::growth_marks;
+    use super::{fd_growth, growth_marks};
+
+    #[test]
+    fn fds_must_stay_flat_after_the_warm_up() {
+        let flat = [(0.0, 10), (30.0, 40), (40.0, 43), (50.0, 41)];
+        assert_eq!(fd_growth(&flat, 30), ([40, 43, 41], None));
+        let leak = [(30.0, 40), (40.0, 45), (50.0, 52)];
+        assert!(fd_growth(&leak, 30).1.is_some());
+    }
 
     #[test]
     fn growth_compares_high_water_marks() {

@@ -2,9 +2,9 @@
 //! reflection) and HTTP (the API's HTTP shapes, health, info, metrics),
 //! both with TLS when configured.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use ce_proto::v1::cross_encoder_server::CrossEncoderServer;
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic_health::server::HealthReporter;
 
+use super::connections::{self, HttpTimeouts};
 use crate::api::Api;
 use crate::config::Settings;
 use crate::grpc::CrossEncoderService;
@@ -77,6 +78,7 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let ms = Duration::from_millis;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, false).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -87,12 +89,21 @@ pub async fn serve(
         (Some(cert), Some(key)) => Some(TlsIdentity::load(cert, key)?),
         _ => None,
     };
-    let mut grpc_server = tonic::transport::Server::builder();
+    let mut grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(settings.grpc_max_concurrent_streams))
+        .http2_keepalive_interval(Some(ms(settings.grpc_keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(ms(settings.grpc_keepalive_timeout_ms)))
+        .tcp_nodelay(true);
     if let Some(tls) = &tls {
         grpc_server = grpc_server
             .tls_config(tls.grpc())
             .context("gRPC TLS configuration")?;
     }
+    let incoming = connections::grpc_incoming(
+        listeners.grpc,
+        ms(settings.grpc_handshake_timeout_ms),
+        stop.clone(),
+    );
     let grpc = tokio::spawn(
         grpc_server
             .add_service(health_service)
@@ -102,24 +113,21 @@ pub async fn serve(
                     .max_decoding_message_size(settings.max_request_bytes),
                 crate::auth::grpc_interceptor(settings.api_key.clone()),
             ))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-                stopped(stop.clone()),
-            ),
+            .serve_with_incoming_shutdown(incoming, stopped(stop.clone())),
     );
     let router = crate::http::router(api);
-    let http = match &tls {
-        Some(tls) => tokio::spawn(
-            axum::serve(tls.http_listener(listeners.http)?, router)
-                .with_graceful_shutdown(stopped(stop.clone()))
-                .into_future(),
-        ),
-        None => tokio::spawn(
-            axum::serve(listeners.http, router)
-                .with_graceful_shutdown(stopped(stop))
-                .into_future(),
-        ),
+    let timeouts = HttpTimeouts {
+        header: ms(settings.http_header_timeout_ms),
+        idle: ms(settings.http_idle_timeout_ms),
+        tls_handshake: ms(settings.http_header_timeout_ms),
     };
+    let http = tokio::spawn(connections::serve_http(
+        listeners.http,
+        router,
+        tls.as_ref().map(TlsIdentity::http_acceptor),
+        timeouts,
+        stop,
+    ));
     tracing::debug!(tls = tls.is_some(), "front ends started");
     Ok(FrontEnds { grpc, http, health })
 }

@@ -4,6 +4,7 @@
 //! answers a warm-up batch, then it serves until SIGTERM/SIGINT and
 //! [`shutdown`] drains.
 
+pub mod connections;
 pub mod listeners;
 pub mod shutdown;
 pub mod startup;
@@ -32,6 +33,8 @@ const HEALTH_POLL: Duration = Duration::from_millis(250);
 /// Runs the server on `listeners` until a termination signal; returns
 /// after a clean shutdown.
 pub async fn run(settings: Settings, listeners: Listeners) -> anyhow::Result<()> {
+    // First of all: from here on SIGTERM and SIGINT drain, never kill.
+    let mut termination = shutdown::Termination::install()?;
     let metrics = Arc::new(Metrics::new());
     let model = startup::load_model(&settings).await?;
     let (tokenizer_specs, replica_specs) = startup::worker_specs(&settings, &model)?;
@@ -58,17 +61,34 @@ pub async fn run(settings: Settings, listeners: Listeners) -> anyhow::Result<()>
         model
             .tokenizer
             .encode_query("warm up", &["the supervisor"], Default::default())?;
+    let spawner = Spawner::start()?;
     let starter = Starters {
-        spawner: Spawner::start()?,
+        spawner: spawner.clone(),
         metrics,
         deadline: Duration::from_millis(settings.batch_deadline_ms),
         stop: stop.clone(),
+        max_attempts: settings.max_start_attempts,
     };
-    tokio::join!(
-        pools.tokenizers.start(tokenizer_specs, starter.with(())),
-        pools.replicas.start(replica_specs, starter.with(warm_up)),
-    );
-    ready_tx.send_replace(true);
+    let starting = async {
+        tokio::join!(
+            pools.tokenizers.start(tokenizer_specs, starter.with(())),
+            pools.replicas.start(replica_specs, starter.with(warm_up)),
+        )
+    };
+    tokio::pin!(starting);
+    let mut terminated = false;
+    tokio::select! {
+        _ = &mut starting => {}
+        _ = termination.wait() => {
+            // Stopped while loading: no more starts; the ones under way
+            // finish (or fail) and are drained with the rest.
+            terminated = true;
+            spawner.close();
+            stop_tx.send_replace(true);
+            starting.await;
+        }
+    }
+    ready_tx.send_replace(!terminated);
     tokio::spawn(follow_health(
         core.clone(),
         front_ends.health.clone(),
@@ -81,7 +101,10 @@ pub async fn run(settings: Settings, listeners: Listeners) -> anyhow::Result<()>
         "serving"
     );
 
-    shutdown::termination().await;
+    if !terminated {
+        termination.wait().await;
+    }
+    spawner.close();
     listeners::set_health(&front_ends.health, false).await;
     stop_tx.send_replace(true);
     Shutdown::from_settings(&settings)
@@ -116,6 +139,7 @@ struct Starters {
     metrics: Arc<Metrics>,
     deadline: Duration,
     stop: watch::Receiver<bool>,
+    max_attempts: u32,
 }
 
 impl Starters {
@@ -127,6 +151,7 @@ impl Starters {
             warm_up,
             warm_up_deadline: self.deadline,
             stop: self.stop.clone(),
+            max_attempts: self.max_attempts,
         }
     }
 }
@@ -176,6 +201,7 @@ fn assemble_core(
         tokenizer_pool: pools.tokenizers.clone(),
         replicas: pools.replicas.clone(),
         scheduler,
+        job_budget: model.job_budget,
         ready,
     }))
 }

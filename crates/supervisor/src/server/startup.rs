@@ -13,7 +13,7 @@ use ce_model_spec::{ModelConfig, ModelFiles, ReplicaSpec};
 use tokenizer_worker::PairTokenizer;
 
 use crate::config::Settings;
-use crate::core::ServedModel;
+use crate::core::{JobBudget, ServedModel};
 use crate::workers::WorkerSpec;
 
 /// Name of the tokenizer worker executable.
@@ -35,6 +35,11 @@ pub struct Model {
     /// The same, each model resolved to its local directory: what the
     /// workers load.
     pub resolved: Vec<ReplicaSpec>,
+    /// Ring sizes every worker gets: large enough for the largest frame
+    /// the limits allow.
+    pub link: LinkConfig,
+    /// How large a tokenize job may be, within those rings.
+    pub job_budget: JobBudget,
 }
 
 /// Resolves the default model and every replica's (downloading hub ids
@@ -50,6 +55,14 @@ pub async fn load_model(settings: &Settings) -> anyhow::Result<Model> {
     let max_length = settings
         .max_length
         .min(default_config.max_position_embeddings);
+    if settings.max_batch_tokens < max_length {
+        bail!(
+            "max_batch_tokens ({}) must hold one pair of max_length ({max_length}) tokens, the model's effective length",
+            settings.max_batch_tokens
+        );
+    }
+    let labels = default_config.declared_labels.unwrap_or(1);
+    let (link, job_budget) = frames_for(settings, max_length, labels)?;
     let tokenizer = Arc::new(PairTokenizer::from_file(
         &default_files.tokenizer,
         max_length,
@@ -89,7 +102,61 @@ pub async fn load_model(settings: &Settings) -> anyhow::Result<Model> {
         tokenizer_file: default_files.tokenizer,
         plans,
         resolved,
+        link,
+        job_budget,
     })
+}
+
+/// The rings' sizes and the tokenize job budget the limits imply: every
+/// frame the limits allow must fit its ring, or the start fails naming the
+/// keys. To a worker: a batch of `max_batch_size` pairs and
+/// `max_batch_tokens` tokens, and a text job of one passage of
+/// `max_input_chars` (4 bytes a character at most) with a query of
+/// `max_length` ids. From a worker: a job's `tokenize_chunk` pairs of
+/// `max_length` tokens, a batch's logits, an error message.
+fn frames_for(
+    settings: &Settings,
+    max_length: usize,
+    labels: usize,
+) -> anyhow::Result<(LinkConfig, JobBudget)> {
+    use ce_common::frame;
+    let text_bytes = settings.max_input_chars.saturating_mul(4);
+    let to_worker = [
+        frame::token_batch_len(settings.max_batch_size, settings.max_batch_tokens)
+            .try_into()
+            .unwrap_or(usize::MAX),
+        frame::text_job_base_len(max_length)
+            .saturating_add(frame::text_job_passage_len(text_bytes)),
+        text_bytes.saturating_add(4),
+    ];
+    let chunk_tokens = settings.tokenize_chunk.saturating_mul(max_length);
+    let from_worker = [
+        frame::token_batch_len(settings.tokenize_chunk, chunk_tokens)
+            .try_into()
+            .unwrap_or(usize::MAX),
+        settings
+            .max_batch_size
+            .saturating_mul(labels.max(16))
+            .saturating_mul(4)
+            .saturating_add(8),
+        4 + frame::MAX_ERROR_MESSAGE,
+    ];
+    let needed = |sizes: &[usize]| sizes.iter().copied().max().unwrap_or(0);
+    let link = LinkConfig::carrying(needed(&to_worker), needed(&from_worker)).with_context(|| {
+        format!(
+            "the limits need frames over the largest ring ({} MiB): lower max_input_chars ({}), max_batch_tokens ({}), max_batch_size ({}) or tokenize_chunk ({})",
+            ce_common::link::MAX_RING_CAPACITY >> 20,
+            settings.max_input_chars,
+            settings.max_batch_tokens,
+            settings.max_batch_size,
+            settings.tokenize_chunk
+        )
+    })?;
+    let budget = JobBudget {
+        passages: settings.tokenize_chunk,
+        bytes: link.max_to_worker_payload(),
+    };
+    Ok((link, budget))
 }
 
 async fn resolve(model: &str) -> anyhow::Result<(ModelFiles, ModelConfig)> {
@@ -97,6 +164,7 @@ async fn resolve(model: &str) -> anyhow::Result<(ModelFiles, ModelConfig)> {
     let resolved = tokio::task::spawn_blocking(move || {
         let files = ModelFiles::resolve(&model)?;
         let config = ModelConfig::from_file(&files.config)?;
+        files.weights.check_shapes(&config)?;
         Ok::<_, ce_model_spec::SpecError>((files, config))
     })
     .await??;
@@ -126,7 +194,7 @@ pub fn worker_specs(
             heartbeat_ms: settings.heartbeat_ms,
             job,
         },
-        link: LinkConfig::default(),
+        link: model.link,
         ready_timeout,
     };
     let tokenizer_program = worker_program(settings, TOKENIZER_WORKER)?;
@@ -167,4 +235,40 @@ fn worker_program(settings: &Settings, name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(program)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rings_carry_every_frame_the_limits_allow_or_the_start_fails() {
+        let defaults = Settings::default();
+        let (link, budget) = frames_for(&defaults, 512, 1).unwrap();
+        assert_eq!(
+            link,
+            LinkConfig::default(),
+            "the defaults fit the default rings"
+        );
+        assert_eq!(budget.passages, defaults.tokenize_chunk);
+        // One passage of max_input_chars four-byte characters fits a job.
+        let one_passage = ce_common::frame::text_job_base_len(512)
+            + ce_common::frame::text_job_passage_len(4 * defaults.max_input_chars);
+        assert!(budget.bytes >= one_passage);
+
+        let long_texts = Settings {
+            max_input_chars: 1_000_000,
+            ..Settings::default()
+        };
+        let (link, budget) = frames_for(&long_texts, 512, 1).unwrap();
+        assert!(link.max_to_worker_payload() >= 4_000_000 && budget.bytes >= 4_000_000);
+        assert_eq!(link.from_worker, LinkConfig::default().from_worker);
+
+        let huge = Settings {
+            max_input_chars: 300_000_000,
+            ..Settings::default()
+        };
+        let e = frames_for(&huge, 512, 1).unwrap_err().to_string();
+        assert!(e.contains("max_input_chars (300000000)"), "{e}");
+    }
 }

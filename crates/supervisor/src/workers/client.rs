@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use ce_common::TokenBatch;
-use ce_common::frame::{self, ERROR_INVALID_INPUT, FrameKind, Reply, TextJob};
+use ce_common::frame::{self, ERROR_INVALID_INPUT, FrameKind, QueryIds, QueryJob, Reply, TextJob};
 
 use super::process::{RawReply, WorkerFailure, WorkerProcess};
 
@@ -29,6 +29,7 @@ impl From<WorkerFailure> for JobError {
     fn from(failure: WorkerFailure) -> Self {
         match failure {
             WorkerFailure::Died => JobError::Died,
+            too_large @ WorkerFailure::TooLarge { .. } => JobError::Failed(too_large.to_string()),
         }
     }
 }
@@ -92,8 +93,10 @@ async fn call(
         work,
     } = process.reply_within(pending, deadline, what).await?;
     let role = format!("{:?}", process.role()).to_lowercase();
-    let output = Reply::decode(kind, &payload)
-        .map_err(|e| JobError::Failed(format!("{role} worker sent {e}")))?;
+    let output = match Reply::decode(kind, &payload) {
+        Ok(output) => output,
+        Err(e) => return Err(faulty(process, &format!("{role} worker sent {e}"))),
+    };
     if let Reply::Error { code, message } = output {
         return Err(if code == ERROR_INVALID_INPUT {
             JobError::Refused(message)
@@ -108,6 +111,15 @@ async fn call(
     })
 }
 
+/// A worker whose reply does not fit its job (undecodable, the wrong
+/// kind, the wrong number of pairs or logits) is not to be trusted: it is
+/// killed and replaced, and the job counts as one its worker died holding,
+/// so it is retried alone once and then refused (see [`super::isolation`]).
+fn faulty(process: &WorkerProcess, what: &str) -> JobError {
+    process.kill(&format!("{what}: a faulty reply"));
+    JobError::Died
+}
+
 /// A tokenizer worker.
 #[derive(Debug, Clone)]
 pub struct TokenizerClient {
@@ -115,13 +127,46 @@ pub struct TokenizerClient {
 }
 
 impl TokenizerClient {
+    /// Tokenizes a request's query once, for all of its pairs.
+    pub async fn query(
+        &self,
+        job: &QueryJob,
+        deadline: Duration,
+    ) -> Result<Worked<QueryIds>, JobError> {
+        let mut payload = Vec::with_capacity(job.encoded_len());
+        job.encode(&mut payload);
+        let done = call(
+            &self.process,
+            FrameKind::QueryJob,
+            1,
+            payload,
+            deadline,
+            "query job",
+        )
+        .await?;
+        match done.output {
+            Reply::Query(ids) => Ok(Worked {
+                output: ids,
+                work: done.work,
+                round_trip: done.round_trip,
+            }),
+            other => Err(faulty(
+                &self.process,
+                &format!(
+                    "tokenizer worker answered a query with {}",
+                    describe(&other)
+                ),
+            )),
+        }
+    }
+
     /// Tokenizes `job` into one packed batch, its pairs in order.
     pub async fn tokenize(
         &self,
         job: &TextJob,
         deadline: Duration,
     ) -> Result<Worked<TokenBatch>, JobError> {
-        let mut payload = Vec::new();
+        let mut payload = Vec::with_capacity(job.encoded_len());
         job.encode(&mut payload);
         let count = job.passages.len() as u32;
         let done = call(
@@ -139,11 +184,14 @@ impl TokenizerClient {
                 work: done.work,
                 round_trip: done.round_trip,
             }),
-            other => Err(JobError::Failed(format!(
-                "tokenizer worker answered {} passages with {}",
-                job.passages.len(),
-                describe(&other)
-            ))),
+            other => Err(faulty(
+                &self.process,
+                &format!(
+                    "tokenizer worker answered {} passages with {}",
+                    job.passages.len(),
+                    describe(&other)
+                ),
+            )),
         }
     }
 }
@@ -196,15 +244,18 @@ impl ReplicaClient {
                     round_trip: done.round_trip,
                 })
             }
-            Reply::Scores { logits, labels } => Err(JobError::Failed(format!(
-                "model worker returned {} logits for {} pairs × {labels}",
-                logits.len(),
-                batch.len()
-            ))),
-            other => Err(JobError::Failed(format!(
-                "model worker answered a batch with {}",
-                describe(&other)
-            ))),
+            Reply::Scores { logits, labels } => Err(faulty(
+                &self.process,
+                &format!(
+                    "model worker returned {} logits for {} pairs × {labels}",
+                    logits.len(),
+                    batch.len()
+                ),
+            )),
+            other => Err(faulty(
+                &self.process,
+                &format!("model worker answered a batch with {}", describe(&other)),
+            )),
         }
     }
 }
@@ -229,6 +280,7 @@ impl Client for ReplicaClient {
 fn describe(reply: &Reply) -> String {
     match reply {
         Reply::Tokens(b) => format!("a token batch of {} pairs", b.len()),
+        Reply::Query(q) => format!("a query of {} ids", q.ids.len()),
         Reply::Scores { logits, labels } => format!("{} logits × {labels}", logits.len()),
         Reply::Error { message, .. } => format!("an error: {message}"),
     }

@@ -168,6 +168,8 @@ pub struct Starter<C: Client> {
     pub warm_up_deadline: Duration,
     /// Once true, dead workers stay dead.
     pub stop: watch::Receiver<bool>,
+    /// Failed starts in a row after which a slot gives up (and says why).
+    pub max_attempts: u32,
 }
 
 impl<C: Client> WorkerPool<C> {
@@ -324,47 +326,75 @@ impl<C: Client> WorkerPool<C> {
     }
 
     /// Watches `slot`; when its worker dies, starts a new one with
-    /// exponential back-off until one is ready.
+    /// exponential back-off until one is ready — or, after
+    /// `max_attempts` failed starts in a row, leaves the slot dead with
+    /// "<role> N cannot load: <reason>" for `/info` and the log.
     async fn keep(self, slot: usize, spec: WorkerSpec, starter: Arc<Starter<C>>) {
         let role = format!("{:?}", spec.role).to_lowercase();
         let mut stop = starter.stop.clone();
+        let mut failures = 0u32;
         loop {
             let Some(current) = self.members().get(slot).cloned() else {
                 return;
             };
+            if let Some(reason) = current.process().start_error() {
+                failures += 1;
+                if failures >= starter.max_attempts {
+                    let name = match spec.role {
+                        Role::Model => "replica",
+                        _ => role.as_str(),
+                    };
+                    let gave_up = format!(
+                        "{name} {slot} cannot load: {reason} (gave up after {failures} failed starts in a row)"
+                    );
+                    tracing::error!(role, slot, "{gave_up}");
+                    self.replace(
+                        slot,
+                        C::new(WorkerProcess::failed(spec.role, slot as u32, gave_up)),
+                    );
+                    return;
+                }
+            } else {
+                failures = 0;
+            }
             tokio::select! {
                 _ = current.process().died() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let mut backoff = FIRST_BACKOFF;
-            loop {
-                if *stop.borrow() {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                let client = start_one(&spec, &starter).await;
-                let serving = client.process().is_alive();
-                if serving {
-                    tracing::warn!(
-                        role,
-                        slot,
-                        pid = client.process().pid(),
-                        "worker replaced after it died"
-                    );
-                    starter
-                        .metrics
-                        .worker_restarts
-                        .get_or_create(&RoleLabels { role: role.clone() })
-                        .inc();
-                } else {
-                    tracing::error!(role, slot, ?backoff, "restarting a worker failed; retrying");
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                self.replace(slot, client);
-                if serving {
-                    break;
-                }
+            // No process outlives its slot: the dead one (killed when it was
+            // given up on) is reaped before a new one starts.
+            tokio::select! {
+                _ = current.process().exited() => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << failures.min(16))
+                .min(MAX_BACKOFF);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let client = start_one(&spec, &starter).await;
+            if *stop.borrow() {
+                client.process().shutdown(Duration::ZERO);
+                return;
+            }
+            if client.process().is_alive() {
+                tracing::warn!(
+                    role,
+                    slot,
+                    pid = client.process().pid(),
+                    "worker replaced after it died"
+                );
+                starter
+                    .metrics
+                    .worker_restarts
+                    .get_or_create(&RoleLabels { role: role.clone() })
+                    .inc();
+            } else {
+                tracing::error!(role, slot, ?backoff, "restarting a worker failed; retrying");
+            }
+            self.replace(slot, client);
         }
     }
 }

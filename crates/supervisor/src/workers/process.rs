@@ -62,6 +62,15 @@ pub enum WorkerFailure {
     /// The worker process died (or its rings broke) with the job in hand.
     #[error("worker process died")]
     Died,
+    /// The job's frame can never fit the ring; nothing was sent and the
+    /// worker is unharmed. Jobs are sized to fit, so this is a backstop.
+    #[error("a job of {len} bytes exceeds the ring's largest frame ({max} bytes)")]
+    TooLarge {
+        /// Payload bytes of the job.
+        len: usize,
+        /// Largest payload the ring carries.
+        max: usize,
+    },
 }
 
 /// A reply frame as it came off the ring, for the typed clients to decode.
@@ -139,6 +148,8 @@ struct Inner {
     jobs: mpsc::UnboundedSender<Job>,
     alive: AtomicBool,
     died: watch::Sender<bool>,
+    /// True once the process has been reaped (or never existed).
+    exited: watch::Sender<bool>,
     metrics: Mutex<MetricsSnapshot>,
     shutdown: mpsc::UnboundedSender<u64>,
     stopping: AtomicBool,
@@ -216,8 +227,12 @@ impl WorkerProcess {
         };
         let mut child = spawned.child;
         if let Err(e) = outcome {
-            let _ = child.kill();
-            tokio::task::spawn_blocking(move || child.wait());
+            let status = exit_status(&mut child, &spawned.pidfd).await;
+            let e = match (e, status) {
+                (ControlError::Refused(reason), _) => ControlError::Refused(reason),
+                (e, Some(status)) => ControlError::Unexpected(format!("{e}; the worker {status}")),
+                (e, None) => e,
+            };
             return Err(control_err(e));
         }
         let pidfd = Arc::new(spawned.pidfd);
@@ -245,8 +260,13 @@ impl WorkerProcess {
             shutdown_rx,
             Duration::from_millis(spec.config.heartbeat_ms),
         ));
-        // Reap the process when it exits, so it never lingers as a zombie.
-        tokio::task::spawn_blocking(move || child.wait());
+        // Reap the process when it exits, so it never lingers as a zombie;
+        // its slot restarts only after this (see `exited`).
+        let reaped = inner.exited.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = child.wait();
+            reaped.send_replace(true);
+        });
         tracing::info!(role = ?spec.role, slot = spec.slot, pid, "worker ready");
         Ok(Self { inner })
     }
@@ -333,9 +353,16 @@ impl WorkerProcess {
         self.inner.alive.load(Ordering::Acquire)
     }
 
-    /// Resolves when the process has died.
+    /// Resolves when the process has died (or been given up on).
     pub async fn died(&self) {
         let mut rx = self.inner.died.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Resolves once the process has exited and been reaped: after
+    /// [`died`](Self::died), nothing of it is left running.
+    pub async fn exited(&self) {
+        let mut rx = self.inner.exited.subscribe();
         let _ = rx.wait_for(|d| *d).await;
     }
 
@@ -377,8 +404,9 @@ impl WorkerProcess {
         }
     }
 
-    /// SIGKILLs it (a hung worker): its jobs then fail with
-    /// [`WorkerFailure::Died`] and its slot's keeper starts a new one.
+    /// SIGKILLs it (hung, or faulty) and counts it dead at once: its jobs
+    /// fail with [`WorkerFailure::Died`] and its slot's keeper starts a new
+    /// one once it has exited.
     pub fn kill(&self, why: &str) {
         self.inner.kill(why);
     }
@@ -415,6 +443,7 @@ impl Inner {
             jobs,
             alive: AtomicBool::new(live.is_some()),
             died: watch::Sender::new(live.is_none()),
+            exited: watch::Sender::new(live.is_none()),
             metrics: Mutex::new(MetricsSnapshot::default()),
             shutdown,
             stopping: AtomicBool::new(false),
@@ -431,15 +460,20 @@ impl Inner {
         self.pending.lock().map_or(0, |p| p.len())
     }
 
+    /// Gives up on the worker, saying why: it is killed and counts as dead
+    /// at once, so no more work is sent to it while it exits.
     fn kill(&self, why: &str) {
         tracing::error!(role = ?self.role, slot = self.slot, pid = self.pid, "killing worker: {why}");
+        self.mark_dead();
+    }
+
+    /// Gives up on the worker: kills it (a no-op once it has exited), fails
+    /// every job it holds and reports it dead.
+    fn mark_dead(&self) {
         if let Some(pidfd) = &self.pidfd {
             let _ =
                 rustix::process::pidfd_send_signal(pidfd.as_fd(), rustix::process::Signal::KILL);
         }
-    }
-
-    fn mark_dead(&self) {
         if self.alive.swap(false, Ordering::AcqRel) {
             if self.stopping.load(Ordering::Acquire) {
                 tracing::info!(role = ?self.role, slot = self.slot, pid = self.pid, "worker exited");
@@ -458,6 +492,8 @@ impl Inner {
     }
 }
 
+/// Carries jobs to the worker until it dies; then it ends, and with it the
+/// producer (the ring mapping and doorbell) and its share of the pidfd.
 async fn writer(
     inner: Arc<Inner>,
     mut producer: AsyncProducer,
@@ -465,7 +501,13 @@ async fn writer(
     pidfd: Arc<OwnedFd>,
 ) {
     let mut next_id = 1u64;
-    while let Some(job) = jobs.recv().await {
+    let mut died = inner.died.subscribe();
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            _ = died.wait_for(|d| *d) => None,
+        };
+        let Some(job) = job else { break };
         let id = next_id;
         next_id += 1;
         if !inner.alive.load(Ordering::Acquire) {
@@ -482,12 +524,28 @@ async fn writer(
             work_us: 0,
         };
         let alive = || !has_exited(&pidfd);
-        if let Err(e) = producer.send(meta, &job.payload, alive).await {
-            if e != RingError::PeerGone {
-                tracing::error!(role = ?inner.role, slot = inner.slot, "to-worker ring failed: {e}");
+        match producer.send(meta, &job.payload, alive).await {
+            Ok(()) => {}
+            // Checked before anything is written: the job fails, the worker is fine.
+            Err(RingError::FrameTooLarge { len, max }) => {
+                let waiter = inner.pending.lock().ok().and_then(|mut p| p.remove(&id));
+                if let Some(w) = waiter {
+                    let _ = w.send(Err(WorkerFailure::TooLarge { len, max }));
+                }
             }
-            inner.mark_dead();
+            Err(e) => {
+                if e != RingError::PeerGone {
+                    tracing::error!(role = ?inner.role, slot = inner.slot, "to-worker ring failed: {e}");
+                }
+                inner.mark_dead();
+                break;
+            }
         }
+    }
+    // Whatever was queued behind the death fails now; later sends fail at once.
+    jobs.close();
+    while let Ok(job) = jobs.try_recv() {
+        let _ = job.reply.send(Err(WorkerFailure::Died));
     }
 }
 
@@ -521,12 +579,9 @@ async fn reader(inner: Arc<Inner>, mut consumer: AsyncConsumer, pidfd: Arc<Owned
             }
             Err(e) => {
                 if e != RingError::PeerGone {
+                    // A worker that corrupts its ring is not to be trusted
+                    // again: `mark_dead` kills it.
                     tracing::error!(role = ?inner.role, slot = inner.slot, "from-worker ring failed: {e}");
-                    // A worker that corrupts its ring is not to be trusted again.
-                    let _ = rustix::process::pidfd_send_signal(
-                        pidfd.as_fd(),
-                        rustix::process::Signal::KILL,
-                    );
                 }
                 inner.mark_dead();
                 return;
@@ -546,7 +601,9 @@ async fn control_task(
     mut shutdown: mpsc::UnboundedReceiver<u64>,
     heartbeat: Duration,
 ) {
-    let stale_after = (heartbeat * MISSED_HEARTBEATS).max(Duration::from_secs(1));
+    let stale_after = heartbeat
+        .saturating_mul(MISSED_HEARTBEATS)
+        .max(Duration::from_secs(1));
     let mut last_beat = Instant::now();
     let mut watchdog = tokio::time::interval(heartbeat.max(Duration::from_millis(50)));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -562,8 +619,12 @@ async fn control_task(
                     last_beat = Instant::now();
                 }
                 Ok(other) => tracing::debug!(slot = inner.slot, "ignoring control message {other:?}"),
-                // EOF: the process is gone; the ring tasks notice through the pidfd.
-                Err(_) => return,
+                // EOF: the process is gone, or closed its control socket
+                // (broken): either way it is given up on.
+                Err(_) => {
+                    inner.mark_dead();
+                    return;
+                }
             },
             Some(grace_ms) = shutdown.recv() => {
                 let _ = control.send(&ControlMessage::Shutdown { grace_ms }).await;
@@ -580,5 +641,59 @@ async fn control_task(
                 }
             }
         }
+    }
+}
+
+/// How a worker that failed to become ready ended: waits briefly for it to
+/// exit on its own (a crash while loading), else kills it; reaps it either
+/// way. `None` when it had to be killed (its status says nothing then).
+async fn exit_status(child: &mut std::process::Child, pidfd: &OwnedFd) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while !has_exited(pidfd) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let on_its_own = has_exited(pidfd);
+    if !on_its_own {
+        let _ = child.kill();
+    }
+    let status = child.wait().ok()?;
+    on_its_own.then(|| describe_exit(status))
+}
+
+/// "exited with status 3", "was killed by signal 6 (SIGABRT)".
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => {
+            // The ones a crashing or killed worker ends with.
+            let name = match signal {
+                4 => " (SIGILL)",
+                6 => " (SIGABRT)",
+                7 => " (SIGBUS)",
+                8 => " (SIGFPE)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            format!("was killed by signal {signal}{name}")
+        }
+        (None, None) => format!("ended ({status})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::describe_exit;
+
+    #[test]
+    fn an_exit_is_described_by_its_status_or_signal() {
+        let status = std::process::ExitStatus::from_raw;
+        assert_eq!(describe_exit(status(3 << 8)), "exited with status 3");
+        assert_eq!(describe_exit(status(6)), "was killed by signal 6 (SIGABRT)");
+        assert_eq!(describe_exit(status(31)), "was killed by signal 31");
     }
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod auth_tls;
 mod faults;
+mod hardening;
 mod health_shutdown;
 mod http_api;
 mod scoring;

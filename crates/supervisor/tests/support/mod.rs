@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use ce_bench::server::{Launch, OnDrop, Supervisor};
+pub use ce_bench::server::{Launch, OnDrop, Supervisor};
 use ce_proto::v1::cross_encoder_client::CrossEncoderClient;
 use tonic::transport::Channel;
 
@@ -69,8 +69,31 @@ impl Server {
                 .collect(),
             worker_dir: Some(worker_dir.to_path_buf()),
             on_drop: OnDrop::Kill,
+            own_process_group: false,
         };
         Self(Supervisor::launch(launch).expect("start ce-supervisor"))
+    }
+
+    /// Starts the server as a shell starts a foreground job (its own
+    /// process group) and waits until it serves.
+    pub fn start_as_job(args: &[&str]) -> Self {
+        let launch = Launch {
+            model: model_dir().display().to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            worker_dir: Some(bin_dir()),
+            on_drop: OnDrop::Kill,
+            own_process_group: true,
+            ..Launch::default()
+        };
+        let server = Self(Supervisor::launch(launch).expect("start ce-supervisor"));
+        server.wait_ready(Duration::from_secs(60));
+        server
+    }
+
+    /// Starts a server from a `Launch` (a model other than the default…),
+    /// without waiting for readiness.
+    pub fn launch(launch: Launch) -> Result<Self, ce_bench::server::ServerError> {
+        Supervisor::launch(launch).map(Self)
     }
 
     /// Starts the server and waits until `/health` says it serves.
