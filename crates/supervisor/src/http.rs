@@ -18,9 +18,12 @@ pub use ce_http_types::{RankBody, RerankBody};
 
 /// The router, over `api`.
 pub fn router(api: Api) -> axum::Router {
+    // The key is checked before the body is read: a client without it
+    // costs no body. (The last layer added runs first.)
     let guarded = axum::Router::new()
         .route("/rerank", post(rerank_handler))
         .route("/info", get(info))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), read_body))
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             require_key,
@@ -33,7 +36,6 @@ pub fn router(api: Api) -> axum::Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(body_limit)
-        .layer(axum::middleware::from_fn_with_state(api.clone(), read_body))
         .with_state(api)
 }
 

@@ -370,6 +370,21 @@ fn http_cases() -> Vec<Case> {
             401,
             "api key"
         )),
+        case!(
+            "http: no API key, a body that never comes: refused first",
+            |c| {
+                let started = Instant::now();
+                let head = format!(
+                    "POST /rerank HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{JSON}content-length: 5000\r\n\r\n{{"
+                );
+                expect_http(raw_http(c.http, head.as_bytes()), 401, "api key");
+                assert!(
+                    started.elapsed() < Duration::from_millis(600),
+                    "{:?}",
+                    started.elapsed()
+                );
+            }
+        ),
         case!("http: wrong API key", |c| expect_http(
             rerank_as(c.http, &format!("Bearer {KEY}x")),
             401,
