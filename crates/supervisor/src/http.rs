@@ -117,15 +117,9 @@ async fn rerank_handler(
     let body = match body {
         Ok(Json(body)) => body,
         Err(rejection) => {
+            // Size and time were checked as the body was read (`read_body`).
             let status = rejection.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!(
-                    "request body over max_request_bytes ({} bytes)",
-                    api.core().settings.max_request_bytes
-                )
-            } else {
-                rejection.body_text()
-            };
+            let message = rejection.body_text();
             let refused: Result<(), _> = Err(ApiError::InvalidArgument(message.clone()));
             api.record("http_rerank", started, &refused);
             return http_refusal(status, "Validation", message);

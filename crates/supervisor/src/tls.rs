@@ -12,10 +12,6 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
-/// A client that has not finished its handshake by then is dropped, so
-/// slow or silent peers cannot hold connections open.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -95,14 +91,16 @@ impl TlsIdentity {
         })
     }
 
-    /// The gRPC side's configuration.
-    pub fn grpc(&self) -> tonic::transport::ServerTlsConfig {
+    /// The gRPC side's configuration: a client that has not finished its
+    /// handshake within `handshake` is dropped (`grpc_handshake_timeout_ms`,
+    /// the same bound its first bytes had).
+    pub fn grpc(&self, handshake: Duration) -> tonic::transport::ServerTlsConfig {
         tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(
                 &self.cert_pem,
                 &self.key_pem,
             ))
-            .timeout(HANDSHAKE_TIMEOUT)
+            .timeout(handshake)
     }
 
     /// The acceptor for HTTP connections (ALPN `http/1.1`).

@@ -96,7 +96,7 @@ pub async fn serve(
         .tcp_nodelay(true);
     if let Some(tls) = &tls {
         grpc_server = grpc_server
-            .tls_config(tls.grpc())
+            .tls_config(tls.grpc(ms(settings.grpc_handshake_timeout_ms)))
             .context("gRPC TLS configuration")?;
     }
     let incoming = connections::grpc_incoming(
