@@ -4,7 +4,7 @@
 //! bytes (the decoders accept exactly the encoders' output).
 #![no_main]
 
-use ce_common::frame::{self, QueryIds, QueryJob, Reply, TextJob};
+use ce_common::frame::{self, QueryIds, QueryJob, Reply, TextJob, WindowedBatch};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,6 +29,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(ids.ids.len() <= ids.tokens as usize);
         let mut again = Vec::new();
         ids.encode(&mut again);
+        assert_eq!(again, payload);
+    }
+    if let Ok(windowed) = WindowedBatch::decode(payload) {
+        assert_eq!(windowed.windows.len(), windowed.batch.len());
+        let mut again = Vec::new();
+        windowed.encode(&mut again);
         assert_eq!(again, payload);
     }
     if let Ok((logits, labels)) = frame::decode_scores(payload) {

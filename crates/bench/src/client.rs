@@ -152,7 +152,7 @@ impl Prepared {
                         .into_inner();
                     prepared.push(ScoreTokensRequest {
                         pairs: tokenized.pairs,
-                        raw_scores: false,
+                        ..Default::default()
                     });
                 }
                 Prepared::ScoreTokens(prepared)

@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the control protocol and ring layout together.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
@@ -46,13 +46,24 @@ pub struct WorkerConfig {
 /// setting the other wrote as text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkerJob {
-    /// A tokenizer worker: which `tokenizer.json` to load.
+    /// A tokenizer worker: one tokenizer per served model, in the models'
+    /// order (a job's `model` indexes this list; `None` for a model that
+    /// did not load, whose jobs never come).
     Tokenizer {
-        /// Path of the model's `tokenizer.json`.
-        tokenizer: std::path::PathBuf,
+        /// The tokenizers to load.
+        tokenizers: Vec<Option<TokenizerSpec>>,
     },
     /// A model replica: model, dtype, device, attention layout, threads.
     Model(ce_model_spec::ReplicaSpec),
+}
+
+/// One tokenizer of a tokenizer worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizerSpec {
+    /// Path of the model's `tokenizer.json`.
+    pub file: std::path::PathBuf,
+    /// Longest pair of that model, in tokens (special tokens included).
+    pub max_length: u32,
 }
 
 impl WorkerJob {
@@ -263,7 +274,13 @@ mod tests {
             max_length: 512,
             heartbeat_ms: 1000,
             job: WorkerJob::Tokenizer {
-                tokenizer: "m/tokenizer.json".into(),
+                tokenizers: vec![
+                    Some(TokenizerSpec {
+                        file: "m/tokenizer.json".into(),
+                        max_length: 512,
+                    }),
+                    None,
+                ],
             },
         });
         sup.send(&config).await.unwrap();

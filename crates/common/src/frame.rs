@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! FrameHeader (24 B): len u32 | kind u16 | flags u16 | id u64 | count u32 | work_us u32
-//! TextJob:     n u32 | query_len u32 | passage_len u32 × n | query bytes | passage bytes…
+//! QueryJob:    truncation u32 | model u32 | query bytes
+//! TextJob:     n u32 | query_tokens u32 | query_len u32 | truncation u32 | first_index u32
+//!              | model u32 | max_windows u32 | overlap u32 | doc_tokens u32
+//!              | passage_len u32 × n | query ids u32 × query_len | passage bytes…
 //! TokenBatch:  n u32 | tokens u32 | offsets u32 × (n+1) | input_ids u32 × tokens | type_ids u32 × tokens
+//! Windows:     n u32 | (passage u32 | start u32 | end u32) × n | TokenBatch of n pairs
 //! Scores:      n u32 | labels u32 | logits f32 × (n·labels)
 //! Error:       code u32 | UTF-8 message
 //! ```
@@ -81,6 +85,10 @@ pub enum FrameKind {
     QueryJob = 5,
     /// Tokenizer → supervisor: a query's ids ([`QueryIds`]).
     QueryIds = 6,
+    /// Tokenizer → supervisor: the windows of a job's passages and their
+    /// pairs ([`WindowedBatch`]), the answer to a [`TextJob`] with a
+    /// [`WindowPlan`].
+    Windows = 7,
 }
 
 impl FrameKind {
@@ -93,6 +101,7 @@ impl FrameKind {
             4 => FrameKind::Error,
             5 => FrameKind::QueryJob,
             6 => FrameKind::QueryIds,
+            7 => FrameKind::Windows,
             _ => return None,
         })
     }
@@ -190,6 +199,8 @@ pub const ERROR_INTERNAL: u32 = 2;
 /// A query to tokenize once for every pair of its request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QueryJob {
+    /// Which of the worker's tokenizers (the served model's index).
+    pub model: u32,
     /// The query.
     pub query: String,
     /// The request's truncation code (see [`TextJob::truncation`]): it
@@ -200,12 +211,12 @@ pub struct QueryJob {
 impl QueryJob {
     /// Payload bytes of this job.
     pub fn encoded_len(&self) -> usize {
-        4 + self.query.len()
+        8 + self.query.len()
     }
 
     /// Appends the payload to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        put_u32s(out, &[self.truncation]);
+        put_u32s(out, &[self.truncation, self.model]);
         out.extend_from_slice(self.query.as_bytes());
     }
 
@@ -214,11 +225,16 @@ impl QueryJob {
         const K: &str = "query job";
         let mut r = Reader::new(bytes, K);
         let truncation = r.u32()?;
-        let rest = r.take(bytes.len() - 4)?;
+        let model = r.u32()?;
+        let rest = r.take(bytes.len() - 8)?;
         let query =
             String::from_utf8(rest.to_vec()).map_err(|e| err(K, format!("invalid UTF-8: {e}")))?;
         r.finish()?;
-        Ok(Self { query, truncation })
+        Ok(Self {
+            model,
+            query,
+            truncation,
+        })
     }
 }
 
@@ -274,12 +290,39 @@ pub struct TextJob {
     /// Request-level index of the first passage, so that an error can name
     /// the document the client sent.
     pub first_index: u32,
+    /// Which of the worker's tokenizers (the served model's index).
+    pub model: u32,
+    /// Whether long passages are split into windows (then the reply is a
+    /// [`WindowedBatch`]) and how.
+    pub windows: WindowPlan,
+}
+
+/// How a passage that does not fit beside the query is split into
+/// overlapping windows of tokens, each scored as its own pair. All zeroes:
+/// no windows (truncation applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WindowPlan {
+    /// Windows per passage at most; 0 turns windowing off. A passage's
+    /// windows after this many are not scored.
+    pub max_windows: u32,
+    /// Tokens each window shares with the one before.
+    pub overlap: u32,
+    /// Tokens of a passage considered at most (the rest is cut before it
+    /// is split); 0 for all of them.
+    pub doc_tokens: u32,
+}
+
+impl WindowPlan {
+    /// True when passages are split into windows.
+    pub fn is_on(&self) -> bool {
+        self.max_windows > 0
+    }
 }
 
 /// Payload bytes of a [`TextJob`] before its passages: the header and the
 /// query's ids.
 pub fn text_job_base_len(query_ids: usize) -> usize {
-    20 + 4 * query_ids
+    36 + 4 * query_ids
 }
 
 /// Payload bytes one passage of `len` bytes adds to a [`TextJob`].
@@ -310,6 +353,10 @@ impl TextJob {
                 self.query.ids.len() as u32,
                 self.truncation,
                 self.first_index,
+                self.model,
+                self.windows.max_windows,
+                self.windows.overlap,
+                self.windows.doc_tokens,
             ],
         );
         put_u32s(out, &lens);
@@ -328,6 +375,12 @@ impl TextJob {
         let query_len = r.u32()? as usize;
         let truncation = r.u32()?;
         let first_index = r.u32()?;
+        let model = r.u32()?;
+        let windows = WindowPlan {
+            max_windows: r.u32()?,
+            overlap: r.u32()?,
+            doc_tokens: r.u32()?,
+        };
         if query_len > query_tokens as usize {
             return Err(err(
                 K,
@@ -361,8 +414,84 @@ impl TextJob {
             passages,
             truncation,
             first_index,
+            model,
+            windows,
         })
     }
+}
+
+/// Where one pair of a [`WindowedBatch`] comes from: a window of one
+/// passage of the job, in characters of that passage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Window {
+    /// The passage's position in its job.
+    pub passage: u32,
+    /// Character offset of the window's first token in the passage.
+    pub start: u32,
+    /// Character offset just past its last token.
+    pub end: u32,
+}
+
+/// A windowed job's answer: one pair per window, windows of a passage
+/// consecutive and passages in job order, every passage with at least one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WindowedBatch {
+    /// Where each pair comes from, parallel to `batch`.
+    pub windows: Vec<Window>,
+    /// The pairs.
+    pub batch: TokenBatch,
+}
+
+impl WindowedBatch {
+    /// Appends the payload to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u32s(out, &[self.windows.len() as u32]);
+        for w in &self.windows {
+            put_u32s(out, &[w.passage, w.start, w.end]);
+        }
+        encode_token_batch(&self.batch, out);
+    }
+
+    /// Decodes a payload and checks that windows and pairs agree, passages
+    /// come in order and every window's offsets are ordered. Whether each
+    /// passage of the job has a window is for the receiver to check (it
+    /// knows the job).
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        const K: &str = "windowed batch";
+        let mut r = Reader::new(bytes, K);
+        let n = r.u32()? as usize;
+        if n > bytes.len() / 12 {
+            return Err(err(K, format!("{n} windows in {} bytes", bytes.len())));
+        }
+        let fields = r.u32s(3 * n)?;
+        let windows: Vec<Window> = fields
+            .chunks_exact(3)
+            .map(|w| Window {
+                passage: w[0],
+                start: w[1],
+                end: w[2],
+            })
+            .collect();
+        let rest = r.take(bytes.len() - 4 - 12 * n)?;
+        r.finish()?;
+        let batch = decode_token_batch(rest)?;
+        if batch.len() != n {
+            return Err(err(K, format!("{n} windows for {} pairs", batch.len())));
+        }
+        for (i, w) in windows.iter().enumerate() {
+            let ordered = i == 0 || windows[i - 1].passage <= w.passage;
+            if !ordered || w.start > w.end {
+                return Err(err(K, format!("window {i} is out of order")));
+            }
+        }
+        Ok(Self { windows, batch })
+    }
+}
+
+/// Bytes of the payload of a [`WindowedBatch`] of `pairs` windows holding
+/// `tokens` tokens.
+pub fn windowed_batch_len(pairs: usize, tokens: usize) -> u64 {
+    4 + 12 * pairs as u64 + token_batch_len(pairs, tokens)
 }
 
 /// Bytes of the token batch payload of `pairs` pairs holding `tokens`
@@ -472,6 +601,8 @@ pub enum Reply {
     Tokens(TokenBatch),
     /// A tokenizer's query.
     Query(QueryIds),
+    /// A tokenizer's windows of a windowed job.
+    Windows(WindowedBatch),
     /// A replica's logits, `[pairs, labels]` row-major.
     Scores {
         /// The logits.
@@ -495,6 +626,7 @@ impl Reply {
         match FrameKind::from_u16(kind) {
             Some(FrameKind::TokenBatch) => decode_token_batch(payload).map(Reply::Tokens),
             Some(FrameKind::QueryIds) => QueryIds::decode(payload).map(Reply::Query),
+            Some(FrameKind::Windows) => WindowedBatch::decode(payload).map(Reply::Windows),
             Some(FrameKind::Scores) => {
                 decode_scores(payload).map(|(logits, labels)| Reply::Scores { logits, labels })
             }
@@ -523,6 +655,12 @@ mod tests {
             passages: vec!["a".into(), "".into(), "東京".into()],
             truncation: 2,
             first_index: 7,
+            model: 3,
+            windows: WindowPlan {
+                max_windows: 4,
+                overlap: 16,
+                doc_tokens: 900,
+            },
         };
         let mut b = Vec::new();
         job.encode(&mut b);
@@ -530,6 +668,7 @@ mod tests {
         assert_eq!(TextJob::decode(&b).unwrap(), job);
 
         let query = QueryJob {
+            model: 2,
             query: "qü".into(),
             truncation: 1,
         };
@@ -538,7 +677,7 @@ mod tests {
         assert_eq!(b.len(), query.encoded_len());
         assert_eq!(QueryJob::decode(&b).unwrap(), query);
         assert!(QueryJob::decode(&b[..3]).is_err());
-        assert!(QueryJob::decode(&[0, 0, 0, 0, 0xff]).is_err());
+        assert!(QueryJob::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff]).is_err());
         let ids = QueryIds {
             tokens: 700,
             ids: vec![1, 2, 3],
@@ -562,6 +701,42 @@ mod tests {
         let mut b = Vec::new();
         encode_token_batch(&batch, &mut b);
         assert_eq!(decode_token_batch(&b).unwrap(), batch);
+
+        let windowed = WindowedBatch {
+            windows: vec![
+                Window {
+                    passage: 0,
+                    start: 0,
+                    end: 5,
+                },
+                Window {
+                    passage: 1,
+                    start: 3,
+                    end: 9,
+                },
+            ],
+            batch: batch.clone(),
+        };
+        let mut b = Vec::new();
+        windowed.encode(&mut b);
+        assert_eq!(b.len() as u64, windowed_batch_len(2, batch.total_tokens()));
+        assert_eq!(
+            Reply::decode(FrameKind::Windows as u16, &b).unwrap(),
+            Reply::Windows(windowed.clone())
+        );
+        let mut backwards = windowed.clone();
+        backwards.windows.reverse();
+        let mut b = Vec::new();
+        backwards.encode(&mut b);
+        assert!(WindowedBatch::decode(&b).is_err(), "passages out of order");
+        let mut short = windowed;
+        short.windows.pop();
+        let mut b = Vec::new();
+        short.encode(&mut b);
+        assert!(
+            WindowedBatch::decode(&b).is_err(),
+            "a pair without a window"
+        );
 
         let mut b = Vec::new();
         encode_scores(&[0.5, -1.0, 2.0, 3.0], 2, &mut b);
@@ -590,8 +765,7 @@ mod tests {
                 ids: vec![5],
             },
             passages: vec!["ab".into()],
-            truncation: 0,
-            first_index: 0,
+            ..TextJob::default()
         }
         .encode(&mut b);
         assert!(TextJob::decode(&b[..b.len() - 1]).is_err());
@@ -628,6 +802,7 @@ mod tests {
             let _ = TextJob::decode(&bytes);
             let _ = QueryJob::decode(&bytes);
             let _ = QueryIds::decode(&bytes);
+            let _ = WindowedBatch::decode(&bytes);
             let _ = decode_token_batch(&bytes);
             let _ = decode_scores(&bytes);
             let _ = decode_error(&bytes);

@@ -32,6 +32,12 @@ fn random_payload(rng: &mut StdRng, out: &mut Vec<u8>) -> FrameKind {
                     .collect(),
                 truncation: rng.random_range(0..3),
                 first_index: rng.random(),
+                model: rng.random_range(0..3),
+                windows: frame::WindowPlan {
+                    max_windows: rng.random_range(0..4),
+                    overlap: rng.random_range(0..64),
+                    doc_tokens: rng.random(),
+                },
             };
             job.encode(out);
             FrameKind::TextJob
@@ -73,6 +79,7 @@ fn decode(kind: u16, payload: &[u8]) -> bool {
         Some(FrameKind::Error) => frame::decode_error(payload).is_ok(),
         Some(FrameKind::QueryJob) => frame::QueryJob::decode(payload).is_ok(),
         Some(FrameKind::QueryIds) => frame::QueryIds::decode(payload).is_ok(),
+        Some(FrameKind::Windows) => frame::WindowedBatch::decode(payload).is_ok(),
         None => false,
     }
 }

@@ -25,16 +25,40 @@ pub enum ScoreActivation {
     Identity,
     /// `1 / (1 + e^-x)`, sentence-transformers' default for one-label models.
     Sigmoid,
+    /// The relevant label's probability under a softmax over the labels:
+    /// the default for two-label models (label 1 is the relevant one).
+    Softmax,
 }
 
 impl ScoreActivation {
-    /// Applies the activation to one logit.
+    /// Applies the activation to one logit (a softmax over one label is 1).
     pub fn apply(self, x: f32) -> f32 {
+        self.score(&[x])
+    }
+
+    /// The score of a pair from its row of logits: the activation of the
+    /// relevant label ([`relevant_label`]); a softmax takes every label.
+    pub fn score(self, row: &[f32]) -> f32 {
+        let relevant = relevant_label(row.len());
+        let Some(&x) = row.get(relevant) else {
+            return f32::NAN;
+        };
         match self {
             ScoreActivation::Identity => x,
             ScoreActivation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            ScoreActivation::Softmax => {
+                let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let total: f32 = row.iter().map(|v| (v - top).exp()).sum();
+                (x - top).exp() / total
+            }
         }
     }
+}
+
+/// Which of a model's `labels` logits says "relevant": the second of two
+/// (a binary classifier's positive class), else the first.
+pub fn relevant_label(labels: usize) -> usize {
+    usize::from(labels == 2)
 }
 
 /// The largest shapes a `config.json` may declare. Far above any
@@ -250,13 +274,17 @@ impl ModelConfig {
         let score_activation = match raw.sbert_ce_default_activation_function.as_deref() {
             Some(f) if f.ends_with("Identity") => ScoreActivation::Identity,
             Some(f) if f.ends_with("Sigmoid") => ScoreActivation::Sigmoid,
+            Some(f) if f.ends_with("Softmax") => ScoreActivation::Softmax,
             Some(other) => {
                 return Err(config_err(format!(
-                    "sbert_ce_default_activation_function {other:?} is not supported (Identity or Sigmoid)"
+                    "sbert_ce_default_activation_function {other:?} is not supported (Identity, Sigmoid or Softmax)"
                 )));
             }
-            None if declared_labels.unwrap_or(1) == 1 => ScoreActivation::Sigmoid,
-            None => ScoreActivation::Identity,
+            None => match declared_labels.unwrap_or(1) {
+                1 => ScoreActivation::Sigmoid,
+                2 => ScoreActivation::Softmax,
+                _ => ScoreActivation::Identity,
+            },
         };
         Ok(Self {
             vocab_size: raw.vocab_size,
@@ -296,6 +324,20 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scores_take_the_relevant_label() {
+        assert_eq!(ScoreActivation::Sigmoid.score(&[0.0]), 0.5);
+        assert_eq!(ScoreActivation::Identity.score(&[1.5, -2.0]), -2.0);
+        let p = ScoreActivation::Softmax.score(&[0.0, 2f32.ln()]);
+        assert!((p - 2.0 / 3.0).abs() < 1e-6, "{p}");
+        assert!(
+            ScoreActivation::Softmax.score(&[1000.0, 1000.0]) == 0.5,
+            "no overflow"
+        );
+        assert_eq!(ScoreActivation::Identity.score(&[3.0, 1.0, 2.0]), 3.0);
+        assert!(ScoreActivation::Sigmoid.score(&[]).is_nan());
+    }
 
     const MINILM: &str = r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,
         "num_hidden_layers":6,"num_attention_heads":12,"intermediate_size":1536,

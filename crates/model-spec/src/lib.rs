@@ -23,7 +23,7 @@ pub mod files;
 mod replica;
 
 pub use attention::AttentionLayout;
-pub use config::{HiddenAct, ModelConfig, ScoreActivation};
+pub use config::{HiddenAct, ModelConfig, ScoreActivation, relevant_label};
 pub use device::DeviceSpec;
 pub use dtype::WeightDType;
 pub use error::SpecError;

@@ -8,13 +8,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use ce_common::TokenBatch;
 use ce_model_spec::ScoreActivation;
 use serde::Serialize;
 use tokenizer_worker::Truncation;
 
+use ce_common::frame::WindowPlan;
+
+use crate::chunks::{self, DocumentScore};
 use crate::core::{Core, PairsInput};
 use crate::request::{Scored, Timing};
 
@@ -24,6 +25,10 @@ pub enum ApiError {
     /// The client's input is unusable; the message names the field.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The request names a model that is not served; the message lists
+    /// the served ones.
+    #[error("{0}")]
+    NotFound(String),
     /// Too much work is queued; retry later.
     #[error("{0}")]
     Overloaded(String),
@@ -43,6 +48,7 @@ impl ApiError {
     pub fn to_status(&self) -> tonic::Status {
         match self {
             ApiError::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            ApiError::NotFound(m) => tonic::Status::not_found(m),
             ApiError::Overloaded(m) => tonic::Status::resource_exhausted(m),
             ApiError::Unavailable(m) => tonic::Status::unavailable(m),
             ApiError::Internal(m) => tonic::Status::internal(m),
@@ -54,6 +60,7 @@ impl ApiError {
     pub fn status_label(&self) -> &'static str {
         match self {
             ApiError::InvalidArgument(_) => "invalid_argument",
+            ApiError::NotFound(_) => "not_found",
             ApiError::Overloaded(_) => "resource_exhausted",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -61,10 +68,12 @@ impl ApiError {
         }
     }
 
-    /// The HTTP status for this error (text-embeddings-inference's choices).
+    /// The HTTP status for this error (text-embeddings-inference's choices;
+    /// the Cohere- and vLLM-shaped routes answer 400 for invalid input).
     pub fn http_status(&self) -> u16 {
         match self {
             ApiError::InvalidArgument(_) => 422,
+            ApiError::NotFound(_) => 404,
             ApiError::Overloaded(_) => 429,
             ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
@@ -76,37 +85,12 @@ impl ApiError {
     pub fn http_error_type(&self) -> &'static str {
         match self {
             ApiError::InvalidArgument(_) => "Validation",
+            ApiError::NotFound(_) => "NotFound",
             ApiError::Overloaded(_) => "Overloaded",
             ApiError::Unavailable(_) => "Unhealthy",
             ApiError::Internal(_) => "Backend",
             ApiError::DeadlineExceeded(_) => "Timeout",
         }
-    }
-}
-
-/// The HTTP error body: `{"error": …, "error_type": …}`.
-#[derive(Debug, Serialize)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: String,
-    /// Its class (`Validation`, `Overloaded`, …).
-    pub error_type: &'static str,
-}
-
-/// An HTTP error answer with that body.
-pub fn http_refusal(
-    status: StatusCode,
-    error_type: &'static str,
-    error: String,
-) -> axum::response::Response {
-    (status, axum::Json(ErrorBody { error, error_type })).into_response()
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> axum::response::Response {
-        let status =
-            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        http_refusal(status, self.http_error_type(), self.to_string())
     }
 }
 
@@ -141,8 +125,10 @@ pub fn ranking(scores: &[f32], top_n: Option<usize>) -> Vec<usize> {
 }
 
 /// A rerank request in the API's terms.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RerankInput {
+    /// The served model's name (`None`: the default).
+    pub model: Option<String>,
     /// The query.
     pub query: String,
     /// Documents to rank.
@@ -155,6 +141,20 @@ pub struct RerankInput {
     pub return_documents: bool,
     /// Keep only the best `top_n` (at least 1).
     pub top_n: Option<usize>,
+    /// Score long documents in windows instead of truncating them.
+    pub chunking: Option<Chunking>,
+}
+
+/// What a request asks of long documents; unset fields take the server's
+/// settings (`max_chunks_per_doc`, `max_tokens_per_doc`), which are also
+/// the most a request may ask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chunking {
+    /// Windows per document at most (Cohere v1's `max_chunks_per_doc`).
+    pub max_chunks: Option<usize>,
+    /// Tokens of a document considered at most (Cohere v2's
+    /// `max_tokens_per_doc`); `None` for all of them.
+    pub max_tokens: Option<usize>,
 }
 
 /// One document's place in a ranking.
@@ -166,13 +166,31 @@ pub struct Rank {
     pub score: f32,
     /// The document, if asked for.
     pub document: Option<String>,
+    /// For a document scored in windows: the characters `[start, end)` of
+    /// the window that decided its score, and how many windows it made.
+    pub chunk: Option<ChunkInfo>,
+}
+
+/// Where a windowed document's score came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Character offset of the deciding window's start.
+    pub start: u32,
+    /// Character offset just past its end.
+    pub end: u32,
+    /// Windows the document was scored in.
+    pub windows: usize,
 }
 
 /// A ranking, best first, with where the time went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ranking {
+    /// The name of the model that scored it.
+    pub model: String,
     /// The ranks.
     pub ranks: Vec<Rank>,
+    /// Pairs scored: one per document, or per window.
+    pub pairs: usize,
     /// Where the time went.
     pub timing: Timing,
     /// Tokens of all pairs.
@@ -191,12 +209,14 @@ pub struct ScoreList {
 }
 
 /// One replica as `Info` reports it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReplicaInfo {
     /// Its slot.
     pub replica: usize,
     /// Model directory or hub id.
     pub model: String,
+    /// The name its model is served under.
+    pub model_name: String,
     /// Weight precision.
     pub dtype: String,
     /// Device.
@@ -213,17 +233,44 @@ pub struct ReplicaInfo {
     pub error: Option<String>,
 }
 
+/// One served model as `Info` and `/v1/models` report it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ModelInfo {
+    /// The name requests route to.
+    pub name: String,
+    /// Model directory or hub id.
+    pub source: String,
+    /// Whether requests without `model` get it.
+    pub default: bool,
+    /// Longest pair in tokens (0 if it did not load).
+    pub max_length: usize,
+    /// Activation applied unless raw scores are asked for (if it loaded).
+    #[schema(value_type = Option<String>)]
+    pub score_activation: Option<ScoreActivation>,
+    /// The replica slots that serve it.
+    pub replicas: Vec<usize>,
+    /// Of those, the ones serving now.
+    pub serving: usize,
+    /// Why it could not be loaded, if it could not.
+    pub error: Option<String>,
+}
+
 /// What is served and with which limits: gRPC `Info` and `GET /info`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Info {
     /// Server version.
     pub version: &'static str,
-    /// Where the model came from.
+    /// Where the default model came from.
     pub model: String,
-    /// Longest pair in tokens.
+    /// Longest pair in tokens, of the default model.
     pub max_length: usize,
-    /// Activation applied unless raw scores are asked for.
+    /// Activation applied unless raw scores are asked for, of the default model.
+    #[schema(value_type = String)]
     pub score_activation: ScoreActivation,
+    /// Every served model (the default among them).
+    pub models: Vec<ModelInfo>,
+    /// Windows a long document is split into at most.
+    pub max_chunks_per_doc: usize,
     /// Documents per request at most.
     pub max_documents: usize,
     /// Characters per text at most.
@@ -263,12 +310,13 @@ impl Api {
     }
 
     /// Runs `call` within `deadline` (if any) and records it in
-    /// `inference_requests_total` and the duration histogram under `method`.
-    /// Dropping the call abandons its request: queued pairs are never
-    /// computed.
+    /// `inference_requests_total` and the duration histogram under `method`
+    /// and the model `model` names (if it is served). Dropping the call
+    /// abandons its request: queued pairs are never computed.
     pub async fn recorded<T>(
         &self,
         method: &str,
+        model: Option<&str>,
         deadline: Option<Duration>,
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
@@ -290,117 +338,232 @@ impl Api {
                 )))
             }),
         };
-        self.record(method, started, &result);
+        self.record(method, model, started, &result);
         result
     }
 
-    /// Records a finished call (for what fails before [`Api::recorded`] runs).
-    pub fn record<T>(&self, method: &str, started: Instant, result: &Result<T, ApiError>) {
+    /// Records a finished call (for what fails before [`Api::recorded`]
+    /// runs), under the model `model` names if it is served, else none:
+    /// clients cannot mint label values.
+    pub fn record<T>(
+        &self,
+        method: &str,
+        model: Option<&str>,
+        started: Instant,
+        result: &Result<T, ApiError>,
+    ) {
         let status = result
             .as_ref()
             .map_or_else(ApiError::status_label, |_| "ok");
+        let label = self
+            .core
+            .model_index(model)
+            .map_or("", |m| self.core.models[m].name.as_str());
         self.core
             .metrics
-            .observe_request(method, status, started.elapsed().as_secs_f64());
+            .observe_request(method, status, label, started.elapsed().as_secs_f64());
     }
 
-    /// Scores every document against the query and ranks them best first.
+    /// Scores every document against the query with the named model and
+    /// ranks them best first; a long document asked to be chunked is
+    /// scored in windows and gets their aggregate (`chunk_aggregation`).
     pub async fn rerank(&self, input: RerankInput) -> Result<Ranking, ApiError> {
+        let model = self.core.model_index(input.model.as_deref())?;
         if input.top_n == Some(0) {
             return Err(ApiError::InvalidArgument(
                 "top_n: must be at least 1 (leave it out to rank every document)".into(),
             ));
         }
+        let windows = match input.chunking {
+            Some(chunking) => self.window_plan(chunking)?,
+            None => WindowPlan::default(),
+        };
         self.check_query("query", &input.query)?;
         self.check_count("documents", input.documents.len())?;
         for (i, d) in input.documents.iter().enumerate() {
             self.check_text(&format!("documents[{i}]"), d)?;
         }
         let documents = input.documents;
+        let n = documents.len();
         let scored = self
             .core
             .score(PairsInput {
+                model,
                 groups: vec![(input.query, documents.clone())],
                 truncation: input.truncation,
+                windows,
             })
             .await?;
-        let scores = self.client_scores(&scored, input.raw_scores);
+        let rows = self.client_scores(model, &scored, input.raw_scores)?;
+        let pairs = rows.len();
+        let per_document: Vec<(f32, Option<ChunkInfo>)> = match &scored.windows {
+            None => rows.into_iter().map(|s| (s, None)).collect(),
+            Some(origins) => {
+                let settings = &self.core.settings;
+                chunks::aggregate(
+                    &rows,
+                    origins,
+                    n,
+                    settings.chunk_aggregation,
+                    settings.chunk_top_k,
+                )
+                .into_iter()
+                .map(|d: DocumentScore| {
+                    let info = ChunkInfo {
+                        start: d.window.0,
+                        end: d.window.1,
+                        windows: d.windows,
+                    };
+                    (d.score, Some(info))
+                })
+                .collect()
+            }
+        };
+        let scores: Vec<f32> = per_document.iter().map(|d| d.0).collect();
         let ranks = ranking(&scores, input.top_n)
             .into_iter()
             .map(|i| Rank {
                 index: i,
                 score: scores[i],
                 document: input.return_documents.then(|| documents[i].clone()),
+                chunk: per_document[i].1,
             })
             .collect();
         Ok(Ranking {
+            model: self.core.models[model].name.clone(),
             ranks,
+            pairs,
             timing: scored.timing,
             tokens: scored.tokens,
         })
     }
 
-    /// Scores `(query, passage)` pairs, in input order.
+    /// The windows a request's chunking asks for, within the server's limits.
+    fn window_plan(&self, chunking: Chunking) -> Result<WindowPlan, ApiError> {
+        let settings = &self.core.settings;
+        let bounded = |field: &str, asked: Option<usize>, most: usize, key: &str| match asked {
+            None => Ok(most),
+            Some(0) => Err(ApiError::InvalidArgument(format!(
+                "{field}: must be at least 1"
+            ))),
+            Some(n) if n > most => Err(ApiError::InvalidArgument(format!(
+                "{field}: {n} exceeds this server's {key} ({most})"
+            ))),
+            Some(n) => Ok(n),
+        };
+        let max_windows = bounded(
+            "max_chunks_per_doc",
+            chunking.max_chunks,
+            settings.max_chunks_per_doc,
+            "max_chunks_per_doc",
+        )?;
+        let doc_tokens = match chunking.max_tokens {
+            None => 0,
+            asked => bounded(
+                "max_tokens_per_doc",
+                asked,
+                settings.max_tokens_per_doc,
+                "max_tokens_per_doc",
+            )?,
+        };
+        Ok(WindowPlan {
+            max_windows: max_windows as u32,
+            overlap: u32::try_from(settings.chunk_overlap_tokens).unwrap_or(u32::MAX),
+            doc_tokens: doc_tokens as u32,
+        })
+    }
+
+    /// Scores `(query, passage)` pairs with the named model, in input order.
     pub async fn score(
         &self,
+        model: Option<&str>,
         pairs: Vec<(String, String)>,
         truncation: Truncation,
         raw_scores: bool,
     ) -> Result<ScoreList, ApiError> {
-        let input = self.pairs_input(pairs, truncation)?;
+        let model = self.core.model_index(model)?;
+        let input = self.pairs_input(model, pairs, truncation)?;
         let scored = self.core.score(input).await?;
-        Ok(self.score_list(&scored, raw_scores))
+        self.score_list(model, &scored, raw_scores)
     }
 
-    /// Scores one pair of a stream; `id` names it in errors.
+    /// Scores one pair of a stream with the named model; `id` names it in
+    /// errors.
     pub async fn score_one(
         &self,
+        model: Option<&str>,
         id: u64,
         query: String,
         passage: String,
         raw_scores: bool,
     ) -> Result<f32, ApiError> {
+        let model = self.core.model_index(model)?;
         // The same checks as every other path, each pair on its own.
         self.check_query(&format!("pair {id}: query"), &query)?;
         self.check_text(&format!("pair {id}: passage"), &passage)?;
         let input = PairsInput {
+            model,
             groups: vec![(query, vec![passage])],
-            truncation: Truncation::Right,
+            ..PairsInput::default()
         };
         let scored = self.core.score(input).await?;
         Ok(self
-            .client_scores(&scored, raw_scores)
+            .client_scores(model, &scored, raw_scores)?
             .first()
             .copied()
             .unwrap_or(f32::NAN))
     }
 
-    /// Tokenizes pairs exactly as scoring would, without scoring them.
+    /// Tokenizes pairs exactly as scoring with the named model would,
+    /// without scoring them.
     pub async fn tokenize(
         &self,
+        model: Option<&str>,
         pairs: Vec<(String, String)>,
         truncation: Truncation,
     ) -> Result<TokenBatch, ApiError> {
-        let input = self.pairs_input(pairs, truncation)?;
+        let model = self.core.model_index(model)?;
+        let input = self.pairs_input(model, pairs, truncation)?;
         self.core.tokenize(input).await
     }
 
-    /// Scores pre-tokenized pairs `(input_ids, type_ids)`, each checked
-    /// against the model's vocabularies and `max_length` first.
+    /// Scores pre-tokenized pairs `(input_ids, type_ids)` with the named
+    /// model, each checked against its vocabularies and `max_length` first.
     pub async fn score_tokens(
         &self,
+        model: Option<&str>,
         pairs: &[(Vec<u32>, Vec<u32>)],
         raw_scores: bool,
     ) -> Result<ScoreList, ApiError> {
+        let model = self.core.model_index(model)?;
         self.check_count("pairs", pairs.len())?;
         let tokens = pairs.iter().map(|(ids, _)| ids.len()).sum();
         let mut batch = TokenBatch::with_capacity(pairs.len(), tokens);
         for (i, (ids, types)) in pairs.iter().enumerate() {
-            self.check_tokens(&format!("pairs[{i}]"), ids, types)?;
+            self.check_tokens(model, &format!("pairs[{i}]"), ids, types)?;
             batch.push(ids, types);
         }
-        let scored = self.core.score_tokens(batch).await?;
-        Ok(self.score_list(&scored, raw_scores))
+        let scored = self.core.score_tokens(model, batch).await?;
+        self.score_list(model, &scored, raw_scores)
+    }
+
+    /// Every served model, the default first among equals.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let core = &self.core;
+        core.models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ModelInfo {
+                name: m.name.clone(),
+                source: m.source.clone(),
+                default: i == core.default_model,
+                max_length: m.loaded.as_ref().map_or(0, |f| f.max_length),
+                score_activation: m.loaded.as_ref().ok().map(|f| f.activation),
+                replicas: m.slots.clone(),
+                serving: core.replicas().serving_in(&m.slots),
+                error: m.loaded.as_ref().err().cloned(),
+            })
+            .collect()
     }
 
     /// What is served, with which limits, and each replica's state.
@@ -413,6 +576,7 @@ impl Api {
             .map(|r| ReplicaInfo {
                 replica: r.slot,
                 model: r.spec.model,
+                model_name: r.model,
                 dtype: r.spec.dtype.to_string(),
                 device: r.spec.device.to_string(),
                 threads: r.spec.threads,
@@ -422,11 +586,15 @@ impl Api {
                 error: r.error,
             })
             .collect();
+        let default = &core.models[core.default_model];
+        let facts = default.loaded.as_ref().ok();
         Info {
             version: env!("CARGO_PKG_VERSION"),
-            model: core.served.model.clone(),
-            max_length: core.served.max_length,
-            score_activation: core.served.activation,
+            model: default.source.clone(),
+            max_length: facts.map_or(0, |f| f.max_length),
+            score_activation: facts.map_or(ScoreActivation::Identity, |f| f.activation),
+            models: self.models(),
+            max_chunks_per_doc: settings.max_chunks_per_doc,
             max_documents: settings.max_documents,
             max_input_chars: settings.max_input_chars,
             max_batch_tokens: settings.max_batch_tokens,
@@ -437,25 +605,42 @@ impl Api {
         }
     }
 
-    fn client_scores(&self, scored: &Scored, raw: bool) -> Vec<f32> {
-        let activation = self.core.served.activation;
-        scored
-            .first_logits()
-            .map(|l| if raw { l } else { activation.apply(l) })
-            .collect()
+    /// The scores a client sees of each row: the model's activation of its
+    /// relevant label (sigmoid of one logit, softmax of two), or that
+    /// label's logit when `raw`.
+    fn client_scores(
+        &self,
+        model: usize,
+        scored: &Scored,
+        raw: bool,
+    ) -> Result<Vec<f32>, ApiError> {
+        let activation = self.core.facts(model)?.activation;
+        Ok(scored
+            .rows()
+            .map(|row| {
+                if raw {
+                    row.get(ce_model_spec::relevant_label(row.len()))
+                        .copied()
+                        .unwrap_or(f32::NAN)
+                } else {
+                    activation.score(row)
+                }
+            })
+            .collect())
     }
 
-    fn score_list(&self, scored: &Scored, raw: bool) -> ScoreList {
-        ScoreList {
-            scores: self.client_scores(scored, raw),
+    fn score_list(&self, model: usize, scored: &Scored, raw: bool) -> Result<ScoreList, ApiError> {
+        Ok(ScoreList {
+            scores: self.client_scores(model, scored, raw)?,
             timing: scored.timing,
             tokens: scored.tokens,
-        }
+        })
     }
 
     /// Checks `pairs` and groups consecutive pairs that share a query.
     fn pairs_input(
         &self,
+        model: usize,
         pairs: Vec<(String, String)>,
         truncation: Truncation,
     ) -> Result<PairsInput, ApiError> {
@@ -469,7 +654,12 @@ impl Api {
                 _ => groups.push((query, vec![passage])),
             }
         }
-        Ok(PairsInput { groups, truncation })
+        Ok(PairsInput {
+            model,
+            groups,
+            truncation,
+            windows: WindowPlan::default(),
+        })
     }
 
     fn check_query(&self, field: &str, query: &str) -> Result<(), ApiError> {
@@ -514,7 +704,13 @@ impl Api {
     /// ids and segments parallel, not empty, within `max_length`, and every
     /// id within the model's vocabularies. A batch that passes cannot make
     /// a model worker fail.
-    fn check_tokens(&self, field: &str, ids: &[u32], types: &[u32]) -> Result<(), ApiError> {
+    fn check_tokens(
+        &self,
+        model: usize,
+        field: &str,
+        ids: &[u32],
+        types: &[u32],
+    ) -> Result<(), ApiError> {
         let bad = |m: String| Err(ApiError::InvalidArgument(format!("{field}.{m}")));
         if ids.is_empty() {
             return bad("input_ids: must not be empty".into());
@@ -526,7 +722,7 @@ impl Api {
                 ids.len()
             ));
         }
-        let served = &self.core.served;
+        let served = self.core.facts(model)?;
         if ids.len() > served.max_length {
             return bad(format!(
                 "input_ids: {} tokens exceed max_length ({})",

@@ -9,6 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use ce_model_spec::{AttentionLayout, DeviceSpec, ReplicaSpec, WeightDType};
+
+pub use crate::chunks::Aggregation;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,10 @@ pub enum ConfigError {
 pub struct Instance {
     /// Model directory or hub id (default: `model`).
     pub model: Option<String>,
+    /// The name requests route to with `model` (default: the model as
+    /// given, or `served_model_name` for the default model). Instances of
+    /// one name serve one model, side by side.
+    pub name: Option<String>,
     /// Weight precision (default: `dtype`).
     pub dtype: Option<WeightDType>,
     /// Device (default: the next of `devices`).
@@ -123,9 +129,13 @@ macro_rules! settings {
 
 settings! {
     flags {
-        /// Model directory or hub id.
+        /// Model directory or hub id: the default model.
         [long, env = "CE_MODEL"]
         model: String => String = "models/minilm-l6-ce".into(),
+        /// The name clients give as `model` for the default model (default:
+        /// `model` as given); a request without `model` gets it.
+        [long, env = "CE_SERVED_MODEL_NAME"]
+        served_model_name: Option<String> => String = None,
         /// Model replicas (one process each).
         [long, env = "CE_REPLICAS"]
         replicas: usize => usize = 1,
@@ -177,6 +187,24 @@ settings! {
         /// Characters per query or document at most.
         [long, env = "CE_MAX_INPUT_CHARS"]
         max_input_chars: usize => usize = 50_000,
+        /// Windows a long document is split into at most: the default of
+        /// Cohere's `max_chunks_per_doc`, and the most a request may ask.
+        [long, env = "CE_MAX_CHUNKS_PER_DOC"]
+        max_chunks_per_doc: usize => usize = 10,
+        /// Tokens each window of a long document shares with the one before.
+        [long, env = "CE_CHUNK_OVERLAP_TOKENS"]
+        chunk_overlap_tokens: usize => usize = 64,
+        /// How a document's window scores become its score: `max`, `first`
+        /// or `mean_top_k` (the mean of the best `chunk_top_k`).
+        [long, env = "CE_CHUNK_AGGREGATION"]
+        chunk_aggregation: Aggregation => Aggregation = Aggregation::Max,
+        /// Windows `mean_top_k` averages.
+        [long, env = "CE_CHUNK_TOP_K"]
+        chunk_top_k: usize => usize = 3,
+        /// Tokens of a document considered at most before it is split: the
+        /// default of Cohere v2's `max_tokens_per_doc`, and its ceiling.
+        [long, env = "CE_MAX_TOKENS_PER_DOC"]
+        max_tokens_per_doc: usize => usize = 4096,
         /// Pairs admitted and not yet scored at most; beyond it requests are
         /// refused (RESOURCE_EXHAUSTED / 429).
         [long, env = "CE_MAX_QUEUE_PAIRS"]
@@ -357,6 +385,9 @@ impl Settings {
             ("tokenize_chunk", self.tokenize_chunk),
             ("max_documents", self.max_documents),
             ("max_input_chars", self.max_input_chars),
+            ("max_chunks_per_doc", self.max_chunks_per_doc),
+            ("chunk_top_k", self.chunk_top_k),
+            ("max_tokens_per_doc", self.max_tokens_per_doc),
             ("max_queue_pairs", self.max_queue_pairs),
             ("max_queue_tokens", self.max_queue_tokens),
             ("max_request_bytes", self.max_request_bytes),
@@ -437,6 +468,35 @@ impl Settings {
                 }
             })
             .collect()
+    }
+
+    /// The name each replica serves under (see [`Instance::name`]), by slot.
+    pub fn replica_names(&self) -> Vec<String> {
+        let default_name = self
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| self.model.clone());
+        self.replica_plans(1)
+            .iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let named = self.instances.get(i).and_then(|inst| inst.name.clone());
+                named.unwrap_or_else(|| {
+                    if plan.model == self.model {
+                        default_name.clone()
+                    } else {
+                        plan.model.clone()
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The name requests without `model` get.
+    pub fn default_model_name(&self) -> String {
+        self.served_model_name
+            .clone()
+            .unwrap_or_else(|| self.model.clone())
     }
 
     /// The settings key a replica's fields come from, for error messages.

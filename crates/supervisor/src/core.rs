@@ -1,32 +1,41 @@
-//! [`Core`]: the serving pipeline under the API layer. Admits a request,
-//! tokenizes it in chunks, queues the pairs and awaits the scores; knows
+//! [`Core`]: the serving pipeline under the API layer. Routes a request to
+//! its model, admits it, tokenizes it in jobs (a long document in windows),
+//! queues the pairs on its model's scheduler and awaits the scores; knows
 //! the worker pools for readiness, `/info` and `/metrics`.
 
 use std::sync::Arc;
 
 use ce_common::TokenBatch;
 use ce_common::control::MetricsSnapshot;
-use ce_common::frame::{self, QueryIds, QueryJob, TextJob};
-use ce_model_spec::{ReplicaSpec, ScoreActivation};
+use ce_common::frame::{self, QueryJob, TextJob, WindowPlan};
+use ce_model_spec::{ModelConfig, ReplicaSpec, ScoreActivation};
 use futures_util::future::try_join_all;
 use tokenizer_worker::Truncation;
 use tokio::sync::watch;
 
 use crate::api::ApiError;
+use crate::chunks::RowOrigin;
 use crate::config::Settings;
-use crate::metrics::{Metrics, ProcessFigures};
+use crate::metrics::{Metrics, NamedReplica, ProcessFigures};
 use crate::request::{Admission, Answer, PendingRequest, Scored};
 use crate::scheduler::{Scheduler, Work};
 use crate::tokenize::Tokenizers;
-use crate::workers::{Client, ReplicaClient, TokenizerClient, WorkerFigures, WorkerPool};
+use crate::workers::{
+    Client, ReplicaClient, Tokenized, TokenizerClient, WorkerFigures, WorkerPool,
+};
 
 /// Pairs to score: consecutive groups sharing a query, in input order.
 #[derive(Debug, Clone, Default)]
 pub struct PairsInput {
+    /// The served model's index ([`Core::model_index`]).
+    pub model: usize,
     /// `(query, passages)` groups.
     pub groups: Vec<(String, Vec<String>)>,
     /// How over-long pairs are handled.
     pub truncation: Truncation,
+    /// Whether long passages are scored in windows instead (then the
+    /// truncation does not apply), and how.
+    pub windows: WindowPlan,
 }
 
 impl PairsInput {
@@ -41,16 +50,30 @@ impl PairsInput {
     }
 }
 
-/// How large one tokenize job may be: at most `passages` passages (its
-/// reply must fit the worker's ring) and `bytes` payload bytes (the job
-/// must fit the ring to the worker). Sized at start-up so that a job of
-/// one passage of `max_input_chars` always fits.
+/// How large one tokenize job may be: at most `passages` passages, or
+/// `rows` windows for a windowed job (its reply must fit the worker's
+/// ring), and `bytes` payload bytes (the job must fit the ring to the
+/// worker). Sized at start-up so that a job of one passage of
+/// `max_input_chars` always fits, in `max_chunks_per_doc` windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobBudget {
     /// Passages per job at most.
     pub passages: usize,
+    /// Pairs (windows) a job's answer may hold at most.
+    pub rows: usize,
     /// Payload bytes per job at most.
     pub bytes: usize,
+}
+
+impl JobBudget {
+    /// The passages a job may hold under `plan`: as many as their windows
+    /// (`max_windows` each at most) fit `rows`, one at least.
+    pub fn passages_under(&self, plan: WindowPlan) -> usize {
+        match plan.max_windows as usize {
+            0 => self.passages,
+            windows => (self.rows / windows).clamp(1, self.passages),
+        }
+    }
 }
 
 /// One replica as `Info` and `/info` report it.
@@ -58,6 +81,8 @@ pub struct JobBudget {
 pub struct ReplicaStatus {
     /// Its slot.
     pub slot: usize,
+    /// The name of the model it serves.
+    pub model: String,
     /// Model, dtype, device, attention, threads.
     pub spec: ReplicaSpec,
     /// Whether it serves now.
@@ -68,12 +93,24 @@ pub struct ReplicaStatus {
     pub error: Option<String>,
 }
 
-/// What is being served, for `Info` and `/info`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One served model: its name, where it comes from, its replicas and,
+/// once loaded, what it takes.
+#[derive(Debug, Clone)]
 pub struct ServedModel {
-    /// Where the model came from.
-    pub model: String,
-    /// Longest pair in tokens.
+    /// The name requests route to (`model`).
+    pub name: String,
+    /// Model directory or hub id, as the settings give it.
+    pub source: String,
+    /// The replica slots that serve it.
+    pub slots: Vec<usize>,
+    /// Its facts, or why it could not be loaded.
+    pub loaded: Result<ModelFacts, String>,
+}
+
+/// What a loaded model takes and gives.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ModelFacts {
+    /// Longest pair in tokens (`max_length` capped by the model).
     pub max_length: usize,
     /// Activation applied unless raw scores are asked for.
     pub activation: ScoreActivation,
@@ -81,6 +118,21 @@ pub struct ServedModel {
     pub vocab_size: usize,
     /// Segment ids the model knows.
     pub type_vocab_size: usize,
+    /// Logits per pair.
+    pub labels: usize,
+}
+
+impl ModelFacts {
+    /// The facts of a model with `config` under `settings`.
+    pub fn of(settings: &Settings, config: &ModelConfig) -> Self {
+        Self {
+            max_length: settings.max_length.min(config.max_position_embeddings),
+            activation: config.score_activation,
+            vocab_size: config.vocab_size,
+            type_vocab_size: config.type_vocab_size,
+            labels: config.declared_labels.unwrap_or(1),
+        }
+    }
 }
 
 /// The serving core shared by the gRPC and HTTP front ends.
@@ -88,8 +140,12 @@ pub struct ServedModel {
 pub struct Core {
     /// The settings in effect.
     pub settings: Settings,
-    /// The model.
-    pub served: ServedModel,
+    /// The served models; [`PairsInput::model`] indexes them.
+    pub models: Vec<ServedModel>,
+    /// The model requests without `model` get.
+    pub default_model: usize,
+    /// When the server started, in seconds since the epoch.
+    pub started_s: u64,
     /// The replicas' specs, by slot.
     pub plans: Vec<ReplicaSpec>,
     /// Metrics.
@@ -97,7 +153,8 @@ pub struct Core {
     tokenizers: Tokenizers,
     tokenizer_pool: WorkerPool<TokenizerClient>,
     replicas: WorkerPool<ReplicaClient>,
-    scheduler: Scheduler,
+    /// One per model: batches never mix models.
+    schedulers: Vec<Scheduler>,
     admission: Arc<Admission>,
     job_budget: JobBudget,
     ready: watch::Receiver<bool>,
@@ -108,8 +165,10 @@ pub struct Core {
 pub struct CoreParts {
     /// Settings.
     pub settings: Settings,
-    /// The model.
-    pub served: ServedModel,
+    /// The served models.
+    pub models: Vec<ServedModel>,
+    /// The default model's index.
+    pub default_model: usize,
     /// Replica specs.
     pub plans: Vec<ReplicaSpec>,
     /// Metrics.
@@ -120,8 +179,8 @@ pub struct CoreParts {
     pub tokenizer_pool: WorkerPool<TokenizerClient>,
     /// The replicas.
     pub replicas: WorkerPool<ReplicaClient>,
-    /// The scheduler.
-    pub scheduler: Scheduler,
+    /// One scheduler per model, in the models' order.
+    pub schedulers: Vec<Scheduler>,
     /// How large a tokenize job may be.
     pub job_budget: JobBudget,
     /// Readiness.
@@ -133,13 +192,17 @@ impl Core {
     pub fn new(parts: CoreParts) -> Self {
         Self {
             settings: parts.settings,
-            served: parts.served,
+            models: parts.models,
+            default_model: parts.default_model,
+            started_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             plans: parts.plans,
             metrics: parts.metrics,
             tokenizers: parts.tokenizers,
             tokenizer_pool: parts.tokenizer_pool,
             replicas: parts.replicas,
-            scheduler: parts.scheduler,
+            schedulers: parts.schedulers,
             admission: Arc::new(Admission::default()),
             job_budget: parts.job_budget,
             ready: parts.ready,
@@ -151,28 +214,68 @@ impl Core {
         *self.ready.borrow()
     }
 
-    fn check_serving(&self) -> Result<(), ApiError> {
+    /// The index of the model named `name` (`None` or empty: the default);
+    /// an unknown name is NOT_FOUND, listing the names served.
+    pub fn model_index(&self, name: Option<&str>) -> Result<usize, ApiError> {
+        let name = match name.map(str::trim) {
+            None | Some("") => return Ok(self.default_model),
+            Some(name) => name,
+        };
+        self.models
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| {
+                let served: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+                ApiError::NotFound(format!(
+                    "model {name:?} is not served here; served: {}",
+                    served.join(", ")
+                ))
+            })
+    }
+
+    /// The facts of model `model`, or UNAVAILABLE with why it did not load.
+    pub fn facts(&self, model: usize) -> Result<&ModelFacts, ApiError> {
+        match self.models.get(model).map(|m| &m.loaded) {
+            Some(Ok(facts)) => Ok(facts),
+            Some(Err(why)) => Err(ApiError::Unavailable(why.clone())),
+            None => Err(ApiError::Internal(format!("no model {model}"))),
+        }
+    }
+
+    fn check_serving(&self, model: usize) -> Result<(), ApiError> {
         if !self.is_ready() {
             return Err(ApiError::Unavailable("the model is still loading".into()));
         }
-        if self.replicas.serving() == 0 {
-            return Err(ApiError::Unavailable(
-                "no model replica is serving (restarting)".into(),
-            ));
+        self.facts(model)?;
+        let served = &self.models[model];
+        if self.replicas.serving_in(&served.slots) == 0 {
+            return Err(ApiError::Unavailable(format!(
+                "no replica of model {:?} is serving (restarting)",
+                served.name
+            )));
         }
         Ok(())
     }
 
+    fn scheduler(&self, model: usize) -> Result<&Scheduler, ApiError> {
+        self.schedulers
+            .get(model)
+            .ok_or_else(|| ApiError::Internal(format!("no scheduler for model {model}")))
+    }
+
     /// Tokenizes every pair: each group's query once, then its passages in
-    /// jobs against the query's ids; batches in input order with the index
-    /// of their first pair.
-    async fn tokenize_pairs(
-        &self,
-        input: PairsInput,
-    ) -> Result<Vec<(usize, TokenBatch)>, ApiError> {
-        let truncation = input.truncation;
+    /// jobs against the query's ids; answers in input order with the index
+    /// of their first passage.
+    async fn tokenize_pairs(&self, input: PairsInput) -> Result<Vec<(usize, Tokenized)>, ApiError> {
+        // Windows never truncate a passage, and keep the start of a long query.
+        let truncation = match input.windows.is_on() {
+            true => Truncation::Right,
+            false => input.truncation,
+        };
+        let model = input.model as u32;
         let queries = try_join_all(input.groups.iter().map(|(query, _)| {
             self.tokenizers.query(QueryJob {
+                model,
                 query: query.clone(),
                 truncation: truncation.code(),
             })
@@ -180,16 +283,20 @@ impl Core {
         .await?;
         let mut jobs = Vec::new();
         let mut first = 0;
+        let budget = JobBudget {
+            passages: self.job_budget.passages_under(input.windows),
+            ..self.job_budget
+        };
         for ((_, passages), query) in input.groups.into_iter().zip(&queries) {
             let n = passages.len();
-            cut_jobs(
-                first,
-                query,
-                passages,
-                truncation,
-                self.job_budget,
-                &mut jobs,
-            );
+            let job = TextJob {
+                query: query.clone(),
+                truncation: truncation.code(),
+                model,
+                windows: input.windows,
+                ..TextJob::default()
+            };
+            cut_jobs(first, job, passages, budget, &mut jobs);
             first += n;
         }
         try_join_all(jobs.into_iter().map(|(first, job)| async move {
@@ -198,33 +305,52 @@ impl Core {
         .await
     }
 
-    /// Scores the pairs; logits come back in input order. Admitted twice:
-    /// by pairs on arrival (`max_queue_pairs`), and by the tokens of model
-    /// work once tokenized (`max_queue_tokens`), before any pair is queued.
+    /// Scores the pairs; logits come back in input order, one row per
+    /// pair — or per window, with where each row came from, when the input
+    /// asks for windows. Admitted twice: by pairs on arrival
+    /// (`max_queue_pairs`; the windows beyond one a document count too,
+    /// once known), and by the tokens of model work once tokenized
+    /// (`max_queue_tokens`), before any pair is queued.
     pub async fn score(&self, input: PairsInput) -> Result<Scored, ApiError> {
-        self.check_serving()?;
+        let model = input.model;
+        self.check_serving(model)?;
+        let scheduler = self.scheduler(model)?;
         let n = input.len();
         let (request, answer) =
             PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
         let queued = async {
-            let batches = self.tokenize_pairs(input).await?;
-            let tokens = batches.iter().map(|(_, b)| b.total_tokens()).sum::<usize>();
+            let parts = self.tokenize_pairs(input).await?;
+            let origins = row_origins(&parts);
+            let rows = parts.iter().map(|(_, t)| t.batch.len()).sum::<usize>();
+            request.grow(rows, self.settings.max_queue_pairs)?;
+            let tokens = parts
+                .iter()
+                .map(|(_, t)| t.batch.total_tokens())
+                .sum::<usize>();
             request.admit_tokens(tokens, self.settings.max_queue_tokens)?;
             request.tokenized(tokens as u64);
-            for (first_index, batch) in batches {
-                self.scheduler.submit(Work {
+            let mut first_row = 0;
+            for (_, part) in parts {
+                let len = part.batch.len();
+                scheduler.submit(Work {
                     request: request.clone(),
-                    first_index,
-                    batch,
+                    first_index: first_row,
+                    batch: part.batch,
                 })?;
+                first_row += len;
             }
-            Ok::<_, ApiError>(())
+            Ok::<_, ApiError>(origins)
         };
-        if let Err(e) = queued.await {
-            request.fail(e.clone());
-            return Err(e);
-        }
-        answered(request, answer).await
+        let origins = match queued.await {
+            Ok(origins) => origins,
+            Err(e) => {
+                request.fail(e.clone());
+                return Err(e);
+            }
+        };
+        let mut scored = answered(request, answer).await?;
+        scored.windows = origins;
+        Ok(scored)
     }
 
     /// Tokenizes the pairs exactly as [`Core::score`] would (same workers,
@@ -234,25 +360,27 @@ impl Core {
         let n = input.len();
         let (_admitted, _answer) =
             PendingRequest::admit(n, &self.admission, self.settings.max_queue_pairs)?;
+        self.facts(input.model)?;
         let parts = self.tokenize_pairs(input).await?;
-        let tokens = parts.iter().map(|(_, b)| b.total_tokens()).sum();
+        let tokens = parts.iter().map(|(_, t)| t.batch.total_tokens()).sum();
         let mut batch = TokenBatch::with_capacity(n, tokens);
         for (_, part) in &parts {
-            batch.extend_from(part);
+            batch.extend_from(&part.batch);
         }
         Ok(batch)
     }
 
     /// Scores pairs that arrive as token ids, skipping the tokenizer stage;
     /// every pair must have passed the API's token checks.
-    pub async fn score_tokens(&self, batch: TokenBatch) -> Result<Scored, ApiError> {
-        self.check_serving()?;
+    pub async fn score_tokens(&self, model: usize, batch: TokenBatch) -> Result<Scored, ApiError> {
+        self.check_serving(model)?;
+        let scheduler = self.scheduler(model)?;
         let (request, answer) =
             PendingRequest::admit(batch.len(), &self.admission, self.settings.max_queue_pairs)?;
         let tokens = batch.total_tokens();
         request.admit_tokens(tokens, self.settings.max_queue_tokens)?;
         request.tokenized(tokens as u64);
-        if let Err(e) = self.scheduler.submit(Work {
+        if let Err(e) = scheduler.submit(Work {
             request: request.clone(),
             first_index: 0,
             batch,
@@ -274,6 +402,7 @@ impl Core {
                 let process = replicas.get(slot).map(Client::process);
                 ReplicaStatus {
                     slot,
+                    model: self.model_of_slot(slot).to_string(),
                     spec: spec.clone(),
                     serving: process.is_some_and(|p| p.is_alive()),
                     metrics: process.map(|p| p.metrics()).unwrap_or_default(),
@@ -281,6 +410,22 @@ impl Core {
                 }
             })
             .collect()
+    }
+
+    /// The name of the model replica `slot` serves.
+    pub fn model_of_slot(&self, slot: usize) -> &str {
+        self.models
+            .iter()
+            .find(|m| m.slots.contains(&slot))
+            .map_or("", |m| m.name.as_str())
+    }
+
+    /// Pairs scored so far, over every model.
+    pub fn pairs_scored(&self) -> u64 {
+        self.models
+            .iter()
+            .map(|m| self.metrics.model_pairs(&m.name).get())
+            .sum()
     }
 
     /// True when at least one replica and (unless tokenizing in process)
@@ -294,9 +439,13 @@ impl Core {
     /// Every worker slot's figures (replicas with their spec) and the
     /// supervisor's own, for `/metrics`; also refreshes the pool gauges.
     pub fn process_figures(&self) -> ProcessFigures {
-        let mut workers: Vec<(WorkerFigures, Option<ReplicaSpec>)> = Vec::new();
+        let mut workers: Vec<(WorkerFigures, Option<NamedReplica>)> = Vec::new();
         for (slot, replica) in self.replicas.members().iter().enumerate() {
-            workers.push((replica.process().figures(), self.plans.get(slot).cloned()));
+            let named = self.plans.get(slot).map(|spec| NamedReplica {
+                name: self.model_of_slot(slot).to_string(),
+                spec: spec.clone(),
+            });
+            workers.push((replica.process().figures(), named));
         }
         for tokenizer in self.tokenizer_pool.members().iter() {
             workers.push((tokenizer.process().figures(), None));
@@ -334,53 +483,94 @@ async fn answered(request: Arc<PendingRequest>, answer: Answer) -> Result<Scored
         .map_err(|_| ApiError::Internal("the request was dropped unanswered".into()))?
 }
 
-/// The tokenize jobs of one group: its passages against the query's ids,
-/// cut so that no job passes `budget` (in passages or bytes; a job holds
-/// at least one passage), each with the index of its first pair.
+/// Where each row of a windowed request's answer came from (`None` when
+/// no job was windowed: one row per passage, in order).
+fn row_origins(parts: &[(usize, Tokenized)]) -> Option<Vec<RowOrigin>> {
+    if parts.iter().all(|(_, t)| t.windows.is_none()) {
+        return None;
+    }
+    let mut origins = Vec::new();
+    for (first, part) in parts {
+        match &part.windows {
+            Some(windows) => origins.extend(windows.iter().map(|w| RowOrigin {
+                document: first + w.passage as usize,
+                start: w.start,
+                end: w.end,
+            })),
+            None => origins.extend((0..part.batch.len()).map(|i| RowOrigin {
+                document: first + i,
+                start: 0,
+                end: 0,
+            })),
+        }
+    }
+    Some(origins)
+}
+
+/// The tokenize jobs of one group: its passages in copies of `job` (the
+/// query's ids, model, truncation, windows), cut so that no job passes
+/// `budget` (in passages or bytes; a job holds at least one passage), each
+/// with the index of its first pair.
 fn cut_jobs(
     first: usize,
-    query: &QueryIds,
+    job: TextJob,
     passages: Vec<String>,
-    truncation: Truncation,
     budget: JobBudget,
     jobs: &mut Vec<(usize, TextJob)>,
 ) {
-    let base = frame::text_job_base_len(query.ids.len());
+    let base = frame::text_job_base_len(job.query.ids.len());
     let mut next = first;
-    let mut job: Vec<String> = Vec::new();
+    let mut batch: Vec<String> = Vec::new();
     let mut bytes = base;
-    let mut flush = |job: &mut Vec<String>, next: &mut usize| {
-        if job.is_empty() {
+    let mut flush = |batch: &mut Vec<String>, next: &mut usize| {
+        if batch.is_empty() {
             return;
         }
-        let passages = std::mem::take(job);
+        let passages = std::mem::take(batch);
         let n = passages.len();
         jobs.push((
             *next,
             TextJob {
-                query: query.clone(),
                 passages,
-                truncation: truncation.code(),
                 first_index: *next as u32,
+                ..job.clone()
             },
         ));
         *next += n;
     };
     for passage in passages {
         let len = frame::text_job_passage_len(passage.len());
-        if !job.is_empty() && (job.len() == budget.passages || bytes + len > budget.bytes) {
-            flush(&mut job, &mut next);
+        if !batch.is_empty() && (batch.len() == budget.passages || bytes + len > budget.bytes) {
+            flush(&mut batch, &mut next);
             bytes = base;
         }
         bytes += len;
-        job.push(passage);
+        batch.push(passage);
     }
-    flush(&mut job, &mut next);
+    flush(&mut batch, &mut next);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use ce_common::frame::QueryIds;
+
+    #[test]
+    fn windowed_jobs_hold_as_many_passages_as_their_windows_fit() {
+        let budget = JobBudget {
+            passages: 32,
+            rows: 32,
+            bytes: 1 << 20,
+        };
+        let plan = |max_windows| WindowPlan {
+            max_windows,
+            ..WindowPlan::default()
+        };
+        assert_eq!(budget.passages_under(plan(0)), 32, "no windows");
+        assert_eq!(budget.passages_under(plan(10)), 3);
+        assert_eq!(budget.passages_under(plan(64)), 1, "one at least");
+    }
 
     #[test]
     fn jobs_are_cut_by_passages_and_by_bytes_in_order() {
@@ -390,6 +580,7 @@ mod tests {
         };
         let budget = JobBudget {
             passages: 4,
+            rows: 4,
             bytes: 1000,
         };
         let passages: Vec<String> = [10, 10, 10, 10, 10, 600, 600, 5000, 1]
@@ -398,14 +589,11 @@ mod tests {
             .map(|(i, &n)| format!("{i}{}", "x".repeat(n)))
             .collect();
         let mut jobs = Vec::new();
-        cut_jobs(
-            7,
-            &query,
-            passages.clone(),
-            Truncation::Right,
-            budget,
-            &mut jobs,
-        );
+        let job = TextJob {
+            query,
+            ..TextJob::default()
+        };
+        cut_jobs(7, job, passages.clone(), budget, &mut jobs);
         let shape: Vec<(usize, usize)> = jobs.iter().map(|(f, j)| (*f, j.passages.len())).collect();
         // Four by count; then 10 + 600 fit, a second 600 does not; the
         // 5000-byte passage goes alone (over the budget by itself); then 1.

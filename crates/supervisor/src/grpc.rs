@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use ce_proto::v1::cross_encoder_server::CrossEncoder;
 use ce_proto::v1::{
-    InfoRequest, InfoResponse, Rank, ReplicaInfo, RerankRequest, RerankResponse, ScoreRequest,
-    ScoreResponse, ScoreTokensRequest, StreamPair, StreamScore, Timing, TokenizeRequest,
-    TokenizeResponse, TokenizedPair, TruncationDirection,
+    InfoRequest, InfoResponse, ModelInfo, Rank, ReplicaInfo, RerankRequest, RerankResponse,
+    ScoreRequest, ScoreResponse, ScoreTokensRequest, StreamPair, StreamScore, Timing,
+    TokenizeRequest, TokenizeResponse, TokenizedPair, TruncationDirection,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokenizer_worker::Truncation;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{self, Api, ApiError, RerankInput, ScoreList, Side};
+use crate::api::{self, Api, ApiError, Chunking, RerankInput, ScoreList, Side};
 use crate::request;
 
 /// The `CrossEncoder` service.
@@ -31,20 +31,24 @@ impl CrossEncoderService {
         Self { api }
     }
 
-    /// Runs one unary call within the client's deadline, recorded under `method`.
+    /// Runs one unary call within the client's deadline, recorded under
+    /// `method` and the model the request names (`model_of`).
     async fn unary<Req, Resp, Work>(
         &self,
         method: &str,
         request: Request<Req>,
+        model_of: impl Fn(&Req) -> &str,
         work: impl FnOnce(Api, Req) -> Work,
     ) -> Result<Response<Resp>, Status>
     where
         Work: Future<Output = Result<Resp, ApiError>>,
     {
         let deadline = client_deadline(request.metadata());
-        let call = work(self.api.clone(), request.into_inner());
+        let request = request.into_inner();
+        let model = model_of(&request).to_string();
+        let call = work(self.api.clone(), request);
         self.api
-            .recorded(method, deadline, call)
+            .recorded(method, Some(&model), deadline, call)
             .await
             .map(Response::new)
             .map_err(|e| e.to_status())
@@ -67,6 +71,11 @@ pub fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Durati
     })
 }
 
+/// How `Info` spells an activation (`sigmoid`, `softmax`, `identity`).
+fn activation_name(activation: ce_model_spec::ScoreActivation) -> String {
+    format!("{activation:?}").to_lowercase()
+}
+
 /// The truncation a request asked for.
 pub fn truncation(truncate: Option<bool>, direction: i32) -> Result<Truncation, ApiError> {
     let side = match TruncationDirection::try_from(direction) {
@@ -79,6 +88,11 @@ pub fn truncation(truncate: Option<bool>, direction: i32) -> Result<Truncation, 
         }
     };
     Ok(api::truncation(truncate, side))
+}
+
+/// A request's `model`: empty is the default.
+fn model_name(model: &str) -> Option<&str> {
+    Some(model).filter(|m| !m.is_empty())
 }
 
 fn pairs_of(pairs: Vec<ce_proto::v1::Pair>) -> Vec<(String, String)> {
@@ -110,30 +124,46 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<RerankRequest>,
     ) -> Result<Response<RerankResponse>, Status> {
-        self.unary("rerank", request, |api, r| async move {
-            let input = RerankInput {
-                truncation: truncation(r.truncate, r.truncation_direction)?,
-                query: r.query,
-                documents: r.documents,
-                raw_scores: r.raw_scores,
-                return_documents: r.return_documents,
-                top_n: r.top_n.map(|n| n as usize),
-            };
-            let ranking = api.rerank(input).await?;
-            Ok(RerankResponse {
-                ranks: ranking
-                    .ranks
-                    .into_iter()
-                    .map(|r| Rank {
-                        index: r.index as u32,
-                        score: r.score,
-                        document: r.document,
-                    })
-                    .collect(),
-                timing: Some(timing(ranking.timing)),
-                tokens: ranking.tokens as u32,
-            })
-        })
+        self.unary(
+            "rerank",
+            request,
+            |r| &r.model,
+            |api, r| async move {
+                let chunked = r.chunk_long_documents
+                    || r.max_chunks_per_doc.is_some()
+                    || r.max_tokens_per_doc.is_some();
+                let input = RerankInput {
+                    model: model_name(&r.model).map(String::from),
+                    truncation: truncation(r.truncate, r.truncation_direction)?,
+                    query: r.query,
+                    documents: r.documents,
+                    raw_scores: r.raw_scores,
+                    return_documents: r.return_documents,
+                    top_n: r.top_n.map(|n| n as usize),
+                    chunking: chunked.then_some(Chunking {
+                        max_chunks: r.max_chunks_per_doc.map(|n| n as usize),
+                        max_tokens: r.max_tokens_per_doc.map(|n| n as usize),
+                    }),
+                };
+                let ranking = api.rerank(input).await?;
+                Ok(RerankResponse {
+                    ranks: ranking
+                        .ranks
+                        .into_iter()
+                        .map(|r| Rank {
+                            index: r.index as u32,
+                            score: r.score,
+                            document: r.document,
+                            chunk_start: r.chunk.map(|c| c.start),
+                            chunk_end: r.chunk.map(|c| c.end),
+                            chunks: r.chunk.map_or(0, |c| c.windows as u32),
+                        })
+                        .collect(),
+                    timing: Some(timing(ranking.timing)),
+                    tokens: ranking.tokens as u32,
+                })
+            },
+        )
         .await
     }
 
@@ -141,13 +171,23 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<ScoreRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
-        self.unary("score", request, |api, r| async move {
-            let truncation = truncation(r.truncate, r.truncation_direction)?;
-            let list = api
-                .score(pairs_of(r.pairs), truncation, r.raw_scores)
-                .await?;
-            Ok(score_response(list))
-        })
+        self.unary(
+            "score",
+            request,
+            |r| &r.model,
+            |api, r| async move {
+                let truncation = truncation(r.truncate, r.truncation_direction)?;
+                let list = api
+                    .score(
+                        model_name(&r.model),
+                        pairs_of(r.pairs),
+                        truncation,
+                        r.raw_scores,
+                    )
+                    .await?;
+                Ok(score_response(list))
+            },
+        )
         .await
     }
 
@@ -155,31 +195,38 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<TokenizeRequest>,
     ) -> Result<Response<TokenizeResponse>, Status> {
-        self.unary("tokenize", request, |api, r| async move {
-            let started = Instant::now();
-            let truncation = truncation(r.truncate, r.truncation_direction)?;
-            let batch = api.tokenize(pairs_of(r.pairs), truncation).await?;
-            let elapsed = started.elapsed().as_micros() as u64;
-            Ok(TokenizeResponse {
-                lengths: (0..batch.len()).map(|i| batch.seq_len(i) as u32).collect(),
-                pairs: if r.return_tokens {
-                    (0..batch.len())
-                        .map(|i| TokenizedPair {
-                            input_ids: batch.ids(i).to_vec(),
-                            type_ids: batch.types(i).to_vec(),
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-                timing: Some(Timing {
-                    tokenize_us: elapsed,
-                    total_us: elapsed,
-                    ..Default::default()
-                }),
-                tokens: batch.total_tokens() as u32,
-            })
-        })
+        self.unary(
+            "tokenize",
+            request,
+            |r| &r.model,
+            |api, r| async move {
+                let started = Instant::now();
+                let truncation = truncation(r.truncate, r.truncation_direction)?;
+                let batch = api
+                    .tokenize(model_name(&r.model), pairs_of(r.pairs), truncation)
+                    .await?;
+                let elapsed = started.elapsed().as_micros() as u64;
+                Ok(TokenizeResponse {
+                    lengths: (0..batch.len()).map(|i| batch.seq_len(i) as u32).collect(),
+                    pairs: if r.return_tokens {
+                        (0..batch.len())
+                            .map(|i| TokenizedPair {
+                                input_ids: batch.ids(i).to_vec(),
+                                type_ids: batch.types(i).to_vec(),
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
+                    timing: Some(Timing {
+                        tokenize_us: elapsed,
+                        total_us: elapsed,
+                        ..Default::default()
+                    }),
+                    tokens: batch.total_tokens() as u32,
+                })
+            },
+        )
         .await
     }
 
@@ -187,16 +234,22 @@ impl CrossEncoder for CrossEncoderService {
         &self,
         request: Request<ScoreTokensRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
-        self.unary("score_tokens", request, |api, r| async move {
-            let pairs: Vec<(Vec<u32>, Vec<u32>)> = r
-                .pairs
-                .into_iter()
-                .map(|p| (p.input_ids, p.type_ids))
-                .collect();
-            Ok(score_response(
-                api.score_tokens(&pairs, r.raw_scores).await?,
-            ))
-        })
+        self.unary(
+            "score_tokens",
+            request,
+            |r| &r.model,
+            |api, r| async move {
+                let pairs: Vec<(Vec<u32>, Vec<u32>)> = r
+                    .pairs
+                    .into_iter()
+                    .map(|p| (p.input_ids, p.type_ids))
+                    .collect();
+                Ok(score_response(
+                    api.score_tokens(model_name(&r.model), &pairs, r.raw_scores)
+                        .await?,
+                ))
+            },
+        )
         .await
     }
 
@@ -234,9 +287,25 @@ impl CrossEncoder for CrossEncoderService {
                     dtype: r.dtype,
                     device: r.device,
                     serving: r.serving,
+                    model_name: r.model_name,
                 })
                 .collect(),
-            score_activation: format!("{:?}", info.score_activation).to_lowercase(),
+            score_activation: activation_name(info.score_activation),
+            models: info
+                .models
+                .into_iter()
+                .map(|m| ModelInfo {
+                    name: m.name,
+                    source: m.source,
+                    is_default: m.default,
+                    max_length: m.max_length as u32,
+                    score_activation: m.score_activation.map(activation_name).unwrap_or_default(),
+                    replicas: m.replicas.iter().map(|&s| s as u32).collect(),
+                    serving: m.serving as u32,
+                    error: m.error,
+                })
+                .collect(),
+            max_chunks_per_doc: info.max_chunks_per_doc as u32,
         }))
     }
 }
@@ -262,8 +331,15 @@ async fn stream_scores(
                     let api = api.clone();
                     running.push(async move {
                         let id = pair.id;
-                        let call = api.score_one(id, pair.query, pair.passage, pair.raw_scores);
-                        api.recorded("stream", None, call)
+                        let model = model_name(&pair.model).map(String::from);
+                        let call = api.score_one(
+                            model.as_deref(),
+                            id,
+                            pair.query,
+                            pair.passage,
+                            pair.raw_scores,
+                        );
+                        api.recorded("stream", model.as_deref(), None, call)
                             .await
                             .map(|score| StreamScore { id, score })
                             .map_err(|e| e.to_status())

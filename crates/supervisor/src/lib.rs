@@ -21,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod batcher;
+pub mod chunks;
 pub mod config;
 pub mod core;
 pub mod grpc;

@@ -36,10 +36,19 @@ use ce_model_spec::ReplicaSpec;
 /// Labels of a request metric.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// `rerank`, `score`, `stream`, `http_rerank`.
+    /// `rerank`, `score`, `stream`, `http_rerank`, `cohere_v1_rerank`…
     pub method: String,
     /// `ok` or the error class.
     pub status: String,
+    /// The served model's name; empty when the request named none served.
+    pub model: String,
+}
+
+/// Labels of a per-model metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// The served model's name.
+    pub model: String,
 }
 
 /// Labels of a worker metric.
@@ -54,6 +63,8 @@ pub struct RoleLabels {
 pub struct MethodLabels {
     /// As in [`RequestLabels`].
     pub method: String,
+    /// As in [`RequestLabels`].
+    pub model: String,
 }
 
 /// Labels of a pipeline stage's duration.
@@ -96,16 +107,16 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Request latency, arrival to answer.
     pub request_duration: Family<MethodLabels, Histogram>,
-    /// Pairs scored.
-    pub pairs: Counter,
+    /// Pairs scored, by model (a long document's windows each count).
+    pub pairs: Family<ModelLabel, Counter>,
     /// Per pair: queued to scored.
     pub pair_latency: Histogram,
     /// Per pair: queued to sent in a batch.
     pub queue_wait: Histogram,
     /// Pairs scored per second over the last few seconds.
     pub throughput: Gauge<f64, AtomicU64>,
-    /// Pairs waiting in the scheduling queue.
-    pub queue_pairs: Gauge,
+    /// Pairs waiting in the scheduling queue, by model.
+    pub queue_pairs: Family<ModelLabel, Gauge>,
     /// Batches sent to model replicas and not yet answered.
     pub batches_in_flight: Gauge,
     /// Tokenize jobs sent to workers and not yet answered.
@@ -150,11 +161,11 @@ impl Metrics {
             registry: Mutex::new(Registry::default()),
             requests,
             request_duration,
-            pairs: Counter::default(),
+            pairs: Family::default(),
             pair_latency: seconds(),
             queue_wait: Histogram::new(exponential_buckets(0.000_1, 2.5, 14)),
             throughput: Gauge::default(),
-            queue_pairs: Gauge::default(),
+            queue_pairs: Family::default(),
             batches_in_flight: Gauge::default(),
             tokenizer_queue: Gauge::default(),
             active_replicas: Gauge::default(),
@@ -186,7 +197,7 @@ impl Metrics {
         let m = self;
         registry.register(
             "inference_requests",
-            "Requests answered, by method and status",
+            "Requests answered, by method, status and model",
             m.requests.clone(),
         );
         registry.register(
@@ -194,7 +205,11 @@ impl Metrics {
             "Request latency from arrival to answer",
             m.request_duration.clone(),
         );
-        registry.register("inference_pairs", "Pairs scored", m.pairs.clone());
+        registry.register(
+            "inference_pairs",
+            "Pairs scored, by model (each window of a long document is one)",
+            m.pairs.clone(),
+        );
         registry.register(
             "inference_latency_seconds",
             "Per pair: from entering the queue to its score",
@@ -212,7 +227,7 @@ impl Metrics {
         );
         registry.register(
             "inference_queue_size",
-            "Pairs waiting for a batch",
+            "Pairs waiting for a batch, by model",
             m.queue_pairs.clone(),
         );
     }
@@ -268,18 +283,38 @@ impl Metrics {
     }
 
     /// Records one request's outcome and latency.
-    pub fn observe_request(&self, method: &str, status: &str, seconds: f64) {
+    pub fn observe_request(&self, method: &str, status: &str, model: &str, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
                 method: method.into(),
                 status: status.into(),
+                model: model.into(),
             })
             .inc();
         self.request_duration
             .get_or_create(&MethodLabels {
                 method: method.into(),
+                model: model.into(),
             })
             .observe(seconds);
+    }
+
+    /// The counter of pairs scored for `model`.
+    pub fn model_pairs(&self, model: &str) -> Counter {
+        self.pairs
+            .get_or_create(&ModelLabel {
+                model: model.into(),
+            })
+            .clone()
+    }
+
+    /// The gauge of pairs queued for `model`.
+    pub fn model_queue(&self, model: &str) -> Gauge {
+        self.queue_pairs
+            .get_or_create(&ModelLabel {
+                model: model.into(),
+            })
+            .clone()
     }
 
     /// Records one batch sent to a replica.
@@ -331,13 +366,23 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// A model worker's plan and the name its model is served under, as its
+/// metrics label it.
+#[derive(Debug, Clone)]
+pub struct NamedReplica {
+    /// The name requests route to.
+    pub name: String,
+    /// Model, dtype, device, attention, threads.
+    pub spec: ReplicaSpec,
+}
+
 /// Everything per process, as of one scrape.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessFigures {
     /// The supervisor's resident memory.
     pub supervisor_rss_bytes: u64,
     /// Every worker slot, with the replica's plan for model workers.
-    pub workers: Vec<(WorkerFigures, Option<ReplicaSpec>)>,
+    pub workers: Vec<(WorkerFigures, Option<NamedReplica>)>,
     /// CPU percent per process name, from the sampler.
     pub cpu_percent: BTreeMap<String, f64>,
 }
@@ -370,6 +415,7 @@ struct ReplicaLabel {
 struct ModelLabels {
     replica: String,
     model: String,
+    name: String,
     dtype: String,
     device: String,
 }
@@ -401,14 +447,14 @@ impl WorkerLabels {
 
 /// One row per live worker: its labels and `value` of its snapshot.
 fn per_worker<'a, M: 'a>(
-    live: &'a [&(WorkerFigures, Option<ReplicaSpec>)],
+    live: &'a [&(WorkerFigures, Option<NamedReplica>)],
     value: impl Fn(&MetricsSnapshot) -> M + 'a,
 ) -> impl Iterator<Item = (WorkerLabels, M)> + 'a {
     live.iter()
         .map(move |(w, _)| (WorkerLabels::of(w), value(&w.snapshot)))
 }
 
-type Live<'a> = Vec<&'a (WorkerFigures, Option<ReplicaSpec>)>;
+type Live<'a> = Vec<&'a (WorkerFigures, Option<NamedReplica>)>;
 
 impl Collector for ProcessFigures {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -564,13 +610,14 @@ impl ProcessFigures {
             "The model each replica serves (value 1)",
             MetricType::Gauge,
             models().filter_map(|(w, plan)| {
-                let plan = plan.as_ref()?;
+                let NamedReplica { name, spec } = plan.as_ref()?;
                 Some((
                     ModelLabels {
                         replica: w.slot.to_string(),
-                        model: plan.model.clone(),
-                        dtype: plan.dtype.to_string(),
-                        device: plan.device.to_string(),
+                        model: spec.model.clone(),
+                        name: name.clone(),
+                        dtype: spec.dtype.to_string(),
+                        device: spec.device.to_string(),
                     },
                     ConstGauge::new(1i64),
                 ))
@@ -605,7 +652,7 @@ mod tests {
     #[test]
     fn the_exposition_holds_every_family_with_its_labels() {
         let metrics = Metrics::new();
-        metrics.observe_request("rerank", "ok", 0.2);
+        metrics.observe_request("rerank", "ok", "m", 0.2);
         metrics.observe_stage(Stage::Ring, 0.000_03);
         metrics.pair_latency.observe(0.05);
         let plan = ReplicaSpec {
@@ -618,14 +665,20 @@ mod tests {
         let text = metrics.render(ProcessFigures {
             supervisor_rss_bytes: 30 << 20,
             workers: vec![
-                (worker(Role::Model, 0, 41, true), Some(plan)),
+                (
+                    worker(Role::Model, 0, 41, true),
+                    Some(NamedReplica {
+                        name: "fast".into(),
+                        spec: plan,
+                    }),
+                ),
                 (worker(Role::Tokenizer, 0, 42, true), None),
                 (worker(Role::Model, 1, 0, false), None),
             ],
             cpu_percent: [("supervisor".to_string(), 12.5)].into(),
         });
         for needle in [
-            "inference_requests_total{method=\"rerank\",status=\"ok\"} 1",
+            "inference_requests_total{method=\"rerank\",status=\"ok\",model=\"m\"} 1",
             "inference_request_duration_seconds_bucket{",
             "inference_latency_seconds_count 1",
             "inference_stage_duration_seconds_bucket{le=\"0.0000625\",stage=\"ring\"} 1",
@@ -638,7 +691,7 @@ mod tests {
             "worker_up{role=\"model\",replica=\"1\",pid=\"0\"} 0",
             "ring_occupancy_bytes{role=\"model\",replica=\"0\",direction=\"to_worker\"} 4096",
             "gpu_memory_bytes{replica=\"0\"} 0",
-            "model_info{replica=\"0\",model=\"m\",dtype=\"f32\",device=\"cpu\"} 1",
+            "model_info{replica=\"0\",model=\"m\",name=\"fast\",dtype=\"f32\",device=\"cpu\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

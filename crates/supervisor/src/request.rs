@@ -23,10 +23,11 @@ pub struct Timing {
     pub total: Duration,
 }
 
-/// A scored request: one raw logit row per pair, in input order.
+/// A scored request: one raw logit row per pair, in input order — per
+/// window of each document, for a windowed request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
-    /// Row-major `[pairs, labels]` logits.
+    /// Row-major `[rows, labels]` logits.
     pub logits: Vec<f32>,
     /// Logits per pair.
     pub labels: usize,
@@ -34,12 +35,19 @@ pub struct Scored {
     pub tokens: u64,
     /// Where the time went.
     pub timing: Timing,
+    /// For a windowed request, where each row came from.
+    pub windows: Option<Vec<crate::chunks::RowOrigin>>,
 }
 
 impl Scored {
     /// The first logit of each pair (the relevance logit of a one-label model).
     pub fn first_logits(&self) -> impl Iterator<Item = f32> + '_ {
-        self.logits.chunks(self.labels.max(1)).map(|row| row[0])
+        self.rows().map(|row| row[0])
+    }
+
+    /// Each pair's row of logits.
+    pub fn rows(&self) -> impl Iterator<Item = &[f32]> + '_ {
+        self.logits.chunks(self.labels.max(1))
     }
 }
 
@@ -47,6 +55,8 @@ impl Scored {
 struct State {
     logits: Vec<f32>,
     labels: usize,
+    /// Rows to score: its pairs, or its windows once grown.
+    rows: usize,
     remaining: usize,
     tokens: u64,
     tokenized: Option<Instant>,
@@ -80,7 +90,8 @@ impl Admission {
 /// One request's shared state.
 #[derive(Debug)]
 pub struct PendingRequest {
-    pairs: usize,
+    /// Pairs it holds of `Admission::pairs` (its rows, once grown).
+    pairs: AtomicUsize,
     /// Tokens it holds of `Admission::tokens` (0 until tokenized).
     tokens: AtomicUsize,
     arrived: Instant,
@@ -106,12 +117,13 @@ impl PendingRequest {
         }
         let (tx, rx) = oneshot::channel();
         let request = Arc::new(Self {
-            pairs,
+            pairs: AtomicUsize::new(pairs),
             tokens: AtomicUsize::new(0),
             arrived: Instant::now(),
             state: Mutex::new(State {
                 logits: Vec::new(),
                 labels: 0,
+                rows: pairs,
                 remaining: pairs,
                 tokens: 0,
                 tokenized: None,
@@ -146,6 +158,33 @@ impl PendingRequest {
         Ok(())
     }
 
+    /// Makes the request `rows` rows (a windowed request's windows, known
+    /// once tokenized; call before any row is queued): the rows beyond its
+    /// pairs are admitted against `limit` like new pairs.
+    pub fn grow(&self, rows: usize, limit: usize) -> Result<(), ApiError> {
+        let Ok(mut s) = self.state.lock() else {
+            return Err(ApiError::Internal("request state poisoned".into()));
+        };
+        let extra = rows.saturating_sub(s.rows);
+        if extra == 0 {
+            return Ok(());
+        }
+        let before = self.admission.pairs.fetch_add(extra, Ordering::AcqRel);
+        let own = self.pairs.load(Ordering::Acquire);
+        // Alone in the system, a request may exceed the limit (as on arrival).
+        if before + extra > limit && before > own {
+            self.admission.pairs.fetch_sub(extra, Ordering::AcqRel);
+            return Err(ApiError::Overloaded(format!(
+                "server busy: this request's long documents make {rows} windows to score, with {} pairs queued past max_queue_pairs ({limit}); retry later",
+                before - own
+            )));
+        }
+        self.pairs.fetch_add(extra, Ordering::AcqRel);
+        s.rows = rows;
+        s.remaining += extra;
+        Ok(())
+    }
+
     /// When it arrived.
     pub fn arrived(&self) -> Instant {
         self.arrived
@@ -173,10 +212,10 @@ impl PendingRequest {
             let Ok(mut s) = self.state.lock() else { return };
             if s.labels == 0 {
                 s.labels = logits.len().max(1);
-                s.logits = vec![f32::NAN; self.pairs * s.labels];
+                s.logits = vec![f32::NAN; s.rows * s.labels];
             }
             let labels = s.labels;
-            if logits.len() != labels || index >= self.pairs {
+            if logits.len() != labels || index >= s.rows {
                 drop(s);
                 self.fail(ApiError::Internal(
                     "replicas disagree on the number of labels".into(),
@@ -200,6 +239,7 @@ impl PendingRequest {
                     inference: s.inference,
                     total: self.arrived.elapsed(),
                 },
+                windows: None,
             }
         };
         if let Some(tx) = self.answer.lock().ok().and_then(|mut a| a.take()) {
@@ -217,7 +257,8 @@ impl PendingRequest {
 
 impl Drop for PendingRequest {
     fn drop(&mut self) {
-        self.admission.pairs.fetch_sub(self.pairs, Ordering::AcqRel);
+        let pairs = self.pairs.load(Ordering::Acquire);
+        self.admission.pairs.fetch_sub(pairs, Ordering::AcqRel);
         let tokens = self.tokens.load(Ordering::Acquire);
         self.admission.tokens.fetch_sub(tokens, Ordering::AcqRel);
     }
@@ -277,6 +318,29 @@ mod tests {
         b.admit_tokens(1000, 1000).unwrap();
         drop(b);
         assert_eq!((admission.tokens(), admission.pairs()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn windows_grow_a_request_and_count_against_the_queue() {
+        let admission = Arc::new(Admission::default());
+        let (other, _ro) = PendingRequest::admit(6, &admission, 10).unwrap();
+        let (r, rx) = PendingRequest::admit(2, &admission, 10).unwrap();
+        r.grow(2, 10).unwrap();
+        let e = r.grow(5, 10).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::Overloaded(m) if m.contains("5 windows") && m.contains("max_queue_pairs")),
+            "{e}"
+        );
+        assert_eq!(admission.pairs(), 8, "a refused growth takes nothing");
+        r.grow(4, 10).unwrap();
+        assert_eq!(admission.pairs(), 10);
+        for i in 0..4 {
+            r.complete(i, &[i as f32], Duration::ZERO, Duration::ZERO);
+        }
+        let scored = rx.await.unwrap().unwrap();
+        assert_eq!(scored.first_logits().count(), 4);
+        drop((r, other));
+        assert_eq!(admission.pairs(), 0);
     }
 
     #[test]

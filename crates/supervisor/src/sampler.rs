@@ -68,7 +68,7 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         }
         let now = Instant::now();
         let m = &core.metrics;
-        if let Some(rate) = throughput.push(now, m.pairs.get() as f64) {
+        if let Some(rate) = throughput.push(now, core.pairs_scored() as f64) {
             m.throughput.set(rate);
         }
         let mut processes = vec![(

@@ -1,6 +1,7 @@
-//! The scheduling queue, batcher and router, as one actor task that owns
-//! the queue (no locks on the dispatch path: replicas are leased from the
-//! [`WorkerPool`], which counts their work in flight).
+//! The scheduling queue, batcher and router of one model, as one actor
+//! task that owns the queue (no locks on the dispatch path: the model's
+//! replicas are leased from the [`WorkerPool`], which counts their work in
+//! flight). One actor per served model, so batches never mix models.
 //!
 //! Tokenized pairs arrive as [`Work`]; whenever a replica has room (fewer
 //! than `max_inflight` batches) the actor forms a batch
@@ -50,6 +51,15 @@ pub struct SchedulerConfig {
     pub deadline: Duration,
 }
 
+/// The model an actor schedules for.
+#[derive(Debug, Clone)]
+pub struct ModelQueue {
+    /// Its name (the metrics' `model` label).
+    pub name: String,
+    /// The replica slots that serve it.
+    pub slots: Vec<usize>,
+}
+
 #[derive(Debug)]
 struct QueuedPair {
     request: Arc<PendingRequest>,
@@ -96,9 +106,10 @@ impl std::fmt::Debug for Event {
 }
 
 impl Scheduler {
-    /// Starts the actor over the replica pool.
+    /// Starts the actor of `model` over its slots of the replica pool.
     pub fn start(
         config: SchedulerConfig,
+        model: ModelQueue,
         replicas: WorkerPool<ReplicaClient>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -107,6 +118,9 @@ impl Scheduler {
             config,
             restarts: replicas.generation(),
             replicas,
+            queue_gauge: metrics.model_queue(&model.name),
+            pairs_scored: metrics.model_pairs(&model.name),
+            slots: model.slots,
             queue: VecDeque::new(),
             events: events.clone(),
             metrics,
@@ -127,6 +141,10 @@ impl Scheduler {
 struct Actor {
     config: SchedulerConfig,
     replicas: WorkerPool<ReplicaClient>,
+    /// The model's replicas: the only slots leased.
+    slots: Vec<usize>,
+    queue_gauge: prometheus_client::metrics::gauge::Gauge,
+    pairs_scored: prometheus_client::metrics::counter::Counter,
     /// Changes when a replica is replaced: look for work to send.
     restarts: watch::Receiver<u64>,
     queue: VecDeque<QueuedPair>,
@@ -182,7 +200,7 @@ impl Actor {
             }
             Event::Done { batch, result } => self.finish(batch, result),
         }
-        self.metrics.queue_pairs.set(self.queue.len() as i64);
+        self.queue_gauge.set(self.queue.len() as i64);
         self.publish_inflight();
     }
 
@@ -190,7 +208,7 @@ impl Actor {
         let message = match result {
             Ok(done) => {
                 let m = &self.metrics;
-                m.pairs.inc_by(batch.pairs.len() as u64);
+                self.pairs_scored.inc_by(batch.pairs.len() as u64);
                 m.observe_stage(Stage::Forward, done.work.as_secs_f64());
                 m.observe_stage(
                     Stage::Ring,
@@ -258,7 +276,7 @@ impl Actor {
     fn dispatch(&mut self) -> Option<Instant> {
         loop {
             self.queue.retain(|p| !p.request.is_abandoned());
-            self.metrics.queue_pairs.set(self.queue.len() as i64);
+            self.queue_gauge.set(self.queue.len() as i64);
             let front = self.queue.front()?;
             let (oldest, suspects) = (front.enqueued, front.group);
             // Suspects go alone to an idle replica; other batches share one
@@ -267,7 +285,7 @@ impl Actor {
                 Some(_) => Share::Alone,
                 None => Share::Shared(self.config.max_inflight),
             };
-            let Some(lease) = self.replicas.try_lease(share) else {
+            let Some(lease) = self.replicas.try_lease_in(share, Some(&self.slots)) else {
                 // Every replica busy, or all dead and being restarted: the
                 // queue waits (clients' deadlines bound the wait) and a
                 // completion or a restart brings us back.

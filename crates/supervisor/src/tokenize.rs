@@ -1,5 +1,6 @@
-//! The tokenizer stage: text jobs to packed token batches, either on the
-//! tokenizer worker with the least work in flight or, with
+//! The tokenizer stage: text jobs to packed token batches (or windows),
+//! with the job's model's tokenizer, either on the tokenizer worker with
+//! the least work in flight (each holds every model's tokenizer) or, with
 //! `--tokenizers 0`, inside the supervisor.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::sync::Semaphore;
 use crate::api::ApiError;
 use crate::metrics::{Metrics, Stage};
 use crate::workers::isolation::{AfterDeath, after_death};
-use crate::workers::{JobError, Share, TokenizerClient, Worked, WorkerPool};
+use crate::workers::{JobError, Share, Tokenized, TokenizerClient, Worked, WorkerPool};
 
 /// How long a job waits for a tokenizer worker to be restarted.
 const RESTART_WAIT: Duration = Duration::from_secs(30);
@@ -23,8 +24,8 @@ const RESTART_WAIT: Duration = Duration::from_secs(30);
 pub enum Tokenizers {
     /// In this process, one job at a time (the `--tokenizers 0` baseline).
     InProcess {
-        /// The tokenizer.
-        tokenizer: Arc<PairTokenizer>,
+        /// Each model's tokenizer (`None` where it did not load).
+        tokenizers: Vec<Option<Arc<PairTokenizer>>>,
         /// Bounds the blocking threads used to one.
         permits: Arc<Semaphore>,
         /// Where tokenize durations go.
@@ -46,7 +47,8 @@ impl Tokenizers {
     pub async fn query(&self, job: QueryJob) -> Result<QueryIds, ApiError> {
         match self {
             Tokenizers::InProcess { .. } => {
-                self.in_process(move |t| tokenizer_worker::job::query(t, &job))
+                let model = job.model;
+                self.in_process(model, move |t| tokenizer_worker::job::query(t, &job))
                     .await
             }
             Tokenizers::Workers {
@@ -64,12 +66,26 @@ impl Tokenizers {
         }
     }
 
-    /// Tokenizes one job.
-    pub async fn tokenize(&self, job: TextJob) -> Result<TokenBatch, ApiError> {
+    /// Tokenizes one job (into windows, if it asks for them).
+    pub async fn tokenize(&self, job: TextJob) -> Result<Tokenized, ApiError> {
         match self {
             Tokenizers::InProcess { .. } => {
-                self.in_process(move |t| tokenizer_worker::job::tokenize(t, &job))
-                    .await
+                self.in_process(job.model, move |t| {
+                    if job.windows.is_on() {
+                        let windowed = tokenizer_worker::job::tokenize_windows(t, &job)?;
+                        Ok(Tokenized {
+                            batch: windowed.batch,
+                            windows: Some(windowed.windows),
+                        })
+                    } else {
+                        let batch: TokenBatch = tokenizer_worker::job::tokenize(t, &job)?;
+                        Ok(Tokenized {
+                            batch,
+                            windows: None,
+                        })
+                    }
+                })
+                .await
             }
             Tokenizers::Workers {
                 pool,
@@ -90,18 +106,24 @@ impl Tokenizers {
         }
     }
 
-    /// Runs `work` on the in-process tokenizer, one job at a time.
+    /// Runs `work` on model `model`'s in-process tokenizer, one job at a time.
     async fn in_process<T: Send + 'static>(
         &self,
+        model: u32,
         work: impl FnOnce(&PairTokenizer) -> Result<T, String> + Send + 'static,
     ) -> Result<T, ApiError> {
         let Tokenizers::InProcess {
-            tokenizer,
+            tokenizers,
             permits,
             metrics,
         } = self
         else {
             return Err(ApiError::Internal("no in-process tokenizer".into()));
+        };
+        let Some(Some(tokenizer)) = tokenizers.get(model as usize) else {
+            return Err(ApiError::Internal(format!(
+                "no tokenizer for model {model}"
+            )));
         };
         let _permit = permits
             .acquire()

@@ -162,6 +162,7 @@ async fn first_streamed(
         query,
         passage,
         raw_scores: false,
+        ..Default::default()
     };
     let mut s = client
         .rerank_stream(authed(tokio_stream::iter(vec![pair])))
@@ -733,6 +734,7 @@ fn grpc_cases() -> Vec<Case> {
                 query: "q".into(),
                 passage: "a".into(),
                 raw_scores: false,
+                ..Default::default()
             };
             expect_grpc(
                 c.client.rerank_stream(tokio_stream::iter(vec![pair])).await,

@@ -1,21 +1,63 @@
 //! One job: a request's query ([`QueryJob`], tokenized once) or a text job
-//! (its passages against the query's ids): decode, tokenize, encode the
-//! packed batch (or an error that names the offending document).
+//! (its passages against the query's ids, or their windows): decode, pick
+//! the job's model's tokenizer, tokenize, encode the packed batch (or an
+//! error that names the offending document).
 
 use ce_common::TokenBatch;
 use ce_common::frame::{
-    self, ERROR_INTERNAL, ERROR_INVALID_INPUT, FrameKind, QueryIds, QueryJob, TextJob,
+    self, ERROR_INTERNAL, ERROR_INVALID_INPUT, FrameKind, QueryIds, QueryJob, TextJob, Window,
+    WindowedBatch,
 };
 use ce_common::worker::Handled;
 
 use crate::{PairTokenizer, TokenizeError, Truncation};
 
-/// Answers the frame of kind `kind` in `payload` into `out`: the query's
-/// ids or a token batch, or an error that names the offending document.
-pub fn handle(tokenizer: &PairTokenizer, kind: u16, payload: &[u8], out: &mut Vec<u8>) -> Handled {
+/// Answers the frame of kind `kind` in `payload` into `out` with the
+/// tokenizer of the job's model (`tokenizers[job.model]`): the query's ids,
+/// a token batch or a windowed batch, or an error that names the offending
+/// document.
+pub fn handle(
+    tokenizers: &[Option<PairTokenizer>],
+    kind: u16,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Handled {
+    let pick = |model: u32| {
+        tokenizers
+            .get(model as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                format!(
+                    "no tokenizer for model {model}: this worker holds {} slots",
+                    tokenizers.len()
+                )
+            })
+    };
     match FrameKind::from_u16(kind) {
-        Some(FrameKind::TextJob) => match TextJob::decode(payload) {
-            Ok(job) => match tokenize(tokenizer, &job) {
+        Some(FrameKind::TextJob) => {
+            let job = match TextJob::decode(payload) {
+                Ok(job) => job,
+                Err(e) => return error(out, ERROR_INTERNAL, &e.to_string()),
+            };
+            let tokenizer = match pick(job.model) {
+                Ok(t) => t,
+                Err(message) => return error(out, ERROR_INTERNAL, &message),
+            };
+            if job.windows.is_on() {
+                return match tokenize_windows(tokenizer, &job) {
+                    Ok(windowed) => {
+                        windowed.encode(out);
+                        let pairs = windowed.batch.len();
+                        Handled {
+                            kind: FrameKind::Windows,
+                            count: pairs as u32,
+                            pairs: pairs as u64,
+                        }
+                    }
+                    Err(message) => error(out, ERROR_INVALID_INPUT, &message),
+                };
+            }
+            match tokenize(tokenizer, &job) {
                 Ok(batch) => {
                     frame::encode_token_batch(&batch, out);
                     Handled {
@@ -25,11 +67,18 @@ pub fn handle(tokenizer: &PairTokenizer, kind: u16, payload: &[u8], out: &mut Ve
                     }
                 }
                 Err(message) => error(out, ERROR_INVALID_INPUT, &message),
-            },
-            Err(e) => error(out, ERROR_INTERNAL, &e.to_string()),
-        },
-        Some(FrameKind::QueryJob) => match QueryJob::decode(payload) {
-            Ok(job) => match query(tokenizer, &job) {
+            }
+        }
+        Some(FrameKind::QueryJob) => {
+            let job = match QueryJob::decode(payload) {
+                Ok(job) => job,
+                Err(e) => return error(out, ERROR_INTERNAL, &e.to_string()),
+            };
+            let tokenizer = match pick(job.model) {
+                Ok(t) => t,
+                Err(message) => return error(out, ERROR_INTERNAL, &message),
+            };
+            match query(tokenizer, &job) {
                 Ok(ids) => {
                     ids.encode(out);
                     Handled {
@@ -39,9 +88,8 @@ pub fn handle(tokenizer: &PairTokenizer, kind: u16, payload: &[u8], out: &mut Ve
                     }
                 }
                 Err(message) => error(out, ERROR_INVALID_INPUT, &message),
-            },
-            Err(e) => error(out, ERROR_INTERNAL, &e.to_string()),
-        },
+            }
+        }
         _ => {
             let message = format!("a tokenizer takes no frame of kind {kind}");
             error(out, ERROR_INTERNAL, &message)
@@ -79,6 +127,26 @@ pub fn tokenize(tokenizer: &PairTokenizer, job: &TextJob) -> Result<TokenBatch, 
         batch.push(&ids, &types);
     }
     Ok(batch)
+}
+
+/// Tokenizes a decoded windowed job: every passage's windows, passages in
+/// order; the error names the document that failed.
+pub fn tokenize_windows(tokenizer: &PairTokenizer, job: &TextJob) -> Result<WindowedBatch, String> {
+    let mut windowed = WindowedBatch::default();
+    for (i, passage) in job.passages.iter().enumerate() {
+        let pairs = tokenizer
+            .encode_windows(&job.query, passage, job.windows)
+            .map_err(|e| format!("document {}: {e}", job.first_index as usize + i))?;
+        for pair in pairs {
+            windowed.batch.push(&pair.ids, &pair.types);
+            windowed.windows.push(Window {
+                passage: i as u32,
+                start: pair.start,
+                end: pair.end,
+            });
+        }
+    }
+    Ok(windowed)
 }
 
 fn error(out: &mut Vec<u8>, code: u32, message: &str) -> Handled {

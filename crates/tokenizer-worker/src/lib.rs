@@ -18,4 +18,4 @@ pub mod job;
 mod pair;
 pub mod process;
 
-pub use pair::{PairTokenizer, TokenizeError, Truncation};
+pub use pair::{PairTokenizer, TokenizeError, Truncation, WindowPair};

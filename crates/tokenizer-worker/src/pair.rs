@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use ce_common::TokenBatch;
-use ce_common::frame::QueryIds;
+use ce_common::frame::{QueryIds, WindowPlan};
 use tokenizers::{
     Encoding, PostProcessor, Token, Tokenizer, TruncationDirection, TruncationParams,
     TruncationStrategy,
@@ -270,11 +270,10 @@ impl PairTokenizer {
         passage: &str,
         truncation: Truncation,
     ) -> Result<(Vec<u32>, Vec<u32>), TokenizeError> {
-        let encode_err = |e: tokenizers::Error| TokenizeError::Encode(e.to_string());
         let passage = self
             .untruncated
             .encode(passage, false)
-            .map_err(encode_err)?;
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
         let weighed = match truncation {
             Truncation::Off => passage.len(),
             _ => self.weighed_len(&passage, truncation == Truncation::Left),
@@ -298,6 +297,16 @@ impl PairTokenizer {
             ),
             _ => (&query.ids[..q.min(query.ids.len())], &passage[..p]),
         };
+        self.assemble(q_ids, p_ids)
+    }
+
+    /// The pair of query ids `q_ids` and passage ids `p_ids`: the
+    /// library's post-processor adds the special tokens and segments.
+    fn assemble(
+        &self,
+        q_ids: &[u32],
+        p_ids: &[u32],
+    ) -> Result<(Vec<u32>, Vec<u32>), TokenizeError> {
         let tokens = |ids: &[u32]| {
             ids.iter()
                 .map(|&id| Token::new(id, String::new(), (0, 0)))
@@ -312,7 +321,7 @@ impl PairTokenizer {
                 Some(Encoding::from_tokens(tokens(p_ids), 1)),
                 true,
             )
-            .map_err(encode_err)?;
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
         let total = encoding.get_ids().len();
         if total > self.max_length {
             return Err(TokenizeError::TooLong {
@@ -324,6 +333,79 @@ impl PairTokenizer {
             encoding.get_ids().to_vec(),
             encoding.get_type_ids().to_vec(),
         ))
+    }
+
+    /// The pairs of the query and `passage` split into windows by `plan`
+    /// (which must be on). A passage that fits beside the query is one
+    /// window, the very pair [`encode_with_query`](Self::encode_with_query)
+    /// gives with right truncation. A longer one is cut to
+    /// `plan.doc_tokens`, the query keeps at most half of the room (its
+    /// start), and the passage is split into windows of the rest that
+    /// share `plan.overlap` tokens with the one before (at most one less
+    /// than a window), from its start, `plan.max_windows` at most.
+    pub fn encode_windows(
+        &self,
+        query: &QueryIds,
+        passage: &str,
+        plan: WindowPlan,
+    ) -> Result<Vec<WindowPair>, TokenizeError> {
+        let encoding = self
+            .untruncated
+            .encode_char_offsets(passage, false)
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        let (ids, offsets) = (encoding.get_ids(), encoding.get_offsets());
+        let len = match plan.doc_tokens {
+            0 => ids.len(),
+            cap => ids.len().min(cap as usize),
+        };
+        // A window at either end of the passage reaches that end, so the
+        // windows' characters cover the whole text.
+        let count = passage.chars().count();
+        let chars = |tokens: &std::ops::Range<usize>| -> (u32, u32) {
+            let start = match tokens.start {
+                0 => 0,
+                i => offsets[i].0,
+            };
+            let end = if tokens.end == ids.len() {
+                count
+            } else {
+                offsets[tokens.end - 1].1
+            };
+            (start as u32, end as u32)
+        };
+        let budget = self.max_length.saturating_sub(self.pair_specials());
+        if query.tokens as usize + len <= budget {
+            let (pair_ids, types) = self.assemble(&query.ids, &ids[..len])?;
+            let (start, end) = chars(&(0..len));
+            return Ok(vec![WindowPair {
+                ids: pair_ids,
+                types,
+                tokens: 0..len,
+                start,
+                end,
+            }]);
+        }
+        let q_ids = &query.ids[..query.ids.len().min(budget / 2)];
+        let window = budget.saturating_sub(q_ids.len()).max(1);
+        let step = window - (plan.overlap as usize).min(window - 1);
+        let mut windows = Vec::new();
+        let mut start = 0;
+        loop {
+            let end = (start + window).min(len);
+            let (pair_ids, types) = self.assemble(q_ids, &ids[start..end])?;
+            let (from, to) = chars(&(start..end));
+            windows.push(WindowPair {
+                ids: pair_ids,
+                types,
+                tokens: start..end,
+                start: from,
+                end: to,
+            });
+            if end >= len || windows.len() >= plan.max_windows as usize {
+                return Ok(windows);
+            }
+            start += step;
+        }
     }
 
     /// Encodes one pair and appends it to `batch`.
@@ -352,6 +434,21 @@ impl PairTokenizer {
         }
         Ok(batch)
     }
+}
+
+/// One window of a passage as a pair (see [`PairTokenizer::encode_windows`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowPair {
+    /// The pair's ids.
+    pub ids: Vec<u32>,
+    /// Its segments.
+    pub types: Vec<u32>,
+    /// Which of the passage's tokens it holds.
+    pub tokens: std::ops::Range<usize>,
+    /// Character offset of its first token in the passage.
+    pub start: u32,
+    /// Character offset just past its last token.
+    pub end: u32,
 }
 
 /// Lengths of a pair of `first` and `second` tokens cut to `budget`
@@ -450,6 +547,116 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Windows cover a long passage from its first token to its last,
+    /// each sharing exactly the stated overlap with the one before, each
+    /// pair holding the query's ids and its window's ids, none over the
+    /// limit; a short passage is one window, the ordinary pair.
+    #[test]
+    fn windows_cover_a_long_passage_with_the_stated_overlap() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(24);
+        let t = default_model_tokenizer(64);
+        let query = t
+            .encode_query_ids("what does a reranker do", Truncation::Right)
+            .unwrap();
+        for case in 0..60 {
+            let passage = random_text(&mut rng, 300 + case * 10);
+            let ids = t.untruncated.encode(passage.as_str(), false).unwrap();
+            let ids = ids.get_ids();
+            let overlap = [0u32, 1, 8, 30, 500][case % 5];
+            let plan = WindowPlan {
+                max_windows: 10_000,
+                overlap,
+                doc_tokens: 0,
+            };
+            let windows = t.encode_windows(&query, &passage, plan).unwrap();
+            if query.ids.len() + ids.len() + 3 <= 64 {
+                assert_eq!(windows.len(), 1);
+                continue;
+            }
+            let room = 64 - 3 - query.ids.len();
+            let shared = (overlap as usize).min(room - 1);
+            assert_eq!(windows[0].tokens.start, 0);
+            assert_eq!(windows.last().unwrap().tokens.end, ids.len());
+            assert_eq!(
+                (windows[0].start, windows.last().unwrap().end),
+                (0, passage.chars().count() as u32)
+            );
+            for (i, w) in windows.iter().enumerate() {
+                assert!(w.ids.len() <= 64);
+                let q = query.ids.len();
+                assert_eq!(
+                    &w.ids[1..1 + q],
+                    &query.ids[..],
+                    "the query leads every window"
+                );
+                assert_eq!(&w.ids[2 + q..w.ids.len() - 1], &ids[w.tokens.clone()]);
+                if i + 1 < windows.len() {
+                    assert_eq!(w.tokens.len(), room, "every window but the last is full");
+                    let next = &windows[i + 1];
+                    assert_eq!(
+                        next.tokens.start,
+                        w.tokens.end - shared,
+                        "overlap {overlap}"
+                    );
+                    assert!(w.start <= next.start);
+                    if shared > 0 {
+                        assert!(next.start <= w.end, "shared tokens share characters");
+                    } else {
+                        let between: String = passage
+                            .chars()
+                            .skip(w.end as usize)
+                            .take(next.start.saturating_sub(w.end) as usize)
+                            .collect();
+                        assert!(
+                            between.trim().is_empty(),
+                            "no text between windows: {between:?}"
+                        );
+                    }
+                }
+            }
+        }
+        let long = "word ".repeat(400);
+        let capped = |max_windows, doc_tokens| {
+            t.encode_windows(
+                &query,
+                &long,
+                WindowPlan {
+                    max_windows,
+                    overlap: 4,
+                    doc_tokens,
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(capped(2, 0).len(), 2, "max_windows caps the windows");
+        let cut = capped(100, 50);
+        assert_eq!(
+            cut.last().unwrap().tokens.end,
+            50,
+            "doc_tokens cuts the passage first"
+        );
+        assert_eq!(cut.last().unwrap().end as usize, 50 * 5 - 1);
+        let short = t
+            .encode_windows(
+                &query,
+                "a short passage",
+                WindowPlan {
+                    max_windows: 3,
+                    overlap: 4,
+                    doc_tokens: 0,
+                },
+            )
+            .unwrap();
+        let pair = t
+            .encode_with_query(&query, "a short passage", Truncation::Right)
+            .unwrap();
+        assert_eq!(
+            (short.len(), (short[0].ids.clone(), short[0].types.clone())),
+            (1, pair)
+        );
+        assert_eq!((short[0].start, short[0].end), (0, 15));
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     // SAFETY: forwarded from the caller.
     let session = unsafe { WorkerSession::connect(Role::Tokenizer)? };
     let config = session.config().clone();
-    let WorkerJob::Tokenizer { tokenizer: path } = &config.job else {
+    let WorkerJob::Tokenizer { tokenizers: specs } = &config.job else {
         let why = format!("a tokenizer worker was sent {:?}", config.job.role());
         session.refuse(&why);
         return Err(ProcessError::Config(why));
@@ -88,14 +88,21 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         std::env::set_var("RAYON_NUM_THREADS", "1");
         std::env::set_var("TOKENIZERS_PARALLELISM", "false");
     }
-    let tokenizer = match PairTokenizer::from_file(path, config.max_length as usize) {
-        Ok(t) => t,
-        Err(e) => {
-            session.refuse(&e.to_string());
-            return Err(e.into());
+    let mut tokenizers = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let Some(spec) = spec else {
+            tokenizers.push(None);
+            continue;
+        };
+        match PairTokenizer::from_file(&spec.file, spec.max_length as usize) {
+            Ok(t) => tokenizers.push(Some(t)),
+            Err(e) => {
+                session.refuse(&e.to_string());
+                return Err(e.into());
+            }
         }
-    };
-    tracing::info!(worker = session.replica(), tokenizer = %path.display(), "tokenizer loaded");
+        tracing::info!(worker = session.replica(), tokenizer = %spec.file.display(), "tokenizer loaded");
+    }
     let faults = Faults::from_env();
     session.serve(|header, payload, out| {
         if Faults::holds(&faults.abort_on, header.kind, payload) {
@@ -109,9 +116,9 @@ pub unsafe fn run() -> Result<(), ProcessError> {
             job.passages.pop();
             let mut shorter = Vec::new();
             job.encode(&mut shorter);
-            return handle(&tokenizer, header.kind, &shorter, out);
+            return handle(&tokenizers, header.kind, &shorter, out);
         }
-        handle(&tokenizer, header.kind, payload, out)
+        handle(&tokenizers, header.kind, payload, out)
     })?;
     Ok(())
 }

@@ -21,7 +21,7 @@ use crate::batcher::BatchBudget;
 use crate::config::Settings;
 use crate::core::{Core, CoreParts};
 use crate::metrics::Metrics;
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::scheduler::{ModelQueue, Scheduler, SchedulerConfig};
 use crate::tokenize::Tokenizers;
 use crate::workers::{Client, ReplicaClient, Starter, TokenizerClient, WorkerPool, WorkerProcess};
 pub use listeners::Listeners;
@@ -36,14 +36,14 @@ pub async fn run(settings: Settings, listeners: Listeners) -> anyhow::Result<()>
     // First of all: from here on SIGTERM and SIGINT drain, never kill.
     let mut termination = shutdown::Termination::install()?;
     let metrics = Arc::new(Metrics::new());
-    let model = startup::load_model(&settings).await?;
-    let (tokenizer_specs, replica_specs) = startup::worker_specs(&settings, &model)?;
+    let models = startup::load_models(&settings).await?;
+    let (tokenizer_specs, replica_specs) = startup::worker_specs(&settings, &models)?;
     let pools = Pools {
         replicas: WorkerPool::new(Role::Model, replica_specs.len()),
         tokenizers: WorkerPool::new(Role::Tokenizer, tokenizer_specs.len()),
     };
     let (ready_tx, ready) = watch::channel(false);
-    let core = assemble_core(&settings, &model, &pools, metrics.clone(), ready);
+    let core = assemble_core(&settings, &models, &pools, metrics.clone(), ready);
 
     let (stop_tx, stop) = watch::channel(false);
     let (grpc_addr, http_addr) = listeners.addrs()?;
@@ -57,10 +57,7 @@ pub async fn run(settings: Settings, listeners: Listeners) -> anyhow::Result<()>
     // Every replica must answer a warm-up batch through its rings. A worker
     // that fails to start is reported and retried by its pool; the server
     // serves with the capacity it has.
-    let warm_up =
-        model
-            .tokenizer
-            .encode_query("warm up", &["the supervisor"], Default::default())?;
+    let warm_up = models.warm_ups()?;
     let spawner = Spawner::start()?;
     let starter = Starters {
         spawner: spawner.clone(),
@@ -160,28 +157,35 @@ impl Starters {
 /// and tokenizer stage.
 fn assemble_core(
     settings: &Settings,
-    model: &startup::Model,
+    models: &startup::Models,
     pools: &Pools,
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
 ) -> Arc<Core> {
     let deadline = Duration::from_millis(settings.batch_deadline_ms);
-    let scheduler = Scheduler::start(
-        SchedulerConfig {
-            budget: BatchBudget {
-                max_tokens: settings.max_batch_tokens,
-                max_pairs: settings.max_batch_size,
-            },
-            timeout: Duration::from_millis(settings.batch_timeout_ms),
-            max_inflight: settings.max_inflight_per_replica,
-            deadline,
+    let config = SchedulerConfig {
+        budget: BatchBudget {
+            max_tokens: settings.max_batch_tokens,
+            max_pairs: settings.max_batch_size,
         },
-        pools.replicas.clone(),
-        metrics.clone(),
-    );
+        timeout: Duration::from_millis(settings.batch_timeout_ms),
+        max_inflight: settings.max_inflight_per_replica,
+        deadline,
+    };
+    let schedulers = models
+        .served
+        .iter()
+        .map(|m| {
+            let queue = ModelQueue {
+                name: m.name.clone(),
+                slots: m.slots.clone(),
+            };
+            Scheduler::start(config, queue, pools.replicas.clone(), metrics.clone())
+        })
+        .collect();
     let tokenizers = if settings.tokenizers == 0 {
         Tokenizers::InProcess {
-            tokenizer: model.tokenizer.clone(),
+            tokenizers: models.tokenizers.clone(),
             permits: Arc::new(Semaphore::new(1)),
             metrics: metrics.clone(),
         }
@@ -194,14 +198,15 @@ fn assemble_core(
     };
     Arc::new(Core::new(CoreParts {
         settings: settings.clone(),
-        served: model.served.clone(),
-        plans: model.plans.clone(),
+        models: models.served.clone(),
+        default_model: models.default_model,
+        plans: models.plans.clone(),
         metrics,
         tokenizers,
         tokenizer_pool: pools.tokenizers.clone(),
         replicas: pools.replicas.clone(),
-        scheduler,
-        job_budget: model.job_budget,
+        schedulers,
+        job_budget: models.job_budget,
         ready,
     }))
 }

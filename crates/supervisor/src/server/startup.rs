@@ -1,19 +1,21 @@
-//! Start-up: resolve the model and every replica's, check that each
-//! replica's dtype, device and layout fit its model (naming the settings
-//! key when they do not), and describe the workers to start.
+//! Start-up: resolve every replica's model, group the replicas by the name
+//! they serve under, check that each replica's dtype, device and layout fit
+//! its model (naming the settings key when they do not), and describe the
+//! workers to start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ce_common::control::{Role, WorkerConfig, WorkerJob};
+use ce_common::TokenBatch;
+use ce_common::control::{Role, TokenizerSpec, WorkerConfig, WorkerJob};
 use ce_common::link::LinkConfig;
 use ce_model_spec::{ModelConfig, ModelFiles, ReplicaSpec};
 use tokenizer_worker::PairTokenizer;
 
 use crate::config::Settings;
-use crate::core::{JobBudget, ServedModel};
+use crate::core::{JobBudget, ModelFacts, ServedModel};
 use crate::workers::WorkerSpec;
 
 /// Name of the tokenizer worker executable.
@@ -21,15 +23,19 @@ pub const TOKENIZER_WORKER: &str = "ce-tokenizer-worker";
 /// Name of the model worker executable.
 pub const MODEL_WORKER: &str = "ce-model-worker";
 
-/// The model as resolved and checked at start-up.
+/// The models as resolved and checked at start-up.
 #[derive(Debug)]
-pub struct Model {
-    /// What clients are told is served.
-    pub served: ServedModel,
-    /// The tokenizer, for in-process tokenization and the warm-up batch.
-    pub tokenizer: Arc<PairTokenizer>,
-    /// `tokenizer.json`, for the tokenizer workers.
-    pub tokenizer_file: PathBuf,
+pub struct Models {
+    /// Every served model, in order of first appearance among the
+    /// replicas; a job's `model` is an index here.
+    pub served: Vec<ServedModel>,
+    /// The model requests without `model` get.
+    pub default_model: usize,
+    /// Each model's tokenizer (`None` where its model did not load), for
+    /// in-process tokenization and the warm-up batches.
+    pub tokenizers: Vec<Option<Arc<PairTokenizer>>>,
+    /// Each model's `tokenizer.json` and length, for the tokenizer workers.
+    pub tokenizer_specs: Vec<Option<TokenizerSpec>>,
     /// Every replica as planned (its model as the settings name it).
     pub plans: Vec<ReplicaSpec>,
     /// The same, each model resolved to its local directory: what the
@@ -42,64 +48,128 @@ pub struct Model {
     pub job_budget: JobBudget,
 }
 
-/// Resolves the default model and every replica's (downloading hub ids
-/// once, here, so workers start from local files) and checks each replica
-/// against its model's `config.json`: a dtype, device or layout that cannot
-/// serve it fails the start, naming the key. The default model must load;
-/// a replica's own model that does not is left to its worker, which fails
-/// to start, is reported and retried while the other replicas serve.
-pub async fn load_model(settings: &Settings) -> anyhow::Result<Model> {
-    let (default_files, default_config) = resolve(&settings.model)
-        .await
-        .with_context(|| format!("model {:?}", settings.model))?;
-    let max_length = settings
-        .max_length
-        .min(default_config.max_position_embeddings);
+impl Models {
+    /// One warm-up batch per replica slot, tokenized by its model's
+    /// tokenizer (an empty batch where the model did not load: that
+    /// replica's worker fails before it is asked).
+    pub fn warm_ups(&self) -> anyhow::Result<Vec<TokenBatch>> {
+        let mut batches = Vec::with_capacity(self.plans.len());
+        for slot in 0..self.plans.len() {
+            let model = self.served.iter().position(|m| m.slots.contains(&slot));
+            let tokenizer = model.and_then(|m| self.tokenizers[m].as_ref());
+            batches.push(match tokenizer {
+                Some(t) => t.encode_query("warm up", &["the supervisor"], Default::default())?,
+                None => TokenBatch::default(),
+            });
+        }
+        Ok(batches)
+    }
+}
+
+/// Resolves every replica's model (downloading hub ids once, here, so
+/// workers start from local files), groups the replicas by the name they
+/// serve under, and checks each replica against its model's `config.json`:
+/// a dtype, device or layout that cannot serve it fails the start, naming
+/// the key. The default model must load; another model that does not is
+/// served as unavailable (requests naming it get UNAVAILABLE with the
+/// reason) while its replicas fail to start, are reported and retried.
+pub async fn load_models(settings: &Settings) -> anyhow::Result<Models> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let plans = settings.replica_plans(cores);
+    let names = settings.replica_names();
+    let mut served: Vec<ServedModel> = Vec::new();
+    for (slot, (plan, name)) in plans.iter().zip(&names).enumerate() {
+        match served.iter_mut().find(|m| &m.name == name) {
+            Some(model) if model.source == plan.model => model.slots.push(slot),
+            Some(model) => bail!(
+                "{}: the name {name:?} already serves model {:?}; one name serves one model",
+                settings.replica_key(slot),
+                model.source
+            ),
+            None => served.push(ServedModel {
+                name: name.clone(),
+                source: plan.model.clone(),
+                slots: vec![slot],
+                loaded: Err(String::new()),
+            }),
+        }
+    }
+    let default_name = settings.default_model_name();
+    let default_model = served
+        .iter()
+        .position(|m| m.name == default_name)
+        .unwrap_or(0);
+    let mut files = Vec::with_capacity(served.len());
+    for (index, model) in served.iter_mut().enumerate() {
+        match resolve(&model.source).await {
+            Ok((found, config)) => {
+                model.loaded = Ok(ModelFacts::of(settings, &config));
+                files.push(Some((found, config)));
+            }
+            // The default model must load; the others are like a worker
+            // that cannot: reported in `/info`, retried with back-off
+            // while the other models serve.
+            Err(e) if index == default_model => {
+                return Err(e).with_context(|| format!("model {:?}", model.source));
+            }
+            Err(e) => {
+                tracing::error!(model = %model.name, "model {:?}: {e:#}", model.source);
+                model.loaded = Err(format!("model {:?} cannot be loaded: {e:#}", model.source));
+                files.push(None);
+            }
+        }
+    }
+    let facts: Vec<&ModelFacts> = served
+        .iter()
+        .filter_map(|m| m.loaded.as_ref().ok())
+        .collect();
+    let max_length = facts.iter().map(|f| f.max_length).max().unwrap_or(1);
     if settings.max_batch_tokens < max_length {
         bail!(
             "max_batch_tokens ({}) must hold one pair of max_length ({max_length}) tokens, the model's effective length",
             settings.max_batch_tokens
         );
     }
-    let labels = default_config.declared_labels.unwrap_or(1);
+    let labels = facts.iter().map(|f| f.labels).max().unwrap_or(1);
     let (link, job_budget) = frames_for(settings, max_length, labels)?;
-    let tokenizer = Arc::new(PairTokenizer::from_file(
-        &default_files.tokenizer,
-        max_length,
-    )?);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let plans = settings.replica_plans(cores);
-    let mut resolved = plans.clone();
-    for (slot, replica) in resolved.iter_mut().enumerate() {
-        let key = settings.replica_key(slot);
-        let (files, config) = if replica.model == settings.model {
-            (default_files.clone(), default_config.clone())
-        } else {
-            match resolve(&replica.model).await {
-                Ok(found) => found,
-                // Like a worker that cannot load: reported in `/info` and
-                // retried with back-off while the other replicas serve.
-                Err(e) => {
-                    tracing::error!(%key, slot, "model {:?}: {e:#}", replica.model);
-                    continue;
-                }
+    let mut tokenizers = Vec::with_capacity(served.len());
+    let mut tokenizer_specs = Vec::with_capacity(served.len());
+    for (model, found) in served.iter().zip(&files) {
+        match (found, &model.loaded) {
+            (Some((found, _)), Ok(facts)) => {
+                tokenizers.push(Some(Arc::new(PairTokenizer::from_file(
+                    &found.tokenizer,
+                    facts.max_length,
+                )?)));
+                tokenizer_specs.push(Some(TokenizerSpec {
+                    file: found.tokenizer.clone(),
+                    max_length: facts.max_length as u32,
+                }));
             }
-        };
-        replica
-            .check(&config)
-            .with_context(|| format!("{key}: replica {slot}"))?;
-        replica.model = model_dir(&files)?.display().to_string();
+            _ => {
+                tokenizers.push(None);
+                tokenizer_specs.push(None);
+            }
+        }
     }
-    Ok(Model {
-        served: ServedModel {
-            model: default_files.origin.clone(),
-            max_length,
-            activation: default_config.score_activation,
-            vocab_size: default_config.vocab_size,
-            type_vocab_size: default_config.type_vocab_size,
-        },
-        tokenizer,
-        tokenizer_file: default_files.tokenizer,
+    let mut resolved = plans.clone();
+    for (model, found) in served.iter().zip(&files) {
+        let Some((found, config)) = found else {
+            continue;
+        };
+        for &slot in &model.slots {
+            let replica = &mut resolved[slot];
+            replica
+                .check(config)
+                .with_context(|| format!("{}: replica {slot}", settings.replica_key(slot)))?;
+            replica.model = model_dir(found)?.display().to_string();
+        }
+    }
+    Ok(Models {
+        served,
+        default_model,
+        tokenizers,
+        tokenizer_specs,
         plans,
         resolved,
         link,
@@ -129,9 +199,12 @@ fn frames_for(
             .saturating_add(frame::text_job_passage_len(text_bytes)),
         text_bytes.saturating_add(4),
     ];
-    let chunk_tokens = settings.tokenize_chunk.saturating_mul(max_length);
+    // A job answers with `tokenize_chunk` pairs, or as many windows (one
+    // document alone may make `max_chunks_per_doc`).
+    let rows = settings.tokenize_chunk.max(settings.max_chunks_per_doc);
+    let chunk_tokens = rows.saturating_mul(max_length);
     let from_worker = [
-        frame::token_batch_len(settings.tokenize_chunk, chunk_tokens)
+        frame::windowed_batch_len(rows, chunk_tokens)
             .try_into()
             .unwrap_or(usize::MAX),
         settings
@@ -144,16 +217,18 @@ fn frames_for(
     let needed = |sizes: &[usize]| sizes.iter().copied().max().unwrap_or(0);
     let link = LinkConfig::carrying(needed(&to_worker), needed(&from_worker)).with_context(|| {
         format!(
-            "the limits need frames over the largest ring ({} MiB): lower max_input_chars ({}), max_batch_tokens ({}), max_batch_size ({}) or tokenize_chunk ({})",
+            "the limits need frames over the largest ring ({} MiB): lower max_input_chars ({}), max_batch_tokens ({}), max_batch_size ({}), tokenize_chunk ({}) or max_chunks_per_doc ({})",
             ce_common::link::MAX_RING_CAPACITY >> 20,
             settings.max_input_chars,
             settings.max_batch_tokens,
             settings.max_batch_size,
-            settings.tokenize_chunk
+            settings.tokenize_chunk,
+            settings.max_chunks_per_doc
         )
     })?;
     let budget = JobBudget {
         passages: settings.tokenize_chunk,
+        rows,
         bytes: link.max_to_worker_payload(),
     };
     Ok((link, budget))
@@ -182,38 +257,50 @@ fn model_dir(files: &ModelFiles) -> anyhow::Result<PathBuf> {
 /// The tokenizer workers' and the replicas' specs.
 pub fn worker_specs(
     settings: &Settings,
-    model: &Model,
+    models: &Models,
 ) -> anyhow::Result<(Vec<WorkerSpec>, Vec<WorkerSpec>)> {
     let ready_timeout = Duration::from_secs(settings.ready_timeout_s);
-    let spec = |role, slot: usize, program: &Path, job| WorkerSpec {
+    let spec = |role, slot: usize, program: &Path, max_length: usize, job| WorkerSpec {
         role,
         slot: slot as u32,
         program: program.to_path_buf(),
         config: WorkerConfig {
-            max_length: model.served.max_length as u32,
+            max_length: max_length as u32,
             heartbeat_ms: settings.heartbeat_ms,
             job,
         },
-        link: model.link,
+        link: models.link,
         ready_timeout,
     };
+    let longest = models
+        .served
+        .iter()
+        .filter_map(|m| m.loaded.as_ref().ok().map(|f| f.max_length))
+        .max()
+        .unwrap_or(settings.max_length);
     let tokenizer_program = worker_program(settings, TOKENIZER_WORKER)?;
     let tokenizers = (0..settings.tokenizers)
         .map(|slot| {
             let job = WorkerJob::Tokenizer {
-                tokenizer: model.tokenizer_file.clone(),
+                tokenizers: models.tokenizer_specs.clone(),
             };
-            spec(Role::Tokenizer, slot, &tokenizer_program, job)
+            spec(Role::Tokenizer, slot, &tokenizer_program, longest, job)
         })
         .collect();
     let model_program = worker_program(settings, MODEL_WORKER)?;
-    let replicas = model
+    let replicas = models
         .resolved
         .iter()
         .enumerate()
         .map(|(slot, replica)| {
+            let max_length = models
+                .served
+                .iter()
+                .find(|m| m.slots.contains(&slot))
+                .and_then(|m| m.loaded.as_ref().ok())
+                .map_or(settings.max_length, |f| f.max_length);
             let job = WorkerJob::Model(replica.clone());
-            spec(Role::Model, slot, &model_program, job)
+            spec(Role::Model, slot, &model_program, max_length, job)
         })
         .collect();
     Ok((tokenizers, replicas))

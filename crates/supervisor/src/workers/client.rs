@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use ce_common::TokenBatch;
-use ce_common::frame::{self, ERROR_INVALID_INPUT, FrameKind, QueryIds, QueryJob, Reply, TextJob};
+use ce_common::frame::{
+    self, ERROR_INVALID_INPUT, FrameKind, QueryIds, QueryJob, Reply, TextJob, Window,
+};
 
 use super::process::{RawReply, WorkerFailure, WorkerProcess};
 
@@ -53,6 +55,43 @@ pub struct Scores {
     pub logits: Vec<f32>,
     /// Logits per pair.
     pub labels: usize,
+}
+
+/// A tokenize job's answer: its pairs, in passage order, and — for a
+/// windowed job ([`frame::WindowPlan`]) — which passage and characters
+/// each pair is a window of.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tokenized {
+    /// The pairs.
+    pub batch: TokenBatch,
+    /// One per pair, for a windowed job; `None`: one pair per passage.
+    pub windows: Option<Vec<Window>>,
+}
+
+impl Tokenized {
+    /// Whether this answers `job`: one pair per passage, or windows that
+    /// give every passage (in order) at least one and at most
+    /// `max_windows` pairs.
+    pub fn answers(&self, job: &TextJob) -> bool {
+        let n = job.passages.len();
+        let Some(windows) = &self.windows else {
+            return !job.windows.is_on() && self.batch.len() == n;
+        };
+        if !job.windows.is_on() || windows.len() != self.batch.len() {
+            return false;
+        }
+        let mut counts = vec![0u32; n];
+        for w in windows {
+            match counts.get_mut(w.passage as usize) {
+                Some(c) => *c += 1,
+                None => return false,
+            }
+        }
+        // Passages arrive in order (the frame decoder checks that).
+        counts
+            .iter()
+            .all(|&c| c >= 1 && c <= job.windows.max_windows)
+    }
 }
 
 /// What the pool needs of a client: made from a process, and able to show
@@ -160,12 +199,13 @@ impl TokenizerClient {
         }
     }
 
-    /// Tokenizes `job` into one packed batch, its pairs in order.
+    /// Tokenizes `job` into one packed batch, its pairs in order (with
+    /// their windows, for a windowed job).
     pub async fn tokenize(
         &self,
         job: &TextJob,
         deadline: Duration,
-    ) -> Result<Worked<TokenBatch>, JobError> {
+    ) -> Result<Worked<Tokenized>, JobError> {
         let mut payload = Vec::with_capacity(job.encoded_len());
         job.encode(&mut payload);
         let count = job.passages.len() as u32;
@@ -178,18 +218,42 @@ impl TokenizerClient {
             "tokenize job",
         )
         .await?;
-        match done.output {
-            Reply::Tokens(batch) if batch.len() == job.passages.len() => Ok(Worked {
-                output: batch,
+        let tokenized = match done.output {
+            Reply::Tokens(batch) => Tokenized {
+                batch,
+                windows: None,
+            },
+            Reply::Windows(windowed) => Tokenized {
+                batch: windowed.batch,
+                windows: Some(windowed.windows),
+            },
+            other => {
+                return Err(faulty(
+                    &self.process,
+                    &format!(
+                        "tokenizer worker answered {} passages with {}",
+                        job.passages.len(),
+                        describe(&other)
+                    ),
+                ));
+            }
+        };
+        match tokenized.answers(job) {
+            true => Ok(Worked {
+                output: tokenized,
                 work: done.work,
                 round_trip: done.round_trip,
             }),
-            other => Err(faulty(
+            false => Err(faulty(
                 &self.process,
                 &format!(
-                    "tokenizer worker answered {} passages with {}",
+                    "tokenizer worker answered {} passages with {} pairs{}",
                     job.passages.len(),
-                    describe(&other)
+                    tokenized.batch.len(),
+                    match &tokenized.windows {
+                        Some(w) => format!(" in {} windows", w.len()),
+                        None => String::new(),
+                    }
                 ),
             )),
         }
@@ -261,7 +325,8 @@ impl ReplicaClient {
 }
 
 impl Client for ReplicaClient {
-    type WarmUp = TokenBatch;
+    /// One batch per slot, tokenized for that slot's model.
+    type WarmUp = Vec<TokenBatch>;
 
     fn new(process: WorkerProcess) -> Self {
         Self { process }
@@ -272,7 +337,13 @@ impl Client for ReplicaClient {
     }
 
     /// One small batch through the rings, answered with scores.
-    async fn warm_up(&self, batch: &TokenBatch, deadline: Duration) -> Result<(), JobError> {
+    async fn warm_up(&self, batches: &Vec<TokenBatch>, deadline: Duration) -> Result<(), JobError> {
+        let Some(batch) = batches.get(self.process.slot() as usize) else {
+            return Err(JobError::Failed(format!(
+                "no warm-up batch for replica {}",
+                self.process.slot()
+            )));
+        };
         self.score(batch, deadline).await.map(drop)
     }
 }
@@ -281,6 +352,7 @@ fn describe(reply: &Reply) -> String {
     match reply {
         Reply::Tokens(b) => format!("a token batch of {} pairs", b.len()),
         Reply::Query(q) => format!("a query of {} ids", q.ids.len()),
+        Reply::Windows(w) => format!("{} windows", w.windows.len()),
         Reply::Scores { logits, labels } => format!("{} logits × {labels}", logits.len()),
         Reply::Error { message, .. } => format!("an error: {message}"),
     }

@@ -13,6 +13,6 @@ pub mod isolation;
 pub mod pool;
 pub mod process;
 
-pub use client::{Client, JobError, ReplicaClient, Scores, TokenizerClient, Worked};
+pub use client::{Client, JobError, ReplicaClient, Scores, Tokenized, TokenizerClient, Worked};
 pub use pool::{Lease, Share, Starter, WorkerPool};
 pub use process::{StartError, WorkerFailure, WorkerFigures, WorkerProcess, WorkerSpec};

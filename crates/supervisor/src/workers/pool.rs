@@ -220,6 +220,15 @@ impl<C: Client> WorkerPool<C> {
             .count()
     }
 
+    /// Slots among `slots` whose worker serves.
+    pub fn serving_in(&self, slots: &[usize]) -> usize {
+        let members = self.shared.members.load();
+        slots
+            .iter()
+            .filter(|&&s| members.get(s).is_some_and(|c| c.process().is_alive()))
+            .count()
+    }
+
     /// Work in flight, over every slot.
     pub fn in_flight(&self) -> usize {
         self.shared.loads.iter().map(Load::leases).sum()
@@ -233,8 +242,14 @@ impl<C: Client> WorkerPool<C> {
     /// A lease on the serving worker with the least work that `share`
     /// allows, if there is one now. Never waits, never locks.
     pub fn try_lease(&self, share: Share) -> Option<Lease<C>> {
+        self.try_lease_in(share, None)
+    }
+
+    /// As [`try_lease`](Self::try_lease), among `slots` only (all: `None`):
+    /// how the replicas of one model are leased for its batches.
+    pub fn try_lease_in(&self, share: Share, slots: Option<&[usize]>) -> Option<Lease<C>> {
         let members = self.shared.members.load();
-        for slot in self.serving_by_load(&members) {
+        for slot in self.serving_by_load(&members, slots) {
             let load = &self.shared.loads[slot];
             let before = load.leases();
             let taken = match share {
@@ -291,15 +306,26 @@ impl<C: Client> WorkerPool<C> {
 
     fn reserve_least_loaded(&self) -> Option<usize> {
         let members = self.shared.members.load();
-        self.serving_by_load(&members)
+        self.serving_by_load(&members, None)
             .into_iter()
             .find(|&s| self.shared.loads[s].try_reserve())
     }
 
-    /// The slots whose worker serves, least work in flight first.
-    fn serving_by_load(&self, members: &[C]) -> Vec<usize> {
-        let mut slots: Vec<usize> = (0..members.len())
-            .filter(|&s| members[s].process().is_alive())
+    /// The slots (of `among`, or all) whose worker serves, least work in
+    /// flight first.
+    fn serving_by_load(&self, members: &[C], among: Option<&[usize]>) -> Vec<usize> {
+        let every: Vec<usize>;
+        let candidates = match among {
+            Some(slots) => slots,
+            None => {
+                every = (0..members.len()).collect();
+                &every
+            }
+        };
+        let mut slots: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&s| members.get(s).is_some_and(|m| m.process().is_alive()))
             .collect();
         slots.sort_by_key(|&s| self.shared.loads[s].leases());
         slots

@@ -371,6 +371,11 @@ impl WorkerProcess {
         self.inner.pid
     }
 
+    /// Its slot among workers of its role.
+    pub fn slot(&self) -> u32 {
+        self.inner.slot
+    }
+
     /// Its role.
     pub fn role(&self) -> Role {
         self.inner.role

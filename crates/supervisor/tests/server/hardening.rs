@@ -99,12 +99,14 @@ async fn every_path_checks_the_same_limits_and_the_stream_cap_is_advertised() {
             query: "q".into(),
             passage: "x".repeat(1001),
             raw_scores: true,
+            ..Default::default()
         },
         StreamPair {
             id: 2,
             query: "q".into(),
             passage: "fine".into(),
             raw_scores: true,
+            ..Default::default()
         },
     ];
     let mut stream = client

@@ -209,6 +209,7 @@ async fn tokenize_and_score_tokens_isolate_the_two_stages() {
         .score_tokens(ScoreTokensRequest {
             pairs: tokenized.pairs.clone(),
             raw_scores: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -224,6 +225,7 @@ async fn tokenize_and_score_tokens_isolate_the_two_stages() {
         ScoreTokensRequest {
             pairs: vec![good.clone(), bad],
             raw_scores: false,
+            ..Default::default()
         }
     };
     let cases: Vec<(ScoreTokensRequest, &str)> = vec![
@@ -271,6 +273,7 @@ async fn tokenize_and_score_tokens_isolate_the_two_stages() {
         .score_tokens(ScoreTokensRequest {
             pairs: vec![good],
             raw_scores: true,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -23,6 +23,7 @@ async fn rerank_stream_answers_each_pair_and_cancels() {
             query: q.clone(),
             passage: p.clone(),
             raw_scores: true,
+            ..Default::default()
         })
         .collect();
     let mut inbound = client
@@ -47,6 +48,7 @@ async fn rerank_stream_answers_each_pair_and_cancels() {
                 query: "q".into(),
                 passage: "p ".repeat(30),
                 raw_scores: true,
+                ..Default::default()
             };
             if tx.send(pair).await.is_err() {
                 return;

@@ -1,7 +1,14 @@
-//! The HTTP front end on the metrics port: `POST /rerank` in
-//! text-embeddings-inference's request and response shapes (so its clients
-//! work unchanged), `GET /health`, `GET /info`, `GET /metrics` — each
-//! translating JSON to and from the [`Api`].
+//! The HTTP front end on the metrics port, each route translating JSON
+//! to and from the [`Api`] in the shapes its clients already speak:
+//! `POST /rerank` (text-embeddings-inference), `POST /v1/rerank` (Cohere v1
+//! and Jina), `POST /v2/rerank` (Cohere v2), `POST /score` and `/v1/score`
+//! (vLLM), `GET /v1/models`, plus `GET /health`, `/info`, `/metrics` and
+//! `/openapi.json` (see [`openapi`]). Errors come in each family's shape
+//! ([`errors`]).
+
+pub mod compat;
+pub mod errors;
+pub mod openapi;
 
 use std::time::Instant;
 
@@ -12,9 +19,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::api::{self, Api, ApiError, RerankInput, Side, http_refusal};
+use crate::api::{self, Api, ApiError, Chunking, RerankInput, Side};
+pub use errors::ErrorShape;
 
-pub use ce_http_types::{RankBody, RerankBody};
+pub use ce_http_types::{ChunkBody, RankBody, RerankBody};
 
 /// The router, over `api`.
 pub fn router(api: Api) -> axum::Router {
@@ -22,6 +30,11 @@ pub fn router(api: Api) -> axum::Router {
     // costs no body. (The last layer added runs first.)
     let guarded = axum::Router::new()
         .route("/rerank", post(rerank_handler))
+        .route("/v1/rerank", post(compat::cohere_v1_rerank))
+        .route("/v2/rerank", post(compat::cohere_v2_rerank))
+        .route("/score", post(compat::score))
+        .route("/v1/score", post(compat::score))
+        .route("/v1/models", get(compat::models))
         .route("/info", get(info))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), read_body))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -33,6 +46,7 @@ pub fn router(api: Api) -> axum::Router {
         .merge(guarded)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(body_limit)
@@ -52,6 +66,7 @@ async fn read_body(
         settings.max_request_bytes,
         std::time::Duration::from_millis(settings.http_body_timeout_ms),
     );
+    let shape = ErrorShape::of_path(request.uri().path());
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => {
@@ -65,20 +80,20 @@ async fn read_body(
                 })
                 .any(|e| e.is::<http_body_util::LengthLimitError>());
             if too_large {
-                http_refusal(
+                shape.refusal(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "Validation",
                     format!("request body over max_request_bytes ({limit} bytes)"),
                 )
             } else {
-                http_refusal(
+                shape.refusal(
                     StatusCode::BAD_REQUEST,
                     "Validation",
                     format!("request body: {e}"),
                 )
             }
         }
-        Err(_) => http_refusal(
+        Err(_) => shape.refusal(
             StatusCode::REQUEST_TIMEOUT,
             "Timeout",
             format!(
@@ -101,7 +116,7 @@ async fn require_key(
     if crate::auth::authorized(api.core().settings.api_key.as_deref(), header) {
         next.run(request).await
     } else {
-        http_refusal(
+        ErrorShape::of_path(request.uri().path()).refusal(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "missing or wrong API key (Authorization: Bearer …)".into(),
@@ -109,7 +124,28 @@ async fn require_key(
     }
 }
 
-async fn rerank_handler(
+/// `POST /rerank`: text-embeddings-inference's rerank (its clients work
+/// unchanged), plus `model` and opt-in windows for long documents.
+#[utoipa::path(
+    post,
+    path = "/rerank",
+    tag = "text-embeddings-inference",
+    request_body = RerankBody,
+    responses(
+        (status = 200, description = "Ranks, best first", body = Vec<RankBody>),
+        (status = 400, description = "Not JSON", body = ce_http_types::TeiError),
+        (status = 401, description = "Missing or wrong API key", body = ce_http_types::TeiError),
+        (status = 404, description = "Unknown model", body = ce_http_types::TeiError),
+        (status = 408, description = "Body too slow", body = ce_http_types::TeiError),
+        (status = 413, description = "Body too large", body = ce_http_types::TeiError),
+        (status = 415, description = "Not application/json", body = ce_http_types::TeiError),
+        (status = 422, description = "Invalid input", body = ce_http_types::TeiError),
+        (status = 429, description = "Overloaded", body = ce_http_types::TeiError),
+        (status = 503, description = "Not serving", body = ce_http_types::TeiError),
+        (status = 504, description = "Timed out", body = ce_http_types::TeiError),
+    )
+)]
+pub async fn rerank_handler(
     State(api): State<Api>,
     body: Result<Json<RerankBody>, JsonRejection>,
 ) -> Response {
@@ -118,13 +154,12 @@ async fn rerank_handler(
         Ok(Json(body)) => body,
         Err(rejection) => {
             // Size and time were checked as the body was read (`read_body`).
-            let status = rejection.status();
-            let message = rejection.body_text();
-            let refused: Result<(), _> = Err(ApiError::InvalidArgument(message.clone()));
-            api.record("http_rerank", started, &refused);
-            return http_refusal(status, "Validation", message);
+            let refused: Result<(), _> = Err(ApiError::InvalidArgument(rejection.body_text()));
+            api.record("http_rerank", None, started, &refused);
+            return ErrorShape::Tei.rejected(&rejection);
         }
     };
+    let model = body.model.clone();
     let call = async {
         let side = match body.truncation_direction.as_deref() {
             None | Some("Right") | Some("right") => Side::Right,
@@ -136,13 +171,19 @@ async fn rerank_handler(
             }
         };
         let input = RerankInput {
+            model: body.model,
             query: body.query,
             documents: body.texts,
             truncation: api::truncation(body.truncate, side),
             raw_scores: body.raw_scores,
             return_documents: body.return_text,
             top_n: None,
+            chunking: body.max_chunks_per_doc.map(|n| Chunking {
+                max_chunks: Some(n),
+                max_tokens: None,
+            }),
         };
+        let offsets = body.return_chunk_offsets;
         let ranking = api.rerank(input).await?;
         Ok(ranking
             .ranks
@@ -151,32 +192,58 @@ async fn rerank_handler(
                 index: r.index,
                 score: r.score,
                 text: r.document,
+                chunk: chunk_body(offsets, r.chunk),
             })
             .collect::<Vec<_>>())
     };
-    api.recorded("http_rerank", None, call)
+    match api
+        .recorded("http_rerank", model.as_deref(), None, call)
         .await
-        .map(Json)
-        .into_response()
+    {
+        Ok(ranks) => Json(ranks).into_response(),
+        Err(e) => ErrorShape::Tei.error(&e),
+    }
+}
+
+/// The deciding window of a rank, when the client asked for it.
+pub fn chunk_body(asked: bool, chunk: Option<api::ChunkInfo>) -> Option<ChunkBody> {
+    let chunk = chunk.filter(|_| asked)?;
+    Some(ChunkBody {
+        start: chunk.start,
+        end: chunk.end,
+        chunks: chunk.windows,
+    })
 }
 
 async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    http_refusal(
+    ErrorShape::of_path(uri.path()).refusal(
         StatusCode::NOT_FOUND,
         "NotFound",
-        format!("no route {method} {uri}; routes: POST /rerank, GET /health, /info, /metrics"),
+        format!(
+            "no route {method} {uri}; routes: POST /rerank, /v1/rerank, /v2/rerank, /score, /v1/score; GET /v1/models, /health, /info, /metrics, /openapi.json"
+        ),
     )
 }
 
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    http_refusal(
+    ErrorShape::of_path(uri.path()).refusal(
         StatusCode::METHOD_NOT_ALLOWED,
         "MethodNotAllowed",
         format!("{uri} does not take {method}"),
     )
 }
 
-async fn health(State(api): State<Api>) -> (StatusCode, &'static str) {
+/// `GET /health`: 200 while a replica and a tokenizer serve, else 503.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "server",
+    responses(
+        (status = 200, description = "Serving", body = String, content_type = "text/plain"),
+        (status = 503, description = "Not serving", body = String, content_type = "text/plain"),
+    )
+)]
+pub async fn health(State(api): State<Api>) -> (StatusCode, &'static str) {
     if api.core().has_capacity() {
         (StatusCode::OK, "ok\n")
     } else {
@@ -184,11 +251,31 @@ async fn health(State(api): State<Api>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn info(State(api): State<Api>) -> Json<api::Info> {
+/// `GET /info`: what is served, with which limits, and each replica's state.
+#[utoipa::path(
+    get,
+    path = "/info",
+    tag = "server",
+    responses(
+        (status = 200, description = "The server", body = api::Info),
+        (status = 401, description = "Missing or wrong API key", body = ce_http_types::TeiError),
+    )
+)]
+pub async fn info(State(api): State<Api>) -> Json<api::Info> {
     Json(api.info())
 }
 
-async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+/// `GET /metrics`: Prometheus' OpenMetrics text.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    responses(
+        (status = 200, description = "Every process's figures", body = String,
+         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    )
+)]
+pub async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     let core = api.core();
     (
         [(
