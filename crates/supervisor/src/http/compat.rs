@@ -383,21 +383,23 @@ fn document_out(document: &DocumentIn) -> DocumentOut {
     }
 }
 
-/// vLLM's pairing of `text_1` and `text_2`.
+/// vLLM's pairing of `text_1` and `text_2`: a single text (or a list of
+/// one) on either side goes with every text of the other; two longer
+/// lists pair in order and must be as long.
 fn score_pairs(text_1: Texts, text_2: Texts) -> Result<Vec<(String, String)>, ApiError> {
-    Ok(match (text_1, text_2) {
-        (Texts::One(q), Texts::One(d)) => vec![(q, d)],
-        (Texts::One(q), Texts::Many(ds)) => ds.into_iter().map(|d| (q.clone(), d)).collect(),
-        (Texts::Many(qs), Texts::One(d)) => qs.into_iter().map(|q| (q, d.clone())).collect(),
-        (Texts::Many(qs), Texts::Many(ds)) => {
-            if qs.len() != ds.len() {
-                return Err(ApiError::InvalidArgument(format!(
-                    "text_1 and text_2: {} and {} texts; two lists are scored pairwise and must be as long",
-                    qs.len(),
-                    ds.len()
-                )));
-            }
-            qs.into_iter().zip(ds).collect()
+    let list = |t: Texts| match t {
+        Texts::One(s) => vec![s],
+        Texts::Many(v) => v,
+    };
+    let (qs, ds) = (list(text_1), list(text_2));
+    Ok(match (qs.len(), ds.len()) {
+        (1, _) => ds.into_iter().map(|d| (qs[0].clone(), d)).collect(),
+        (_, 1) => qs.into_iter().map(|q| (q, ds[0].clone())).collect(),
+        (a, b) if a == b => qs.into_iter().zip(ds).collect(),
+        (a, b) => {
+            return Err(ApiError::InvalidArgument(format!(
+                "text_1 and text_2: {a} and {b} texts; two lists are scored pairwise and must be as long (or one a single text)"
+            )));
         }
     })
 }
@@ -445,5 +447,7 @@ mod tests {
         );
         assert!(score_pairs(many(&["q"]), many(&["a", "b"])).is_err());
         assert_eq!(score_pairs(many(&["q", "r"]), one("a")).unwrap().len(), 2);
+        assert_eq!(score_pairs(many(&["q", "r"]), many(&["a"])).unwrap().len(), 2);
+        assert!(score_pairs(many(&[]), many(&["a", "b"])).is_err());
     }
 }

@@ -10,6 +10,7 @@ mod faults;
 mod hardening;
 mod health_shutdown;
 mod http_api;
+mod rerank_apis;
 mod scoring;
 mod streaming;
 mod validation;
