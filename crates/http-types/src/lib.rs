@@ -7,16 +7,35 @@
 //! clients, tests and the fuzzers use them without the server.
 #![warn(missing_docs)]
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
+
+/// An optional count as JSON Schema's `integer` admits it: a JSON integer,
+/// or a number with no fractional part (`3.0`), which serde alone refuses.
+fn optional_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return usize::try_from(u).map(Some).map_err(serde::de::Error::custom);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => Ok(Some(f as usize)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a count (a whole number from 0)"
+        ))),
+    }
+}
 
 /// text-embeddings-inference's `/rerank` request (plus `model` and the
 /// chunking fields, which TEI lacks).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct RerankBody {
-    /// The query.
+    /// The query (not blank).
+    #[schema(min_length = 1, pattern = r"\S")]
     pub query: String,
     /// Documents to rank.
+    #[schema(min_items = 1)]
     pub texts: Vec<String>,
     /// Raw logits instead of the activation.
     #[serde(default)]
@@ -27,19 +46,31 @@ pub struct RerankBody {
     /// Truncate over-long pairs (default true).
     #[serde(default)]
     pub truncate: Option<bool>,
-    /// `Right` (default) or `Left`.
+    /// Which end of an over-long pair is cut (default `Right`).
     #[serde(default)]
-    pub truncation_direction: Option<String>,
+    pub truncation_direction: Option<TruncationSide>,
     /// The served model's name (default: the server's default model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Score a long document in at most this many windows instead of
     /// truncating it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "optional_count", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub max_chunks_per_doc: Option<usize>,
     /// With windows: report the deciding window's characters (`chunk`).
     #[serde(default)]
     pub return_chunk_offsets: bool,
+}
+
+/// TEI's `truncation_direction` (either capitalisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+pub enum TruncationSide {
+    /// Cut the end (the default).
+    #[serde(alias = "right")]
+    Right,
+    /// Cut the start.
+    #[serde(alias = "left")]
+    Left,
 }
 
 /// One entry of the `/rerank` answer.
@@ -86,12 +117,15 @@ pub struct CohereRerankBody {
     /// The served model's name (default: the server's default model).
     #[serde(default)]
     pub model: Option<String>,
-    /// The query.
+    /// The query (not blank).
+    #[schema(min_length = 1, pattern = r"\S")]
     pub query: String,
     /// Documents to rank.
+    #[schema(min_items = 1)]
     pub documents: Vec<DocumentIn>,
     /// Return only the best `top_n` (at least 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_count")]
+    #[schema(minimum = 1)]
     pub top_n: Option<usize>,
     /// Echo each document (default true: Jina's default; Cohere clients
     /// read it when present).
@@ -99,10 +133,12 @@ pub struct CohereRerankBody {
     pub return_documents: Option<bool>,
     /// Windows a long document is split into at most (Cohere v1; default
     /// and ceiling: the server's `max_chunks_per_doc`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_count")]
+    #[schema(minimum = 1)]
     pub max_chunks_per_doc: Option<usize>,
     /// For object documents: the fields scored, in order (default `text`).
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub rank_fields: Option<Vec<String>>,
     /// Report the deciding window's characters (`chunk`).
     #[serde(default)]
@@ -114,16 +150,20 @@ pub struct CohereRerankBody {
 pub struct CohereV2RerankBody {
     /// The served model's name (required, as Cohere v2 requires it).
     pub model: String,
-    /// The query.
+    /// The query (not blank).
+    #[schema(min_length = 1, pattern = r"\S")]
     pub query: String,
     /// Documents to rank.
+    #[schema(min_items = 1)]
     pub documents: Vec<String>,
     /// Return only the best `top_n` (at least 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_count")]
+    #[schema(minimum = 1)]
     pub top_n: Option<usize>,
     /// Tokens of a document considered at most (default and ceiling: the
     /// server's `max_tokens_per_doc`); longer ones are scored in windows.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_count")]
+    #[schema(minimum = 1)]
     pub max_tokens_per_doc: Option<usize>,
     /// Echo each document (default false).
     #[serde(default)]
@@ -133,18 +173,23 @@ pub struct CohereV2RerankBody {
     pub return_chunk_offsets: bool,
 }
 
-/// A document echoed in a rerank result.
+/// A document echoed in a rerank result: `{"text": …}` for a document
+/// sent as a string, the object sent, whole, for an object.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum DocumentOut {
-    /// `{"text": …}` for a document sent as a string.
-    Text {
-        /// The document.
-        text: String,
-    },
-    /// The object sent, whole.
-    #[schema(value_type = Object)]
-    Fields(serde_json::Map<String, serde_json::Value>),
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct DocumentOut(
+    /// Its fields.
+    pub serde_json::Map<String, serde_json::Value>,
+);
+
+impl DocumentOut {
+    /// `{"text": text}`.
+    pub fn text(text: &str) -> Self {
+        let mut fields = serde_json::Map::new();
+        fields.insert("text".into(), text.into());
+        Self(fields)
+    }
 }
 
 /// One result of `/v1/rerank` and `/v2/rerank`.
@@ -372,7 +417,7 @@ mod tests {
             serde_json::from_str(r#"{"text_1":"q","text_2":["a","b"]}"#).unwrap();
         assert_eq!(score.text_1, Texts::One("q".into()));
         assert_eq!(score.text_2, Texts::Many(vec!["a".into(), "b".into()]));
-        let out = serde_json::to_value(DocumentOut::Text { text: "a".into() }).unwrap();
+        let out = serde_json::to_value(DocumentOut::text("a")).unwrap();
         assert_eq!(out, serde_json::json!({"text": "a"}));
     }
 }

@@ -147,9 +147,7 @@ pub async fn cohere_v2_rerank(
             "2",
             ranking,
             |i| {
-                echo.then(|| DocumentOut::Text {
-                    text: documents[i].clone(),
-                })
+                echo.then(|| DocumentOut::text(&documents[i]))
             },
             body.return_chunk_offsets,
         ))
@@ -378,8 +376,8 @@ fn document_texts(
 /// whole.
 fn document_out(document: &DocumentIn) -> DocumentOut {
     match document {
-        DocumentIn::Text(text) => DocumentOut::Text { text: text.clone() },
-        DocumentIn::Fields(object) => DocumentOut::Fields(object.clone()),
+        DocumentIn::Text(text) => DocumentOut::text(text),
+        DocumentIn::Fields(object) => DocumentOut(object.clone()),
     }
 }
 

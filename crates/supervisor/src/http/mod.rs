@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use crate::api::{self, Api, ApiError, Chunking, RerankInput, Side};
 pub use errors::ErrorShape;
 
-pub use ce_http_types::{ChunkBody, RankBody, RerankBody};
+pub use ce_http_types::{ChunkBody, RankBody, RerankBody, TruncationSide};
 
 /// The router, over `api`.
 pub fn router(api: Api) -> axum::Router {
@@ -161,14 +161,9 @@ pub async fn rerank_handler(
     };
     let model = body.model.clone();
     let call = async {
-        let side = match body.truncation_direction.as_deref() {
-            None | Some("Right") | Some("right") => Side::Right,
-            Some("Left") | Some("left") => Side::Left,
-            Some(other) => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "truncation_direction: {other:?} is neither \"Right\" nor \"Left\""
-                )));
-            }
+        let side = match body.truncation_direction {
+            None | Some(TruncationSide::Right) => Side::Right,
+            Some(TruncationSide::Left) => Side::Left,
         };
         let input = RerankInput {
             model: body.model,

@@ -1,9 +1,14 @@
 //! `GET /openapi.json`: the HTTP API described from its own types and
-//! handlers (`utoipa`), so the document cannot drift from the routes; the
-//! test suite checks a running server against it with schemathesis.
+//! handlers (`utoipa`), so the document cannot drift from the routes, with
+//! this server's limits and model names written in (see [`with_limits`]);
+//! the test suite checks a running server against it with schemathesis.
 
+use axum::extract::State;
 use axum::response::IntoResponse;
+use serde_json::{Value, json};
 use utoipa::OpenApi;
+
+use crate::api::Api;
 
 /// The API document.
 #[derive(OpenApi)]
@@ -40,11 +45,80 @@ pub struct ApiDoc;
     tag = "server",
     responses((status = 200, description = "The OpenAPI document", body = Object))
 )]
-pub async fn document() -> impl IntoResponse {
-    (
-        [("content-type", "application/json")],
-        ApiDoc::openapi().to_json().unwrap_or_default(),
-    )
+pub async fn document(State(api): State<Api>) -> impl IntoResponse {
+    let names: Vec<String> = api.core().models.iter().map(|m| m.name.clone()).collect();
+    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    axum::Json(with_limits(doc, &Limits::of(&api.core().settings), &names))
+}
+
+/// The limits a request must keep on this server, as the document states them.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `max_documents`.
+    pub documents: usize,
+    /// `max_input_chars`.
+    pub chars: usize,
+    /// `max_chunks_per_doc`.
+    pub chunks: usize,
+    /// `max_tokens_per_doc`.
+    pub doc_tokens: usize,
+}
+
+impl Limits {
+    /// The limits of `settings`.
+    pub fn of(settings: &crate::config::Settings) -> Self {
+        Self {
+            documents: settings.max_documents,
+            chars: settings.max_input_chars,
+            chunks: settings.max_chunks_per_doc,
+            doc_tokens: settings.max_tokens_per_doc,
+        }
+    }
+}
+
+/// `doc` with this server's limits as schema bounds (`maxItems`,
+/// `maxLength`, `maximum`) and its served model names as the only values
+/// of `model`: what the types alone cannot know.
+pub fn with_limits(mut doc: Value, limits: &Limits, models: &[String]) -> Value {
+    let Some(schemas) = doc.pointer_mut("/components/schemas") else {
+        return doc;
+    };
+    let mut set = |path: &str, key: &str, value: Value| {
+        if let Some(Value::Object(field)) = schemas.pointer_mut(path) {
+            field.insert(key.into(), value);
+        }
+    };
+    for body in ["RerankBody", "CohereRerankBody", "CohereV2RerankBody", "ScoreBody"] {
+        let at = |field: &str| format!("/{body}/properties/{field}");
+        set(&at("query"), "maxLength", json!(limits.chars));
+        for list in ["texts", "documents"] {
+            set(&at(list), "maxItems", json!(limits.documents));
+            set(&format!("{}/items", at(list)), "maxLength", json!(limits.chars));
+        }
+        set(&at("max_chunks_per_doc"), "maximum", json!(limits.chunks));
+        set(&at("max_tokens_per_doc"), "maximum", json!(limits.doc_tokens));
+        let mut names: Vec<Value> = models.iter().map(|m| json!(m)).collect();
+        if body != "CohereV2RerankBody" {
+            names.push(Value::Null);
+        }
+        set(&at("model"), "enum", Value::Array(names));
+    }
+    set("/DocumentIn/oneOf/0", "maxLength", json!(limits.chars));
+    set("/Texts/oneOf/0", "maxLength", json!(limits.chars));
+    set("/Texts/oneOf/1", "maxItems", json!(limits.documents));
+    set("/Texts/oneOf/1", "minItems", json!(1));
+    set("/Texts/oneOf/1/items", "maxLength", json!(limits.chars));
+    // `text_1` holds queries: not blank, unlike documents.
+    let query = json!({"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": limits.chars});
+    set(
+        "/ScoreBody/properties",
+        "text_1",
+        json!({
+            "description": "Queries: one, or one per text_2.",
+            "oneOf": [query, {"type": "array", "items": query, "minItems": 1, "maxItems": limits.documents}],
+        }),
+    );
+    doc
 }
 
 #[cfg(test)]
@@ -52,9 +126,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_route_is_described() {
-        let doc: serde_json::Value =
-            serde_json::from_str(&ApiDoc::openapi().to_json().unwrap()).unwrap();
+    fn every_route_is_described_with_the_servers_limits() {
+        let limits = Limits {
+            documents: 7,
+            chars: 100,
+            chunks: 3,
+            doc_tokens: 900,
+        };
+        let doc = with_limits(
+            serde_json::to_value(ApiDoc::openapi()).unwrap(),
+            &limits,
+            &["a".into(), "b".into()],
+        );
         for path in [
             "/rerank",
             "/v1/rerank",
