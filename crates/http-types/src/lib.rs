@@ -17,7 +17,9 @@ fn optional_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::E
         return Ok(None);
     };
     if let Some(u) = n.as_u64() {
-        return usize::try_from(u).map(Some).map_err(serde::de::Error::custom);
+        return usize::try_from(u)
+            .map(Some)
+            .map_err(serde::de::Error::custom);
     }
     match n.as_f64() {
         Some(f) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => Ok(Some(f as usize)),
@@ -54,7 +56,11 @@ pub struct RerankBody {
     pub model: Option<String>,
     /// Score a long document in at most this many windows instead of
     /// truncating it.
-    #[serde(default, deserialize_with = "optional_count", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "optional_count",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(minimum = 1)]
     pub max_chunks_per_doc: Option<usize>,
     /// With windows: report the deciding window's characters (`chunk`).

@@ -146,9 +146,7 @@ pub async fn cohere_v2_rerank(
         Ok(rerank_response(
             "2",
             ranking,
-            |i| {
-                echo.then(|| DocumentOut::text(&documents[i]))
-            },
+            |i| echo.then(|| DocumentOut::text(&documents[i])),
             body.return_chunk_offsets,
         ))
     };
@@ -445,7 +443,10 @@ mod tests {
         );
         assert!(score_pairs(many(&["q"]), many(&["a", "b"])).is_err());
         assert_eq!(score_pairs(many(&["q", "r"]), one("a")).unwrap().len(), 2);
-        assert_eq!(score_pairs(many(&["q", "r"]), many(&["a"])).unwrap().len(), 2);
+        assert_eq!(
+            score_pairs(many(&["q", "r"]), many(&["a"])).unwrap().len(),
+            2
+        );
         assert!(score_pairs(many(&[]), many(&["a", "b"])).is_err());
     }
 }

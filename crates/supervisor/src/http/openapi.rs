@@ -88,15 +88,28 @@ pub fn with_limits(mut doc: Value, limits: &Limits, models: &[String]) -> Value 
             field.insert(key.into(), value);
         }
     };
-    for body in ["RerankBody", "CohereRerankBody", "CohereV2RerankBody", "ScoreBody"] {
+    for body in [
+        "RerankBody",
+        "CohereRerankBody",
+        "CohereV2RerankBody",
+        "ScoreBody",
+    ] {
         let at = |field: &str| format!("/{body}/properties/{field}");
         set(&at("query"), "maxLength", json!(limits.chars));
         for list in ["texts", "documents"] {
             set(&at(list), "maxItems", json!(limits.documents));
-            set(&format!("{}/items", at(list)), "maxLength", json!(limits.chars));
+            set(
+                &format!("{}/items", at(list)),
+                "maxLength",
+                json!(limits.chars),
+            );
         }
         set(&at("max_chunks_per_doc"), "maximum", json!(limits.chunks));
-        set(&at("max_tokens_per_doc"), "maximum", json!(limits.doc_tokens));
+        set(
+            &at("max_tokens_per_doc"),
+            "maximum",
+            json!(limits.doc_tokens),
+        );
         let mut names: Vec<Value> = models.iter().map(|m| json!(m)).collect();
         if body != "CohereV2RerankBody" {
             names.push(Value::Null);
@@ -109,7 +122,8 @@ pub fn with_limits(mut doc: Value, limits: &Limits, models: &[String]) -> Value 
     set("/Texts/oneOf/1", "minItems", json!(1));
     set("/Texts/oneOf/1/items", "maxLength", json!(limits.chars));
     // `text_1` holds queries: not blank, unlike documents.
-    let query = json!({"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": limits.chars});
+    let query =
+        json!({"type": "string", "minLength": 1, "pattern": r"\S", "maxLength": limits.chars});
     set(
         "/ScoreBody/properties",
         "text_1",
