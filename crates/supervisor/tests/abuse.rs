@@ -482,7 +482,7 @@ fn http_cases() -> Vec<Case> {
         case!("http: unknown fields are ignored", |c| expect_http(
             rerank_json(
                 c.http,
-                r#"{"query":"q","texts":["a"],"model":"x","extra":[1,2]}"#
+                r#"{"query":"q","texts":["a"],"served_by":"x","extra":[1,2]}"#
             ),
             200,
             "\"index\""
@@ -517,6 +517,219 @@ fn http_cases() -> Vec<Case> {
         }),
         case!("http: connect and close", |c| drop(
             TcpStream::connect(("127.0.0.1", c.http)).unwrap()
+        )),
+    ]
+}
+
+/// A JSON `POST` of `body` to `path` with the key.
+fn post_json(port: u16, path: &str, body: &str) -> (u16, String) {
+    raw_http(port, &request("POST", path, &key_header(), body.as_bytes()))
+}
+
+/// The other clients' routes: each family's limits and errors (Cohere's
+/// `message`, vLLM's `error.message`), the same care as `/rerank`.
+fn compat_cases() -> Vec<Case> {
+    use serde_json::json;
+    vec![
+        case!("v1/rerank: no key", |c| expect_http(
+            raw_http(
+                c.http,
+                &request(
+                    "POST",
+                    "/v1/rerank",
+                    JSON,
+                    br#"{"query":"q","documents":["a"]}"#
+                )
+            ),
+            401,
+            "\"message\""
+        )),
+        case!("v1/rerank: JSON syntax error", |c| expect_http(
+            post_json(c.http, "/v1/rerank", "{"),
+            400,
+            "\"detail\""
+        )),
+        case!("v1/rerank: documents of numbers", |c| expect_http(
+            post_json(c.http, "/v1/rerank", r#"{"query":"q","documents":[1,2]}"#),
+            422,
+            "documents"
+        )),
+        case!("v1/rerank: too many documents", |c| {
+            let body = json!({"query": "q", "documents": docs(MAX_DOCUMENTS + 1)}).to_string();
+            expect_http(post_json(c.http, "/v1/rerank", &body), 400, "max_documents")
+        }),
+        case!("v1/rerank: document over max_input_chars", |c| {
+            let body =
+                json!({"query": "q", "documents": [{"text": long(MAX_CHARS + 1)}]}).to_string();
+            expect_http(
+                post_json(c.http, "/v1/rerank", &body),
+                400,
+                "max_input_chars",
+            )
+        }),
+        case!("v1/rerank: body over max_request_bytes", |c| {
+            let body = vec![b' '; MAX_BYTES + 1];
+            expect_http(
+                raw_http(c.http, &request("POST", "/v1/rerank", &key_header(), &body)),
+                413,
+                "\"message\":\"request body over max_request_bytes",
+            )
+        }),
+        case!("v1/rerank: zero windows", |c| expect_http(
+            post_json(
+                c.http,
+                "/v1/rerank",
+                r#"{"query":"q","documents":["a"],"max_chunks_per_doc":0}"#
+            ),
+            400,
+            "max_chunks_per_doc: must be at least 1"
+        )),
+        case!("v1/rerank: more windows than the server allows", |c| {
+            expect_http(
+                post_json(
+                    c.http,
+                    "/v1/rerank",
+                    r#"{"query":"q","documents":["a"],"max_chunks_per_doc":100000}"#,
+                ),
+                400,
+                "exceeds this server's max_chunks_per_doc",
+            )
+        }),
+        case!("v1/rerank: negative top_n", |c| expect_http(
+            post_json(
+                c.http,
+                "/v1/rerank",
+                r#"{"query":"q","documents":["a"],"top_n":-1}"#
+            ),
+            422,
+            "top_n"
+        )),
+        case!("v1/rerank: fractional top_n", |c| expect_http(
+            post_json(
+                c.http,
+                "/v1/rerank",
+                r#"{"query":"q","documents":["a"],"top_n":1.5}"#
+            ),
+            422,
+            "not a count"
+        )),
+        case!("v1/rerank: empty rank_fields", |c| expect_http(
+            post_json(
+                c.http,
+                "/v1/rerank",
+                r#"{"query":"q","documents":[{"text":"a"}],"rank_fields":[]}"#
+            ),
+            400,
+            "rank_fields"
+        )),
+        case!("v1/rerank: a rank field that is not text", |c| expect_http(
+            post_json(
+                c.http,
+                "/v1/rerank",
+                r#"{"query":"q","documents":[{"text":{"deep":1}}]}"#
+            ),
+            400,
+            "must be a string"
+        )),
+        case!(
+            "v1/rerank: a long document within the limits is scored in windows",
+            |c| {
+                let body =
+                    json!({"query": "q", "documents": [words(900)], "return_chunk_offsets": true})
+                        .to_string();
+                expect_http(post_json(c.http, "/v1/rerank", &body), 200, "\"chunks\":")
+            }
+        ),
+        case!("v1/rerank: wrong content type", |c| expect_http(
+            raw_http(
+                c.http,
+                &request(
+                    "POST",
+                    "/v1/rerank",
+                    &format!("content-type: text/plain\r\nauthorization: Bearer {KEY}\r\n"),
+                    b"{}"
+                )
+            ),
+            415,
+            "message"
+        )),
+        case!("v1/rerank: GET", |c| expect_http(
+            raw_http(c.http, &request("GET", "/v1/rerank", &key_header(), b"")),
+            405,
+            "does not take GET"
+        )),
+        case!("v2/rerank: without model", |c| expect_http(
+            post_json(c.http, "/v2/rerank", r#"{"query":"q","documents":["a"]}"#),
+            422,
+            "model"
+        )),
+        case!("v2/rerank: unknown model", |c| expect_http(
+            post_json(
+                c.http,
+                "/v2/rerank",
+                r#"{"model":"rerank-v3.5","query":"q","documents":["a"]}"#
+            ),
+            404,
+            "not served here"
+        )),
+        case!("v2/rerank: max_tokens_per_doc over the server's", |c| {
+            let body = json!({"model": support::model_dir().display().to_string(), "query": "q", "documents": ["a"], "max_tokens_per_doc": 1u64 << 40}).to_string();
+            expect_http(
+                post_json(c.http, "/v2/rerank", &body),
+                400,
+                "max_tokens_per_doc",
+            )
+        }),
+        case!("v2/rerank: documents as objects", |c| expect_http(
+            post_json(
+                c.http,
+                "/v2/rerank",
+                r#"{"model":"m","query":"q","documents":[{"text":"a"}]}"#
+            ),
+            422,
+            "documents"
+        )),
+        case!("score: lists of different lengths", |c| expect_http(
+            post_json(
+                c.http,
+                "/score",
+                r#"{"text_1":["a","b"],"text_2":["c","d","e"]}"#
+            ),
+            400,
+            "must be as long"
+        )),
+        case!("score: no texts", |c| expect_http(
+            post_json(c.http, "/score", r#"{"text_1":"q","text_2":[]}"#),
+            400,
+            "must not be empty"
+        )),
+        case!("score: too many pairs", |c| {
+            let body = json!({"text_1": "q", "text_2": docs(MAX_DOCUMENTS + 1)}).to_string();
+            expect_http(post_json(c.http, "/score", &body), 400, "max_documents")
+        }),
+        case!("score: text_1 a number", |c| expect_http(
+            post_json(c.http, "/score", r#"{"text_1":5,"text_2":"a"}"#),
+            422,
+            "\"type\":\"BadRequestError\""
+        )),
+        case!("score: unknown model", |c| expect_http(
+            post_json(
+                c.http,
+                "/v1/score",
+                r#"{"model":"x","text_1":"q","text_2":"a"}"#
+            ),
+            404,
+            "NotFoundError"
+        )),
+        case!("models: no key", |c| expect_http(
+            raw_http(c.http, &request("GET", "/v1/models", "", b"")),
+            401,
+            "AuthenticationError"
+        )),
+        case!("openapi.json needs no key", |c| expect_http(
+            raw_http(c.http, &request("GET", "/openapi.json", "", b"")),
+            200,
+            "\"/v2/rerank\""
         )),
     ]
 }
@@ -941,7 +1154,11 @@ async fn every_abuse_case_is_refused_precisely_and_costs_nothing() {
     let workers = server.workers();
     std::thread::sleep(Duration::from_millis(300));
     let fds = server.fd_count();
-    let cases: Vec<Case> = http_cases().into_iter().chain(grpc_cases()).collect();
+    let cases: Vec<Case> = http_cases()
+        .into_iter()
+        .chain(compat_cases())
+        .chain(grpc_cases())
+        .collect();
     assert!(cases.len() >= 60, "{} cases", cases.len());
     let mut failed = Vec::new();
     for (name, run) in cases {
