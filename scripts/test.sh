@@ -3,8 +3,10 @@
 # Prometheus (for the metrics test) if missing; formatting and lints; the
 # deployment files' linters; the release build the Dockerfile runs; then
 # every test of the workspace (a 20 s chaos test, a real Prometheus, an
-# abuse battery and a 60 s soak among them) and a bounded fuzzing run of
-# every decoder target. Fails on any failure.
+# abuse battery, a 60 s soak, the official cohere SDK and schemathesis
+# against a real server among them; the Python clients come from PyPI
+# into .venv-clients via scripts/client_venv.sh) and a bounded fuzzing run
+# of every decoder target. Fails on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
