@@ -214,6 +214,30 @@ async fn a_replica_that_cannot_start_is_reported_and_the_rest_serve() {
         .await
         .expect("the healthy replica serves");
     assert_eq!(reply.into_inner().ranks.len(), 2);
+    // The broken replica's model is served under its own name, unavailable
+    // with the reason (UNAVAILABLE / 503), while the default model serves.
+    let broken_model = "/nonexistent/broken-model";
+    let mut to_broken = support::two_document_rerank();
+    to_broken.model = broken_model.into();
+    let e = client.rerank(to_broken).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("cannot be loaded"), "{}", e.message());
+    let body = serde_json::json!({"model": broken_model, "query": "q", "documents": ["a"]});
+    let (status, answer) = http(
+        server.http_port,
+        "POST",
+        "/v2/rerank",
+        Some(&body.to_string()),
+    )
+    .unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer.contains("\"message\"") && answer.contains(broken_model),
+        "{answer}"
+    );
+    assert_eq!(info["models"][0]["name"], broken_model, "{info}");
+    assert!(info["models"][0]["error"].as_str().is_some(), "{info}");
+    assert_eq!(info["models"][1]["default"], true, "{info}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,8 @@ async fn cohere_jina_and_vllm_clients_get_their_shapes() {
         "minilm",
         "--max-request-bytes",
         "65536",
+        "--max-queue-tokens",
+        "4000",
     ]);
     let port = server.http_port;
     let docs = documents();
@@ -276,6 +278,28 @@ async fn cohere_jina_and_vllm_clients_get_their_shapes() {
     );
     assert_eq!(status, 413);
     assert_eq!(answer["error"]["code"], 413);
+
+    // Too much model work for the queue: 429 in each shape.
+    let heavy: Vec<String> = (0..16)
+        .map(|i| format!("{i} {}", "word ".repeat(300)))
+        .collect();
+    let (status, answer) = post(
+        port,
+        "/v1/rerank",
+        &json!({"query": "q", "documents": heavy}),
+    );
+    assert_eq!(status, 429, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_queue_tokens")
+    );
+    let (status, answer) = post(port, "/score", &json!({"text_1": "q", "text_2": heavy}));
+    assert_eq!(
+        (status, answer["error"]["type"].as_str()),
+        (429, Some("RateLimitError"))
+    );
 
     // Per-model metrics and the document that describes it all.
     let (_, metrics) = http(port, "GET", "/metrics", None).unwrap();
