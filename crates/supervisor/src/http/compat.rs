@@ -11,9 +11,9 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::response::{IntoResponse, Response};
 use ce_http_types::{
-    ApiVersion, BilledUnits, CohereError, CohereRerankBody, CohereV2RerankBody, DocumentIn,
-    DocumentOut, MetaTokens, ModelCard, ModelList, OpenAiError, RerankMeta, RerankResponseBody,
-    RerankResult, ScoreBody, ScoreData, ScoreResponseBody, ScoreUsage, Texts, Usage,
+    ApiVersion, BilledUnits, CohereRerankBody, CohereV2RerankBody, DocumentIn, DocumentOut,
+    MetaTokens, ModelCard, ModelList, OpenAiError, RerankMeta, RerankResponseBody, RerankResult,
+    ScoreBody, ScoreData, ScoreResponseBody, ScoreUsage, Texts, Usage,
 };
 
 use super::{ErrorShape, chunk_body};
@@ -45,16 +45,6 @@ fn rejected(
     request_body = CohereRerankBody,
     responses(
         (status = 200, description = "Ranked documents, best first", body = RerankResponseBody),
-        (status = 400, description = "Invalid input", body = CohereError),
-        (status = 401, description = "Missing or wrong API key", body = CohereError),
-        (status = 404, description = "Unknown model", body = CohereError),
-        (status = 408, description = "Body too slow", body = CohereError),
-        (status = 413, description = "Body too large", body = CohereError),
-        (status = 415, description = "Not application/json", body = CohereError),
-        (status = 422, description = "Malformed body", body = CohereError),
-        (status = 429, description = "Overloaded", body = CohereError),
-        (status = 503, description = "Not serving", body = CohereError),
-        (status = 504, description = "Timed out", body = CohereError),
     )
 )]
 pub async fn cohere_v1_rerank(
@@ -102,16 +92,6 @@ pub async fn cohere_v1_rerank(
     request_body = CohereV2RerankBody,
     responses(
         (status = 200, description = "Ranked documents, best first", body = RerankResponseBody),
-        (status = 400, description = "Invalid input", body = CohereError),
-        (status = 401, description = "Missing or wrong API key", body = CohereError),
-        (status = 404, description = "Unknown model", body = CohereError),
-        (status = 408, description = "Body too slow", body = CohereError),
-        (status = 413, description = "Body too large", body = CohereError),
-        (status = 415, description = "Not application/json", body = CohereError),
-        (status = 422, description = "Malformed body (a missing `model`, say)", body = CohereError),
-        (status = 429, description = "Overloaded", body = CohereError),
-        (status = 503, description = "Not serving", body = CohereError),
-        (status = 504, description = "Timed out", body = CohereError),
     )
 )]
 pub async fn cohere_v2_rerank(
@@ -162,16 +142,6 @@ pub async fn cohere_v2_rerank(
     request_body = ScoreBody,
     responses(
         (status = 200, description = "One score per pair, in order", body = ScoreResponseBody),
-        (status = 400, description = "Invalid input", body = OpenAiError),
-        (status = 401, description = "Missing or wrong API key", body = OpenAiError),
-        (status = 404, description = "Unknown model", body = OpenAiError),
-        (status = 408, description = "Body too slow", body = OpenAiError),
-        (status = 413, description = "Body too large", body = OpenAiError),
-        (status = 415, description = "Not application/json", body = OpenAiError),
-        (status = 422, description = "Malformed body", body = OpenAiError),
-        (status = 429, description = "Overloaded", body = OpenAiError),
-        (status = 503, description = "Not serving", body = OpenAiError),
-        (status = 504, description = "Timed out", body = OpenAiError),
     )
 )]
 pub async fn score(

@@ -133,16 +133,6 @@ async fn require_key(
     request_body = RerankBody,
     responses(
         (status = 200, description = "Ranks, best first", body = Vec<RankBody>),
-        (status = 400, description = "Not JSON", body = ce_http_types::TeiError),
-        (status = 401, description = "Missing or wrong API key", body = ce_http_types::TeiError),
-        (status = 404, description = "Unknown model", body = ce_http_types::TeiError),
-        (status = 408, description = "Body too slow", body = ce_http_types::TeiError),
-        (status = 413, description = "Body too large", body = ce_http_types::TeiError),
-        (status = 415, description = "Not application/json", body = ce_http_types::TeiError),
-        (status = 422, description = "Invalid input", body = ce_http_types::TeiError),
-        (status = 429, description = "Overloaded", body = ce_http_types::TeiError),
-        (status = 503, description = "Not serving", body = ce_http_types::TeiError),
-        (status = 504, description = "Timed out", body = ce_http_types::TeiError),
     )
 )]
 pub async fn rerank_handler(

@@ -8,6 +8,7 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
+use super::ErrorShape;
 use crate::api::Api;
 
 /// The API document.
@@ -28,7 +29,14 @@ use crate::api::Api;
         super::metrics,
         document,
     ),
-    components(schemas(ce_http_types::DocumentIn, ce_http_types::DocumentOut, ce_http_types::Texts)),
+    components(schemas(
+        ce_http_types::DocumentIn,
+        ce_http_types::DocumentOut,
+        ce_http_types::Texts,
+        ce_http_types::TeiError,
+        ce_http_types::CohereError,
+        ce_http_types::OpenAiError,
+    )),
     tags(
         (name = "text-embeddings-inference", description = "TEI's rerank route, unchanged"),
         (name = "cohere", description = "Cohere v1 (and Jina) and v2 rerank"),
@@ -47,8 +55,75 @@ pub struct ApiDoc;
 )]
 pub async fn document(State(api): State<Api>) -> impl IntoResponse {
     let names: Vec<String> = api.core().models.iter().map(|m| m.name.clone()).collect();
-    let doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
-    axum::Json(with_limits(doc, &Limits::of(&api.core().settings), &names))
+    axum::Json(with_limits(
+        described(),
+        &Limits::of(&api.core().settings),
+        &names,
+    ))
+}
+
+/// What every scoring route (every `POST`) may refuse with, in its
+/// family's error body (see [`ErrorShape`]): written in here once rather
+/// than on each handler.
+const REFUSALS: [(u16, &str); 10] = [
+    (
+        400,
+        "Not JSON; on the Cohere and vLLM routes also invalid input",
+    ),
+    (401, "Missing or wrong API key"),
+    (
+        404,
+        "A model not served here (the message lists the served ones)",
+    ),
+    (408, "The body did not arrive within http_body_timeout_ms"),
+    (413, "The body is over max_request_bytes"),
+    (415, "Not application/json"),
+    (
+        422,
+        "JSON of the wrong shape (the field named); on /rerank also invalid input",
+    ),
+    (
+        429,
+        "max_queue_pairs or max_queue_tokens reached; retry later",
+    ),
+    (
+        503,
+        "Loading, no replica of the model serving, or the model could not be loaded",
+    ),
+    (504, "request_timeout_ms passed"),
+];
+
+/// The document as the types and handlers describe it, with the refusals
+/// of every scoring route and `/v1/score` (the same operation as `/score`).
+pub fn described() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let Some(Value::Object(paths)) = doc.get_mut("paths") else {
+        return doc;
+    };
+    if let Some(mut score) = paths.get("/score").cloned() {
+        score["post"]["operationId"] = json!("score_v1");
+        paths.insert("/v1/score".into(), score);
+    }
+    for (path, item) in paths.iter_mut() {
+        let Some(Value::Object(responses)) = item.pointer_mut("/post/responses") else {
+            continue;
+        };
+        let schema = match ErrorShape::of_path(path) {
+            ErrorShape::Tei => "TeiError",
+            ErrorShape::Cohere => "CohereError",
+            ErrorShape::OpenAi => "OpenAiError",
+        };
+        for (status, description) in REFUSALS {
+            responses.insert(
+                status.to_string(),
+                json!({
+                    "description": description,
+                    "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}},
+                }),
+            );
+        }
+    }
+    doc
 }
 
 /// The limits a request must keep on this server, as the document states them.
@@ -147,16 +222,13 @@ mod tests {
             chunks: 3,
             doc_tokens: 900,
         };
-        let doc = with_limits(
-            serde_json::to_value(ApiDoc::openapi()).unwrap(),
-            &limits,
-            &["a".into(), "b".into()],
-        );
+        let doc = with_limits(described(), &limits, &["a".into(), "b".into()]);
         for path in [
             "/rerank",
             "/v1/rerank",
             "/v2/rerank",
             "/score",
+            "/v1/score",
             "/v1/models",
             "/info",
             "/health",

@@ -274,7 +274,7 @@ async fn bad_input_is_refused_precisely_while_a_load_runs_unharmed() {
     );
     let errors = support::metric(
         server.http_port,
-        "inference_requests_total{method=\"score\",status=\"ok\"}",
+        "inference_requests_total{method=\"score\",status=\"ok\",",
     );
     assert_eq!(errors, answered as f64, "score requests answered ok");
 }
