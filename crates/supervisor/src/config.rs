@@ -36,9 +36,9 @@ pub enum ConfigError {
 pub struct Instance {
     /// Model directory or hub id (default: `model`).
     pub model: Option<String>,
-    /// The name requests route to with `model` (default: the model as
-    /// given, or `served_model_name` for the default model). Instances of
-    /// one name serve one model, side by side.
+    /// The name requests route to with `model` (default: the model's id,
+    /// see [`model_id`], or `served_model_name` for the default model).
+    /// Instances of one name serve one model, side by side.
     pub name: Option<String>,
     /// Weight precision (default: `dtype`).
     pub dtype: Option<WeightDType>,
@@ -133,7 +133,8 @@ settings! {
         [long, env = "CE_MODEL"]
         model: String => String = "models/minilm-l6-ce".into(),
         /// The name clients give as `model` for the default model (default:
-        /// `model` as given); a request without `model` gets it.
+        /// its id: a directory's last component, or the hub id); a request
+        /// without `model` gets it.
         [long, env = "CE_SERVED_MODEL_NAME"]
         served_model_name: Option<String> => String = None,
         /// Model replicas (one process each).
@@ -365,6 +366,16 @@ impl Cli {
     }
 }
 
+/// A model's name when none is given: a local directory's last component
+/// (`models/minilm-l6-ce` → `minilm-l6-ce`), else the hub id as given.
+pub fn model_id(model: &str) -> String {
+    let path = std::path::Path::new(model);
+    match path.file_name() {
+        Some(last) if path.is_dir() => last.to_string_lossy().into_owned(),
+        _ => model.to_string(),
+    }
+}
+
 /// The longest duration a setting may name: a day. Longer is a typo, and
 /// arithmetic on it (a heartbeat times the misses allowed) stays in range.
 pub const MAX_DURATION_MS: u64 = 86_400_000;
@@ -472,10 +483,7 @@ impl Settings {
 
     /// The name each replica serves under (see [`Instance::name`]), by slot.
     pub fn replica_names(&self) -> Vec<String> {
-        let default_name = self
-            .served_model_name
-            .clone()
-            .unwrap_or_else(|| self.model.clone());
+        let default_name = self.default_model_name();
         self.replica_plans(1)
             .iter()
             .enumerate()
@@ -485,7 +493,7 @@ impl Settings {
                     if plan.model == self.model {
                         default_name.clone()
                     } else {
-                        plan.model.clone()
+                        model_id(&plan.model)
                     }
                 })
             })
@@ -496,7 +504,7 @@ impl Settings {
     pub fn default_model_name(&self) -> String {
         self.served_model_name
             .clone()
-            .unwrap_or_else(|| self.model.clone())
+            .unwrap_or_else(|| model_id(&self.model))
     }
 
     /// The settings key a replica's fields come from, for error messages.
@@ -671,6 +679,39 @@ mod tests {
         assert!(plans.iter().all(|p| p.threads == 1));
         let s = cli(&["--replicas", "2"]).settings().unwrap();
         assert!(s.replica_plans(16).iter().all(|p| p.threads == 8));
+    }
+
+    #[test]
+    fn models_are_named_by_alias_directory_or_hub_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("my-reranker");
+        std::fs::create_dir(&local).unwrap();
+        let settings = Settings {
+            model: local.display().to_string(),
+            instances: vec![
+                Instance::default(),
+                Instance {
+                    model: Some("BAAI/bge-reranker-base".into()),
+                    ..Instance::default()
+                },
+                Instance {
+                    model: Some("BAAI/bge-reranker-base".into()),
+                    name: Some("bge".into()),
+                    ..Instance::default()
+                },
+            ],
+            ..Settings::default()
+        };
+        assert_eq!(
+            settings.replica_names(),
+            ["my-reranker", "BAAI/bge-reranker-base", "bge"]
+        );
+        let aliased = Settings {
+            served_model_name: Some("fast".into()),
+            ..settings
+        };
+        assert_eq!(aliased.replica_names()[0], "fast");
+        assert_eq!(aliased.default_model_name(), "fast");
     }
 
     #[test]
