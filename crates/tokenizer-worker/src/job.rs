@@ -22,79 +22,68 @@ pub fn handle(
     payload: &[u8],
     out: &mut Vec<u8>,
 ) -> Handled {
-    let pick = |model: u32| {
-        tokenizers
-            .get(model as usize)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| {
+    let answered = match FrameKind::from_u16(kind) {
+        Some(FrameKind::TextJob) => TextJob::decode(payload)
+            .map_err(|e| (ERROR_INTERNAL, e.to_string()))
+            .and_then(|job| text_job(pick(tokenizers, job.model)?, &job, out)),
+        Some(FrameKind::QueryJob) => QueryJob::decode(payload)
+            .map_err(|e| (ERROR_INTERNAL, e.to_string()))
+            .and_then(|job| {
+                let ids = query(pick(tokenizers, job.model)?, &job)
+                    .map_err(|m| (ERROR_INVALID_INPUT, m))?;
+                ids.encode(out);
+                Ok(Handled {
+                    kind: FrameKind::QueryIds,
+                    count: 1,
+                    pairs: 0,
+                })
+            }),
+        _ => Err((
+            ERROR_INTERNAL,
+            format!("a tokenizer takes no frame of kind {kind}"),
+        )),
+    };
+    answered.unwrap_or_else(|(code, message)| error(out, code, &message))
+}
+
+/// The tokenizer of model `model`: the supervisor sends only models this
+/// worker was given, so a miss is the worker's fault, not the input's.
+fn pick(tokenizers: &[Option<PairTokenizer>], model: u32) -> Result<&PairTokenizer, (u32, String)> {
+    tokenizers
+        .get(model as usize)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| {
+            (
+                ERROR_INTERNAL,
                 format!(
                     "no tokenizer for model {model}: this worker holds {} slots",
                     tokenizers.len()
-                )
-            })
+                ),
+            )
+        })
+}
+
+/// A text job's answer into `out`: its pairs, or its windows.
+fn text_job(
+    tokenizer: &PairTokenizer,
+    job: &TextJob,
+    out: &mut Vec<u8>,
+) -> Result<Handled, (u32, String)> {
+    let invalid = |m: String| (ERROR_INVALID_INPUT, m);
+    let (kind, pairs) = if job.windows.is_on() {
+        let windowed = tokenize_windows(tokenizer, job).map_err(invalid)?;
+        windowed.encode(out);
+        (FrameKind::Windows, windowed.batch.len())
+    } else {
+        let batch = tokenize(tokenizer, job).map_err(invalid)?;
+        frame::encode_token_batch(&batch, out);
+        (FrameKind::TokenBatch, batch.len())
     };
-    match FrameKind::from_u16(kind) {
-        Some(FrameKind::TextJob) => {
-            let job = match TextJob::decode(payload) {
-                Ok(job) => job,
-                Err(e) => return error(out, ERROR_INTERNAL, &e.to_string()),
-            };
-            let tokenizer = match pick(job.model) {
-                Ok(t) => t,
-                Err(message) => return error(out, ERROR_INTERNAL, &message),
-            };
-            if job.windows.is_on() {
-                return match tokenize_windows(tokenizer, &job) {
-                    Ok(windowed) => {
-                        windowed.encode(out);
-                        let pairs = windowed.batch.len();
-                        Handled {
-                            kind: FrameKind::Windows,
-                            count: pairs as u32,
-                            pairs: pairs as u64,
-                        }
-                    }
-                    Err(message) => error(out, ERROR_INVALID_INPUT, &message),
-                };
-            }
-            match tokenize(tokenizer, &job) {
-                Ok(batch) => {
-                    frame::encode_token_batch(&batch, out);
-                    Handled {
-                        kind: FrameKind::TokenBatch,
-                        count: batch.len() as u32,
-                        pairs: batch.len() as u64,
-                    }
-                }
-                Err(message) => error(out, ERROR_INVALID_INPUT, &message),
-            }
-        }
-        Some(FrameKind::QueryJob) => {
-            let job = match QueryJob::decode(payload) {
-                Ok(job) => job,
-                Err(e) => return error(out, ERROR_INTERNAL, &e.to_string()),
-            };
-            let tokenizer = match pick(job.model) {
-                Ok(t) => t,
-                Err(message) => return error(out, ERROR_INTERNAL, &message),
-            };
-            match query(tokenizer, &job) {
-                Ok(ids) => {
-                    ids.encode(out);
-                    Handled {
-                        kind: FrameKind::QueryIds,
-                        count: 1,
-                        pairs: 0,
-                    }
-                }
-                Err(message) => error(out, ERROR_INVALID_INPUT, &message),
-            }
-        }
-        _ => {
-            let message = format!("a tokenizer takes no frame of kind {kind}");
-            error(out, ERROR_INTERNAL, &message)
-        }
-    }
+    Ok(Handled {
+        kind,
+        count: pairs as u32,
+        pairs: pairs as u64,
+    })
 }
 
 fn truncation_of(code: u32) -> Result<Truncation, String> {
@@ -156,5 +145,73 @@ fn error(out: &mut Vec<u8>, code: u32, message: &str) -> Handled {
         kind: FrameKind::Error,
         count: 0,
         pairs: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ce_common::frame::{Reply, WindowPlan};
+
+    fn tokenizers() -> Vec<Option<PairTokenizer>> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/minilm-l6-ce/tokenizer.json"
+        );
+        let t = PairTokenizer::from_file(std::path::Path::new(path), 32).unwrap();
+        vec![None, Some(t)]
+    }
+
+    fn answer(tokenizers: &[Option<PairTokenizer>], kind: FrameKind, payload: &[u8]) -> Reply {
+        let mut out = Vec::new();
+        let handled = handle(tokenizers, kind as u16, payload, &mut out);
+        Reply::decode(handled.kind as u16, &out).unwrap()
+    }
+
+    #[test]
+    fn each_job_gets_its_models_tokenizer_and_its_kind_of_answer() {
+        let tokenizers = tokenizers();
+        let mut payload = Vec::new();
+        QueryJob {
+            model: 1,
+            query: "what is a window".into(),
+            truncation: 0,
+        }
+        .encode(&mut payload);
+        let Reply::Query(query) = answer(&tokenizers, FrameKind::QueryJob, &payload) else {
+            panic!("a query job answers with ids");
+        };
+        let job = |model, max_windows| TextJob {
+            query: query.clone(),
+            passages: vec!["short".into(), "word ".repeat(80)],
+            model,
+            windows: WindowPlan {
+                max_windows,
+                overlap: 4,
+                doc_tokens: 0,
+            },
+            ..TextJob::default()
+        };
+        let mut payload = Vec::new();
+        job(1, 0).encode(&mut payload);
+        assert!(
+            matches!(answer(&tokenizers, FrameKind::TextJob, &payload), Reply::Tokens(b) if b.len() == 2)
+        );
+        let mut payload = Vec::new();
+        job(1, 8).encode(&mut payload);
+        let Reply::Windows(windowed) = answer(&tokenizers, FrameKind::TextJob, &payload) else {
+            panic!("a windowed job answers with windows");
+        };
+        assert_eq!(windowed.windows[0].passage, 0);
+        assert!(windowed.windows.iter().filter(|w| w.passage == 1).count() > 1);
+        for model in [0, 7] {
+            let mut payload = Vec::new();
+            job(model, 0).encode(&mut payload);
+            let reply = answer(&tokenizers, FrameKind::TextJob, &payload);
+            assert!(
+                matches!(&reply, Reply::Error { code: ERROR_INTERNAL, message } if message.contains("no tokenizer for model")),
+                "{reply:?}"
+            );
+        }
     }
 }

@@ -76,24 +76,7 @@ impl Models {
 pub async fn load_models(settings: &Settings) -> anyhow::Result<Models> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let plans = settings.replica_plans(cores);
-    let names = settings.replica_names();
-    let mut served: Vec<ServedModel> = Vec::new();
-    for (slot, (plan, name)) in plans.iter().zip(&names).enumerate() {
-        match served.iter_mut().find(|m| &m.name == name) {
-            Some(model) if model.source == plan.model => model.slots.push(slot),
-            Some(model) => bail!(
-                "{}: the name {name:?} already serves model {:?}; one name serves one model",
-                settings.replica_key(slot),
-                model.source
-            ),
-            None => served.push(ServedModel {
-                name: name.clone(),
-                source: plan.model.clone(),
-                slots: vec![slot],
-                loaded: Err(String::new()),
-            }),
-        }
-    }
+    let mut served = group_by_name(settings, &plans)?;
     let default_name = settings.default_model_name();
     let default_model = served
         .iter()
@@ -132,26 +115,15 @@ pub async fn load_models(settings: &Settings) -> anyhow::Result<Models> {
     }
     let labels = facts.iter().map(|f| f.labels).max().unwrap_or(1);
     let (link, job_budget) = frames_for(settings, max_length, labels)?;
-    let mut tokenizers = Vec::with_capacity(served.len());
-    let mut tokenizer_specs = Vec::with_capacity(served.len());
-    for (model, found) in served.iter().zip(&files) {
-        match (found, &model.loaded) {
-            (Some((found, _)), Ok(facts)) => {
-                tokenizers.push(Some(Arc::new(PairTokenizer::from_file(
-                    &found.tokenizer,
-                    facts.max_length,
-                )?)));
-                tokenizer_specs.push(Some(TokenizerSpec {
-                    file: found.tokenizer.clone(),
-                    max_length: facts.max_length as u32,
-                }));
-            }
-            _ => {
-                tokenizers.push(None);
-                tokenizer_specs.push(None);
-            }
-        }
-    }
+    let loaded = tokenizers_of(&served, &files)?;
+    let tokenizers = loaded
+        .iter()
+        .map(|t| t.as_ref().map(|(t, _)| t.clone()))
+        .collect();
+    let tokenizer_specs = loaded
+        .into_iter()
+        .map(|t| t.map(|(_, spec)| spec))
+        .collect();
     let mut resolved = plans.clone();
     for (model, found) in served.iter().zip(&files) {
         let Some((found, config)) = found else {
@@ -175,6 +147,56 @@ pub async fn load_models(settings: &Settings) -> anyhow::Result<Models> {
         link,
         job_budget,
     })
+}
+
+/// The served models, in order of first appearance: the replicas grouped
+/// by the name they serve under (one name serves one model), not yet
+/// loaded.
+fn group_by_name(settings: &Settings, plans: &[ReplicaSpec]) -> anyhow::Result<Vec<ServedModel>> {
+    let mut served: Vec<ServedModel> = Vec::new();
+    for (slot, (plan, name)) in plans.iter().zip(settings.replica_names()).enumerate() {
+        match served.iter_mut().find(|m| m.name == name) {
+            Some(model) if model.source == plan.model => model.slots.push(slot),
+            Some(model) => bail!(
+                "{}: the name {name:?} already serves model {:?}; one name serves one model",
+                settings.replica_key(slot),
+                model.source
+            ),
+            None => served.push(ServedModel {
+                name,
+                source: plan.model.clone(),
+                slots: vec![slot],
+                loaded: Err("not loaded yet".into()),
+            }),
+        }
+    }
+    Ok(served)
+}
+
+/// A model's tokenizer (for in-process tokenization) with its file and
+/// length (for the tokenizer workers).
+type LoadedTokenizer = (Arc<PairTokenizer>, TokenizerSpec);
+
+/// Each loaded model's tokenizer; `None` for a model that did not load.
+fn tokenizers_of(
+    served: &[ServedModel],
+    files: &[Option<(ModelFiles, ModelConfig)>],
+) -> anyhow::Result<Vec<Option<LoadedTokenizer>>> {
+    served
+        .iter()
+        .zip(files)
+        .map(|(model, found)| match (found, &model.loaded) {
+            (Some((found, _)), Ok(facts)) => {
+                let tokenizer = PairTokenizer::from_file(&found.tokenizer, facts.max_length)?;
+                let spec = TokenizerSpec {
+                    file: found.tokenizer.clone(),
+                    max_length: facts.max_length as u32,
+                };
+                Ok(Some((Arc::new(tokenizer), spec)))
+            }
+            _ => Ok(None),
+        })
+        .collect()
 }
 
 /// The rings' sizes and the tokenize job budget the limits imply: every
