@@ -9,6 +9,10 @@ venv=${CE_CLIENTS_VENV:-$root/.venv-clients}
 cohere_version=7.3.1
 schemathesis_version=4.32.5
 python=$venv/bin/python
+# Tests run in parallel: one installs, the others wait for it.
+mkdir -p "$venv"
+exec 9>"$venv/.install.lock"
+flock 9
 if ! "$python" - "$cohere_version" "$schemathesis_version" >/dev/null 2>&1 <<'PY'
 import sys
 from importlib.metadata import version

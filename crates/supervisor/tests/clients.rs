@@ -14,18 +14,24 @@ use std::process::Command;
 
 use support::{Server, http, workspace_root};
 
-/// The venv's python, installed on first use.
+/// The venv's python, installed on first use (once for both tests; the
+/// script also locks, for other processes).
 fn client_python() -> PathBuf {
-    let out = Command::new(workspace_root().join("scripts/client_venv.sh"))
-        .output()
-        .expect("run scripts/client_venv.sh");
-    assert!(
-        out.status.success(),
-        "scripts/client_venv.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(stdout.lines().last().expect("the venv's python").trim())
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let out = Command::new(workspace_root().join("scripts/client_venv.sh"))
+                .output()
+                .expect("run scripts/client_venv.sh");
+            assert!(
+                out.status.success(),
+                "scripts/client_venv.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8(out.stdout).unwrap();
+            PathBuf::from(stdout.lines().last().expect("the venv's python").trim())
+        })
+        .clone()
 }
 
 /// `/rerank`'s score of each document, by index.
