@@ -16,24 +16,11 @@ use ce_http_types::{
     ScoreBody, ScoreData, ScoreResponseBody, ScoreUsage, Texts, Usage,
 };
 
-use super::{ErrorShape, chunk_body};
+use super::{ErrorShape, chunk_body, rejected};
 use crate::api::{self, Api, ApiError, Chunking, Ranking, RerankInput, Side};
 
 /// Windows Cohere bills as one search unit.
 const WINDOWS_PER_SEARCH_UNIT: u64 = 100;
-
-/// Records a body that did not parse and answers it in `shape`.
-fn rejected(
-    api: &Api,
-    method: &str,
-    started: Instant,
-    shape: ErrorShape,
-    r: &JsonRejection,
-) -> Response {
-    let refused: Result<(), _> = Err(ApiError::InvalidArgument(r.body_text()));
-    api.record(method, None, started, &refused);
-    shape.rejected(r)
-}
 
 /// `POST /v1/rerank`: Cohere v1's rerank, and Jina's (one response carries
 /// both families' fields). Documents are strings or objects; long ones

@@ -142,12 +142,8 @@ pub async fn rerank_handler(
     let started = Instant::now();
     let body = match body {
         Ok(Json(body)) => body,
-        Err(rejection) => {
-            // Size and time were checked as the body was read (`read_body`).
-            let refused: Result<(), _> = Err(ApiError::InvalidArgument(rejection.body_text()));
-            api.record("http_rerank", None, started, &refused);
-            return ErrorShape::Tei.rejected(&rejection);
-        }
+        // Size and time were checked as the body was read (`read_body`).
+        Err(r) => return rejected(&api, "http_rerank", started, ErrorShape::Tei, &r),
     };
     let model = body.model.clone();
     let call = async {
@@ -188,6 +184,20 @@ pub async fn rerank_handler(
         Ok(ranks) => Json(ranks).into_response(),
         Err(e) => ErrorShape::Tei.error(&e),
     }
+}
+
+/// Records a body that did not parse as the route's JSON and answers it
+/// in `shape`.
+fn rejected(
+    api: &Api,
+    method: &str,
+    started: Instant,
+    shape: ErrorShape,
+    rejection: &JsonRejection,
+) -> Response {
+    let refused: Result<(), _> = Err(ApiError::InvalidArgument(rejection.body_text()));
+    api.record(method, None, started, &refused);
+    shape.rejected(rejection)
 }
 
 /// The deciding window of a rank, when the client asked for it.
