@@ -355,10 +355,7 @@ impl Api {
         let status = result
             .as_ref()
             .map_or_else(ApiError::status_label, |_| "ok");
-        let label = self
-            .core
-            .model_index(model)
-            .map_or("", |m| self.core.models[m].name.as_str());
+        let label = self.core.served_name(model).unwrap_or("");
         self.core
             .metrics
             .observe_request(method, status, label, started.elapsed().as_secs_f64());

@@ -233,6 +233,13 @@ impl Core {
             })
     }
 
+    /// The served name `name` routes to (`None` or empty: the default's),
+    /// if it is served.
+    pub fn served_name(&self, name: Option<&str>) -> Option<&str> {
+        let index = self.model_index(name).ok()?;
+        Some(self.models[index].name.as_str())
+    }
+
     /// The facts of model `model`, or UNAVAILABLE with why it did not load.
     pub fn facts(&self, model: usize) -> Result<&ModelFacts, ApiError> {
         match self.models.get(model).map(|m| &m.loaded) {

@@ -148,7 +148,11 @@ pub async fn score(
         let list = api
             .score(body.model.as_deref(), pairs, truncation, false)
             .await?;
-        let name = served_name(&api, body.model.as_deref());
+        let name = api
+            .core()
+            .served_name(body.model.as_deref())
+            .unwrap_or_default()
+            .to_string();
         Ok(ScoreResponseBody {
             id: format!("score-{}", uuid::Uuid::new_v4().simple()),
             object: "list".into(),
@@ -215,15 +219,6 @@ async fn respond<T: serde::Serialize>(
         Ok(body) => Json(body).into_response(),
         Err(e) => shape.error(&e),
     }
-}
-
-/// The name of the model a request routes to (the default's, without one).
-fn served_name(api: &Api, model: Option<&str>) -> String {
-    let core = api.core();
-    core.model_index(model).map_or_else(
-        |_| model.unwrap_or("").to_string(),
-        |m| core.models[m].name.clone(),
-    )
 }
 
 fn now_s() -> u64 {
