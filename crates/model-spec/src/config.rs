@@ -1,12 +1,16 @@
-//! `config.json` of a Hugging Face BERT cross-encoder, validated.
+//! `config.json` of a Hugging Face encoder cross-encoder, validated: the
+//! shapes, the family's own behaviour (see [`crate::family`]) and the score
+//! a client gets.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::error::{Result, SpecError};
+use crate::family::{Family, SUPPORTED_MODEL_TYPES};
 
-/// The hidden activation of the feed-forward blocks.
+/// An activation, of the feed-forward blocks or of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HiddenAct {
     /// Exact GELU, `x * Φ(x)` with erf (transformers' `"gelu"`).
@@ -15,6 +19,21 @@ pub enum HiddenAct {
     GeluTanh,
     /// `max(0, x)`.
     Relu,
+    /// `tanh(x)` (BERT's and RoBERTa's heads).
+    Tanh,
+}
+
+impl HiddenAct {
+    /// The activation transformers' `ACT2FN[name]` is, if the engine has it.
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu" => Self::GeluErf,
+            "gelu_new" | "gelu_pytorch_tanh" => Self::GeluTanh,
+            "relu" => Self::Relu,
+            "tanh" => Self::Tanh,
+            other => return Err(SpecError::UnsupportedActivation(other.to_string())),
+        })
+    }
 }
 
 /// What a client-facing score applies to the raw logit.
@@ -26,20 +45,19 @@ pub enum ScoreActivation {
     /// `1 / (1 + e^-x)`, sentence-transformers' default for one-label models.
     Sigmoid,
     /// The relevant label's probability under a softmax over the labels:
-    /// the default for two-label models (label 1 is the relevant one).
+    /// the default for two-label models.
     Softmax,
 }
 
 impl ScoreActivation {
     /// Applies the activation to one logit (a softmax over one label is 1).
     pub fn apply(self, x: f32) -> f32 {
-        self.score(&[x])
+        self.score(&[x], 0)
     }
 
-    /// The score of a pair from its row of logits: the activation of the
-    /// relevant label ([`relevant_label`]); a softmax takes every label.
-    pub fn score(self, row: &[f32]) -> f32 {
-        let relevant = relevant_label(row.len());
+    /// The score of a pair from its row of logits: the activation of label
+    /// `relevant`; a softmax takes every label.
+    pub fn score(self, row: &[f32], relevant: usize) -> f32 {
         let Some(&x) = row.get(relevant) else {
             return f32::NAN;
         };
@@ -55,10 +73,73 @@ impl ScoreActivation {
     }
 }
 
-/// Which of a model's `labels` logits says "relevant": the second of two
-/// (a binary classifier's positive class), else the first.
+/// Which of a model's `labels` logits says "relevant" when `config.json`'s
+/// label names do not say: the second of two (a binary classifier's
+/// positive class), else the first.
 pub fn relevant_label(labels: usize) -> usize {
     usize::from(labels == 2)
+}
+
+/// Label names that mean "relevant" in `id2label` (compared lowercased).
+const RELEVANT_NAMES: &[&str] = &["relevant", "relevance", "positive", "pos", "yes", "true"];
+
+/// The relevant label from `id2label`: the one whose name says so, if
+/// exactly one does; else [`relevant_label`].
+fn relevant_label_of(id2label: Option<&BTreeMap<String, String>>, labels: usize) -> usize {
+    let named: Vec<usize> = id2label
+        .into_iter()
+        .flatten()
+        .filter(|(_, name)| RELEVANT_NAMES.contains(&name.to_lowercase().as_str()))
+        .filter_map(|(id, _)| id.parse::<usize>().ok())
+        .filter(|&id| id < labels)
+        .collect();
+    match named.as_slice() {
+        [one] => *one,
+        _ => relevant_label(labels),
+    }
+}
+
+/// How the head reads the encoder's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The first token's vector (`[CLS]`, `<s>`).
+    Cls,
+    /// The mean of every token's vector (ModernBERT's `classifier_pooling: mean`).
+    Mean,
+}
+
+/// The classification head: `pool → dense → activation (→ norm) → classifier`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadSpec {
+    /// Which vector it reads.
+    pub pooling: Pooling,
+    /// After the dense layer: tanh (BERT, RoBERTa), GELU (ELECTRA,
+    /// ModernBERT's default), ReLU (DistilBERT).
+    pub activation: HiddenAct,
+    /// Whether a layer norm follows the activation (ModernBERT).
+    pub normed: bool,
+    /// Whether the dense layer has a bias (all but ModernBERT's default).
+    pub dense_bias: bool,
+}
+
+/// What only ModernBERT has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModernBertSpec {
+    /// Rotary base of the global-attention layers.
+    pub global_rope_theta: f64,
+    /// Rotary base of the sliding-window layers.
+    pub local_rope_theta: f64,
+    /// A token of a sliding-window layer attends to keys at most this many
+    /// positions away (`local_attention / 2`).
+    pub local_window: usize,
+    /// Per layer, whether it attends globally (else in the window).
+    pub global_layers: Vec<bool>,
+    /// Whether `Wqkv` and `Wo` have biases.
+    pub attention_bias: bool,
+    /// Whether `Wi` and `Wo` of the MLP have biases.
+    pub mlp_bias: bool,
+    /// Whether the layer norms have biases.
+    pub norm_bias: bool,
 }
 
 /// The largest shapes a `config.json` may declare. Far above any
@@ -89,72 +170,129 @@ const LIMITS: ConfigLimits = ConfigLimits {
     matrix_elements: 1 << 31,
 };
 
+/// Every key any family's `config.json` uses, under the names BERT gives
+/// them (DistilBERT's and ModernBERT's own names are aliases).
 #[derive(Debug, Deserialize)]
 struct RawConfig {
-    model_type: Option<String>,
     vocab_size: usize,
+    #[serde(alias = "dim")]
     hidden_size: usize,
+    #[serde(alias = "n_layers")]
     num_hidden_layers: usize,
+    #[serde(alias = "n_heads")]
     num_attention_heads: usize,
+    #[serde(alias = "hidden_dim")]
     intermediate_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(
+        default = "default_act",
+        alias = "activation",
+        alias = "hidden_activation"
+    )]
     hidden_act: String,
-    #[serde(default = "default_max_pos")]
-    max_position_embeddings: usize,
-    #[serde(default = "default_type_vocab")]
-    type_vocab_size: usize,
-    #[serde(default = "default_eps")]
-    layer_norm_eps: f64,
+    #[serde(default)]
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    type_vocab_size: Option<usize>,
+    #[serde(default, alias = "norm_eps")]
+    layer_norm_eps: Option<f64>,
     #[serde(default)]
     position_embedding_type: Option<String>,
     #[serde(default)]
-    id2label: Option<std::collections::BTreeMap<String, String>>,
+    id2label: Option<BTreeMap<String, String>>,
     #[serde(default)]
     num_labels: Option<usize>,
     #[serde(default)]
     sbert_ce_default_activation_function: Option<String>,
     #[serde(default)]
-    _name_or_path: Option<String>,
+    embedding_size: Option<usize>,
+    #[serde(default)]
+    pad_token_id: Option<usize>,
+    // ModernBERT.
+    #[serde(default)]
+    global_rope_theta: Option<f64>,
+    #[serde(default)]
+    local_rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_parameters: Option<BTreeMap<String, RopeParameters>>,
+    #[serde(default)]
+    local_attention: Option<usize>,
+    #[serde(default)]
+    global_attn_every_n_layers: Option<usize>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    norm_bias: Option<bool>,
+    #[serde(default)]
+    classifier_bias: Option<bool>,
+    #[serde(default)]
+    classifier_pooling: Option<String>,
+    #[serde(default)]
+    classifier_activation: Option<String>,
+}
+
+/// One entry of ModernBERT's newer `rope_parameters`.
+#[derive(Debug, Deserialize)]
+struct RopeParameters {
+    #[serde(default)]
+    rope_type: Option<String>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
 }
 
 fn default_act() -> String {
     "gelu".into()
 }
-fn default_max_pos() -> usize {
-    512
-}
-fn default_type_vocab() -> usize {
-    2
-}
-fn default_eps() -> f64 {
-    1e-12
-}
 
-/// The validated shape and behaviour of a BERT cross-encoder.
+/// The validated shape and behaviour of an encoder cross-encoder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    /// The family, from `model_type`.
+    pub family: Family,
+    /// `model_type` as `config.json` spells it.
+    pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Hidden width `H`.
     pub hidden_size: usize,
+    /// Width `E` of the embedding tables (ELECTRA's may differ from `H`).
+    pub embedding_size: usize,
     /// Number of encoder layers.
     pub num_hidden_layers: usize,
     /// Attention heads; `H` must divide evenly.
     pub num_attention_heads: usize,
-    /// Feed-forward width.
+    /// Feed-forward width (per half of ModernBERT's GeGLU).
     pub intermediate_size: usize,
     /// Feed-forward activation.
     pub hidden_act: HiddenAct,
-    /// Longest sequence the position embeddings cover.
+    /// Rows of the position table (RoBERTa's include its offset); the
+    /// rotary range for ModernBERT.
     pub max_position_embeddings: usize,
-    /// Number of token types (segments).
+    /// Position id of a sequence's first token: RoBERTa's `padding_idx + 1`,
+    /// else 0.
+    pub position_offset: usize,
+    /// RoBERTa's padding id: a pad token inside a sequence takes position
+    /// `padding_idx` and does not advance the count, as in transformers.
+    pub padding_idx: Option<u32>,
+    /// Rows of the token type table: 0 where the model has none
+    /// (DistilBERT, ModernBERT); RoBERTa's one row is added to every token.
     pub type_vocab_size: usize,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
     /// Labels the classifier head declares in `config.json` (the weights have the last word).
     pub declared_labels: Option<usize>,
+    /// Which label's logit is the relevance score.
+    pub relevant_label: usize,
     /// Activation a client gets unless it asks for raw scores.
     pub score_activation: ScoreActivation,
+    /// The classification head.
+    pub head: HeadSpec,
+    /// ModernBERT's rotary, windowed, bias-free layers; `None` for the
+    /// post-norm families.
+    pub modern: Option<ModernBertSpec>,
 }
 
 impl ModelConfig {
@@ -179,24 +317,23 @@ impl ModelConfig {
             path: "config.json".into(),
             message,
         };
-        // Check the model type before the fields: a RoBERTa or T5 config
-        // deserves "unsupported model_type", not "missing field".
+        // Check the model type before the fields: a T5 config deserves
+        // "unsupported model_type", not "missing field".
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| config_err(e.to_string()))?;
-        match value.get("model_type").and_then(|v| v.as_str()) {
-            Some("bert") => {}
-            Some(other) => return Err(SpecError::UnsupportedModelType(other.to_string())),
+        let model_type = match value.get("model_type").and_then(|v| v.as_str()) {
+            Some(t) => t.to_string(),
             None => return Err(config_err("no \"model_type\" field".into())),
-        }
+        };
+        let Some(family) = Family::of(&model_type) else {
+            return Err(SpecError::UnsupportedModelType {
+                model_type,
+                supported: SUPPORTED_MODEL_TYPES.join(", "),
+            });
+        };
         let raw: RawConfig =
             serde_json::from_value(value).map_err(|e| config_err(e.to_string()))?;
-        debug_assert_eq!(raw.model_type.as_deref(), Some("bert"));
-        let hidden_act = match raw.hidden_act.as_str() {
-            "gelu" => HiddenAct::GeluErf,
-            "gelu_new" | "gelu_pytorch_tanh" => HiddenAct::GeluTanh,
-            "relu" => HiddenAct::Relu,
-            other => return Err(SpecError::UnsupportedActivation(other.to_string())),
-        };
+        let hidden_act = HiddenAct::parse(&raw.hidden_act)?;
         if let Some(kind) = raw.position_embedding_type.as_deref()
             && kind != "absolute"
         {
@@ -204,29 +341,54 @@ impl ModelConfig {
                 "position_embedding_type {kind:?} is not supported (only \"absolute\")"
             )));
         }
-        for (name, v, most) in [
-            ("vocab_size", raw.vocab_size, LIMITS.vocab_size),
-            ("hidden_size", raw.hidden_size, LIMITS.hidden_size),
-            ("num_hidden_layers", raw.num_hidden_layers, LIMITS.layers),
-            ("num_attention_heads", raw.num_attention_heads, LIMITS.heads),
+        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(match family {
+            Family::ModernBert => 8192,
+            _ => 512,
+        });
+        let type_vocab_size = match family {
+            Family::Bert | Family::Electra => raw.type_vocab_size.unwrap_or(2),
+            // RoBERTa keeps a one-row table that every token adds.
+            Family::Roberta => raw.type_vocab_size.unwrap_or(1),
+            Family::DistilBert | Family::ModernBert => 0,
+        };
+        let embedding_size = match family {
+            Family::Electra => raw.embedding_size.unwrap_or(raw.hidden_size),
+            _ => raw.hidden_size,
+        };
+        for (name, v, least, most) in [
+            ("vocab_size", raw.vocab_size, 1, LIMITS.vocab_size),
+            ("hidden_size", raw.hidden_size, 1, LIMITS.hidden_size),
+            ("embedding_size", embedding_size, 1, LIMITS.hidden_size),
+            ("num_hidden_layers", raw.num_hidden_layers, 1, LIMITS.layers),
+            (
+                "num_attention_heads",
+                raw.num_attention_heads,
+                1,
+                LIMITS.heads,
+            ),
             (
                 "intermediate_size",
                 raw.intermediate_size,
+                1,
                 LIMITS.intermediate_size,
             ),
             (
                 "max_position_embeddings",
-                raw.max_position_embeddings,
+                max_position_embeddings,
+                1,
                 LIMITS.positions,
             ),
             (
                 "type_vocab_size",
-                raw.type_vocab_size,
+                type_vocab_size,
+                usize::from(family.has_token_type_table()),
                 LIMITS.type_vocab_size,
             ),
         ] {
-            if v == 0 || v > most {
-                return Err(config_err(format!("{name} {v} is outside 1..={most}")));
+            if !(least..=most).contains(&v) {
+                return Err(config_err(format!(
+                    "{name} {v} is outside {least}..={most}"
+                )));
             }
         }
         if let Some(labels) = raw.num_labels
@@ -242,16 +404,22 @@ impl ModelConfig {
         // (or wrap an allocation size) before any weight is read.
         let (h, f) = (raw.hidden_size, raw.intermediate_size);
         let matrices = [
-            ("vocab_size × hidden_size", raw.vocab_size.checked_mul(h)),
+            (
+                "vocab_size × embedding_size",
+                raw.vocab_size.checked_mul(embedding_size),
+            ),
             (
                 "max_position_embeddings × hidden_size",
-                raw.max_position_embeddings.checked_mul(h),
+                max_position_embeddings.checked_mul(h),
             ),
             (
                 "3 × hidden_size²",
                 h.checked_mul(h).and_then(|x| x.checked_mul(3)),
             ),
-            ("hidden_size × intermediate_size", h.checked_mul(f)),
+            (
+                "2 × hidden_size × intermediate_size",
+                h.checked_mul(f).and_then(|x| x.checked_mul(2)),
+            ),
         ];
         for (what, elements) in matrices {
             match elements {
@@ -270,7 +438,20 @@ impl ModelConfig {
                 raw.hidden_size, raw.num_attention_heads
             )));
         }
+        let (position_offset, padding_idx) = match family {
+            Family::Roberta => {
+                let pad = raw.pad_token_id.unwrap_or(1);
+                if pad + 2 > max_position_embeddings {
+                    return Err(config_err(format!(
+                        "pad_token_id {pad} leaves no position in max_position_embeddings {max_position_embeddings}"
+                    )));
+                }
+                (pad + 1, Some(pad as u32))
+            }
+            _ => (0, None),
+        };
         let declared_labels = raw.num_labels.or(raw.id2label.as_ref().map(|m| m.len()));
+        let labels = declared_labels.unwrap_or(1);
         let score_activation = match raw.sbert_ce_default_activation_function.as_deref() {
             Some(f) if f.ends_with("Identity") => ScoreActivation::Identity,
             Some(f) if f.ends_with("Sigmoid") => ScoreActivation::Sigmoid,
@@ -280,24 +461,79 @@ impl ModelConfig {
                     "sbert_ce_default_activation_function {other:?} is not supported (Identity, Sigmoid or Softmax)"
                 )));
             }
-            None => match declared_labels.unwrap_or(1) {
+            None => match labels {
                 1 => ScoreActivation::Sigmoid,
                 2 => ScoreActivation::Softmax,
                 _ => ScoreActivation::Identity,
             },
         };
+        let modern = match family {
+            Family::ModernBert => Some(modern_spec(&raw, config_err)?),
+            _ => None,
+        };
+        let head = match family {
+            Family::Bert | Family::Roberta => HeadSpec {
+                pooling: Pooling::Cls,
+                activation: HiddenAct::Tanh,
+                normed: false,
+                dense_bias: true,
+            },
+            // transformers' ElectraClassificationHead hard-codes GELU.
+            Family::Electra => HeadSpec {
+                pooling: Pooling::Cls,
+                activation: HiddenAct::GeluErf,
+                normed: false,
+                dense_bias: true,
+            },
+            Family::DistilBert => HeadSpec {
+                pooling: Pooling::Cls,
+                activation: HiddenAct::Relu,
+                normed: false,
+                dense_bias: true,
+            },
+            Family::ModernBert => HeadSpec {
+                pooling: match raw.classifier_pooling.as_deref().unwrap_or("cls") {
+                    "cls" => Pooling::Cls,
+                    "mean" => Pooling::Mean,
+                    other => {
+                        return Err(config_err(format!(
+                            "classifier_pooling {other:?} is not supported (\"cls\" or \"mean\")"
+                        )));
+                    }
+                },
+                activation: HiddenAct::parse(
+                    raw.classifier_activation.as_deref().unwrap_or("gelu"),
+                )?,
+                normed: true,
+                dense_bias: raw.classifier_bias.unwrap_or(false),
+            },
+        };
+        let layer_norm_eps = match family {
+            // DistilBERT's norms hard-code 1e-12; ModernBERT defaults to 1e-5.
+            Family::DistilBert => 1e-12,
+            Family::ModernBert => raw.layer_norm_eps.unwrap_or(1e-5),
+            _ => raw.layer_norm_eps.unwrap_or(1e-12),
+        };
         Ok(Self {
+            family,
+            model_type,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
+            embedding_size,
             num_hidden_layers: raw.num_hidden_layers,
             num_attention_heads: raw.num_attention_heads,
             intermediate_size: raw.intermediate_size,
             hidden_act,
-            max_position_embeddings: raw.max_position_embeddings,
-            type_vocab_size: raw.type_vocab_size,
-            layer_norm_eps: raw.layer_norm_eps,
+            max_position_embeddings,
+            position_offset,
+            padding_idx,
+            type_vocab_size,
+            layer_norm_eps,
             declared_labels,
+            relevant_label: relevant_label_of(raw.id2label.as_ref(), labels),
             score_activation,
+            head,
+            modern,
         })
     }
 
@@ -306,19 +542,128 @@ impl ModelConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// The longest sequence the model takes, in tokens.
+    pub fn max_sequence_len(&self) -> usize {
+        self.max_position_embeddings - self.position_offset
+    }
+
+    /// Token types a batch may carry: the model's, or any where the model
+    /// reads none (they are ignored).
+    pub fn accepted_token_types(&self) -> usize {
+        if self.family.reads_token_types() {
+            self.type_vocab_size
+        } else {
+            usize::MAX
+        }
+    }
+
     /// Useful FLOPs of one forward pass over a sequence of `len` tokens
-    /// (multiply-adds count 2; embeddings, norms and softmax excluded).
+    /// (multiply-adds count 2; embeddings, norms and softmax excluded;
+    /// a sliding-window layer's attention counts only its window).
     pub fn flops_per_sequence(&self, len: usize) -> f64 {
         let (l, h, f) = (
             len as f64,
             self.hidden_size as f64,
             self.intermediate_size as f64,
         );
-        let linear = 2.0 * l * (4.0 * h * h + 2.0 * h * f);
-        let attention = 2.0 * 2.0 * l * l * h;
+        let ffn_matrices = if self.modern.is_some() { 3.0 } else { 2.0 };
+        let linear = 2.0 * l * (4.0 * h * h + ffn_matrices * h * f);
+        let attention = |keys: f64| 2.0 * 2.0 * l * keys * h;
+        let layers: f64 = (0..self.num_hidden_layers)
+            .map(|i| match &self.modern {
+                Some(m) if !m.global_layers.get(i).copied().unwrap_or(true) => {
+                    linear + attention(l.min(2.0 * m.local_window as f64 + 1.0))
+                }
+                _ => linear + attention(l),
+            })
+            .sum();
         let head = 2.0 * h * h;
-        self.num_hidden_layers as f64 * (linear + attention) + head
+        layers + head
     }
+}
+
+/// ModernBERT's layer pattern and rotary bases, from either the older keys
+/// (`global_attn_every_n_layers`, `global_rope_theta`, `local_rope_theta`)
+/// or the newer (`layer_types`, `rope_parameters`).
+fn modern_spec(
+    raw: &RawConfig,
+    config_err: impl Fn(String) -> SpecError,
+) -> Result<ModernBertSpec> {
+    let layers = raw.num_hidden_layers;
+    let global_layers: Vec<bool> = match &raw.layer_types {
+        Some(types) => {
+            if types.len() != layers {
+                return Err(config_err(format!(
+                    "layer_types has {} entries for {layers} layers",
+                    types.len()
+                )));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "full_attention" => Ok(true),
+                    "sliding_attention" => Ok(false),
+                    other => Err(config_err(format!(
+                        "layer_types entry {other:?} is not supported (full_attention or sliding_attention)"
+                    ))),
+                })
+                .collect::<Result<_>>()?
+        }
+        None => {
+            let every = raw.global_attn_every_n_layers.unwrap_or(3);
+            if every == 0 {
+                return Err(config_err("global_attn_every_n_layers is 0".into()));
+            }
+            (0..layers).map(|i| i.is_multiple_of(every)).collect()
+        }
+    };
+    let rope = |kind: &str| -> Result<Option<f64>> {
+        let Some(p) = raw.rope_parameters.as_ref().and_then(|m| m.get(kind)) else {
+            return Ok(None);
+        };
+        match p.rope_type.as_deref() {
+            None | Some("default") => Ok(p.rope_theta),
+            Some(other) => Err(config_err(format!(
+                "rope_parameters.{kind}.rope_type {other:?} is not supported (only \"default\")"
+            ))),
+        }
+    };
+    let global_rope_theta = rope("full_attention")?
+        .or(raw.global_rope_theta)
+        .unwrap_or(160_000.0);
+    // Older transformers used the global base where `local_rope_theta` was null.
+    let local_rope_theta = rope("sliding_attention")?
+        .or(raw.local_rope_theta)
+        .unwrap_or(global_rope_theta);
+    for (name, theta) in [
+        ("global rope_theta", global_rope_theta),
+        ("local rope_theta", local_rope_theta),
+    ] {
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(config_err(format!("{name} {theta} is not a rotary base")));
+        }
+    }
+    let local_attention = raw.local_attention.unwrap_or(128);
+    if !(2..=LIMITS.positions).contains(&local_attention) {
+        return Err(config_err(format!(
+            "local_attention {local_attention} is outside 2..={}",
+            LIMITS.positions
+        )));
+    }
+    if !(raw.hidden_size / raw.num_attention_heads).is_multiple_of(2) {
+        return Err(config_err(
+            "rotary positions need an even head width".into(),
+        ));
+    }
+    Ok(ModernBertSpec {
+        global_rope_theta,
+        local_rope_theta,
+        local_window: local_attention / 2,
+        global_layers,
+        attention_bias: raw.attention_bias.unwrap_or(false),
+        mlp_bias: raw.mlp_bias.unwrap_or(false),
+        norm_bias: raw.norm_bias.unwrap_or(false),
+    })
 }
 
 #[cfg(test)]
@@ -327,16 +672,19 @@ mod tests {
 
     #[test]
     fn scores_take_the_relevant_label() {
-        assert_eq!(ScoreActivation::Sigmoid.score(&[0.0]), 0.5);
-        assert_eq!(ScoreActivation::Identity.score(&[1.5, -2.0]), -2.0);
-        let p = ScoreActivation::Softmax.score(&[0.0, 2f32.ln()]);
+        assert_eq!(ScoreActivation::Sigmoid.score(&[0.0], 0), 0.5);
+        assert_eq!(ScoreActivation::Identity.score(&[1.5, -2.0], 1), -2.0);
+        let p = ScoreActivation::Softmax.score(&[0.0, 2f32.ln()], 1);
         assert!((p - 2.0 / 3.0).abs() < 1e-6, "{p}");
+        let p = ScoreActivation::Softmax.score(&[0.0, 2f32.ln()], 0);
+        assert!((p - 1.0 / 3.0).abs() < 1e-6, "{p}");
         assert!(
-            ScoreActivation::Softmax.score(&[1000.0, 1000.0]) == 0.5,
+            ScoreActivation::Softmax.score(&[1000.0, 1000.0], 1) == 0.5,
             "no overflow"
         );
-        assert_eq!(ScoreActivation::Identity.score(&[3.0, 1.0, 2.0]), 3.0);
-        assert!(ScoreActivation::Sigmoid.score(&[]).is_nan());
+        assert_eq!(ScoreActivation::Identity.score(&[3.0, 1.0, 2.0], 0), 3.0);
+        assert!(ScoreActivation::Sigmoid.score(&[], 0).is_nan());
+        assert!(ScoreActivation::Sigmoid.score(&[1.0], 1).is_nan());
     }
 
     const MINILM: &str = r#"{"model_type":"bert","vocab_size":30522,"hidden_size":384,
@@ -359,8 +707,12 @@ mod tests {
 
     #[test]
     fn rejects_other_model_types_by_name() {
-        let e = ModelConfig::from_json(r#"{"model_type":"xlm-roberta"}"#).unwrap_err();
-        assert!(e.to_string().contains("xlm-roberta"), "{e}");
+        let e = ModelConfig::from_json(r#"{"model_type":"t5"}"#).unwrap_err();
+        let message = e.to_string();
+        assert!(message.contains("\"t5\""), "{e}");
+        for supported in SUPPORTED_MODEL_TYPES {
+            assert!(message.contains(supported), "{e}");
+        }
     }
 
     #[test]
@@ -412,7 +764,103 @@ mod tests {
             .replace("\"num_attention_heads\":12", "\"num_attention_heads\":96")
             .replace("\"vocab_size\":30522", "\"vocab_size\":2000000");
         let e = ModelConfig::from_json(&wide).unwrap_err().to_string();
-        assert!(e.contains("vocab_size × hidden_size"), "{e}");
+        assert!(e.contains("vocab_size × embedding_size"), "{e}");
+    }
+
+    #[test]
+    fn the_relevant_label_is_named_by_id2label_or_the_second_of_two() {
+        let with = |labels: &str| {
+            ModelConfig::from_json(&MINILM.replace("{\"0\":\"LABEL_0\"}", labels))
+                .unwrap()
+                .relevant_label
+        };
+        assert_eq!(with(r#"{"0":"LABEL_0"}"#), 0);
+        assert_eq!(with(r#"{"0":"LABEL_0","1":"LABEL_1"}"#), 1);
+        assert_eq!(with(r#"{"0":"relevant","1":"irrelevant"}"#), 0);
+        assert_eq!(with(r#"{"0":"no","1":"maybe","2":"YES"}"#), 2);
+        assert_eq!(
+            with(r#"{"0":"yes","1":"true"}"#),
+            1,
+            "ambiguous: the default"
+        );
+    }
+
+    #[test]
+    fn each_family_reads_its_own_keys() {
+        let roberta = ModelConfig::from_json(
+            r#"{"model_type":"xlm-roberta","vocab_size":250002,"hidden_size":768,
+            "num_hidden_layers":12,"num_attention_heads":12,"intermediate_size":3072,
+            "max_position_embeddings":514,"type_vocab_size":1,"pad_token_id":1,
+            "layer_norm_eps":1e-05}"#,
+        )
+        .unwrap();
+        assert_eq!(roberta.family, Family::Roberta);
+        assert_eq!(
+            (roberta.position_offset, roberta.max_sequence_len()),
+            (2, 512)
+        );
+        assert_eq!(roberta.accepted_token_types(), usize::MAX);
+        assert_eq!(roberta.head.activation, HiddenAct::Tanh);
+        let distil = ModelConfig::from_json(
+            r#"{"model_type":"distilbert","vocab_size":30522,"dim":768,"n_layers":6,
+            "n_heads":12,"hidden_dim":3072,"activation":"gelu"}"#,
+        )
+        .unwrap();
+        assert_eq!((distil.hidden_size, distil.intermediate_size), (768, 3072));
+        assert_eq!(distil.head.activation, HiddenAct::Relu);
+        assert_eq!(distil.type_vocab_size, 0);
+        let electra = ModelConfig::from_json(
+            r#"{"model_type":"electra","vocab_size":30522,"embedding_size":128,"hidden_size":256,
+            "num_hidden_layers":12,"num_attention_heads":4,"intermediate_size":1024}"#,
+        )
+        .unwrap();
+        assert_eq!((electra.embedding_size, electra.hidden_size), (128, 256));
+        assert_eq!(electra.head.activation, HiddenAct::GeluErf);
+        let old = r#"{"model_type":"modernbert","vocab_size":50368,"hidden_size":768,
+            "num_hidden_layers":22,"num_attention_heads":12,"intermediate_size":1152,
+            "hidden_activation":"gelu","global_rope_theta":160000.0,"local_rope_theta":10000.0,
+            "local_attention":128,"global_attn_every_n_layers":3,"classifier_pooling":"mean",
+            "norm_eps":1e-05}"#;
+        let modern = ModelConfig::from_json(old).unwrap();
+        let m = modern.modern.as_ref().unwrap();
+        assert_eq!(modern.head.pooling, Pooling::Mean);
+        assert_eq!(m.local_window, 64);
+        assert_eq!(&m.global_layers[..4], &[true, false, false, true]);
+        assert_eq!(
+            (m.global_rope_theta, m.local_rope_theta),
+            (160_000.0, 10_000.0)
+        );
+        assert_eq!(modern.max_sequence_len(), 8192);
+        // The newer spelling of the same model.
+        let types: Vec<String> = m
+            .global_layers
+            .iter()
+            .map(|&g| {
+                format!(
+                    "\"{}\"",
+                    if g {
+                        "full_attention"
+                    } else {
+                        "sliding_attention"
+                    }
+                )
+            })
+            .collect();
+        let new = format!(
+            r#"{{"model_type":"modernbert","vocab_size":50368,"hidden_size":768,
+            "num_hidden_layers":22,"num_attention_heads":12,"intermediate_size":1152,
+            "local_attention":128,"classifier_pooling":"mean","layer_types":[{}],
+            "rope_parameters":{{"full_attention":{{"rope_type":"default","rope_theta":160000.0}},
+            "sliding_attention":{{"rope_type":"default","rope_theta":10000.0}}}}}}"#,
+            types.join(",")
+        );
+        assert_eq!(ModelConfig::from_json(&new).unwrap(), modern);
+        let scaled = new.replace(
+            "\"rope_type\":\"default\",\"rope_theta\":160000.0",
+            "\"rope_type\":\"yarn\"",
+        );
+        let e = ModelConfig::from_json(&scaled).unwrap_err().to_string();
+        assert!(e.contains("yarn"), "{e}");
     }
 
     #[test]

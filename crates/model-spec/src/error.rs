@@ -34,13 +34,18 @@ pub enum SpecError {
         /// What is wrong with it.
         message: String,
     },
-    /// The model is not a BERT model.
-    #[error(
-        "unsupported model_type {0:?}: this engine runs BERT-family cross-encoders (model_type \"bert\")"
-    )]
-    UnsupportedModelType(String),
+    /// The model is of a family the engine does not run.
+    #[error("unsupported model_type {model_type:?}: this engine runs {supported}")]
+    UnsupportedModelType {
+        /// `model_type` as `config.json` gives it.
+        model_type: String,
+        /// The model types it does run.
+        supported: String,
+    },
     /// The activation function in `config.json` is not one the engine implements.
-    #[error("unsupported hidden_act {0:?} (supported: gelu, gelu_new, gelu_pytorch_tanh, relu)")]
+    #[error(
+        "unsupported hidden_act {0:?} (supported: gelu, gelu_new, gelu_pytorch_tanh, relu, tanh)"
+    )]
     UnsupportedActivation(String),
     /// The dtype name is not known.
     #[error("unknown dtype {0:?} (expected f32, f16, bf16, q8_0, q4_0 or i8)")]

@@ -186,26 +186,27 @@ impl Weights {
                     "{name} ends at byte {end} of {data_len} bytes of data"
                 )));
             }
-            shapes.insert(name.trim_start_matches("bert.").to_string(), shape);
+            shapes.insert(name.clone(), shape);
         }
-        let h = config.hidden_size as u64;
+        let names = crate::TensorNames::find(config.family, |n| shapes.contains_key(n));
+        let (h, last) = (config.hidden_size as u64, config.num_hidden_layers - 1);
+        let ffn_in = match config.modern {
+            Some(_) => 2 * config.intermediate_size as u64,
+            None => config.intermediate_size as u64,
+        };
+        let attention = match config.modern {
+            Some(_) => (crate::Tensor::Qkv(last), vec![3 * h, h]),
+            None => (crate::Tensor::Query(last), vec![h, h]),
+        };
         let expect = [
             (
-                "embeddings.word_embeddings.weight".to_string(),
-                vec![config.vocab_size as u64, h],
+                crate::Tensor::WordEmbeddings,
+                vec![config.vocab_size as u64, config.embedding_size as u64],
             ),
-            (
-                "encoder.layer.0.intermediate.dense.weight".to_string(),
-                vec![config.intermediate_size as u64, h],
-            ),
-            (
-                format!(
-                    "encoder.layer.{}.attention.self.query.weight",
-                    config.num_hidden_layers - 1
-                ),
-                vec![h, h],
-            ),
-        ];
+            (crate::Tensor::FeedForwardIn(0), vec![ffn_in, h]),
+            attention,
+        ]
+        .map(|(tensor, shape)| (names.weight(tensor), shape));
         for (name, want) in expect {
             match shapes.get(&name) {
                 Some(got) if *got == want => {}

@@ -6,7 +6,8 @@
 //!   (de)serializes as that name, so a bad value in a config file is
 //!   refused when the supervisor starts, with its key.
 //! * [`ModelConfig`] — a cross-encoder's validated `config.json`, with the
-//!   [`ScoreActivation`] clients get.
+//!   [`ScoreActivation`] clients get; [`Family`] and [`TensorNames`] — the
+//!   families it runs and where each keeps its tensors.
 //! * [`ModelFiles`] — where its files are (a directory or a hub id).
 //! * [`ReplicaSpec`] — one replica: model, dtype, device, attention,
 //!   threads, and the check that they fit together.
@@ -19,14 +20,18 @@ pub mod config;
 mod device;
 mod dtype;
 mod error;
+pub mod family;
 pub mod files;
 mod replica;
 
 pub use attention::AttentionLayout;
-pub use config::{HiddenAct, ModelConfig, ScoreActivation, relevant_label};
+pub use config::{
+    HeadSpec, HiddenAct, ModelConfig, ModernBertSpec, Pooling, ScoreActivation, relevant_label,
+};
 pub use device::DeviceSpec;
 pub use dtype::WeightDType;
 pub use error::SpecError;
+pub use family::{Family, SUPPORTED_MODEL_TYPES, Tensor, TensorNames};
 pub use files::{ModelFiles, Weights};
 pub use replica::ReplicaSpec;
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 use ce_common::TokenBatch;
 use tokenizer_worker::{PairTokenizer, Truncation};
 
-use crate::bert::BertCrossEncoder;
+use crate::encoder::CrossEncoder;
 use crate::error::Result;
 use ce_model_spec::ModelFiles;
 use ce_model_spec::{AttentionLayout, DeviceSpec, ModelConfig, ScoreActivation, WeightDType};
@@ -92,7 +92,7 @@ impl BatchScores {
 /// A cross-encoder ready to score pairs.
 #[derive(Debug)]
 pub struct Engine {
-    model: BertCrossEncoder,
+    model: CrossEncoder,
     tokenizer: PairTokenizer,
     info: ModelInfo,
     max_forward_tokens: usize,
@@ -103,14 +103,17 @@ impl Engine {
     pub fn load(config: &EngineConfig) -> Result<Self> {
         let started = Instant::now();
         let files = ModelFiles::resolve(&config.model)?;
-        let bert = ModelConfig::from_file(&files.config)?;
-        files.weights.check_shapes(&bert)?;
-        let max_length = config.max_length.min(bert.max_position_embeddings).max(4);
+        let model_config = ModelConfig::from_file(&files.config)?;
+        files.weights.check_shapes(&model_config)?;
+        let max_length = config
+            .max_length
+            .min(model_config.max_sequence_len())
+            .max(4);
         let tokenizer = PairTokenizer::from_file(&files.tokenizer, max_length)?;
         let device = crate::device::open(config.device)?;
-        let model = BertCrossEncoder::load(
+        let model = CrossEncoder::load(
             &files.weights,
-            bert,
+            model_config,
             config.dtype,
             &device,
             config.attention,
@@ -154,6 +157,11 @@ impl Engine {
     /// The model's configuration.
     pub fn config(&self) -> &ModelConfig {
         self.model.config()
+    }
+
+    /// Whether the CPU encoder (rather than candle) computes this model.
+    pub fn runs_cpu_kernels(&self) -> bool {
+        self.model.runs_cpu_kernels()
     }
 
     /// The pair tokenizer matching this model.

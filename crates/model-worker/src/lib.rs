@@ -2,12 +2,14 @@
 //!
 //! * [`Engine`] — load a Hugging Face cross-encoder (directory or hub id),
 //!   tokenize pairs, score packed [`TokenBatch`](ce_common::TokenBatch)es.
-//! * [`bert`] — the BERT blocks: on the CPU in f32/i8 on plain slices with
-//!   fused kernels ([`bert::cpu`]), elsewhere on candle (packed linear
-//!   layers, attention by length group); pooler and classifier head.
+//! * [`encoder`] — the encoder of every family (BERT, RoBERTa/XLM-RoBERTa,
+//!   ELECTRA, DistilBERT, ModernBERT): on the CPU in f32/i8 on plain slices
+//!   with fused kernels ([`encoder::cpu`]), elsewhere on candle (packed
+//!   linear layers, attention by length group); and its classification head.
 //! * [`dtype`], [`device`] — what the model specification (the
 //!   `ce-model-spec` crate, re-exported here) means to the tensor library.
 //! * [`quant`] — error-minimising Q4_0 weight quantization.
+//! * [`fidelity`] — max |Δ| and Kendall's τ of a precision against f32.
 //! * [`threads`] — the explicit per-process thread count.
 //! * [`process`] — the model worker process's main loop (`ce-model-worker`).
 //!
@@ -23,20 +25,21 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod bert;
 pub mod device;
 pub mod dtype;
+pub mod encoder;
 pub mod engine;
 pub mod error;
+pub mod fidelity;
 pub mod process;
 pub mod quant;
 pub mod threads;
 
-pub use bert::cpu::int8::{Kernel as Int8Kernel, kernel as int8_kernel};
 pub use ce_model_spec::{
     AttentionLayout, DeviceSpec, ModelConfig, ModelFiles, ReplicaSpec, ScoreActivation, SpecError,
     WeightDType,
 };
 pub use dtype::CandleDType;
+pub use encoder::cpu::int8::{Kernel as Int8Kernel, kernel as int8_kernel};
 pub use engine::{BatchScores, Engine, EngineConfig, ModelInfo};
 pub use error::EngineError;

@@ -611,16 +611,15 @@ impl Api {
         scored: &Scored,
         raw: bool,
     ) -> Result<Vec<f32>, ApiError> {
-        let activation = self.core.facts(model)?.activation;
+        let facts = self.core.facts(model)?;
+        let (activation, relevant) = (facts.activation, facts.relevant_label);
         Ok(scored
             .rows()
             .map(|row| {
                 if raw {
-                    row.get(ce_model_spec::relevant_label(row.len()))
-                        .copied()
-                        .unwrap_or(f32::NAN)
+                    row.get(relevant).copied().unwrap_or(f32::NAN)
                 } else {
-                    activation.score(row)
+                    activation.score(row, relevant)
                 }
             })
             .collect())

@@ -46,6 +46,10 @@ pub struct Instance {
     pub device: Option<DeviceSpec>,
     /// Compute threads (default: `threads_per_replica`).
     pub threads: Option<usize>,
+    /// Which logit is the relevance score (default: the label `config.json`'s
+    /// `id2label` names "relevant"/"positive"/"yes", else the second of two,
+    /// else the first).
+    pub relevant_label: Option<usize>,
 }
 
 /// A comma-separated device list on the command line (`cuda:0,cuda:1`).

@@ -120,17 +120,20 @@ pub struct ModelFacts {
     pub type_vocab_size: usize,
     /// Logits per pair.
     pub labels: usize,
+    /// Which of them is the relevance score.
+    pub relevant_label: usize,
 }
 
 impl ModelFacts {
     /// The facts of a model with `config` under `settings`.
     pub fn of(settings: &Settings, config: &ModelConfig) -> Self {
         Self {
-            max_length: settings.max_length.min(config.max_position_embeddings),
+            max_length: settings.max_length.min(config.max_sequence_len()),
             activation: config.score_activation,
             vocab_size: config.vocab_size,
-            type_vocab_size: config.type_vocab_size,
+            type_vocab_size: config.accepted_token_types(),
             labels: config.declared_labels.unwrap_or(1),
+            relevant_label: config.relevant_label,
         }
     }
 }

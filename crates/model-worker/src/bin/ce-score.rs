@@ -104,11 +104,15 @@ fn main() -> anyhow::Result<()> {
             }
             let reply = match score_line(&engine, &text, args.truncation) {
                 Ok((scores, single)) => {
-                    let scores: Vec<f32> = if args.raw {
-                        scores
-                    } else {
-                        scores.into_iter().map(|x| activation.apply(x)).collect()
-                    };
+                    let relevant = engine.config().relevant_label;
+                    let scores: Vec<f32> = scores
+                        .logits
+                        .chunks(scores.num_labels.max(1))
+                        .map(|row| match args.raw {
+                            true => row.get(relevant).copied().unwrap_or(f32::NAN),
+                            false => activation.score(row, relevant),
+                        })
+                        .collect();
                     if single {
                         json!({ "score": scores[0] })
                     } else {
@@ -136,7 +140,7 @@ fn score_line(
     engine: &Engine,
     text: &str,
     truncation: Truncation,
-) -> Result<(Vec<f32>, bool), String> {
+) -> Result<(model_worker::BatchScores, bool), String> {
     let line: Line = serde_json::from_str(text).map_err(|e| format!("invalid JSON line: {e}"))?;
     let (passages, single) = match (line.passage, line.passages) {
         (Some(p), None) => (vec![p], true),
@@ -148,5 +152,5 @@ fn score_line(
     let scores = engine
         .score_query(&line.query, &passages, truncation)
         .map_err(|e| e.to_string())?;
-    Ok((scores.first_logits(), single))
+    Ok((scores, single))
 }

@@ -85,7 +85,21 @@ pub async fn load_models(settings: &Settings) -> anyhow::Result<Models> {
     let mut files = Vec::with_capacity(served.len());
     for (index, model) in served.iter_mut().enumerate() {
         match resolve(&model.source).await {
-            Ok((found, config)) => {
+            Ok((found, mut config)) => {
+                let chosen = model
+                    .slots
+                    .iter()
+                    .find_map(|&slot| settings.instances.get(slot)?.relevant_label);
+                if let Some(label) = chosen {
+                    let labels = config.declared_labels.unwrap_or(1);
+                    if label >= labels {
+                        bail!(
+                            "model {:?}: relevant_label {label} is not one of its {labels} labels",
+                            model.name
+                        );
+                    }
+                    config.relevant_label = label;
+                }
                 model.loaded = Ok(ModelFacts::of(settings, &config));
                 files.push(Some((found, config)));
             }

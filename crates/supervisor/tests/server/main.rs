@@ -6,6 +6,7 @@
 mod support;
 
 mod auth_tls;
+mod families;
 mod faults;
 mod hardening;
 mod health_shutdown;

@@ -1,4 +1,5 @@
-//! The CPU encoder: BERT on plain slices, for `f32` and `i8` on the CPU.
+//! The CPU encoder: every family's encoder on plain slices, for `f32` and
+//! `i8` on the CPU.
 //!
 //! ```text
 //! batch ─▶ shards (contiguous pairs, ≈ equal tokens, a few hundred to ~1000
@@ -7,8 +8,15 @@
 //!                embeddings ─▶ [ QKV GEMM ─▶ attention per sequence and head
 //!                                ─▶ out GEMM ─▶ +bias +residual, LayerNorm
 //!                                ─▶ FFN GEMM ─▶ +bias, GELU ─▶ GEMM ─▶ +bias +residual, LayerNorm ] × N
-//!                ─▶ pooler ─▶ classifier
+//!                ─▶ head (pool, dense, activation, classifier)
 //! ```
+//!
+//! That is the post-norm layer of BERT, RoBERTa, ELECTRA and DistilBERT.
+//! ModernBERT's pre-norm layer runs the same passes in another order —
+//! LayerNorm into a copy ─▶ QKV GEMM ─▶ rotary turn of Q and K ─▶ attention
+//! (within the window, in sliding-window layers) ─▶ out GEMM ─▶ +bias
+//! +residual ─▶ LayerNorm into a copy ─▶ GEMM to `2F` ─▶ GeGLU ─▶ GEMM ─▶
+//! +bias +residual — and a final norm before the head.
 //!
 //! Why not candle here: on two cores its per-op threading gains 1.5× from the
 //! second thread where two independent single-threaded passes gain 2×; each
@@ -37,9 +45,9 @@ use std::sync::Mutex;
 
 use ce_common::TokenBatch;
 
-use super::{ForwardOutput, WeightReader, embedding_tables};
+use super::{ForwardOutput, WeightReader, push_position_ids, rotary_table};
 use crate::error::{EngineError, Result};
-use ce_model_spec::{HiddenAct, ModelConfig};
+use ce_model_spec::{ModelConfig, Pooling, Tensor as T};
 use int8::Int8Linear;
 use kernels::{Activation, AttentionScratch, Heads, View, matmul};
 
@@ -57,8 +65,8 @@ enum CpuLinear {
 }
 
 impl CpuLinear {
-    fn load(r: &WeightReader, name: &str, out: usize, inp: usize, int8: bool) -> Result<Self> {
-        let (w, b) = r.linear(out, inp, name)?;
+    fn load(r: &WeightReader, tensor: T, out: usize, inp: usize, int8: bool) -> Result<Self> {
+        let (w, b) = r.linear(tensor, out, inp)?;
         Self::from_parts(to_vec(&w)?, to_vec(&b)?, out, inp, int8)
     }
 
@@ -128,10 +136,11 @@ struct Norm {
 }
 
 impl Norm {
-    fn load(r: &WeightReader, name: &str, hidden: usize) -> Result<Self> {
+    fn load(r: &WeightReader, tensor: T, width: usize) -> Result<Self> {
+        let (gamma, beta) = r.norm(tensor, width)?;
         Ok(Self {
-            gamma: to_vec(&r.get(hidden, &format!("{name}.weight"))?)?,
-            beta: to_vec(&r.get(hidden, &format!("{name}.bias"))?)?,
+            gamma: to_vec(&gamma)?,
+            beta: to_vec(&beta)?,
         })
     }
 
@@ -140,6 +149,20 @@ impl Norm {
     fn residual(&self, hidden: &mut [f32], product: &mut [f32], bias: &[f32], eps: f32) {
         kernels::residual_layer_norm(hidden, product, bias, &self.gamma, &self.beta, eps);
     }
+
+    /// `dst = norm(src)`.
+    fn normalize_into(&self, src: &[f32], dst: &mut [f32], eps: f32) {
+        kernels::layer_norm_into(src, dst, &self.gamma, &self.beta, eps);
+    }
+}
+
+/// ModernBERT's extras of one layer.
+#[derive(Debug)]
+struct RotaryLayer {
+    /// Index into [`CpuEncoder::rotary`]: 0 global, 1 local.
+    table: usize,
+    /// Sliding window, in sliding-window layers.
+    window: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -147,10 +170,14 @@ struct Layer {
     /// Q, K and V in one `[H, 3H]` product; Q pre-scaled by 1/√d.
     qkv: CpuLinear,
     attention_out: CpuLinear,
-    attention_norm: Norm,
+    /// After attention (post-norm) or before it (pre-norm; ModernBERT's
+    /// layer 0 has none).
+    attention_norm: Option<Norm>,
+    /// `[H, F]`, or `[H, 2F]` for GeGLU.
     intermediate: CpuLinear,
     output: CpuLinear,
     output_norm: Norm,
+    rotary: Option<RotaryLayer>,
 }
 
 /// Reusable activation buffers of one shard: large allocations are fresh
@@ -158,10 +185,12 @@ struct Layer {
 #[derive(Debug, Default)]
 struct Workspace {
     hidden: Vec<f32>,
+    normed: Vec<f32>,
     qkv: Vec<f32>,
     context: Vec<f32>,
     out: Vec<f32>,
     inner: Vec<f32>,
+    gated: Vec<f32>,
     attention: AttentionScratch,
     int8: int8::Scratch,
 }
@@ -173,21 +202,40 @@ fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
+/// The head as the CPU encoder stores it (never quantized: it is tiny).
+#[derive(Debug)]
+struct Head {
+    pooling: Pooling,
+    dense: CpuLinear,
+    activation: Activation,
+    norm: Option<Norm>,
+    classifier: CpuLinear,
+}
+
 /// The encoder with its weights in the CPU layout.
 #[derive(Debug)]
 pub struct CpuEncoder {
+    config: ModelConfig,
     hidden: usize,
     heads: usize,
     head_dim: usize,
     eps: f32,
     activation: Activation,
+    /// GeGLU feed-forward blocks and pre-norm layers (ModernBERT).
+    modern: bool,
     word: Vec<f32>,
-    position: Vec<f32>,
-    token_type: Vec<f32>,
+    position: Option<Vec<f32>>,
+    token_type: Option<Vec<f32>>,
+    /// Whether a token's segment picks its token type row (BERT, ELECTRA)
+    /// or every token adds row 0 (RoBERTa).
+    types_by_segment: bool,
     embedding_norm: Norm,
+    projection: Option<CpuLinear>,
     layers: Vec<Layer>,
-    pooler: CpuLinear,
-    classifier: CpuLinear,
+    final_norm: Option<Norm>,
+    /// Rotary cos/sin tables `[positions, d/2]`, global then local.
+    rotary: Vec<(Vec<f32>, Vec<f32>)>,
+    head: Head,
     /// About how many tokens one shard holds.
     shard_tokens: usize,
     workspaces: Mutex<Vec<Workspace>>,
@@ -203,80 +251,111 @@ fn to_vec(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 
 impl CpuEncoder {
     /// Prepares every weight: linear layers transposed (f32) or quantized
-    /// per output channel (`int8`); the pooler and classifier stay f32.
+    /// per output channel (`int8`); embeddings and the head stay f32.
     pub(super) fn load(
         r: &WeightReader,
         c: &ModelConfig,
         num_labels: usize,
         int8: bool,
     ) -> Result<Self> {
-        let h = c.hidden_size;
+        let (h, e) = (c.hidden_size, c.embedding_size);
         let d = c.head_dim();
-        let table = |rows: usize, name: &str| to_vec(&r.get((rows, h), name)?);
+        let modern = c.modern.as_ref();
+        let scale = 1.0 / (d as f32).sqrt();
+        let table = |tensor: T, rows: usize| to_vec(&r.matrix(tensor, rows, e)?);
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
-                let p = format!("encoder.layer.{i}");
-                let scale = 1.0 / (d as f32).sqrt();
-                let mut weight = Vec::with_capacity(3 * h * h);
-                let mut bias = Vec::with_capacity(3 * h);
-                for (part, factor) in [("query", scale), ("key", 1.0), ("value", 1.0)] {
-                    let (w, b) = r.linear(h, h, &format!("{p}.attention.self.{part}"))?;
-                    weight.extend(to_vec(&w)?.into_iter().map(|v| v * factor));
-                    bias.extend(to_vec(&b)?.into_iter().map(|v| v * factor));
-                }
+                // [Q | K | V] rows, Q scaled by 1/√d (rotation is linear,
+                // so scaling before the rotary turn is the same).
+                let (mut weight, mut bias) = match modern {
+                    Some(_) => {
+                        let (w, b) = r.linear(T::Qkv(i), 3 * h, h)?;
+                        (to_vec(&w)?, to_vec(&b)?)
+                    }
+                    None => {
+                        let (mut weight, mut bias) =
+                            (Vec::with_capacity(3 * h * h), Vec::with_capacity(3 * h));
+                        for part in [T::Query(i), T::Key(i), T::Value(i)] {
+                            let (w, b) = r.linear(part, h, h)?;
+                            weight.extend(to_vec(&w)?);
+                            bias.extend(to_vec(&b)?);
+                        }
+                        (weight, bias)
+                    }
+                };
+                weight[..h * h].iter_mut().for_each(|v| *v *= scale);
+                bias[..h].iter_mut().for_each(|v| *v *= scale);
+                let ffn_width = match modern {
+                    Some(_) => 2 * c.intermediate_size,
+                    None => c.intermediate_size,
+                };
                 Ok(Layer {
                     qkv: CpuLinear::from_parts(weight, bias, 3 * h, h, int8)?,
-                    attention_out: CpuLinear::load(
-                        r,
-                        &format!("{p}.attention.output.dense"),
-                        h,
-                        h,
-                        int8,
-                    )?,
-                    attention_norm: Norm::load(r, &format!("{p}.attention.output.LayerNorm"), h)?,
-                    intermediate: CpuLinear::load(
-                        r,
-                        &format!("{p}.intermediate.dense"),
-                        c.intermediate_size,
-                        h,
-                        int8,
-                    )?,
-                    output: CpuLinear::load(
-                        r,
-                        &format!("{p}.output.dense"),
-                        h,
-                        c.intermediate_size,
-                        int8,
-                    )?,
-                    output_norm: Norm::load(r, &format!("{p}.output.LayerNorm"), h)?,
+                    attention_out: CpuLinear::load(r, T::AttentionOutput(i), h, h, int8)?,
+                    attention_norm: match (modern, i) {
+                        (Some(_), 0) => None,
+                        _ => Some(Norm::load(r, T::AttentionNorm(i), h)?),
+                    },
+                    intermediate: CpuLinear::load(r, T::FeedForwardIn(i), ffn_width, h, int8)?,
+                    output: CpuLinear::load(r, T::FeedForwardOut(i), h, c.intermediate_size, int8)?,
+                    output_norm: Norm::load(r, T::FeedForwardNorm(i), h)?,
+                    rotary: modern.map(|m| {
+                        let global = m.global_layers.get(i).copied().unwrap_or(true);
+                        RotaryLayer {
+                            table: usize::from(!global),
+                            window: (!global).then_some(m.local_window),
+                        }
+                    }),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let [word, position, token_type] = embedding_tables(c, table)?;
-        let classifier = CpuLinear::from_parts(
-            to_vec(&r.get_raw((num_labels, h), "classifier.weight")?)?,
-            to_vec(&r.get_raw(num_labels, "classifier.bias")?)?,
-            num_labels,
-            h,
-            false,
-        )?;
+        let rotary = match modern {
+            Some(m) => [m.global_rope_theta, m.local_rope_theta]
+                .into_iter()
+                .map(|theta| rotary_table(theta, d, c.max_sequence_len()))
+                .collect(),
+            None => Vec::new(),
+        };
+        let head = Head {
+            pooling: c.head.pooling,
+            dense: CpuLinear::load(r, T::HeadDense, h, h, false)?,
+            activation: c.head.activation.into(),
+            norm: match c.head.normed {
+                true => Some(Norm::load(r, T::HeadNorm, h)?),
+                false => None,
+            },
+            classifier: CpuLinear::load(r, T::Classifier, num_labels, h, false)?,
+        };
         Ok(Self {
+            config: c.clone(),
             hidden: h,
             heads: c.num_attention_heads,
             head_dim: d,
             eps: c.layer_norm_eps as f32,
-            activation: match c.hidden_act {
-                HiddenAct::GeluErf => Activation::GeluErf,
-                HiddenAct::GeluTanh => Activation::GeluTanh,
-                HiddenAct::Relu => Activation::Relu,
+            activation: c.hidden_act.into(),
+            modern: modern.is_some(),
+            word: table(T::WordEmbeddings, c.vocab_size)?,
+            position: match modern {
+                Some(_) => None,
+                None => Some(table(T::PositionEmbeddings, c.max_position_embeddings)?),
             },
-            word,
-            position,
-            token_type,
-            embedding_norm: Norm::load(r, "embeddings.LayerNorm", h)?,
+            token_type: match c.type_vocab_size {
+                0 => None,
+                rows => Some(table(T::TokenTypeEmbeddings, rows)?),
+            },
+            types_by_segment: c.family.reads_token_types(),
+            embedding_norm: Norm::load(r, T::EmbeddingNorm, e)?,
+            projection: match e != h {
+                true => Some(CpuLinear::load(r, T::EmbeddingProjection, h, e, false)?),
+                false => None,
+            },
             layers,
-            pooler: CpuLinear::load(r, "pooler.dense", h, h, false)?,
-            classifier,
+            final_norm: match modern {
+                Some(_) => Some(Norm::load(r, T::FinalNorm, h)?),
+                None => None,
+            },
+            rotary,
+            head,
             shard_tokens: std::env::var("CE_CPU_SHARD_TOKENS")
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
@@ -308,7 +387,7 @@ impl CpuEncoder {
                 part
             })
             .collect();
-        let labels = self.classifier.outputs();
+        let labels = self.head.classifier.outputs();
         let mut out = ForwardOutput {
             logits: Vec::with_capacity(batch.len() * labels),
             pooled: Vec::with_capacity(batch.len() * self.hidden),
@@ -349,15 +428,17 @@ impl CpuEncoder {
         let rows = batch.range(pairs.end - 1).end - first_row;
         let Workspace {
             hidden,
+            normed,
             qkv,
             context,
             out,
             inner,
+            gated,
             attention,
             int8,
         } = ws;
         let hidden = grown(hidden, rows * h);
-        self.embed(batch, pairs.clone(), first_row, hidden)?;
+        self.embed(batch, pairs.clone(), first_row, hidden, int8)?;
         let n = pairs.len();
         let cls_rows: Vec<usize> = pairs
             .clone()
@@ -366,27 +447,43 @@ impl CpuEncoder {
 
         let last = self.layers.len().saturating_sub(1);
         for (index, layer) in self.layers.iter().enumerate() {
+            // Pre-norm layers read a normed copy; post-norm ones the hidden
+            // state itself.
+            let input: &[f32] = match (&layer.attention_norm, self.modern) {
+                (Some(norm), true) => {
+                    let normed = grown(normed, rows * h);
+                    norm.normalize_into(hidden, normed, self.eps);
+                    normed
+                }
+                _ => hidden,
+            };
             let qkv = grown(qkv, rows * 3 * h);
-            layer.qkv.product(hidden, rows, qkv, int8);
+            layer.qkv.product(input, rows, qkv, int8);
             kernels::add_bias(qkv, layer.qkv.bias());
 
-            // The head reads only [CLS]: in the last layer no other token's
-            // output is used, so only [CLS] attends (as query; every token
-            // is still a key and value) and the rest of the layer runs on
-            // [CLS] rows alone — about a seventh of the model's work, the
-            // same arithmetic for the rows that matter.
-            let cls_only = index == last;
+            // A [CLS]-pooled head reads only [CLS]: in the last layer no
+            // other token's output is used, so only [CLS] attends (as
+            // query; every token is still a key and value) and the rest of
+            // the layer runs on [CLS] rows alone — about a seventh of the
+            // model's work, the same arithmetic for the rows that matter.
+            let cls_only = index == last && self.head.pooling == Pooling::Cls;
             let context = grown(context, rows * h);
             for i in pairs.clone() {
                 let r = batch.range(i);
                 let start = r.start - first_row;
+                let sequence = &mut qkv[start * 3 * h..r.end.saturating_sub(first_row) * 3 * h];
+                if let Some(rotary) = &layer.rotary {
+                    let (cos, sin) = &self.rotary[rotary.table];
+                    kernels::rotary(sequence, r.len(), self.heads, self.head_dim, cos, sin);
+                }
                 kernels::attention(
-                    &qkv[start * 3 * h..],
+                    sequence,
                     Heads {
                         count: self.heads,
                         dim: self.head_dim,
                         len: r.len(),
                         queries: if cls_only { 1 } else { r.len() },
+                        window: layer.rotary.as_ref().and_then(|l| l.window),
                     },
                     &mut context[start * h..],
                     attention,
@@ -395,30 +492,76 @@ impl CpuEncoder {
             if cls_only {
                 let mut cls_hidden = gather_rows(hidden, h, &cls_rows);
                 let cls_context = gather_rows(context, h, &cls_rows);
-                self.finish_layer(layer, &mut cls_hidden, &cls_context, n, out, inner, int8);
+                self.finish_layer(
+                    layer,
+                    &mut cls_hidden,
+                    &cls_context,
+                    n,
+                    out,
+                    inner,
+                    gated,
+                    normed,
+                    int8,
+                );
                 hidden[..n * h].copy_from_slice(&cls_hidden);
             } else {
-                self.finish_layer(layer, hidden, context, rows, out, inner, int8);
+                self.finish_layer(
+                    layer, hidden, context, rows, out, inner, gated, normed, int8,
+                );
             }
         }
 
-        // After the last layer the [CLS] rows lie first, in pair order.
-        let cls = match self.layers.is_empty() {
-            true => gather_rows(hidden, h, &cls_rows),
-            false => hidden[..n * h].to_vec(),
+        // After the last layer of a [CLS]-pooled model the [CLS] rows lie
+        // first, in pair order.
+        let mut pooled = match (self.head.pooling, self.layers.is_empty()) {
+            (Pooling::Cls, false) => hidden[..n * h].to_vec(),
+            (Pooling::Cls, true) => gather_rows(hidden, h, &cls_rows),
+            (Pooling::Mean, _) => Vec::new(),
         };
-        let mut pooled = vec![0f32; n * h];
-        self.pooler.product(&cls, n, &mut pooled, int8);
-        kernels::add_bias(&mut pooled, self.pooler.bias());
-        kernels::tanh_all(&mut pooled);
-        let mut logits = vec![0f32; n * self.classifier.outputs()];
-        self.classifier.product(&pooled, n, &mut logits, int8);
-        kernels::add_bias(&mut logits, self.classifier.bias());
-        Ok((logits, pooled))
+        match self.head.pooling {
+            Pooling::Cls => {
+                if let Some(norm) = &self.final_norm {
+                    let copy = pooled.clone();
+                    norm.normalize_into(&copy, &mut pooled, self.eps);
+                }
+            }
+            Pooling::Mean => {
+                if let Some(norm) = &self.final_norm {
+                    let normed = grown(normed, rows * h);
+                    norm.normalize_into(hidden, normed, self.eps);
+                    hidden.copy_from_slice(normed);
+                }
+                pooled = vec![0f32; n * h];
+                for (p, i) in pairs.clone().enumerate() {
+                    let r = batch.range(i);
+                    let scale = 1.0 / r.len() as f32;
+                    let sum = &mut pooled[p * h..(p + 1) * h];
+                    for row in r {
+                        let local = row - first_row;
+                        for (s, v) in sum.iter_mut().zip(&hidden[local * h..(local + 1) * h]) {
+                            *s += v;
+                        }
+                    }
+                    sum.iter_mut().for_each(|s| *s *= scale);
+                }
+            }
+        }
+        let mut vector = vec![0f32; n * h];
+        self.head.dense.product(&pooled, n, &mut vector, int8);
+        kernels::bias_activation(&mut vector, self.head.dense.bias(), self.head.activation);
+        if let Some(norm) = &self.head.norm {
+            let copy = vector.clone();
+            norm.normalize_into(&copy, &mut vector, self.eps);
+        }
+        let mut logits = vec![0f32; n * self.head.classifier.outputs()];
+        self.head.classifier.product(&vector, n, &mut logits, int8);
+        kernels::add_bias(&mut logits, self.head.classifier.bias());
+        Ok((logits, vector))
     }
 
     /// The rest of a layer after attention, on `rows` rows: output
-    /// projection, residual and norm, feed-forward, residual and norm.
+    /// projection and residual, feed-forward and residual, with the norms
+    /// after (post-norm) or before (pre-norm) each block.
     #[allow(clippy::too_many_arguments)]
     fn finish_layer(
         &self,
@@ -428,16 +571,30 @@ impl CpuEncoder {
         rows: usize,
         out: &mut Vec<f32>,
         inner: &mut Vec<f32>,
+        gated: &mut Vec<f32>,
+        normed: &mut Vec<f32>,
         int8: &mut int8::Scratch,
     ) {
         let h = self.hidden;
         let hidden = &mut hidden[..rows * h];
         let out = grown(out, rows * h);
         layer.attention_out.product(context, rows, out, int8);
-        layer
-            .attention_norm
-            .residual(hidden, out, layer.attention_out.bias(), self.eps);
         let inner = grown(inner, rows * layer.intermediate.outputs());
+        if self.modern {
+            kernels::add_residual(hidden, out, layer.attention_out.bias());
+            let normed = grown(normed, rows * h);
+            layer.output_norm.normalize_into(hidden, normed, self.eps);
+            layer.intermediate.product(normed, rows, inner, int8);
+            let width = layer.intermediate.outputs() / 2;
+            let gated = grown(gated, rows * width);
+            kernels::gated_activation(inner, layer.intermediate.bias(), self.activation, gated);
+            layer.output.product(gated, rows, out, int8);
+            kernels::add_residual(hidden, out, layer.output.bias());
+            return;
+        }
+        if let Some(norm) = &layer.attention_norm {
+            norm.residual(hidden, out, layer.attention_out.bias(), self.eps);
+        }
         layer.intermediate.product(hidden, rows, inner, int8);
         kernels::bias_activation(inner, layer.intermediate.bias(), self.activation);
         layer.output.product(inner, rows, out, int8);
@@ -446,39 +603,65 @@ impl CpuEncoder {
             .residual(hidden, out, layer.output.bias(), self.eps);
     }
 
-    /// Word + position + segment embeddings of `pairs` (their tokens start
-    /// at row `first_row` of the batch), then the layer norm.
+    /// Word (+ position) (+ segment) embeddings of `pairs` (their tokens
+    /// start at row `first_row` of the batch), the layer norm, and ELECTRA's
+    /// projection to the hidden width.
     fn embed(
         &self,
         batch: &TokenBatch,
         pairs: Range<usize>,
         first_row: usize,
         dst: &mut [f32],
+        int8: &mut int8::Scratch,
     ) -> Result<()> {
-        let h = self.hidden;
+        let e = self.config.embedding_size;
+        let rows = batch.range(pairs.end - 1).end - first_row;
+        let mut embedded = vec![
+            0f32;
+            if self.projection.is_some() {
+                rows * e
+            } else {
+                0
+            }
+        ];
+        let target: &mut [f32] = match self.projection {
+            Some(_) => &mut embedded,
+            None => dst,
+        };
+        let mut positions = Vec::new();
         for i in pairs {
-            for (position, row) in batch.range(i).enumerate() {
-                let word = embedding_row(&self.word, h, batch.input_ids[row] as usize, "token id")?;
-                let pos = embedding_row(&self.position, h, position, "position")?;
-                let kind = embedding_row(
-                    &self.token_type,
-                    h,
-                    batch.type_ids[row] as usize,
-                    "token type",
-                )?;
+            positions.clear();
+            push_position_ids(&self.config, batch.ids(i), &mut positions);
+            for (&position, row) in positions.iter().zip(batch.range(i)) {
                 let local = row - first_row;
-                let out = &mut dst[local * h..(local + 1) * h];
-                for (((o, w), p), k) in out.iter_mut().zip(word).zip(pos).zip(kind) {
-                    *o = w + p + k;
+                let out = &mut target[local * e..(local + 1) * e];
+                let word = embedding_row(&self.word, e, batch.input_ids[row] as usize, "token id")?;
+                out.copy_from_slice(word);
+                if let Some(table) = &self.position {
+                    let pos = embedding_row(table, e, position as usize, "position")?;
+                    out.iter_mut().zip(pos).for_each(|(o, p)| *o += p);
+                }
+                if let Some(table) = &self.token_type {
+                    let segment = match self.types_by_segment {
+                        true => batch.type_ids[row] as usize,
+                        false => 0,
+                    };
+                    let kind = embedding_row(table, e, segment, "token type")?;
+                    out.iter_mut().zip(kind).for_each(|(o, k)| *o += k);
                 }
             }
         }
         kernels::layer_norm(
-            dst,
+            target,
             &self.embedding_norm.gamma,
             &self.embedding_norm.beta,
             self.eps,
         );
+        if let Some(projection) = &self.projection {
+            let h = self.hidden;
+            projection.product(&embedded, rows, &mut dst[..rows * h], int8);
+            kernels::add_bias(&mut dst[..rows * h], projection.bias());
+        }
         Ok(())
     }
 }

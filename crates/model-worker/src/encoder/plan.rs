@@ -13,8 +13,10 @@ use candle_core::{DType, Device, Tensor};
 
 use ce_common::TokenBatch;
 
+use super::push_position_ids;
 use crate::error::Result;
 pub use ce_model_spec::AttentionLayout;
+use ce_model_spec::ModelConfig;
 
 /// A group's padded attention may cost at most this multiple of its real
 /// attention (Σ l_max² against Σ l²) before a new group starts.
@@ -32,6 +34,37 @@ pub struct AttentionGroup {
     pub gather: Tensor,
     /// `[batch, 1, 1, max_len]` additive key mask: 0 for tokens, -inf for pads.
     pub mask: Tensor,
+    /// `[batch, 1, max_len, max_len]`, for sliding-window layers (ModernBERT):
+    /// a token sees the tokens at most the window away; a pad slot sees its
+    /// sequence's first token only, so that no row is masked whole (a row
+    /// of -inf is NaN after the softmax, and a NaN pad row poisons the
+    /// real rows through `0 · NaN` in the next product).
+    pub window_mask: Option<Tensor>,
+}
+
+/// [`AttentionGroup::window_mask`] of sequences `lens` padded to `max_len`.
+fn window_mask(
+    lens: impl Iterator<Item = usize>,
+    max_len: usize,
+    window: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
+    let mut mask = Vec::new();
+    let mut b = 0;
+    for len in lens {
+        b += 1;
+        for q in 0..max_len {
+            for k in 0..max_len {
+                let seen = match q < len {
+                    true => k < len && q.abs_diff(k) <= window,
+                    false => k == 0,
+                };
+                mask.push(if seen { 0.0 } else { f32::NEG_INFINITY });
+            }
+        }
+    }
+    Ok(Tensor::from_vec(mask, (b, 1, max_len, max_len), device)?.to_dtype(dtype)?)
 }
 
 /// Everything a forward pass indexes with.
@@ -50,6 +83,10 @@ pub struct BatchPlan {
     pub unpad: Tensor,
     /// `[pairs]`: packed row of each pair's `[CLS]` token.
     pub cls_rows: Tensor,
+    /// Each pair's first packed row and token count (for mean pooling).
+    pub pair_rows: Vec<(usize, usize)>,
+    /// Rows of the packed matrix (pads included in the padded layout).
+    pub rows: usize,
     /// Token slots computed in attention (pads included), for the padding
     /// ratio. With [`AttentionLayout::Padded`] every layer computes this many.
     pub padded_attention_tokens: usize,
@@ -60,18 +97,19 @@ impl BatchPlan {
     /// the attention scores.
     pub fn new(
         batch: &TokenBatch,
+        config: &ModelConfig,
         device: &Device,
         mask_dtype: DType,
         layout: AttentionLayout,
     ) -> Result<Self> {
         if layout == AttentionLayout::Padded {
-            return Self::padded(batch, device, mask_dtype);
+            return Self::padded(batch, config, device, mask_dtype);
         }
         let n = batch.len();
         let total = batch.total_tokens();
         let mut position_ids = Vec::with_capacity(total);
         for i in 0..n {
-            position_ids.extend(0..batch.seq_len(i) as u32);
+            push_position_ids(config, batch.ids(i), &mut position_ids);
         }
 
         let mut order: Vec<usize> = (0..n).collect();
@@ -116,11 +154,16 @@ impl BatchPlan {
                     unpad[row] = (padded_rows + padded_slot) as u32;
                 }
             }
+            let window = config.modern.as_ref().map(|m| m.local_window);
+            let lens = members.iter().map(|&seq| batch.seq_len(seq));
             groups.push(AttentionGroup {
                 batch: b,
                 max_len,
                 gather: Tensor::from_vec(gather, b * max_len, device)?,
                 mask: Tensor::from_vec(mask, (b, 1, 1, max_len), device)?.to_dtype(mask_dtype)?,
+                window_mask: window
+                    .map(|w| window_mask(lens, max_len, w, device, mask_dtype))
+                    .transpose()?,
             });
             padded_rows += b * max_len;
             start = end;
@@ -134,14 +177,39 @@ impl BatchPlan {
             groups,
             unpad: Tensor::from_vec(unpad, total, device)?,
             cls_rows: Tensor::from_vec(cls_rows, n, device)?,
+            pair_rows: (0..n)
+                .map(|i| (batch.range(i).start, batch.seq_len(i)))
+                .collect(),
+            rows: total,
             padded_attention_tokens: padded_rows,
         })
+    }
+
+    /// `[pairs, rows]` f32: row `i` averages pair `i`'s tokens (and only
+    /// them), so `mean_rows · hidden` is each pair's mean vector.
+    pub fn mean_rows(&self) -> Result<Tensor> {
+        let mut weights = vec![0f32; self.pair_rows.len() * self.rows];
+        for (i, &(start, len)) in self.pair_rows.iter().enumerate() {
+            let row = &mut weights[i * self.rows..(i + 1) * self.rows];
+            row[start..start + len].fill(1.0 / len.max(1) as f32);
+        }
+        let device = self.input_ids.device();
+        Ok(Tensor::from_vec(
+            weights,
+            (self.pair_rows.len(), self.rows),
+            device,
+        )?)
     }
 
     /// The fully padded plan: the "packed" rows are the padded slots
     /// themselves (pad id 0, type 0), so every layer computes pads; one
     /// attention block whose gather and unpad are the identity.
-    fn padded(batch: &TokenBatch, device: &Device, mask_dtype: DType) -> Result<Self> {
+    fn padded(
+        batch: &TokenBatch,
+        config: &ModelConfig,
+        device: &Device,
+        mask_dtype: DType,
+    ) -> Result<Self> {
         let n = batch.len();
         let longest = batch.max_seq_len();
         let slots = n * longest;
@@ -155,7 +223,11 @@ impl BatchPlan {
             input_ids[row..row + len].copy_from_slice(batch.ids(i));
             type_ids[row..row + len].copy_from_slice(batch.types(i));
             mask[row..row + len].fill(0.0);
-            position_ids.extend(0..longest as u32);
+            push_position_ids(config, batch.ids(i), &mut position_ids);
+            // A pad's position is never read by a real token (pads are
+            // masked keys); RoBERTa's own pads sit at `padding_idx`.
+            let pad_position = config.padding_idx.unwrap_or(0);
+            position_ids.extend(std::iter::repeat_n(pad_position, longest - len));
         }
         let identity = || Tensor::arange(0u32, slots as u32, device);
         Ok(Self {
@@ -167,9 +239,19 @@ impl BatchPlan {
                 max_len: longest,
                 gather: identity()?,
                 mask: Tensor::from_vec(mask, (n, 1, 1, longest), device)?.to_dtype(mask_dtype)?,
+                window_mask: config
+                    .modern
+                    .as_ref()
+                    .map(|m| {
+                        let lens = (0..n).map(|i| batch.seq_len(i));
+                        window_mask(lens, longest, m.local_window, device, mask_dtype)
+                    })
+                    .transpose()?,
             }],
             unpad: identity()?,
             cls_rows: Tensor::arange_step(0u32, slots as u32, longest.max(1) as u32, device)?,
+            pair_rows: (0..n).map(|i| (i * longest, batch.seq_len(i))).collect(),
+            rows: slots,
             padded_attention_tokens: slots,
         })
     }
@@ -186,7 +268,19 @@ mod tests {
             let ids: Vec<u32> = (0..len as u32).collect();
             b.push(&ids, &vec![0; len]);
         }
-        let plan = BatchPlan::new(&b, &Device::Cpu, DType::F32, AttentionLayout::Grouped).unwrap();
+        let config = ModelConfig::from_json(
+            r#"{"model_type":"bert","vocab_size":200,"hidden_size":32,"num_hidden_layers":1,
+            "num_attention_heads":2,"intermediate_size":64}"#,
+        )
+        .unwrap();
+        let plan = BatchPlan::new(
+            &b,
+            &config,
+            &Device::Cpu,
+            DType::F32,
+            AttentionLayout::Grouped,
+        )
+        .unwrap();
         let sizes: Vec<(usize, usize)> = plan.groups.iter().map(|g| (g.batch, g.max_len)).collect();
         assert_eq!(sizes, vec![(2, 100), (1, 50), (3, 12)]);
         assert_eq!(plan.padded_attention_tokens, 200 + 50 + 36);

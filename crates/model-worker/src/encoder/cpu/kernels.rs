@@ -214,25 +214,51 @@ pub enum Activation {
     GeluTanh,
     /// `max(x, 0)`.
     Relu,
+    /// `tanh(x)` (the BERT and RoBERTa heads).
+    Tanh,
+}
+
+impl From<ce_model_spec::HiddenAct> for Activation {
+    fn from(act: ce_model_spec::HiddenAct) -> Self {
+        use ce_model_spec::HiddenAct as H;
+        match act {
+            H::GeluErf => Self::GeluErf,
+            H::GeluTanh => Self::GeluTanh,
+            H::Relu => Self::Relu,
+            H::Tanh => Self::Tanh,
+        }
+    }
+}
+
+/// `act(x)`, inlined into each kernel's loop.
+#[inline(always)]
+fn activate<const FMA: bool>(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::GeluErf => 0.5 * x * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::GeluTanh => {
+            const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+            0.5 * x * (1.0 + tanh::<FMA>(C * (x + 0.044_715 * x * x * x)))
+        }
+        Activation::Relu => x.max(0.0),
+        Activation::Tanh => tanh::<FMA>(x),
+    }
 }
 
 vectorized! {
     /// `rows[r][j] = act(rows[r][j] + bias[j])` for every row.
     pub fn bias_activation(rows: &mut [f32], bias: &[f32], act: Activation) {
         let width = bias.len();
+        // One loop per activation, so each vectorizes on its own.
         for row in rows.chunks_exact_mut(width) {
             match act {
                 Activation::GeluErf => {
                     for (v, b) in row.iter_mut().zip(bias) {
-                        let x = *v + b;
-                        *v = 0.5 * x * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2));
+                        *v = activate::<FMA>(*v + b, Activation::GeluErf);
                     }
                 }
                 Activation::GeluTanh => {
-                    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
                     for (v, b) in row.iter_mut().zip(bias) {
-                        let x = *v + b;
-                        *v = 0.5 * x * (1.0 + tanh::<FMA>(C * (x + 0.044_715 * x * x * x)));
+                        *v = activate::<FMA>(*v + b, Activation::GeluTanh);
                     }
                 }
                 Activation::Relu => {
@@ -240,6 +266,84 @@ vectorized! {
                         *v = (*v + b).max(0.0);
                     }
                 }
+                Activation::Tanh => {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v = tanh::<FMA>(*v + b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// GeGLU: `gated[r][j] = act(x[r][j] + b[j]) · (x[r][F + j] + b[F + j])`
+    /// for rows `x` of width `2F` (the input and gate halves of one
+    /// product) and `bias` of `2F`; `gated` has rows of `F`.
+    pub fn gated_activation(x: &[f32], bias: &[f32], act: Activation, gated: &mut [f32]) {
+        let f = bias.len() / 2;
+        let (bias_in, bias_gate) = bias.split_at(f);
+        for (row, out) in x.chunks_exact(2 * f).zip(gated.chunks_exact_mut(f)) {
+            let (input, gate) = row.split_at(f);
+            match act {
+                Activation::GeluErf => {
+                    for ((((o, i), g), bi), bg) in out.iter_mut().zip(input).zip(gate).zip(bias_in).zip(bias_gate) {
+                        *o = activate::<FMA>(i + bi, Activation::GeluErf) * (g + bg);
+                    }
+                }
+                other => {
+                    for ((((o, i), g), bi), bg) in out.iter_mut().zip(input).zip(gate).zip(bias_in).zip(bias_gate) {
+                        *o = activate::<FMA>(i + bi, other) * (g + bg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// The pre-norm residual: `hidden[r] += out[r] + bias` for every row.
+    pub fn add_residual(hidden: &mut [f32], out: &[f32], bias: &[f32]) {
+        let width = bias.len();
+        for (h, o) in hidden.chunks_exact_mut(width).zip(out.chunks_exact(width)) {
+            for ((h, o), b) in h.iter_mut().zip(o).zip(bias) {
+                *h += o + b;
+            }
+        }
+    }
+}
+
+vectorized! {
+    /// Layer norm of every row of `src` into `dst` (`src` unchanged).
+    pub fn layer_norm_into(src: &[f32], dst: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let width = gamma.len();
+        for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
+            normalize(s, d, gamma, beta, eps);
+        }
+    }
+}
+
+/// Rotates the query and key halves of one sequence's `qkv` rows (row
+/// stride `3 · count · dim`) by their positions, transformers' rotary
+/// embedding without interleaving: for `i < d/2`,
+/// `(x_i, x_{i+d/2}) ← (x_i cos − x_{i+d/2} sin, x_{i+d/2} cos + x_i sin)`.
+/// `cos` and `sin` are `[positions, d/2]`; row `p` of the sequence takes
+/// row `p` of them.
+pub fn rotary(qkv: &mut [f32], len: usize, count: usize, dim: usize, cos: &[f32], sin: &[f32]) {
+    let hidden = count * dim;
+    let half = dim / 2;
+    for p in 0..len {
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        let row = &mut qkv[p * 3 * hidden..p * 3 * hidden + 2 * hidden];
+        for head in row.chunks_exact_mut(dim) {
+            let (a, b) = head.split_at_mut(half);
+            for (((x, y), c), s) in a.iter_mut().zip(b.iter_mut()).zip(c).zip(s) {
+                let (x0, y0) = (*x, *y);
+                *x = x0 * c - y0 * s;
+                *y = y0 * c + x0 * s;
             }
         }
     }
@@ -375,6 +479,9 @@ pub struct Heads {
     /// is a key and value). `len` for a whole layer; 1 where only [CLS]'s
     /// output is read.
     pub queries: usize,
+    /// Sliding-window attention: query `r` attends only to keys at most
+    /// this many positions away. `None`: to every key.
+    pub window: Option<usize>,
 }
 
 /// Self-attention of one sequence: `qkv` holds its `len` rows of
@@ -445,6 +552,7 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
         dim,
         len,
         queries,
+        ..
     } = heads;
     let hidden = count * dim;
     let stride = 3 * hidden;
@@ -466,8 +574,22 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
         product::<FMA, AVX512>(
             q, stride, keys_t, padded, dim, queries, padded, scores, padded,
         );
-        for row in scores.chunks_exact_mut(padded) {
-            softmax_in_place::<FMA>(&mut row[..len]);
+        match heads.window {
+            None => {
+                for row in scores.chunks_exact_mut(padded) {
+                    softmax_in_place::<FMA>(&mut row[..len]);
+                }
+            }
+            Some(window) => {
+                // Keys outside the window get probability 0 (the product
+                // below still reads them, as zeros).
+                for (r, row) in scores.chunks_exact_mut(padded).enumerate() {
+                    let (lo, hi) = (r.saturating_sub(window), (r + window + 1).min(len));
+                    row[..lo].fill(0.0);
+                    row[hi..len].fill(0.0);
+                    softmax_in_place::<FMA>(&mut row[lo..hi]);
+                }
+            }
         }
         // context [len, dim] = P [len, len] · V [len, dim]
         product::<FMA, AVX512>(
@@ -748,7 +870,10 @@ mod tests {
     fn attention_matches_its_definition_on_every_path() {
         let (count, dim) = (3, 32);
         let hidden = count * dim;
-        for len in [1usize, 5, 33, 70] {
+        for (len, window) in [1usize, 5, 33, 70]
+            .into_iter()
+            .flat_map(|len| [(len, None), (len, Some(3))])
+        {
             let qkv: Vec<f32> = (0..len * 3 * hidden)
                 .map(|i| (((i * 7919) % 251) as f32 - 125.0) * 0.004)
                 .collect();
@@ -757,6 +882,7 @@ mod tests {
                 dim,
                 len,
                 queries: len,
+                window,
             };
             let mut fast = vec![0f32; len * hidden];
             attention(&qkv, heads, &mut fast, &mut AttentionScratch::default());
@@ -776,11 +902,13 @@ mod tests {
             let at = |row: usize, col: usize| qkv[row * 3 * hidden + col] as f64;
             for head in 0..count {
                 for i in 0..len {
+                    let seen = |j: usize| window.is_none_or(|w| i.abs_diff(j) <= w);
                     let logits: Vec<f64> = (0..len)
-                        .map(|j| {
-                            (0..dim)
+                        .map(|j| match seen(j) {
+                            true => (0..dim)
                                 .map(|c| at(i, head * dim + c) * at(j, hidden + head * dim + c))
-                                .sum()
+                                .sum(),
+                            false => f64::NEG_INFINITY,
                         })
                         .collect();
                     let max = logits.iter().cloned().fold(f64::MIN, f64::max);
@@ -794,7 +922,7 @@ mod tests {
                         let k = i * hidden + head * dim + c;
                         assert!(
                             (fast[k] as f64 - want).abs() < 1e-5,
-                            "len {len}: {} vs {want}",
+                            "len {len}, window {window:?}: {} vs {want}",
                             fast[k]
                         );
                         assert!((plain[k] as f64 - want).abs() < 1e-5, "len {len} portable");
@@ -808,6 +936,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rotary_turns_each_query_and_key_pair_by_its_position() {
+        let (count, dim, len) = (2, 4, 3);
+        let hidden = count * dim;
+        let mut qkv: Vec<f32> = (0..len * 3 * hidden).map(|i| i as f32 * 0.1).collect();
+        let before = qkv.clone();
+        let (cos, sin) = crate::encoder::rotary_table(10_000.0, dim, len);
+        rotary(&mut qkv, len, count, dim, &cos, &sin);
+        for p in 0..len {
+            for part in 0..3 {
+                for head in 0..count {
+                    for i in 0..dim / 2 {
+                        let at = |v: &[f32], c: usize| {
+                            v[p * 3 * hidden + part * hidden + head * dim + c]
+                        };
+                        let (x, y) = (at(&before, i), at(&before, i + dim / 2));
+                        let angle = p as f64 * 10_000f64.powf(-((2 * i) as f64) / dim as f64);
+                        let (c, s) = (angle.cos() as f32, angle.sin() as f32);
+                        let (want_x, want_y) = match part {
+                            2 => (x, y), // values are not turned
+                            _ => (x * c - y * s, y * c + x * s),
+                        };
+                        assert!((at(&qkv, i) - want_x).abs() < 1e-5, "{p} {part} {head} {i}");
+                        assert!((at(&qkv, i + dim / 2) - want_y).abs() < 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gated_and_residual_passes_match_their_definitions() {
+        let f = 20;
+        let x: Vec<f32> = (0..2 * 2 * f).map(|i| (i as f32 - 40.0) * 0.07).collect();
+        let bias: Vec<f32> = (0..2 * f).map(|i| i as f32 * 0.01).collect();
+        let mut gated = vec![0f32; 2 * f];
+        gated_activation(&x, &bias, Activation::GeluTanh, &mut gated);
+        for r in 0..2 {
+            for j in 0..f {
+                let a = x[r * 2 * f + j] + bias[j];
+                let g = x[r * 2 * f + f + j] + bias[f + j];
+                let gelu = 0.5 * a * (1.0 + (0.797_884_6 * (a + 0.044_715 * a * a * a)).tanh());
+                assert!((gated[r * f + j] - gelu * g).abs() < 1e-5);
+            }
+        }
+        let mut hidden = vec![1f32; 2 * f];
+        add_residual(&mut hidden, &gated, &bias[..f]);
+        assert!((hidden[f + 3] - (1.0 + gated[f + 3] + bias[3])).abs() < 1e-6);
+        let mut normed = vec![0f32; 2 * f];
+        layer_norm_into(&hidden, &mut normed, &vec![1.0; f], &vec![0.0; f], 1e-5);
+        let mean: f32 = normed[..f].iter().sum::<f32>() / f as f32;
+        assert!(mean.abs() < 1e-5, "{mean}");
     }
 
     #[test]

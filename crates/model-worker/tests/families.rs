@@ -1,0 +1,257 @@
+//! Every model family against transformers (tests/fixtures/families, written
+//! by scripts/family_fixtures.py from random-weight models): the tokenizer's
+//! ids identical, f32 logits within 1e-4 on the CPU encoder and on candle,
+//! one by one and in a shuffled mixed-length batch, with the query
+//! tokenized once; and i8's fidelity (Kendall's τ, max |Δ|) on each.
+
+use std::path::PathBuf;
+
+use ce_common::TokenBatch;
+use ce_model_spec::{Family, ModelConfig};
+use model_worker::fidelity::{kendall_tau, max_abs_diff};
+use model_worker::{AttentionLayout, Engine, EngineConfig, WeightDType};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::Deserialize;
+use tokenizer_worker::Truncation;
+
+const LOGIT_TOLERANCE: f32 = 1e-4;
+
+#[derive(Debug, Deserialize)]
+struct Fixture {
+    model_type: String,
+    max_length: usize,
+    pairs: Vec<Pair>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Pair {
+    id: usize,
+    kind: String,
+    query: String,
+    passage: String,
+    input_ids: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+/// Each fixture and the family its `model_type` must map to.
+const FIXTURES: &[(&str, Family)] = &[
+    ("roberta", Family::Roberta),
+    ("xlm-roberta", Family::Roberta),
+    ("electra", Family::Electra),
+    ("distilbert", Family::DistilBert),
+    ("modernbert", Family::ModernBert),
+    ("modernbert-mean", Family::ModernBert),
+];
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/families")
+        .join(name)
+}
+
+fn fixture(name: &str) -> Fixture {
+    let path = dir(name).join("expected.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture parses")
+}
+
+fn engine(name: &str, dtype: WeightDType, attention: AttentionLayout) -> Engine {
+    let mut config = EngineConfig::new(dir(name).to_string_lossy());
+    config.max_length = fixture(name).max_length;
+    config.dtype = dtype;
+    config.attention = attention;
+    Engine::load(&config).unwrap_or_else(|e| panic!("{name} ({dtype}, {attention}) loads: {e}"))
+}
+
+/// The pairs as the tokenizer worker would send them: our own tokenizer's
+/// ids, with the segments it gives.
+fn batch_of(engine: &Engine, pairs: &[&Pair]) -> TokenBatch {
+    let mut b = TokenBatch::default();
+    for p in pairs {
+        let (ids, types) = engine
+            .tokenizer()
+            .encode_pair(&p.query, &p.passage, Truncation::Right)
+            .unwrap();
+        b.push(&ids, &types);
+    }
+    b
+}
+
+fn check_logits(name: &str, what: &str, got: &[f32], pairs: &[&Pair]) -> f32 {
+    let labels = pairs[0].logits.len();
+    assert_eq!(got.len(), pairs.len() * labels, "{name} {what}");
+    let mut worst = 0f32;
+    for (row, p) in got.chunks(labels).zip(pairs) {
+        for (g, w) in row.iter().zip(&p.logits) {
+            let err = (g - w).abs();
+            worst = worst.max(err);
+            assert!(
+                err <= LOGIT_TOLERANCE,
+                "{name} {what}: pair {} ({}) logit {g} vs transformers {w}",
+                p.id,
+                p.kind
+            );
+        }
+    }
+    worst
+}
+
+#[test]
+fn every_family_parses_to_its_own_layout() {
+    for &(name, family) in FIXTURES {
+        let config = ModelConfig::from_file(&dir(name).join("config.json")).unwrap();
+        assert_eq!(config.family, family, "{name}");
+        assert_eq!(config.model_type, fixture(name).model_type, "{name}");
+    }
+    let xlmr = ModelConfig::from_file(&dir("xlm-roberta").join("config.json")).unwrap();
+    assert_eq!(
+        xlmr.relevant_label, 1,
+        "id2label names label 1 \"relevant\""
+    );
+    // RoBERTa's positions start after its padding id: 42 rows hold 40 tokens.
+    let roberta = ModelConfig::from_file(&dir("roberta").join("config.json")).unwrap();
+    assert_eq!(roberta.max_sequence_len(), 40);
+    let mean = ModelConfig::from_file(&dir("modernbert-mean").join("config.json")).unwrap();
+    assert_eq!(mean.head.pooling, ce_model_spec::Pooling::Mean);
+}
+
+#[test]
+fn token_ids_match_transformers_for_every_family() {
+    for &(name, _) in FIXTURES {
+        let fixture = fixture(name);
+        let engine = engine(name, WeightDType::F32, AttentionLayout::Grouped);
+        assert_eq!(
+            engine.tokenizer().max_length(),
+            fixture.max_length,
+            "{name}"
+        );
+        let mut truncated = 0;
+        for p in &fixture.pairs {
+            let (ids, _) = engine
+                .tokenizer()
+                .encode_pair(&p.query, &p.passage, Truncation::Right)
+                .unwrap_or_else(|e| panic!("{name} pair {} ({}): {e}", p.id, p.kind));
+            assert_eq!(
+                ids, p.input_ids,
+                "{name}: ids of pair {} ({})",
+                p.id, p.kind
+            );
+            truncated += usize::from(ids.len() == fixture.max_length);
+        }
+        assert!(truncated >= 2, "{name}: truncation is exercised");
+    }
+}
+
+#[test]
+fn f32_logits_match_transformers_on_the_cpu_encoder_and_on_candle() {
+    for &(name, _) in FIXTURES {
+        let fixture = fixture(name);
+        let pairs: Vec<&Pair> = fixture.pairs.iter().collect();
+        let cpu = engine(name, WeightDType::F32, AttentionLayout::Grouped);
+        assert!(cpu.runs_cpu_kernels(), "{name}: the CPU encoder serves f32");
+        let mut worst = 0f32;
+        for p in &pairs {
+            let one = cpu.score(&batch_of(&cpu, &[p])).unwrap();
+            worst = worst.max(check_logits(name, "cpu, one pair", &one.logits, &[p]));
+        }
+        // A shuffled batch of every length: shards, packing and per-pair
+        // positions must not leak between pairs.
+        let mut shuffled = pairs.clone();
+        shuffled.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+        let batch = cpu.score(&batch_of(&cpu, &shuffled)).unwrap();
+        worst = worst.max(check_logits(name, "cpu, batch", &batch.logits, &shuffled));
+        // The query tokenized once, as the server does it.
+        let query = &pairs[0].query;
+        let same_query: Vec<&Pair> = pairs
+            .iter()
+            .copied()
+            .filter(|p| &p.query == query)
+            .collect();
+        let passages: Vec<&str> = same_query.iter().map(|p| p.passage.as_str()).collect();
+        let scored = cpu
+            .score_query(query, &passages, Truncation::Right)
+            .unwrap();
+        check_logits(name, "cpu, query once", &scored.logits, &same_query);
+        for layout in [AttentionLayout::Single, AttentionLayout::Padded] {
+            let candle = engine(name, WeightDType::F32, layout);
+            assert!(
+                !candle.runs_cpu_kernels(),
+                "{name}: {layout} runs on candle"
+            );
+            let scores = candle.score(&batch_of(&candle, &shuffled)).unwrap();
+            let err = check_logits(name, &format!("candle {layout}"), &scores.logits, &shuffled);
+            worst = worst.max(err);
+        }
+        println!(
+            "{name}: f32 max |logit - transformers| {worst:.2e} over {} pairs",
+            pairs.len()
+        );
+    }
+}
+
+#[test]
+fn i8_keeps_each_familys_ranking() {
+    for &(name, _) in FIXTURES {
+        let fixture = fixture(name);
+        let pairs: Vec<&Pair> = fixture.pairs.iter().collect();
+        let f32_engine = engine(name, WeightDType::F32, AttentionLayout::Grouped);
+        let i8_engine = engine(name, WeightDType::I8, AttentionLayout::Grouped);
+        let batch = batch_of(&f32_engine, &pairs);
+        let relevant = f32_engine.config().relevant_label;
+        let labels = pairs[0].logits.len();
+        let column = |logits: &[f32]| -> Vec<f32> {
+            logits.chunks(labels).map(|row| row[relevant]).collect()
+        };
+        let reference = column(&f32_engine.score(&batch).unwrap().logits);
+        let quantized = column(&i8_engine.score(&batch).unwrap().logits);
+        let tau = kendall_tau(&reference, &quantized).unwrap();
+        let delta = max_abs_diff(&reference, &quantized);
+        println!(
+            "{name}: i8 vs f32 over {} pairs: Kendall tau {tau:.3}, max |delta| {delta:.4}",
+            pairs.len()
+        );
+        assert!(tau >= 0.8, "{name}: i8 ranks unlike f32 (tau {tau})");
+    }
+}
+
+#[test]
+fn ce_score_scores_every_family_from_the_command_line() {
+    use std::io::Write;
+    for &(name, _) in FIXTURES {
+        let fixture = fixture(name);
+        let relevant = ModelConfig::from_file(&dir(name).join("config.json"))
+            .unwrap()
+            .relevant_label;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ce-score"))
+            .args(["--model", &dir(name).to_string_lossy(), "--raw"])
+            .args(["--max-length", &fixture.max_length.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        for p in &fixture.pairs {
+            let line = serde_json::json!({"query": p.query, "passage": p.passage});
+            writeln!(stdin, "{line}").unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{name}: ce-score failed");
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), fixture.pairs.len(), "{name}");
+        for (line, p) in lines.iter().zip(&fixture.pairs) {
+            let got = line["score"].as_f64().unwrap() as f32;
+            let want = p.logits[relevant];
+            assert!(
+                (got - want).abs() <= LOGIT_TOLERANCE,
+                "{name}: pair {}: {got} vs {want}",
+                p.id
+            );
+        }
+    }
+}

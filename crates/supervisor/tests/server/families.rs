@@ -1,0 +1,101 @@
+//! Every model family served side by side, one replica each, through the
+//! whole system (tokenizer worker, rings, model workers, HTTP): each
+//! model's scores are transformers' logits within 1e-4
+//! (tests/fixtures/families, written by scripts/family_fixtures.py).
+
+use serde_json::{Value, json};
+
+use super::*;
+
+const FAMILIES: &[&str] = &[
+    "xlm-roberta",
+    "roberta",
+    "electra",
+    "distilbert",
+    "modernbert",
+    "modernbert-mean",
+];
+
+fn family_dir(name: &str) -> std::path::PathBuf {
+    support::workspace_root()
+        .join("tests/fixtures/families")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_is_served_with_transformers_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("families.toml");
+    let mut toml = String::from("served_model_name = \"xlm-roberta\"\n[[instances]]\n");
+    for name in &FAMILIES[1..] {
+        toml += &format!(
+            "[[instances]]\nmodel = {:?}\nname = {name:?}\n",
+            family_dir(name).display().to_string()
+        );
+    }
+    std::fs::write(&pool, toml).unwrap();
+    let server = Server::launch(support::Launch {
+        model: family_dir(FAMILIES[0]).display().to_string(),
+        // The longest fixture's max length; each model is capped by its own.
+        args: ["--config", pool.to_str().unwrap(), "--max-length", "96"]
+            .map(String::from)
+            .to_vec(),
+        worker_dir: Some(support::bin_dir()),
+        ..Default::default()
+    })
+    .unwrap();
+    server.wait_ready(Duration::from_secs(90));
+    let port = server.http_port;
+
+    for name in FAMILIES {
+        let text = std::fs::read_to_string(family_dir(name).join("expected.json")).unwrap();
+        let fixture: Value = serde_json::from_str(&text).unwrap();
+        let pairs = fixture["pairs"].as_array().unwrap();
+        let labels = pairs[0]["logits"].as_array().unwrap().len();
+        // xlm-roberta's id2label names label 1 "relevant"; the others have one.
+        let relevant = usize::from(labels == 2);
+        let mut worst = 0f64;
+        for pair in pairs {
+            let body = json!({
+                "model": name,
+                "query": pair["query"],
+                "texts": [pair["passage"]],
+                "raw_scores": true,
+            });
+            let (status, text) = http(port, "POST", "/rerank", Some(&body.to_string())).unwrap();
+            assert_eq!(status, 200, "{name}: {text}");
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            let served = answer[0]["score"].as_f64().unwrap();
+            let want = pair["logits"][relevant].as_f64().unwrap();
+            worst = worst.max((served - want).abs());
+            assert!(
+                (served - want).abs() <= 1e-4,
+                "{name}: pair {} ({}): served {served}, transformers {want}",
+                pair["id"],
+                pair["kind"]
+            );
+        }
+        println!("{name}: served raw scores within {worst:.1e} of transformers");
+    }
+
+    // Without raw scores a two-label model gives the relevant label's
+    // probability; the info names each model's family.
+    let pair = &serde_json::from_str::<Value>(
+        &std::fs::read_to_string(family_dir("xlm-roberta").join("expected.json")).unwrap(),
+    )
+    .unwrap()["pairs"][0];
+    let body = json!({"model": "xlm-roberta", "query": pair["query"], "texts": [pair["passage"]]});
+    let (_, text) = http(port, "POST", "/rerank", Some(&body.to_string())).unwrap();
+    let score = serde_json::from_str::<Value>(&text).unwrap()[0]["score"]
+        .as_f64()
+        .unwrap();
+    let (a, b) = (
+        pair["logits"][0].as_f64().unwrap(),
+        pair["logits"][1].as_f64().unwrap(),
+    );
+    let want = 1.0 / (1.0 + (a - b).exp());
+    assert!(
+        (score - want).abs() < 1e-5,
+        "softmax of label 1: {score} vs {want}"
+    );
+}
