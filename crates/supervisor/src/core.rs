@@ -116,7 +116,8 @@ pub struct ModelFacts {
     pub activation: ScoreActivation,
     /// Token ids the model knows (ids at or above it are refused).
     pub vocab_size: usize,
-    /// Segment ids the model knows.
+    /// Segment ids accepted: the model's token types, or any (`usize::MAX`)
+    /// where the model ignores segments (RoBERTa, DistilBERT, ModernBERT).
     pub type_vocab_size: usize,
     /// Logits per pair.
     pub labels: usize,

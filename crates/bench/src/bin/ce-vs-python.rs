@@ -1,15 +1,18 @@
-//! `ce-vs-python`: our engine and our server against sentence-transformers'
-//! `CrossEncoder`, in one run, on the same generated pairs, with the f32
-//! GEMM roofline measured in the same run.
+//! `ce-vs-python`: our engine and our server against the Python stacks —
+//! sentence-transformers' `CrossEncoder` (torch), ONNX Runtime and OpenVINO,
+//! each in f32 and int8 — in one run, on the same generated pairs, with the
+//! f32 GEMM roofline measured in the same run.
 //!
 //! ```text
 //! scripts/bench_vs_python.sh        # sets up the Python side, then runs this
 //! ```
 //!
 //! Order: GEMM peak; our engine (f32, i8); our server over gRPC (f32, i8);
-//! the Python script on the pairs file this writes; our f32 engine again
-//! (the drift between the two engine runs says how steady the machine was).
-//! The Python script's raw logits are compared with ours pair by pair.
+//! the Python script once per `--backends` entry on the pairs file this
+//! writes; our f32 engine again (the drift between the two engine runs says
+//! how steady the machine was). Every stack's raw logits are compared with
+//! our f32 engine's pair by pair (max |Δ|), and its rankings with Kendall's
+//! τ, request by request: the fidelity of each precision beside its speed.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,6 +26,7 @@ use ce_bench::server::Supervisor;
 use ce_bench::throughput::{StandardRun, engine_rate, served_rate};
 use ce_common::TokenBatch;
 use clap::Parser;
+use model_worker::fidelity::{kendall_tau, max_abs_diff};
 use model_worker::{Engine, EngineConfig, WeightDType};
 use serde::{Deserialize, Serialize};
 use tokenizer_worker::Truncation;
@@ -35,9 +39,22 @@ use tokenizer_worker::Truncation;
 struct Args {
     #[command(flatten)]
     run: StandardRun,
-    /// The Python interpreter that has sentence-transformers.
+    /// The Python interpreter that has sentence-transformers (and, for
+    /// those backends, onnxruntime, openvino and nncf).
     #[arg(long, default_value = "python3")]
     python: String,
+    /// The Python stacks to run, in order (the first is the ratios'
+    /// baseline): torch, onnx, onnx-int8, openvino, openvino-int8.
+    #[arg(long, value_delimiter = ',', default_value = "torch")]
+    backends: Vec<String>,
+    /// Skip our server's end-to-end runs (the engine alone is measured).
+    #[arg(long)]
+    no_served: bool,
+    /// Skip our i8 runs (where the CPU has neither AMX nor AVX-512 VNNI,
+    /// i8 runs the portable kernel, ~20× slower than f32: nothing to learn
+    /// from timing it at a base model's size).
+    #[arg(long)]
+    no_i8: bool,
     /// The script that runs CrossEncoder on a pairs file.
     #[arg(long, default_value = "scripts/bench_python.py")]
     python_script: PathBuf,
@@ -55,6 +72,7 @@ struct Args {
 #[derive(Debug, Deserialize, Serialize)]
 struct PythonResult {
     library: String,
+    backend: String,
     threads: usize,
     batch_size: usize,
     pairs: usize,
@@ -69,6 +87,26 @@ struct Row {
     pairs_per_second: f64,
     vs_python: f64,
     percent_of_roofline: f64,
+    /// Largest |logit − our f32 engine's| over the pairs (None: not compared).
+    max_abs_difference: Option<f32>,
+    /// Mean over requests of Kendall's τ of its ranking against ours in f32.
+    kendall_tau: Option<f64>,
+}
+
+/// How close `scores` are to our f32 engine's `reference`, request by
+/// request: the largest |Δ| and the mean Kendall τ of the rankings.
+fn fidelity(scores: &[f32], reference: &[f32], batches: &[TokenBatch]) -> (f32, f64) {
+    let mut start = 0;
+    let mut taus = Vec::new();
+    for b in batches {
+        let range = start..start + b.len();
+        if let Some(t) = kendall_tau(&scores[range.clone()], &reference[range]) {
+            taus.push(t);
+        }
+        start += b.len();
+    }
+    let mean = taus.iter().sum::<f64>() / taus.len().max(1) as f64;
+    (max_abs_diff(scores, reference), mean)
 }
 
 #[derive(Debug, Serialize)]
@@ -79,8 +117,7 @@ struct Report {
     gflop_per_pair: f64,
     gemm_peak: gemm_peak::GemmPeak,
     roofline_pairs_per_second: f64,
-    python: PythonResult,
-    max_abs_logit_difference: f32,
+    python: Vec<PythonResult>,
     engine_f32_drift_percent: f64,
     rows: Vec<Row>,
 }
@@ -96,7 +133,10 @@ fn main() -> anyhow::Result<()> {
         Engine::load(&config).with_context(|| format!("loading the model in {dtype}"))
     };
     let f32_engine = load(WeightDType::F32)?;
-    let i8_engine = load(WeightDType::I8)?;
+    let i8_engine = match args.no_i8 {
+        true => None,
+        false => Some(load(WeightDType::I8)?),
+    };
     let requests: Vec<Request> = args.run.requests();
     let batches: Vec<TokenBatch> = requests
         .iter()
@@ -123,60 +163,94 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("our engine, f32 and i8 ({pairs} pairs)…");
     let engine_f32_before = engine_rate(&f32_engine, &batches)?;
-    let engine_i8 = engine_rate(&i8_engine, &batches)?;
-    let ours: Vec<f32> = batches
-        .iter()
-        .map(|b| f32_engine.score(b).map(|s| s.first_logits()))
-        .collect::<Result<Vec<_>, _>>()?
-        .concat();
+    let engine_i8 = i8_engine
+        .as_ref()
+        .map(|e| engine_rate(e, &batches))
+        .transpose()?;
+    let logits_of = |engine: &Engine| -> anyhow::Result<Vec<f32>> {
+        Ok(batches
+            .iter()
+            .map(|b| engine.score(b).map(|s| s.first_logits()))
+            .collect::<Result<Vec<_>, _>>()?
+            .concat())
+    };
+    let ours = logits_of(&f32_engine)?;
+    let ours_i8 = i8_engine.as_ref().map(logits_of).transpose()?;
     drop(i8_engine);
 
-    let served = served_rates(&args, requests)?;
+    let served = match args.no_served {
+        true => Vec::new(),
+        false => served_rates(&args, requests)?,
+    };
 
-    let python = run_python(&args, &pairs_file, cores)?;
-    if python.scores.len() != ours.len() {
-        bail!(
-            "the Python side scored {} pairs, ours {}",
-            python.scores.len(),
-            ours.len()
-        );
+    let mut python = Vec::new();
+    for backend in &args.backends {
+        let result = run_python(&args, backend, &pairs_file, cores)?;
+        if result.scores.len() != ours.len() {
+            bail!(
+                "{backend} scored {} pairs, ours {}",
+                result.scores.len(),
+                ours.len()
+            );
+        }
+        python.push(result);
     }
-    let max_diff = python
-        .scores
-        .iter()
-        .zip(&ours)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
 
     eprintln!("our engine again…");
     let engine_f32_after = engine_rate(&f32_engine, &batches)?;
     let engine_f32 = (engine_f32_before + engine_f32_after) / 2.0;
 
-    let row = |name: String, rate: f64| Row {
-        name,
-        pairs_per_second: rate,
-        vs_python: rate / python.pairs_per_second,
-        percent_of_roofline: rate / roofline * 100.0,
+    let baseline = python.first().map_or(engine_f32, |p| p.pairs_per_second);
+    let row = |name: String, rate: f64, scores: Option<&[f32]>| {
+        let (max_abs_difference, kendall_tau) = match scores {
+            Some(s) => {
+                let (d, t) = fidelity(s, &ours, &batches);
+                (Some(d), Some(t))
+            }
+            None => (None, None),
+        };
+        Row {
+            name,
+            pairs_per_second: rate,
+            vs_python: rate / baseline,
+            percent_of_roofline: rate / roofline * 100.0,
+            max_abs_difference,
+            kendall_tau,
+        }
     };
-    let mut rows = vec![row(
-        format!(
-            "sentence-transformers CrossEncoder ({}, batch {}, {} threads)",
-            python.library, python.batch_size, python.threads
-        ),
-        python.pairs_per_second,
-    )];
-    rows.push(row(format!("ce engine f32 ({cores} threads)"), engine_f32));
+    let mut rows: Vec<Row> = python
+        .iter()
+        .map(|p| {
+            row(
+                format!(
+                    "{} ({}, batch {}, {} threads)",
+                    p.backend, p.library, p.batch_size, p.threads
+                ),
+                p.pairs_per_second,
+                Some(&p.scores),
+            )
+        })
+        .collect();
     rows.push(row(
-        format!(
-            "ce engine i8 ({cores} threads, int8 kernel: {})",
-            model_worker::int8_kernel().as_str()
-        ),
-        engine_i8,
+        format!("ce engine f32 ({cores} threads)"),
+        engine_f32,
+        Some(&ours),
     ));
+    if let (Some(rate), Some(scores)) = (engine_i8, &ours_i8) {
+        rows.push(row(
+            format!(
+                "ce engine i8 ({cores} threads, int8 kernel: {})",
+                model_worker::int8_kernel().as_str()
+            ),
+            rate,
+            Some(scores),
+        ));
+    }
     for (dtype, rate) in &served {
         rows.push(row(
             format!("ce-supervisor {dtype}, gRPC end to end"),
             *rate,
+            None,
         ));
     }
 
@@ -188,7 +262,6 @@ fn main() -> anyhow::Result<()> {
         gemm_peak: peak,
         roofline_pairs_per_second: roofline,
         python,
-        max_abs_logit_difference: max_diff,
         engine_f32_drift_percent: (engine_f32_after / engine_f32_before - 1.0) * 100.0,
         rows,
     };
@@ -224,7 +297,8 @@ fn served_rates(args: &Args, requests: Vec<Request>) -> anyhow::Result<Vec<(&'st
         .build()?;
     let requests = Arc::new(requests);
     let mut served = Vec::new();
-    for dtype in ["f32", "i8"] {
+    let dtypes: &[&'static str] = if args.no_i8 { &["f32"] } else { &["f32", "i8"] };
+    for &dtype in dtypes {
         eprintln!("our server over gRPC, {dtype}…");
         let server_args: Vec<String> = [
             "--dtype",
@@ -251,13 +325,18 @@ fn served_rates(args: &Args, requests: Vec<Request>) -> anyhow::Result<Vec<(&'st
 /// threads as we use.
 fn run_python(
     args: &Args,
+    backend: &str,
     pairs_file: &std::path::Path,
     cores: usize,
 ) -> anyhow::Result<PythonResult> {
-    eprintln!("sentence-transformers CrossEncoder…");
-    let python_out = args.work_dir.join("python.json");
+    eprintln!("Python: {backend}…");
+    let python_out = args.work_dir.join(format!("python-{backend}.json"));
     let status = Command::new(&args.python)
         .arg(&args.python_script)
+        .arg("--backend")
+        .arg(backend)
+        .arg("--cache-dir")
+        .arg(args.work_dir.join("exports"))
         .arg("--model")
         .arg(&args.run.model)
         .arg("--pairs")
@@ -287,7 +366,7 @@ fn run_python(
 fn print_report(report: &Report, passages: usize) {
     let (pairs, cores, peak) = (report.pairs, report.cores, &report.gemm_peak);
     println!(
-        "## ce-supervisor vs sentence-transformers ({pairs} pairs in requests of {passages} passages, {:.1} tokens/pair, {cores} cores)\n",
+        "## ce-supervisor vs the Python stacks ({pairs} pairs in requests of {passages} passages, {:.1} tokens/pair, {cores} cores)\n",
         report.mean_tokens_per_pair
     );
     println!(
@@ -300,16 +379,26 @@ fn print_report(report: &Report, passages: usize) {
         report.gflop_per_pair,
         report.roofline_pairs_per_second
     );
-    println!("| | pairs/s | × sentence-transformers | % of f32 roofline |");
-    println!("|---|---:|---:|---:|");
+    let baseline = report
+        .python
+        .first()
+        .map_or("ce engine f32", |p| p.backend.as_str());
+    println!(
+        "| | pairs/s | × {baseline} | % of f32 roofline | max \\|Δ\\| vs ce f32 | Kendall τ vs ce f32 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &report.rows {
+        let delta = r
+            .max_abs_difference
+            .map_or("—".into(), |d| format!("{d:.2e}"));
+        let tau = r.kendall_tau.map_or("—".into(), |t| format!("{t:.3}"));
         println!(
-            "| {} | {:.1} | {:.2}× | {:.0}% |",
+            "| {} | {:.1} | {:.2}× | {:.0}% | {delta} | {tau} |",
             r.name, r.pairs_per_second, r.vs_python, r.percent_of_roofline
         );
     }
     println!(
-        "\nSame pairs, same raw logits: max |ours f32 − sentence-transformers| = {:.2e}; our f32 engine drifted {:+.1}% between its two runs.",
-        report.max_abs_logit_difference, report.engine_f32_drift_percent
+        "\nSame pairs for every stack; fidelity against our f32 engine's raw logits (τ: mean over requests of the rankings' Kendall τ). Our f32 engine drifted {:+.1}% between its two runs.",
+        report.engine_f32_drift_percent
     );
 }

@@ -99,3 +99,56 @@ async fn every_family_is_served_with_transformers_scores() {
         "softmax of label 1: {score} vs {want}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relevant_label_setting_picks_the_scored_logit() {
+    let model = family_dir("xlm-roberta");
+    let text = std::fs::read_to_string(model.join("expected.json")).unwrap();
+    let pair = serde_json::from_str::<Value>(&text).unwrap()["pairs"][0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("label0.toml");
+    std::fs::write(&config, "[[instances]]\nrelevant_label = 0\n").unwrap();
+    let server = Server::launch(support::Launch {
+        model: model.display().to_string(),
+        args: ["--config", config.to_str().unwrap()]
+            .map(String::from)
+            .to_vec(),
+        worker_dir: Some(support::bin_dir()),
+        ..Default::default()
+    })
+    .unwrap();
+    server.wait_ready(Duration::from_secs(60));
+    let body = json!({"query": pair["query"], "texts": [pair["passage"]], "raw_scores": true});
+    let (status, text) =
+        http(server.http_port, "POST", "/rerank", Some(&body.to_string())).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let score = serde_json::from_str::<Value>(&text).unwrap()[0]["score"]
+        .as_f64()
+        .unwrap();
+    let want = pair["logits"][0].as_f64().unwrap();
+    assert!(
+        (score - want).abs() <= 1e-4,
+        "label 0 chosen: {score} vs {want}"
+    );
+    drop(server);
+
+    // A label the model does not have stops the start, naming it.
+    let config = dir.path().join("label5.toml");
+    std::fs::write(&config, "[[instances]]\nrelevant_label = 5\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ce-supervisor"))
+        .arg("--model")
+        .arg(&model)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&config)
+        .env("CE_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ce-supervisor");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("relevant_label 5 is not one of its 2 labels"),
+        "{stderr}"
+    );
+}
