@@ -15,6 +15,12 @@ scripts/golden.py does). Every weight is random, layer norms and the head
 included, so no family's parity can pass by an identity or a zero; every
 fixture's pairs include some longer than its max length (truncation), and
 ModernBERT's include some longer than its window.
+
+The weights are seeded and the same on every run, and so are the byte-level
+BPE vocabularies; the WordPiece and Unigram trainers order their ties by a
+hash, so those vocabularies (and the ids and logits recorded with them)
+change from run to run. Each run's fixtures agree with themselves; the
+committed ones are the reference.
 """
 
 import argparse
@@ -98,15 +104,16 @@ def train_tokenizer(kind: str, vocab: int):
             special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
         )
         return tok, dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]")
-    if kind == "bytelevel-roberta":
-        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    def byte_level_bpe(specials):
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        tok.train_from_iterator(
-            text,
-            trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-        )
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, initial_alphabet=alphabet))
+        return tok
+
+    if kind == "bytelevel-roberta":
+        tok = byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
         tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
         return tok, dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
     if kind == "unigram-xlmr":
@@ -123,14 +130,7 @@ def train_tokenizer(kind: str, vocab: int):
         )
         return tok, dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
     if kind == "bytelevel-modernbert":
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.train_from_iterator(
-            text,
-            trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-        )
+        tok = byte_level_bpe(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
             pair="[CLS] $A [SEP] $B [SEP]",
