@@ -46,6 +46,9 @@ use plan::{AttentionLayout, BatchPlan};
 struct WeightReader<'a> {
     vb: VarBuilder<'a>,
     names: TensorNames,
+    /// Whether a bias may be absent (ModernBERT's `*_bias: false` layers);
+    /// elsewhere a missing bias is a broken checkpoint, not a zero.
+    biases_optional: bool,
 }
 
 impl WeightReader<'_> {
@@ -65,7 +68,11 @@ impl WeightReader<'_> {
         }
         .map_err(|e| EngineError::Weights(e.to_string()))?;
         let names = TensorNames::find(config.family, |n| vb.contains_tensor(n));
-        Ok(Self { vb, names })
+        Ok(Self {
+            vb,
+            names,
+            biases_optional: config.modern.is_some(),
+        })
     }
 
     fn get<S: Into<candle_core::Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
@@ -83,15 +90,14 @@ impl WeightReader<'_> {
         self.get((rows, cols), &self.names.weight(tensor))
     }
 
-    /// `tensor.bias`, or zeros where the checkpoint has none (ModernBERT's
+    /// `tensor.bias`, or zeros where a ModernBERT checkpoint has none (its
     /// bias-free layers; the arithmetic is the same).
     fn bias(&self, tensor: T, len: usize) -> Result<Tensor> {
         let name = self.names.bias(tensor);
-        if self.has(&name) {
-            self.get(len, &name)
-        } else {
-            Ok(Tensor::zeros(len, DType::F32, &Device::Cpu)?)
+        if self.biases_optional && !self.has(&name) {
+            return Ok(Tensor::zeros(len, DType::F32, &Device::Cpu)?);
         }
+        self.get(len, &name)
     }
 
     /// A linear layer's weight `[out, in]` and bias `[out]`.
