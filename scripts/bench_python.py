@@ -12,6 +12,8 @@ Backends (each times tokenization and inference, as a server would pay):
   onnx-int8  the same, weights and activations dynamically quantized to int8
              (onnxruntime.quantization.quantize_dynamic, per channel)
   openvino   OpenVINO on the same ONNX export (f32)
+  openvino-bf16  the same with OpenVINO's bf16 inference precision (its
+             default on CPUs with AVX512-BF16 or AMX; refused elsewhere)
   openvino-int8  OpenVINO after NNCF's post-training int8 quantization,
              calibrated on the first 64 pairs of the file
 The exports are cached under --cache-dir, keyed by the model directory.
@@ -142,7 +144,8 @@ def run_exported(args, requests):
                 if len(calibration) * 8 >= 64:
                     break
             model = nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+        precision = "bf16" if args.backend == "openvino-bf16" else "f32"
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision})
         request = compiled.create_infer_request()
 
         def infer(enc):
@@ -164,7 +167,7 @@ def main() -> int:
     ap.add_argument("--model", required=True, help="model directory")
     ap.add_argument("--pairs", required=True, help="JSON lines of query/passage")
     ap.add_argument("--out", required=True, help="where to write the result JSON")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-int8"])
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8"])
     ap.add_argument("--threads", type=int, default=0, help="threads (0 = the library's default)")
     ap.add_argument("--batch-size", type=int, default=32, help="pairs per forward")
     ap.add_argument("--cache-dir", default="target/bench-vs-python/exports", help="where exports are kept")

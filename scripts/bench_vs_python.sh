@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Ours vs the Python stacks, in one run, on the same generated pairs: our
-# engine (f32, i8), our server end to end over gRPC (f32, i8), and
+# engine (f32, bf16, i8), our server end to end over gRPC (f32, bf16, i8), and
 # sentence-transformers' CrossEncoder (torch), ONNX Runtime and OpenVINO
-# (f32 and int8) on the CPU, as pairs/s, ratios and % of the f32 GEMM
+# (f32, OpenVINO's bf16, int8) on the CPU, as pairs/s, ratios and % of the f32 GEMM
 # roofline measured in the same run; each with its fidelity to our f32
 # logits (max |Δ|, Kendall τ of the rankings).
 #

@@ -132,6 +132,8 @@ impl Engine {
         tracing::info!(
             model = %info.model, dtype = %info.dtype, device = %info.device,
             int8_kernel = (config.dtype == WeightDType::I8).then(|| crate::int8_kernel().as_str()),
+            bf16_kernel = (config.dtype == WeightDType::Bf16 && model.runs_cpu_kernels())
+                .then(|| crate::bf16_kernel().as_str()),
             elapsed_ms = started.elapsed().as_millis() as u64, "engine loaded"
         );
         if config.dtype == WeightDType::I8 && crate::int8_kernel() == crate::Int8Kernel::Portable {

@@ -194,5 +194,13 @@ fn reduced_precisions_stay_close_to_f32() {
             pairs.len()
         );
         assert!(min >= floor, "{dtype}: min cosine {min} below {floor}");
+        if dtype == WeightDType::Bf16 {
+            // The CPU encoder's bf16 products (AMX, AVX512-BF16 or the f32
+            // fallback, whichever this CPU runs) sum in f32.
+            assert!(
+                max_logit_err <= 2e-3,
+                "bf16: max |logit - f32| {max_logit_err}"
+            );
+        }
     }
 }

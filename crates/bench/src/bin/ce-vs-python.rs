@@ -44,7 +44,8 @@ struct Args {
     #[arg(long, default_value = "python3")]
     python: String,
     /// The Python stacks to run, in order (the first is the ratios'
-    /// baseline): torch, onnx, onnx-int8, openvino, openvino-int8.
+    /// baseline): torch, onnx, onnx-int8, openvino, openvino-bf16,
+    /// openvino-int8.
     #[arg(long, value_delimiter = ',', default_value = "torch")]
     backends: Vec<String>,
     /// Skip our server's end-to-end runs (the engine alone is measured).
@@ -55,6 +56,9 @@ struct Args {
     /// from timing it at a base model's size).
     #[arg(long)]
     no_i8: bool,
+    /// Skip our bf16 runs.
+    #[arg(long)]
+    no_bf16: bool,
     /// The script that runs CrossEncoder on a pairs file.
     #[arg(long, default_value = "scripts/bench_python.py")]
     python_script: PathBuf,
@@ -133,10 +137,11 @@ fn main() -> anyhow::Result<()> {
         Engine::load(&config).with_context(|| format!("loading the model in {dtype}"))
     };
     let f32_engine = load(WeightDType::F32)?;
-    let i8_engine = match args.no_i8 {
-        true => None,
-        false => Some(load(WeightDType::I8)?),
-    };
+    let reduced_dtypes = reduced_precisions(&args);
+    let reduced_engines = reduced_dtypes
+        .iter()
+        .map(|&d| load(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let requests: Vec<Request> = args.run.requests();
     let batches: Vec<TokenBatch> = requests
         .iter()
@@ -161,12 +166,12 @@ fn main() -> anyhow::Result<()> {
     let peak = gemm_peak::machine_peak(cores, Duration::from_secs(4));
     let roofline = peak.gflops / gflop_per_pair;
 
-    eprintln!("our engine, f32 and i8 ({pairs} pairs)…");
+    eprintln!("our engine, f32 and {reduced_dtypes:?} ({pairs} pairs)…");
     let engine_f32_before = engine_rate(&f32_engine, &batches)?;
-    let engine_i8 = i8_engine
-        .as_ref()
+    let reduced_rates = reduced_engines
+        .iter()
         .map(|e| engine_rate(e, &batches))
-        .transpose()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let logits_of = |engine: &Engine| -> anyhow::Result<Vec<f32>> {
         Ok(batches
             .iter()
@@ -175,8 +180,11 @@ fn main() -> anyhow::Result<()> {
             .concat())
     };
     let ours = logits_of(&f32_engine)?;
-    let ours_i8 = i8_engine.as_ref().map(logits_of).transpose()?;
-    drop(i8_engine);
+    let reduced_logits = reduced_engines
+        .iter()
+        .map(logits_of)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    drop(reduced_engines);
 
     let served = match args.no_served {
         true => Vec::new(),
@@ -236,12 +244,17 @@ fn main() -> anyhow::Result<()> {
         engine_f32,
         Some(&ours),
     ));
-    if let (Some(rate), Some(scores)) = (engine_i8, &ours_i8) {
+    for ((dtype, rate), scores) in reduced_dtypes
+        .iter()
+        .zip(reduced_rates)
+        .zip(&reduced_logits)
+    {
+        let kernel = match dtype {
+            WeightDType::I8 => format!("int8 kernel: {}", model_worker::int8_kernel().as_str()),
+            _ => format!("bf16 kernel: {}", model_worker::bf16_kernel().as_str()),
+        };
         rows.push(row(
-            format!(
-                "ce engine i8 ({cores} threads, int8 kernel: {})",
-                model_worker::int8_kernel().as_str()
-            ),
+            format!("ce engine {dtype} ({cores} threads, {kernel})"),
             rate,
             Some(scores),
         ));
@@ -289,20 +302,35 @@ fn write_pairs_file(dir: &std::path::Path, requests: &[Request]) -> anyhow::Resu
     Ok(pairs_file)
 }
 
-/// Our server end to end over gRPC, in f32 and in i8.
-fn served_rates(args: &Args, requests: Vec<Request>) -> anyhow::Result<Vec<(&'static str, f64)>> {
+/// Our reduced precisions the run measures beside f32.
+fn reduced_precisions(args: &Args) -> Vec<WeightDType> {
+    [
+        (WeightDType::Bf16, args.no_bf16),
+        (WeightDType::I8, args.no_i8),
+    ]
+    .into_iter()
+    .filter(|(_, skipped)| !skipped)
+    .map(|(d, _)| d)
+    .collect()
+}
+
+/// Our server end to end over gRPC, in f32 and each reduced precision.
+fn served_rates(args: &Args, requests: Vec<Request>) -> anyhow::Result<Vec<(String, f64)>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let requests = Arc::new(requests);
     let mut served = Vec::new();
-    let dtypes: &[&'static str] = if args.no_i8 { &["f32"] } else { &["f32", "i8"] };
-    for &dtype in dtypes {
+    let dtypes: Vec<String> = std::iter::once(WeightDType::F32)
+        .chain(reduced_precisions(args))
+        .map(|d| d.to_string())
+        .collect();
+    for dtype in dtypes {
         eprintln!("our server over gRPC, {dtype}…");
         let server_args: Vec<String> = [
             "--dtype",
-            dtype,
+            &dtype,
             "--max-batch-size",
             &args.run.passages.to_string(),
             "--max-batch-tokens",

@@ -16,7 +16,7 @@
 //! a checkpoint keeps each tensor); the blocks below are the same code for
 //! all.
 //!
-//! Two implementations run these blocks. On the CPU, in `f32` or `i8` with
+//! Two implementations run these blocks. On the CPU, in `f32`, `bf16` or `i8` with
 //! the default attention layout, [`cpu`] runs them on plain slices: fused
 //! passes, AVX-512 GEMMs, one shard of the batch per thread, attention per
 //! sequence with no padding at all. Everywhere else (GPUs, the other dtypes,
@@ -562,10 +562,16 @@ impl CrossEncoder {
         };
         spec.check(&config)?;
         let cpu_kernels = spec.runs_cpu_kernels(&config);
-        let encoder = match dtype {
-            WeightDType::F32 | WeightDType::I8 if cpu_kernels => Encoder::Cpu(Box::new(
-                cpu::CpuEncoder::load(&r, &config, num_labels, dtype == WeightDType::I8)?,
-            )),
+        let precision = match dtype {
+            WeightDType::F32 => Some(cpu::Precision::F32),
+            WeightDType::Bf16 => Some(cpu::Precision::Bf16),
+            WeightDType::I8 => Some(cpu::Precision::I8),
+            _ => None,
+        };
+        let encoder = match precision {
+            Some(precision) if cpu_kernels => Encoder::Cpu(Box::new(cpu::CpuEncoder::load(
+                &r, &config, num_labels, precision,
+            )?)),
             _ => Encoder::Candle(CandleEncoder::load(&r, &config, dtype, device, num_labels)?),
         };
         Ok(Self {

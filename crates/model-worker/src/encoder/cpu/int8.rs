@@ -363,63 +363,20 @@ mod vnni {
     }
 }
 
-/// Intel AMX: tile registers driven by inline assembly (Rust has no stable
-/// AMX intrinsics; the instructions need no compiler support beyond the
-/// assembler).
+/// Intel AMX-INT8 (the tiles themselves: [`super::amx`]).
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use std::arch::asm;
 
+    use super::super::amx::{TILE_ROWS, Tiles};
     use super::{COLS, DEPTH_STEP, Int8Linear, Scratch};
 
     /// Rows per pass: two A tiles of 16.
     pub const ROWS: usize = 32;
-    const TILE_ROWS: usize = 16;
 
-    /// Whether the CPU has AMX-INT8 and Linux lets this process use the
-    /// tile state (it must be asked for, once per process).
+    /// Whether the CPU has AMX-INT8 and the process may use the tiles.
     pub fn available() -> bool {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
-            let (tile, int8) = (leaf.edx >> 24 & 1 == 1, leaf.edx >> 25 & 1 == 1);
-            if !(tile && int8) {
-                return false;
-            }
-            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-            const XFEATURE_XTILEDATA: libc::c_long = 18;
-            // SAFETY: arch_prctl with these arguments only changes which
-            // register state the kernel saves for this process.
-            let granted = unsafe {
-                libc::syscall(
-                    libc::SYS_arch_prctl,
-                    ARCH_REQ_XCOMP_PERM,
-                    XFEATURE_XTILEDATA,
-                )
-            } == 0;
-            if !granted {
-                tracing::info!("the CPU has AMX but the kernel refused the tile state; using VNNI");
-            }
-            granted
-        })
-    }
-
-    /// The tile configuration: palette 1; tiles 0–3 accumulate 16 × 16 i32,
-    /// 4–5 hold 16 rows × 64 u8 of activations, 6–7 16 groups of 4 depths ×
-    /// 16 columns of weights; every tile 16 rows of 64 bytes.
-    #[repr(C, align(64))]
-    struct Config([u8; 64]);
-
-    impl Config {
-        fn new() -> Self {
-            let mut c = [0u8; 64];
-            c[0] = 1;
-            for t in 0..8 {
-                c[16 + 2 * t] = 64;
-                c[48 + t] = TILE_ROWS as u8;
-            }
-            Self(c)
-        }
+        super::super::amx::available(super::super::amx::Unit::Int8)
     }
 
     /// Multiplies `rows` quantized rows by every column block.
@@ -432,14 +389,13 @@ mod amx {
         let padded_rows = rows.div_ceil(ROWS) * ROWS;
         assert!(scratch.quantized.len() >= padded_rows * w.depth && dst.len() >= rows * w.outputs);
         assert!(w.depth.is_multiple_of(DEPTH_STEP));
-        let config = Config::new();
         let quads = w.depth / 4;
         let a_stride = w.depth;
         // Weights: 4 depths × 32 columns = 128 bytes per group of 4 depths.
         let b_stride = COLS * 4;
         let mut c = [0i32; ROWS * COLS];
-        // SAFETY: the configuration is a valid palette-1 layout.
-        unsafe { asm!("ldtilecfg [{0}]", in(reg) config.0.as_ptr(), options(nostack)) };
+        // SAFETY: the caller checked `available`.
+        let _tiles = unsafe { Tiles::configure() };
         for block in 0..w.outputs.div_ceil(COLS) {
             let panel = &w.packed[block * quads * COLS * 4..(block + 1) * quads * COLS * 4];
             let cols = COLS.min(w.outputs - block * COLS);
@@ -510,9 +466,6 @@ mod amx {
                 }
             }
         }
-        // Hand the tile state back so the kernel need not save it.
-        // SAFETY: no tile is in use past this point.
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 }
 

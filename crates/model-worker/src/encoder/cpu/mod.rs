@@ -1,5 +1,5 @@
-//! The CPU encoder: every family's encoder on plain slices, for `f32` and
-//! `i8` on the CPU.
+//! The CPU encoder: every family's encoder on plain slices, for `f32`,
+//! `bf16` and `i8` on the CPU.
 //!
 //! ```text
 //! batch ─▶ shards (contiguous pairs, ≈ equal tokens, a few hundred to ~1000
@@ -37,6 +37,9 @@
 //! call and loses efficiency on fewer rows, i8's integer GEMM does not.
 //! `CE_CPU_SHARD_TOKENS` overrides the size, for such measurements.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+pub mod bf16;
 pub mod int8;
 pub mod kernels;
 
@@ -47,9 +50,22 @@ use ce_common::TokenBatch;
 
 use super::{ForwardOutput, WeightReader, push_position_ids, rotary_table};
 use crate::error::{EngineError, Result};
+use bf16::Bf16Linear;
 use ce_model_spec::{ModelConfig, Pooling, Tensor as T};
 use int8::Int8Linear;
 use kernels::{Activation, AttentionScratch, Heads, View, matmul};
+
+/// The precision of the encoder layers' linear products (embeddings, norms,
+/// attention, activations and the head stay f32 in every one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights and products.
+    F32,
+    /// bf16 weights and activations, f32 sums ([`bf16`]).
+    Bf16,
+    /// int8 weights and activations, i32 sums ([`int8`]).
+    I8,
+}
 
 /// A linear layer `y = x Wᵀ + b` as the CPU encoder stores it.
 #[derive(Debug)]
@@ -60,14 +76,29 @@ enum CpuLinear {
         bias: Vec<f32>,
         inputs: usize,
     },
+    /// bf16 weight; activations rounded at run time.
+    Bf16 { weight: Bf16Linear, bias: Vec<f32> },
     /// Integer weight; activations quantized per row at run time.
     I8 { weight: Int8Linear, bias: Vec<f32> },
 }
 
+/// Activation buffers of the reduced-precision products.
+#[derive(Debug, Default)]
+struct LinearScratch {
+    bf16: bf16::Scratch,
+    int8: int8::Scratch,
+}
+
 impl CpuLinear {
-    fn load(r: &WeightReader, tensor: T, out: usize, inp: usize, int8: bool) -> Result<Self> {
+    fn load(
+        r: &WeightReader,
+        tensor: T,
+        out: usize,
+        inp: usize,
+        precision: Precision,
+    ) -> Result<Self> {
         let (w, b) = r.linear(tensor, out, inp)?;
-        Self::from_parts(to_vec(&w)?, to_vec(&b)?, out, inp, int8)
+        Self::from_parts(to_vec(&w)?, to_vec(&b)?, out, inp, precision)
     }
 
     /// From a row-major `[out, in]` weight and its bias.
@@ -76,13 +107,22 @@ impl CpuLinear {
         bias: Vec<f32>,
         out: usize,
         inp: usize,
-        int8: bool,
+        precision: Precision,
     ) -> Result<Self> {
-        if int8 {
-            return Ok(Self::I8 {
-                weight: Int8Linear::quantize(&weight, out, inp),
-                bias,
-            });
+        match precision {
+            Precision::I8 => {
+                return Ok(Self::I8 {
+                    weight: Int8Linear::quantize(&weight, out, inp),
+                    bias,
+                });
+            }
+            Precision::Bf16 => {
+                return Ok(Self::Bf16 {
+                    weight: Bf16Linear::quantize(&weight, out, inp),
+                    bias,
+                });
+            }
+            Precision::F32 => {}
         }
         let mut weight_t = vec![0f32; out * inp];
         for o in 0..out {
@@ -99,19 +139,19 @@ impl CpuLinear {
 
     fn outputs(&self) -> usize {
         match self {
-            Self::F32 { bias, .. } | Self::I8 { bias, .. } => bias.len(),
+            Self::F32 { bias, .. } | Self::Bf16 { bias, .. } | Self::I8 { bias, .. } => bias.len(),
         }
     }
 
     fn bias(&self) -> &[f32] {
         match self {
-            Self::F32 { bias, .. } | Self::I8 { bias, .. } => bias,
+            Self::F32 { bias, .. } | Self::Bf16 { bias, .. } | Self::I8 { bias, .. } => bias,
         }
     }
 
     /// `dst[rows, out] = x[rows, in] · Wᵀ`, without the bias (the fused
     /// pass after it adds it).
-    fn product(&self, x: &[f32], rows: usize, dst: &mut [f32], scratch: &mut int8::Scratch) {
+    fn product(&self, x: &[f32], rows: usize, dst: &mut [f32], scratch: &mut LinearScratch) {
         match self {
             Self::F32 {
                 weight_t, inputs, ..
@@ -124,7 +164,8 @@ impl CpuLinear {
                     View::rows(weight_t, *inputs, out),
                 );
             }
-            Self::I8 { weight, .. } => weight.product(x, rows, dst, scratch),
+            Self::Bf16 { weight, .. } => weight.product(x, rows, dst, &mut scratch.bf16),
+            Self::I8 { weight, .. } => weight.product(x, rows, dst, &mut scratch.int8),
         }
     }
 }
@@ -192,7 +233,7 @@ struct Workspace {
     inner: Vec<f32>,
     gated: Vec<f32>,
     attention: AttentionScratch,
-    int8: int8::Scratch,
+    products: LinearScratch,
 }
 
 fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -243,6 +284,7 @@ pub struct CpuEncoder {
 
 /// Tokens per shard where the measured throughput peaks (module docs).
 const F32_SHARD_TOKENS: usize = 1024;
+const BF16_SHARD_TOKENS: usize = 128;
 const I8_SHARD_TOKENS: usize = 128;
 
 fn to_vec(t: &candle_core::Tensor) -> Result<Vec<f32>> {
@@ -250,13 +292,14 @@ fn to_vec(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 }
 
 impl CpuEncoder {
-    /// Prepares every weight: linear layers transposed (f32) or quantized
-    /// per output channel (`int8`); embeddings and the head stay f32.
+    /// Prepares every weight: the layers' linear products transposed (f32),
+    /// rounded to bf16 or quantized per output channel (int8), as
+    /// `precision` says; embeddings and the head stay f32.
     pub(super) fn load(
         r: &WeightReader,
         c: &ModelConfig,
         num_labels: usize,
-        int8: bool,
+        precision: Precision,
     ) -> Result<Self> {
         let (h, e) = (c.hidden_size, c.embedding_size);
         let d = c.head_dim();
@@ -290,14 +333,20 @@ impl CpuEncoder {
                     None => c.intermediate_size,
                 };
                 Ok(Layer {
-                    qkv: CpuLinear::from_parts(weight, bias, 3 * h, h, int8)?,
-                    attention_out: CpuLinear::load(r, T::AttentionOutput(i), h, h, int8)?,
+                    qkv: CpuLinear::from_parts(weight, bias, 3 * h, h, precision)?,
+                    attention_out: CpuLinear::load(r, T::AttentionOutput(i), h, h, precision)?,
                     attention_norm: match (modern, i) {
                         (Some(_), 0) => None,
                         _ => Some(Norm::load(r, T::AttentionNorm(i), h)?),
                     },
-                    intermediate: CpuLinear::load(r, T::FeedForwardIn(i), ffn_width, h, int8)?,
-                    output: CpuLinear::load(r, T::FeedForwardOut(i), h, c.intermediate_size, int8)?,
+                    intermediate: CpuLinear::load(r, T::FeedForwardIn(i), ffn_width, h, precision)?,
+                    output: CpuLinear::load(
+                        r,
+                        T::FeedForwardOut(i),
+                        h,
+                        c.intermediate_size,
+                        precision,
+                    )?,
                     output_norm: Norm::load(r, T::FeedForwardNorm(i), h)?,
                     rotary: modern.map(|m| {
                         let global = m.global_layers.get(i).copied().unwrap_or(true);
@@ -318,13 +367,13 @@ impl CpuEncoder {
         };
         let head = Head {
             pooling: c.head.pooling,
-            dense: CpuLinear::load(r, T::HeadDense, h, h, false)?,
+            dense: CpuLinear::load(r, T::HeadDense, h, h, Precision::F32)?,
             activation: c.head.activation.into(),
             norm: match c.head.normed {
                 true => Some(Norm::load(r, T::HeadNorm, h)?),
                 false => None,
             },
-            classifier: CpuLinear::load(r, T::Classifier, num_labels, h, false)?,
+            classifier: CpuLinear::load(r, T::Classifier, num_labels, h, Precision::F32)?,
         };
         Ok(Self {
             config: c.clone(),
@@ -346,7 +395,13 @@ impl CpuEncoder {
             types_by_segment: c.family.reads_token_types(),
             embedding_norm: Norm::load(r, T::EmbeddingNorm, e)?,
             projection: match e != h {
-                true => Some(CpuLinear::load(r, T::EmbeddingProjection, h, e, false)?),
+                true => Some(CpuLinear::load(
+                    r,
+                    T::EmbeddingProjection,
+                    h,
+                    e,
+                    Precision::F32,
+                )?),
                 false => None,
             },
             layers,
@@ -360,10 +415,10 @@ impl CpuEncoder {
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|&t| t > 0)
-                .unwrap_or(if int8 {
-                    I8_SHARD_TOKENS
-                } else {
-                    F32_SHARD_TOKENS
+                .unwrap_or(match precision {
+                    Precision::F32 => F32_SHARD_TOKENS,
+                    Precision::Bf16 => BF16_SHARD_TOKENS,
+                    Precision::I8 => I8_SHARD_TOKENS,
                 }),
             workspaces: Mutex::new(Vec::new()),
         })
@@ -435,10 +490,10 @@ impl CpuEncoder {
             inner,
             gated,
             attention,
-            int8,
+            products,
         } = ws;
         let hidden = grown(hidden, rows * h);
-        self.embed(batch, pairs.clone(), first_row, hidden, int8)?;
+        self.embed(batch, pairs.clone(), first_row, hidden, products)?;
         let n = pairs.len();
         let cls_rows: Vec<usize> = pairs
             .clone()
@@ -458,7 +513,7 @@ impl CpuEncoder {
                 _ => hidden,
             };
             let qkv = grown(qkv, rows * 3 * h);
-            layer.qkv.product(input, rows, qkv, int8);
+            layer.qkv.product(input, rows, qkv, products);
             kernels::add_bias(qkv, layer.qkv.bias());
 
             // A [CLS]-pooled head reads only [CLS]: in the last layer no
@@ -501,12 +556,12 @@ impl CpuEncoder {
                     inner,
                     gated,
                     normed,
-                    int8,
+                    products,
                 );
                 hidden[..n * h].copy_from_slice(&cls_hidden);
             } else {
                 self.finish_layer(
-                    layer, hidden, context, rows, out, inner, gated, normed, int8,
+                    layer, hidden, context, rows, out, inner, gated, normed, products,
                 );
             }
         }
@@ -547,14 +602,16 @@ impl CpuEncoder {
             }
         }
         let mut vector = vec![0f32; n * h];
-        self.head.dense.product(&pooled, n, &mut vector, int8);
+        self.head.dense.product(&pooled, n, &mut vector, products);
         kernels::bias_activation(&mut vector, self.head.dense.bias(), self.head.activation);
         if let Some(norm) = &self.head.norm {
             let copy = vector.clone();
             norm.normalize_into(&copy, &mut vector, self.eps);
         }
         let mut logits = vec![0f32; n * self.head.classifier.outputs()];
-        self.head.classifier.product(&vector, n, &mut logits, int8);
+        self.head
+            .classifier
+            .product(&vector, n, &mut logits, products);
         kernels::add_bias(&mut logits, self.head.classifier.bias());
         Ok((logits, vector))
     }
@@ -573,31 +630,31 @@ impl CpuEncoder {
         inner: &mut Vec<f32>,
         gated: &mut Vec<f32>,
         normed: &mut Vec<f32>,
-        int8: &mut int8::Scratch,
+        products: &mut LinearScratch,
     ) {
         let h = self.hidden;
         let hidden = &mut hidden[..rows * h];
         let out = grown(out, rows * h);
-        layer.attention_out.product(context, rows, out, int8);
+        layer.attention_out.product(context, rows, out, products);
         let inner = grown(inner, rows * layer.intermediate.outputs());
         if self.modern {
             kernels::add_residual(hidden, out, layer.attention_out.bias());
             let normed = grown(normed, rows * h);
             layer.output_norm.normalize_into(hidden, normed, self.eps);
-            layer.intermediate.product(normed, rows, inner, int8);
+            layer.intermediate.product(normed, rows, inner, products);
             let width = layer.intermediate.outputs() / 2;
             let gated = grown(gated, rows * width);
             kernels::gated_activation(inner, layer.intermediate.bias(), self.activation, gated);
-            layer.output.product(gated, rows, out, int8);
+            layer.output.product(gated, rows, out, products);
             kernels::add_residual(hidden, out, layer.output.bias());
             return;
         }
         if let Some(norm) = &layer.attention_norm {
             norm.residual(hidden, out, layer.attention_out.bias(), self.eps);
         }
-        layer.intermediate.product(hidden, rows, inner, int8);
+        layer.intermediate.product(hidden, rows, inner, products);
         kernels::bias_activation(inner, layer.intermediate.bias(), self.activation);
-        layer.output.product(inner, rows, out, int8);
+        layer.output.product(inner, rows, out, products);
         layer
             .output_norm
             .residual(hidden, out, layer.output.bias(), self.eps);
@@ -612,7 +669,7 @@ impl CpuEncoder {
         pairs: Range<usize>,
         first_row: usize,
         dst: &mut [f32],
-        int8: &mut int8::Scratch,
+        products: &mut LinearScratch,
     ) -> Result<()> {
         let e = self.config.embedding_size;
         let rows = batch.range(pairs.end - 1).end - first_row;
@@ -659,7 +716,7 @@ impl CpuEncoder {
         );
         if let Some(projection) = &self.projection {
             let h = self.hidden;
-            projection.product(&embedded, rows, &mut dst[..rows * h], int8);
+            projection.product(&embedded, rows, &mut dst[..rows * h], products);
             kernels::add_bias(&mut dst[..rows * h], projection.bias());
         }
         Ok(())
