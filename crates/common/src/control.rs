@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the control protocol and ring layout together.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
@@ -52,6 +52,10 @@ pub enum WorkerJob {
     Tokenizer {
         /// The tokenizers to load.
         tokenizers: Vec<Option<TokenizerSpec>>,
+        /// Threads a job's documents are encoded on: 1 keeps the worker on
+        /// one thread (the pool scales by processes); more turns on the
+        /// tokenizers library's own batch parallelism in this worker.
+        threads: u32,
     },
     /// A model replica: model, dtype, device, attention layout, threads.
     Model(ce_model_spec::ReplicaSpec),
@@ -115,7 +119,11 @@ pub enum ControlMessage {
     /// Supervisor → worker configuration.
     Config(WorkerConfig),
     /// The worker has loaded and warmed up and is serving.
-    Ready,
+    Ready {
+        /// What computes its work, for `/info`: a model worker's path and
+        /// kernel (say `cpu encoder, bf16 on amx`); empty for a tokenizer.
+        kernel: String,
+    },
     /// Liveness, both ways.
     Heartbeat {
         /// Increments with each heartbeat.
@@ -281,6 +289,7 @@ mod tests {
                     }),
                     None,
                 ],
+                threads: 2,
             },
         });
         sup.send(&config).await.unwrap();

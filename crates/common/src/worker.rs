@@ -89,6 +89,7 @@ pub struct WorkerSession {
     control: ControlChannel,
     runtime: tokio::runtime::Runtime,
     parent: OwnedFd,
+    kernel: String,
 }
 
 impl WorkerSession {
@@ -142,7 +143,14 @@ impl WorkerSession {
             control,
             runtime,
             parent,
+            kernel: String::new(),
         })
+    }
+
+    /// Names what computes this worker's work; [`serve`](Self::serve)
+    /// reports it with `Ready`.
+    pub fn set_kernel(&mut self, kernel: impl Into<String>) {
+        self.kernel = kernel.into();
     }
 
     /// What the supervisor asked of this worker.
@@ -181,8 +189,9 @@ impl WorkerSession {
             mut control,
             runtime,
             parent,
+            kernel,
         } = self;
-        runtime.block_on(control.send(&ControlMessage::Ready))?;
+        runtime.block_on(control.send(&ControlMessage::Ready { kernel }))?;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         // The supervisor's numbers, kept in a range where a timer cannot overflow.

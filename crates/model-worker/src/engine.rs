@@ -166,6 +166,22 @@ impl Engine {
         self.model.runs_cpu_kernels()
     }
 
+    /// What computes this model, as `/info` shows it: the CPU encoder with
+    /// its precision and the kernel this CPU runs it on (`bf16 on f32`: a
+    /// CPU without AVX512-BF16 or AMX-BF16 multiplies the rounded numbers in
+    /// f32), or candle with its dtype and device.
+    pub fn kernel(&self) -> String {
+        let dtype = self.info.dtype;
+        if !self.runs_cpu_kernels() {
+            return format!("candle, {dtype} on {}", self.info.device);
+        }
+        match dtype {
+            WeightDType::Bf16 => format!("cpu encoder, bf16 on {}", crate::bf16_kernel().as_str()),
+            WeightDType::I8 => format!("cpu encoder, i8 on {}", crate::int8_kernel().as_str()),
+            other => format!("cpu encoder, {other}"),
+        }
+    }
+
     /// The pair tokenizer matching this model.
     pub fn tokenizer(&self) -> &PairTokenizer {
         &self.tokenizer

@@ -1,6 +1,7 @@
 //! How far a reduced precision's scores are from f32's: the largest
-//! absolute difference and Kendall's τ of the rankings they induce, the two
-//! figures every precision reports beside its speed.
+//! absolute difference, Kendall's τ of the rankings they induce, and the
+//! overlap of their top k (what a reranker's client keeps), the figures
+//! every precision reports beside its speed.
 
 /// Kendall's τ-b between two score lists over the same items: 1 when they
 /// order every pair alike, -1 when they order every pair oppositely; ties
@@ -32,6 +33,28 @@ pub fn kendall_tau(a: &[f32], b: &[f32]) -> Option<f64> {
     (denominator > 0.0).then(|| (concordant - discordant) as f64 / denominator)
 }
 
+/// The share of `b`'s `k` best items that are among `a`'s `k` best (1: the
+/// same top k, in any order), `k` capped at the list's length. An item tied
+/// with the k-th best counts as inside, so ties cannot make a miss. `None`
+/// for `k = 0`, empty or unequal lists, or a NaN score.
+pub fn top_k_overlap(a: &[f32], b: &[f32], k: usize) -> Option<f64> {
+    if a.len() != b.len() || a.is_empty() || k == 0 || a.iter().chain(b).any(|s| s.is_nan()) {
+        return None;
+    }
+    let k = k.min(a.len());
+    // The k-th best score of a list: anything at least as good is "in".
+    let kth = |scores: &[f32]| {
+        let mut sorted = scores.to_vec();
+        sorted.sort_by(|x, y| y.total_cmp(x));
+        sorted[k - 1]
+    };
+    let mut best_b: Vec<usize> = (0..b.len()).collect();
+    best_b.sort_by(|&x, &y| b[y].total_cmp(&b[x]));
+    let threshold = kth(a);
+    let kept = best_b[..k].iter().filter(|&&i| a[i] >= threshold).count();
+    Some(kept as f64 / k as f64)
+}
+
 /// The largest `|a[i] - b[i]|` (NaN if any difference is NaN).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
@@ -49,6 +72,26 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_overlap_counts_the_shared_best_items() {
+        let reference = [0.9, 0.1, 0.8, 0.3, 0.7, 0.2];
+        assert_eq!(top_k_overlap(&reference, &reference, 3), Some(1.0));
+        // The best three are 0, 2, 4; here 0, 2, 3.
+        let other = [0.9, 0.1, 0.8, 0.75, 0.7, 0.2];
+        let got = top_k_overlap(&other, &reference, 3).unwrap();
+        assert!((got - 2.0 / 3.0).abs() < 1e-12, "{got}");
+        // Order inside the top k does not matter; k past the length is all.
+        let reordered = [0.7, 0.1, 0.8, 0.3, 0.9, 0.2];
+        assert_eq!(top_k_overlap(&reordered, &reference, 3), Some(1.0));
+        assert_eq!(top_k_overlap(&other, &reference, 10), Some(1.0));
+        // A tie at the k-th place is not a miss.
+        let tied = [0.9, 0.1, 0.7, 0.3, 0.7, 0.2];
+        assert_eq!(top_k_overlap(&tied, &reference, 3), Some(1.0));
+        assert_eq!(top_k_overlap(&reference, &reference, 0), None);
+        assert_eq!(top_k_overlap(&reference[..2], &reference, 1), None);
+        assert_eq!(top_k_overlap(&[f32::NAN, 1.0], &[0.0, 1.0], 1), None);
+    }
 
     #[test]
     fn tau_counts_concordant_and_discordant_pairs() {

@@ -90,7 +90,7 @@ impl FaultInjection {
 /// nothing else; call once, first thing in `main`, before any thread starts.
 pub unsafe fn run() -> Result<(), ProcessError> {
     // SAFETY: forwarded from the caller.
-    let session = unsafe { WorkerSession::connect(Role::Model)? };
+    let mut session = unsafe { WorkerSession::connect(Role::Model)? };
     let config = session.config().clone();
     let WorkerJob::Model(replica) = &config.job else {
         let why = format!("a model worker was sent {:?}", config.job.role());
@@ -118,8 +118,10 @@ pub unsafe fn run() -> Result<(), ProcessError> {
             return Err(e.into());
         }
     };
+    session.set_kernel(engine.kernel());
     tracing::info!(
         replica = session.replica(),
+        kernel = engine.kernel(),
         threads = threads::compute_threads(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "model replica ready"

@@ -221,6 +221,11 @@ pub struct ReplicaInfo {
     pub dtype: String,
     /// Device.
     pub device: String,
+    /// What computes its batches on this machine: the CPU encoder with its
+    /// precision and kernel (`cpu encoder, bf16 on amx`; `bf16 on f32` where
+    /// the CPU has no bf16 units) or candle with dtype and device. Empty
+    /// until the replica is ready.
+    pub kernel: String,
     /// Compute threads.
     pub threads: usize,
     /// Whether it serves now.
@@ -576,6 +581,7 @@ impl Api {
                 model_name: r.model,
                 dtype: r.spec.dtype.to_string(),
                 device: r.spec.device.to_string(),
+                kernel: r.kernel,
                 threads: r.spec.threads,
                 serving: r.serving,
                 pairs: r.metrics.pairs,

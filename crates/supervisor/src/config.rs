@@ -147,6 +147,12 @@ settings! {
         /// Tokenizer worker processes; 0 tokenizes inside the supervisor.
         [long, env = "CE_TOKENIZERS"]
         tokenizers: usize => usize = 1,
+        /// Threads each tokenizer worker encodes a job's documents on: 1
+        /// scales tokenization by processes alone; more turns on the
+        /// tokenizers library's batch parallelism (`TOKENIZERS_PARALLELISM`)
+        /// inside every worker, for few workers on many cores.
+        [long, env = "CE_TOKENIZER_THREADS"]
+        tokenizer_threads: usize => usize = 1,
         /// Devices assigned to replicas round-robin (`cpu`, `cuda:N`,
         /// `metal:N`), e.g. `cuda:0,cuda:1`.
         [long, env = "CE_DEVICES"]
@@ -398,6 +404,7 @@ impl Settings {
             ("max_batch_size", self.max_batch_size),
             ("max_inflight_per_replica", self.max_inflight_per_replica),
             ("tokenize_chunk", self.tokenize_chunk),
+            ("tokenizer_threads", self.tokenizer_threads),
             ("max_documents", self.max_documents),
             ("max_input_chars", self.max_input_chars),
             ("max_chunks_per_doc", self.max_chunks_per_doc),

@@ -91,6 +91,9 @@ pub struct ReplicaStatus {
     pub metrics: MetricsSnapshot,
     /// Why it failed to start, while it has not.
     pub error: Option<String>,
+    /// What computes its batches, as its worker reported when ready (empty
+    /// until one has).
+    pub kernel: String,
 }
 
 /// One served model: its name, where it comes from, its replicas and,
@@ -418,6 +421,7 @@ impl Core {
                     serving: process.is_some_and(|p| p.is_alive()),
                     metrics: process.map(|p| p.metrics()).unwrap_or_default(),
                     error: process.and_then(|p| p.start_error().map(String::from)),
+                    kernel: process.map(|p| p.kernel().to_string()).unwrap_or_default(),
                 }
             })
             .collect()

@@ -288,6 +288,7 @@ impl CrossEncoder for CrossEncoderService {
                     device: r.device,
                     serving: r.serving,
                     model_name: r.model_name,
+                    kernel: r.kernel,
                 })
                 .collect(),
             score_activation: activation_name(info.score_activation),

@@ -101,18 +101,25 @@ pub fn query(tokenizer: &PairTokenizer, job: &QueryJob) -> Result<QueryIds, Stri
 }
 
 /// Tokenizes a decoded job; the error names the document that failed.
+///
+/// The documents are encoded in parallel where the tokenizers library's
+/// batch parallelism is on (`TOKENIZERS_PARALLELISM`, on the worker's
+/// rayon threads), in order on this thread otherwise; the batch is the same.
 pub fn tokenize(tokenizer: &PairTokenizer, job: &TextJob) -> Result<TokenBatch, String> {
+    use tokenizers::utils::parallelism::MaybeParallelRefIterator;
     let truncation = truncation_of(job.truncation)?;
-    let total: usize = job
+    // Every result kept in order, so that the error named is the first
+    // failing document's however the work was split.
+    let pairs: Vec<_> = job
         .passages
-        .iter()
-        .map(|p| (p.len() / 3 + job.query.ids.len() + 3).min(tokenizer.max_length()))
-        .sum();
-    let mut batch = TokenBatch::with_capacity(job.passages.len(), total);
-    for (i, passage) in job.passages.iter().enumerate() {
-        let (ids, types) = tokenizer
-            .encode_with_query(&job.query, passage, truncation)
-            .map_err(|e| format!("document {}: {e}", job.first_index as usize + i))?;
+        .maybe_par_iter()
+        .map(|passage| tokenizer.encode_with_query(&job.query, passage, truncation))
+        .collect();
+    let total = pairs.iter().flatten().map(|(ids, _)| ids.len()).sum();
+    let mut batch = TokenBatch::with_capacity(pairs.len(), total);
+    for (i, pair) in pairs.into_iter().enumerate() {
+        let (ids, types) =
+            pair.map_err(|e| format!("document {}: {e}", job.first_index as usize + i))?;
         batch.push(&ids, &types);
     }
     Ok(batch)
@@ -166,6 +173,42 @@ mod tests {
         let mut out = Vec::new();
         let handled = handle(tokenizers, kind as u16, payload, &mut out);
         Reply::decode(handled.kind as u16, &out).unwrap()
+    }
+
+    #[test]
+    fn parallel_encoding_gives_the_same_batch_and_names_the_first_failing_document() {
+        let tokenizers = tokenizers();
+        let tokenizer = tokenizers[1].as_ref().unwrap();
+        let query = tokenizer
+            .encode_query_ids("a query", Truncation::Off)
+            .unwrap();
+        let mut passages: Vec<String> = (0..40).map(|i| format!("passage number {i}")).collect();
+        let job = |passages: Vec<String>| TextJob {
+            query: query.clone(),
+            passages,
+            truncation: Truncation::Off.code(),
+            first_index: 100,
+            ..TextJob::default()
+        };
+        let run = |parallel: bool, job: &TextJob| {
+            tokenizers::utils::parallelism::set_parallelism(parallel);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(4)
+                .build()
+                .unwrap();
+            pool.install(|| tokenize(tokenizer, job))
+        };
+        let sequential = run(false, &job(passages.clone())).unwrap();
+        assert_eq!(sequential.len(), 40);
+        assert_eq!(run(true, &job(passages.clone())).unwrap(), sequential);
+        // Two documents over the 32-token limit: the first one is named
+        // however the work was split.
+        passages[29] = "word ".repeat(40);
+        passages[7] = "word ".repeat(40);
+        for parallel in [false, true] {
+            let error = run(parallel, &job(passages.clone())).unwrap_err();
+            assert!(error.starts_with("document 107:"), "{error}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod fast;
 pub mod job;
 mod pair;
 pub mod process;

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use ce_common::TokenBatch;
 use ce_common::frame::{QueryIds, WindowPlan};
+
+use crate::fast::{FastTokenizer, fast};
 use tokenizers::{
     Encoding, PostProcessor, Token, Tokenizer, TruncationDirection, TruncationParams,
     TruncationStrategy,
@@ -88,9 +90,9 @@ impl Truncation {
 /// encoding never reconfigures shared state and the type is `Sync`.
 #[derive(Clone)]
 pub struct PairTokenizer {
-    right: Tokenizer,
-    left: Tokenizer,
-    untruncated: Tokenizer,
+    right: FastTokenizer,
+    left: FastTokenizer,
+    untruncated: FastTokenizer,
     max_length: usize,
 }
 
@@ -132,7 +134,7 @@ impl PairTokenizer {
             });
             t.with_truncation(params)
                 .map_err(|e| TokenizeError::Encode(e.to_string()))?;
-            Ok::<_, TokenizeError>(t)
+            Ok::<_, TokenizeError>(fast(&t))
         };
         Ok(Self {
             right: configure(Some(TruncationDirection::Right))?,

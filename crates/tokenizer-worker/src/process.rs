@@ -76,17 +76,26 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     // SAFETY: forwarded from the caller.
     let session = unsafe { WorkerSession::connect(Role::Tokenizer)? };
     let config = session.config().clone();
-    let WorkerJob::Tokenizer { tokenizers: specs } = &config.job else {
+    let WorkerJob::Tokenizer {
+        tokenizers: specs,
+        threads,
+    } = &config.job
+    else {
         let why = format!("a tokenizer worker was sent {:?}", config.job.role());
         session.refuse(&why);
         return Err(ProcessError::Config(why));
     };
+    let threads = (*threads).max(1);
     // SAFETY: `connect` ran on this thread alone; no other thread exists yet.
     unsafe {
-        // One job at a time on one thread: the supervisor scales tokenizers
-        // by processes, so the library must not parallelise on its own.
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-        std::env::set_var("TOKENIZERS_PARALLELISM", "false");
+        // One thread unless the supervisor asked for more: by default it
+        // scales tokenizers by processes, and a library spreading each job
+        // over every core would fight the other workers for them.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var(
+            tokenizers::utils::parallelism::ENV_VARIABLE,
+            if threads > 1 { "true" } else { "false" },
+        );
     }
     let mut tokenizers = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -101,7 +110,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
                 return Err(e.into());
             }
         }
-        tracing::info!(worker = session.replica(), tokenizer = %spec.file.display(), "tokenizer loaded");
+        tracing::info!(worker = session.replica(), threads, tokenizer = %spec.file.display(), "tokenizer loaded");
     }
     let faults = Faults::from_env();
     session.serve(|header, payload, out| {

@@ -1,5 +1,6 @@
 //! `ce-engine-bench`: the bare engine's speed on the standard workload, for
-//! every dtype, against a GEMM peak measured in the same run.
+//! every dtype, against the f32 GEMM peak and (for i8 and bf16) the peak of
+//! the CPU encoder's own int8 and bf16 products, measured in the same run.
 //!
 //! ```text
 //! cargo run --release -p ce-bench --bin ce-engine-bench -- --threads 2
@@ -11,10 +12,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ce_bench::gemm_peak::{self, GemmPeak};
+use ce_bench::gemm_peak::{self, GemmPeak, Reduced, ReducedPeak};
 use ce_bench::{Workload, WorkloadConfig};
 use ce_common::TokenBatch;
 use clap::Parser;
+use model_worker::encoder::cpu::profile;
 use model_worker::{Engine, EngineConfig, WeightDType};
 use tokenizer_worker::Truncation;
 
@@ -52,6 +54,11 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Time the CPU encoder's stages (embeddings, each product, attention,
+    /// activation, norms, head, activation quantization) and print where
+    /// each dtype's time went. Adds two clock reads per stage.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -65,7 +72,13 @@ struct DtypeResult {
     attention_padding_ratio: f64,
     useful_gflops: f64,
     fraction_of_peak: f64,
+    /// Useful work over the peak of the product this dtype's layers run
+    /// (int8 or bf16 on the CPU encoder; the f32 GEMM otherwise).
+    fraction_of_own_peak: f64,
     load_seconds: f64,
+    /// With `--profile` on the CPU encoder: seconds per stage, over every
+    /// thread.
+    stages: Vec<(&'static str, f64)>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -76,6 +89,8 @@ struct Report {
     gflop_per_pair: f64,
     tokenize_pairs_per_second: f64,
     gemm_peak: GemmPeak,
+    /// The CPU encoder's int8 and bf16 product peaks, for the dtypes run.
+    reduced_peaks: Vec<ReducedPeak>,
     results: Vec<DtypeResult>,
 }
 
@@ -89,6 +104,17 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("measuring the GEMM peak with {threads} thread(s)…");
     let peak = gemm_peak::machine_peak(threads, Duration::from_secs(3));
+    let reduced_peaks: Vec<ReducedPeak> = [
+        (WeightDType::I8, Reduced::I8),
+        (WeightDType::Bf16, Reduced::Bf16),
+    ]
+    .into_iter()
+    .filter(|(dtype, _)| args.dtypes.contains(dtype))
+    .map(|(_, precision)| {
+        eprintln!("measuring the {precision:?} product peak…");
+        gemm_peak::reduced_peak(precision, threads, Duration::from_secs(2))
+    })
+    .collect();
 
     // Tokenize the workload once, with the f32 engine's tokenizer.
     let reference = Engine::load(&EngineConfig::new(&args.model)).context("loading the model")?;
@@ -136,6 +162,8 @@ fn main() -> anyhow::Result<()> {
         engine.score(&batches[0])?;
 
         let (mut pairs, mut tokens, mut slots, mut flops) = (0usize, 0usize, 0usize, 0f64);
+        let profiled = args.profile && engine.runs_cpu_kernels();
+        profile::enable(profiled);
         let started = Instant::now();
         for (batch, batch_flop) in batches.iter().zip(&batch_flops) {
             let scores = engine.score(batch)?;
@@ -148,7 +176,23 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let seconds = started.elapsed().as_secs_f64();
+        let stages = match profiled {
+            true => profile::seconds()
+                .into_iter()
+                .map(|(stage, s)| (stage.as_str(), s))
+                .collect(),
+            false => Vec::new(),
+        };
+        profile::enable(false);
         let useful_gflops = flops / seconds / 1e9;
+        let own_peak = reduced_peaks
+            .iter()
+            .find(|p| match p.precision {
+                Reduced::I8 => dtype == WeightDType::I8,
+                Reduced::Bf16 => dtype == WeightDType::Bf16,
+            })
+            .filter(|_| engine.runs_cpu_kernels())
+            .map_or(peak.gflops, |p| p.gops);
         let r = DtypeResult {
             dtype,
             pairs,
@@ -159,6 +203,8 @@ fn main() -> anyhow::Result<()> {
             attention_padding_ratio: slots as f64 / tokens as f64,
             useful_gflops,
             fraction_of_peak: useful_gflops / peak.gflops,
+            fraction_of_own_peak: useful_gflops / own_peak,
+            stages,
             load_seconds,
         };
         eprintln!(
@@ -175,6 +221,7 @@ fn main() -> anyhow::Result<()> {
         gflop_per_pair,
         tokenize_pairs_per_second: tokenize_rate,
         gemm_peak: peak,
+        reduced_peaks,
         results,
     };
     print_markdown(&report);
@@ -199,10 +246,28 @@ fn print_markdown(r: &Report) {
         r.gemm_peak.k,
         r.tokenize_pairs_per_second,
     );
+    for p in &r.reduced_peaks {
+        println!(
+            "{:?} product peak: {:.1} G{}/s ({}, the encoder's whole product on {}x{}x{} per thread, {} threads) = {:.2}× the f32 GEMM peak\n",
+            p.precision,
+            p.gops,
+            if p.precision == Reduced::I8 {
+                "OP"
+            } else {
+                "FLOP"
+            },
+            p.kernel,
+            p.m,
+            p.k,
+            p.n,
+            p.threads,
+            p.gops / r.gemm_peak.gflops
+        );
+    }
     println!(
-        "| dtype | pairs | pairs/s | tokens/s | padded/real (linear) | padded/real (attention) | useful GFLOP/s | % of f32 GEMM peak | vs f32 |"
+        "| dtype | pairs | pairs/s | tokens/s | padded/real (linear) | padded/real (attention) | useful GFLOP/s | % of f32 GEMM peak | % of its product's peak | vs f32 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let f32_rate = r
         .results
         .iter()
@@ -213,7 +278,7 @@ fn print_markdown(r: &Report) {
             format!("{:.2}×", x.pairs_per_second / f)
         });
         println!(
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.3} | {:.1} | {:.1}% | {} |",
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.3} | {:.1} | {:.1}% | {:.1}% | {} |",
             x.dtype,
             x.pairs,
             x.pairs_per_second,
@@ -222,10 +287,45 @@ fn print_markdown(r: &Report) {
             x.attention_padding_ratio,
             x.useful_gflops,
             100.0 * x.fraction_of_peak,
+            100.0 * x.fraction_of_own_peak,
             vs
         );
     }
     println!(
         "\nUseful GFLOP/s count the whole model's FLOPs per pair; the CPU encoder (f32, i8) skips the last layer's non-[CLS] rows (~1/7 of them), and i8 is integer work: either can pass 100% of the f32 peak."
     );
+    print_profile(&r.results);
+}
+
+/// Where each profiled dtype's time went: the share of its CPU time per
+/// stage (the quantize row is part of the products above it).
+fn print_profile(results: &[DtypeResult]) {
+    let profiled: Vec<&DtypeResult> = results.iter().filter(|r| !r.stages.is_empty()).collect();
+    let Some(first) = profiled.first() else {
+        return;
+    };
+    println!("\nWhere the time goes (share of each dtype's CPU time, `--profile`):\n");
+    let header: Vec<String> = profiled.iter().map(|r| r.dtype.to_string()).collect();
+    println!("| stage | {} |", header.join(" | "));
+    println!("|---|{}", "---:|".repeat(profiled.len()));
+    let quantize = profile::Stage::Quantize.as_str();
+    let totals: Vec<f64> = profiled
+        .iter()
+        .map(|r| {
+            r.stages
+                .iter()
+                .filter(|(name, _)| *name != quantize)
+                .map(|(_, s)| s)
+                .sum::<f64>()
+                .max(f64::MIN_POSITIVE)
+        })
+        .collect();
+    for (row, (name, _)) in first.stages.iter().enumerate() {
+        let cells: Vec<String> = profiled
+            .iter()
+            .zip(&totals)
+            .map(|(r, total)| format!("{:.1}%", 100.0 * r.stages[row].1 / total))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
 }

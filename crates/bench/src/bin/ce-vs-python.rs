@@ -1,18 +1,20 @@
 //! `ce-vs-python`: our engine and our server against the Python stacks —
-//! sentence-transformers' `CrossEncoder` (torch), ONNX Runtime and OpenVINO,
-//! each in f32 and int8 — in one run, on the same generated pairs, with the
-//! f32 GEMM roofline measured in the same run.
+//! sentence-transformers' `CrossEncoder` (torch), ONNX Runtime (f32, int8)
+//! and OpenVINO (f32, bf16, int8) — in one run, on the same generated
+//! pairs, with the f32 GEMM roofline and our int8 and bf16 products' peaks
+//! measured in the same run.
 //!
 //! ```text
 //! scripts/bench_vs_python.sh        # sets up the Python side, then runs this
 //! ```
 //!
-//! Order: GEMM peak; our engine (f32, i8); our server over gRPC (f32, i8);
-//! the Python script once per `--backends` entry on the pairs file this
-//! writes; our f32 engine again (the drift between the two engine runs says
-//! how steady the machine was). Every stack's raw logits are compared with
-//! our f32 engine's pair by pair (max |Δ|), and its rankings with Kendall's
-//! τ, request by request: the fidelity of each precision beside its speed.
+//! Order: GEMM peak and product peaks; our engine (f32, bf16, i8); our
+//! server over gRPC (the same dtypes); the Python script once per
+//! `--backends` entry on the pairs file this writes; our f32 engine again
+//! (the drift between the two engine runs says how steady the machine was).
+//! Every stack's raw logits are compared with our f32 engine's pair by pair
+//! (max |Δ|), and its rankings request by request (Kendall's τ and the
+//! overlap of the top 10): the fidelity of each precision beside its speed.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -26,7 +28,7 @@ use ce_bench::server::Supervisor;
 use ce_bench::throughput::{StandardRun, engine_rate, served_rate};
 use ce_common::TokenBatch;
 use clap::Parser;
-use model_worker::fidelity::{kendall_tau, max_abs_diff};
+use model_worker::fidelity::{kendall_tau, max_abs_diff, top_k_overlap};
 use model_worker::{Engine, EngineConfig, WeightDType};
 use serde::{Deserialize, Serialize};
 use tokenizer_worker::Truncation;
@@ -95,22 +97,37 @@ struct Row {
     max_abs_difference: Option<f32>,
     /// Mean over requests of Kendall's τ of its ranking against ours in f32.
     kendall_tau: Option<f64>,
+    /// Mean over requests of the share of our f32 top 10 it also ranks in
+    /// its top 10.
+    top10_overlap: Option<f64>,
+}
+
+/// How close a stack's scores are to our f32 engine's.
+struct Fidelity {
+    max_abs_difference: f32,
+    kendall_tau: f64,
+    top10_overlap: f64,
 }
 
 /// How close `scores` are to our f32 engine's `reference`, request by
-/// request: the largest |Δ| and the mean Kendall τ of the rankings.
-fn fidelity(scores: &[f32], reference: &[f32], batches: &[TokenBatch]) -> (f32, f64) {
+/// request: the largest |Δ|, and the means of the rankings' Kendall τ and
+/// of their top-10 overlap.
+fn fidelity(scores: &[f32], reference: &[f32], batches: &[TokenBatch]) -> Fidelity {
     let mut start = 0;
-    let mut taus = Vec::new();
+    let (mut taus, mut overlaps) = (Vec::new(), Vec::new());
     for b in batches {
         let range = start..start + b.len();
-        if let Some(t) = kendall_tau(&scores[range.clone()], &reference[range]) {
-            taus.push(t);
-        }
+        let (got, want) = (&scores[range.clone()], &reference[range]);
+        taus.extend(kendall_tau(got, want));
+        overlaps.extend(top_k_overlap(got, want, 10));
         start += b.len();
     }
-    let mean = taus.iter().sum::<f64>() / taus.len().max(1) as f64;
-    (max_abs_diff(scores, reference), mean)
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Fidelity {
+        max_abs_difference: max_abs_diff(scores, reference),
+        kendall_tau: mean(&taus),
+        top10_overlap: mean(&overlaps),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +138,8 @@ struct Report {
     gflop_per_pair: f64,
     gemm_peak: gemm_peak::GemmPeak,
     roofline_pairs_per_second: f64,
+    /// Our int8 and bf16 products' peaks, for the reduced dtypes measured.
+    reduced_peaks: Vec<gemm_peak::ReducedPeak>,
     python: Vec<PythonResult>,
     engine_f32_drift_percent: f64,
     rows: Vec<Row>,
@@ -165,6 +184,17 @@ fn main() -> anyhow::Result<()> {
     eprintln!("GEMM peak, {cores} thread(s)…");
     let peak = gemm_peak::machine_peak(cores, Duration::from_secs(4));
     let roofline = peak.gflops / gflop_per_pair;
+    let reduced_peaks: Vec<gemm_peak::ReducedPeak> = reduced_dtypes
+        .iter()
+        .map(|dtype| match dtype {
+            WeightDType::I8 => gemm_peak::Reduced::I8,
+            _ => gemm_peak::Reduced::Bf16,
+        })
+        .map(|precision| {
+            eprintln!("{precision:?} product peak…");
+            gemm_peak::reduced_peak(precision, cores, Duration::from_secs(2))
+        })
+        .collect();
 
     eprintln!("our engine, f32 and {reduced_dtypes:?} ({pairs} pairs)…");
     let engine_f32_before = engine_rate(&f32_engine, &batches)?;
@@ -210,20 +240,15 @@ fn main() -> anyhow::Result<()> {
 
     let baseline = python.first().map_or(engine_f32, |p| p.pairs_per_second);
     let row = |name: String, rate: f64, scores: Option<&[f32]>| {
-        let (max_abs_difference, kendall_tau) = match scores {
-            Some(s) => {
-                let (d, t) = fidelity(s, &ours, &batches);
-                (Some(d), Some(t))
-            }
-            None => (None, None),
-        };
+        let fidelity = scores.map(|s| fidelity(s, &ours, &batches));
         Row {
             name,
             pairs_per_second: rate,
             vs_python: rate / baseline,
             percent_of_roofline: rate / roofline * 100.0,
-            max_abs_difference,
-            kendall_tau,
+            max_abs_difference: fidelity.as_ref().map(|f| f.max_abs_difference),
+            kendall_tau: fidelity.as_ref().map(|f| f.kendall_tau),
+            top10_overlap: fidelity.as_ref().map(|f| f.top10_overlap),
         }
     };
     let mut rows: Vec<Row> = python
@@ -274,6 +299,7 @@ fn main() -> anyhow::Result<()> {
         gflop_per_pair,
         gemm_peak: peak,
         roofline_pairs_per_second: roofline,
+        reduced_peaks,
         python,
         engine_f32_drift_percent: (engine_f32_after / engine_f32_before - 1.0) * 100.0,
         rows,
@@ -407,26 +433,46 @@ fn print_report(report: &Report, passages: usize) {
         report.gflop_per_pair,
         report.roofline_pairs_per_second
     );
+    for p in &report.reduced_peaks {
+        let gops_per_pair = report.gflop_per_pair;
+        println!(
+            "{:?} roofline: our {:?} product's peak {:.1} G{}/s ({}, {}x{}x{} per thread, {} threads; {:.2}× the f32 GEMM peak) / {:.2} G{} per pair = {:.1} pairs/s (attention, norms and activations stay f32)\n",
+            p.precision,
+            p.precision,
+            p.gops,
+            if p.precision == gemm_peak::Reduced::I8 { "OP" } else { "FLOP" },
+            p.kernel,
+            p.m,
+            p.k,
+            p.n,
+            p.threads,
+            p.gops / peak.gflops,
+            gops_per_pair,
+            if p.precision == gemm_peak::Reduced::I8 { "OP" } else { "FLOP" },
+            p.gops / gops_per_pair
+        );
+    }
     let baseline = report
         .python
         .first()
         .map_or("ce engine f32", |p| p.backend.as_str());
     println!(
-        "| | pairs/s | × {baseline} | % of f32 roofline | max \\|Δ\\| vs ce f32 | Kendall τ vs ce f32 |"
+        "| | pairs/s | × {baseline} | % of f32 roofline | max \\|Δ\\| vs ce f32 | Kendall τ vs ce f32 | top-10 overlap vs ce f32 |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &report.rows {
         let delta = r
             .max_abs_difference
             .map_or("—".into(), |d| format!("{d:.2e}"));
         let tau = r.kendall_tau.map_or("—".into(), |t| format!("{t:.3}"));
+        let top10 = r.top10_overlap.map_or("—".into(), |t| format!("{t:.3}"));
         println!(
-            "| {} | {:.1} | {:.2}× | {:.0}% | {delta} | {tau} |",
+            "| {} | {:.1} | {:.2}× | {:.0}% | {delta} | {tau} | {top10} |",
             r.name, r.pairs_per_second, r.vs_python, r.percent_of_roofline
         );
     }
     println!(
-        "\nSame pairs for every stack; fidelity against our f32 engine's raw logits (τ: mean over requests of the rankings' Kendall τ). Our f32 engine drifted {:+.1}% between its two runs.",
+        "\nSame pairs for every stack; fidelity against our f32 engine's raw logits (τ: mean over requests of the rankings' Kendall τ; top-10 overlap: mean share of our f32 top 10 that the stack also ranks in its top 10). Our f32 engine drifted {:+.1}% between its two runs.",
         report.engine_f32_drift_percent
     );
 }

@@ -319,6 +319,7 @@ pub fn worker_specs(
         .map(|slot| {
             let job = WorkerJob::Tokenizer {
                 tokenizers: models.tokenizer_specs.clone(),
+                threads: u32::try_from(settings.tokenizer_threads).unwrap_or(u32::MAX),
             };
             spec(Role::Tokenizer, slot, &tokenizer_program, longest, job)
         })

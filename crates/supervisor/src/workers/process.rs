@@ -163,6 +163,8 @@ struct Inner {
     pidfd: Option<Arc<OwnedFd>>,
     /// Why the worker of this slot failed to start, if it did.
     start_error: Option<String>,
+    /// What computes its work, as it said when ready (empty otherwise).
+    kernel: String,
     /// Fill levels of the to-worker and from-worker rings.
     rings: Option<[RingGauge; 2]>,
 }
@@ -210,7 +212,7 @@ impl WorkerProcess {
                 .await?;
             loop {
                 match control.recv().await? {
-                    ControlMessage::Ready => return Ok(()),
+                    ControlMessage::Ready { kernel } => return Ok(kernel),
                     ControlMessage::Refused { reason } => {
                         return Err(ControlError::Refused(reason));
                     }
@@ -226,22 +228,27 @@ impl WorkerProcess {
             Err(_) => Err(ControlError::Timeout(spec.ready_timeout)),
         };
         let mut child = spawned.child;
-        if let Err(e) = outcome {
-            let status = exit_status(&mut child, &spawned.pidfd).await;
-            let e = match (e, status) {
-                (ControlError::Refused(reason), _) => ControlError::Refused(reason),
-                (e, Some(status)) => ControlError::Unexpected(format!("{e}; the worker {status}")),
-                (e, None) => e,
-            };
-            return Err(control_err(e));
-        }
+        let kernel = match outcome {
+            Ok(kernel) => kernel,
+            Err(e) => {
+                let status = exit_status(&mut child, &spawned.pidfd).await;
+                let e = match (e, status) {
+                    (ControlError::Refused(reason), _) => ControlError::Refused(reason),
+                    (e, Some(status)) => {
+                        ControlError::Unexpected(format!("{e}; the worker {status}"))
+                    }
+                    (e, None) => e,
+                };
+                return Err(control_err(e));
+            }
+        };
         let pidfd = Arc::new(spawned.pidfd);
         let producer = AsyncProducer::new(sup_link.to_worker)?;
         let consumer = AsyncConsumer::new(sup_link.from_worker)?;
         let rings = [producer.get_ref().gauge(), consumer.get_ref().gauge()];
         let (jobs, job_rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner::new(
+        let mut inner = Inner::new(
             spec.role,
             spec.slot,
             Some(Live {
@@ -251,7 +258,9 @@ impl WorkerProcess {
             }),
             jobs,
             shutdown,
-        ));
+        );
+        inner.kernel = kernel;
+        let inner = Arc::new(inner);
         tokio::spawn(writer(inner.clone(), producer, job_rx, pidfd.clone()));
         tokio::spawn(reader(inner.clone(), consumer, pidfd));
         tokio::spawn(control_task(
@@ -267,7 +276,7 @@ impl WorkerProcess {
             let _ = child.wait();
             reaped.send_replace(true);
         });
-        tracing::info!(role = ?spec.role, slot = spec.slot, pid, "worker ready");
+        tracing::info!(role = ?spec.role, slot = spec.slot, pid, kernel = inner.kernel, "worker ready");
         Ok(Self { inner })
     }
 
@@ -296,6 +305,13 @@ impl WorkerProcess {
     /// Why this slot's worker failed to start, if it did.
     pub fn start_error(&self) -> Option<&str> {
         self.inner.start_error.as_deref()
+    }
+
+    /// What computes this worker's work, as it said when it became ready:
+    /// a model worker's path and kernel; empty for a tokenizer or a slot
+    /// that never started.
+    pub fn kernel(&self) -> &str {
+        &self.inner.kernel
     }
 
     /// Sends a frame; its reply (or the worker's death) arrives on the
@@ -457,6 +473,7 @@ impl Inner {
             last_reply_us: AtomicU64::new(0),
             pidfd: live.as_ref().map(|l| l.pidfd.clone()),
             start_error: None,
+            kernel: String::new(),
             rings: live.map(|l| l.rings),
         }
     }

@@ -35,6 +35,8 @@ async fn http_speaks_text_embeddings_inference() {
     let (status, info) = http(server.http_port, "GET", "/info", None).unwrap();
     assert_eq!(status, 200);
     assert!(info.contains("\"max_documents\""), "{info}");
+    // The replica says what computes it.
+    assert!(info.contains("\"kernel\":\"cpu encoder, f32\""), "{info}");
     let (status, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
     assert_eq!(status, 200);
     assert!(metrics.contains("inference_requests_total{"), "{metrics}");

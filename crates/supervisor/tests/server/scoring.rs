@@ -56,6 +56,20 @@ async fn i8_replicas_score_as_the_i8_engine_and_close_to_f32() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(worst < 0.05, "i8 vs f32: max |logit difference| {worst}");
+    // Info names the integer kernel each replica runs on this CPU.
+    let info = client
+        .info(ce_proto::v1::InfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let kernel = format!(
+        "cpu encoder, i8 on {}",
+        model_worker::int8_kernel().as_str()
+    );
+    assert_eq!(info.replicas.len(), 2);
+    for replica in &info.replicas {
+        assert_eq!(replica.kernel, kernel, "{replica:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,8 +184,17 @@ async fn tokenize_and_score_tokens_isolate_the_two_stages() {
 
     let pairs = fixture_pairs();
     let want = engine_logits(&pairs);
-    // Small chunks over two workers: the ids must still come back in order.
-    let server = Server::start(&["--tokenizers", "2", "--tokenize-chunk", "4"]);
+    // Small chunks over two workers, each encoding its documents on two
+    // threads (the library's parallelism on): the ids must still come back
+    // in order.
+    let server = Server::start(&[
+        "--tokenizers",
+        "2",
+        "--tokenize-chunk",
+        "4",
+        "--tokenizer-threads",
+        "2",
+    ]);
     let mut client = server.client().await;
     let request = |return_tokens| TokenizeRequest {
         pairs: proto_pairs(&pairs),

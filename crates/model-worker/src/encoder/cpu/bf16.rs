@@ -28,6 +28,7 @@
 //! when the CPU lacks it), for comparisons.
 
 use super::kernels::{View, matmul, vectorized};
+use super::profile::{Stage, timed};
 
 /// Output columns per packed block: two AVX-512 registers of f32, or two
 /// AMX tiles.
@@ -176,7 +177,9 @@ impl Bf16Linear {
         if !self.kernel.is_native() {
             scratch.widened.clear();
             scratch.widened.resize(rows * self.inputs, 0.0);
-            round_rows(&x[..rows * self.inputs], &mut scratch.widened);
+            timed(Stage::Quantize, || {
+                round_rows(&x[..rows * self.inputs], &mut scratch.widened)
+            });
             matmul(
                 dst,
                 self.outputs,
@@ -193,7 +196,9 @@ impl Bf16Linear {
             scratch
                 .packed
                 .resize(n.div_ceil(PASS_ROWS) * PASS_ROWS * self.depth, 0);
-            pack_rows(x, self.inputs, self.depth, &mut scratch.packed);
+            timed(Stage::Quantize, || {
+                pack_rows(x, self.inputs, self.depth, &mut scratch.packed)
+            });
             match self.kernel {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `kernel()` chose AMX only after the CPU reported

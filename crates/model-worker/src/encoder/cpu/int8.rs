@@ -120,7 +120,9 @@ impl Int8Linear {
             let n = ROW_BLOCK.min(rows - start);
             let x = &x[start * self.inputs..(start + n) * self.inputs];
             let dst = &mut dst[start * self.outputs..(start + n) * self.outputs];
-            self.quantize_rows(x, n, scratch);
+            super::profile::timed(super::profile::Stage::Quantize, || {
+                self.quantize_rows(x, n, scratch)
+            });
             match kernel() {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `kernel()` chose AMX only after the CPU reported

@@ -42,6 +42,7 @@ mod amx;
 pub mod bf16;
 pub mod int8;
 pub mod kernels;
+pub mod profile;
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -54,6 +55,7 @@ use bf16::Bf16Linear;
 use ce_model_spec::{ModelConfig, Pooling, Tensor as T};
 use int8::Int8Linear;
 use kernels::{Activation, AttentionScratch, Heads, View, matmul};
+use profile::{Stage, timed};
 
 /// The precision of the encoder layers' linear products (embeddings, norms,
 /// attention, activations and the head stay f32 in every one).
@@ -496,7 +498,9 @@ impl CpuEncoder {
             products,
         } = ws;
         let hidden = grown(hidden, rows * h);
-        self.embed(batch, pairs.clone(), first_row, hidden, products)?;
+        timed(Stage::Embed, || {
+            self.embed(batch, pairs.clone(), first_row, hidden, products)
+        })?;
         let n = pairs.len();
         let cls_rows: Vec<usize> = pairs
             .clone()
@@ -510,14 +514,18 @@ impl CpuEncoder {
             let input: &[f32] = match (&layer.attention_norm, self.modern) {
                 (Some(norm), true) => {
                     let normed = grown(normed, rows * h);
-                    norm.normalize_into(hidden, normed, self.eps);
+                    timed(Stage::Norms, || {
+                        norm.normalize_into(hidden, normed, self.eps)
+                    });
                     normed
                 }
                 _ => hidden,
             };
             let qkv = grown(qkv, rows * 3 * h);
-            layer.qkv.product(input, rows, qkv, products);
-            kernels::add_bias(qkv, layer.qkv.bias());
+            timed(Stage::Qkv, || {
+                layer.qkv.product(input, rows, qkv, products);
+                kernels::add_bias(qkv, layer.qkv.bias());
+            });
 
             // A [CLS]-pooled head reads only [CLS]: in the last layer no
             // other token's output is used, so only [CLS] attends (as
@@ -526,30 +534,36 @@ impl CpuEncoder {
             // model's work, the same arithmetic for the rows that matter.
             let cls_only = index == last && self.head.pooling == Pooling::Cls;
             let context = grown(context, rows * h);
-            for i in pairs.clone() {
-                let r = batch.range(i);
-                let start = r.start - first_row;
-                let sequence = &mut qkv[start * 3 * h..r.end.saturating_sub(first_row) * 3 * h];
-                if let Some(rotary) = &layer.rotary {
-                    let (cos, sin) = &self.rotary[rotary.table];
-                    kernels::rotary(sequence, r.len(), self.heads, self.head_dim, cos, sin);
+            timed(Stage::Attention, || {
+                for i in pairs.clone() {
+                    let r = batch.range(i);
+                    let start = r.start - first_row;
+                    let sequence = &mut qkv[start * 3 * h..r.end.saturating_sub(first_row) * 3 * h];
+                    if let Some(rotary) = &layer.rotary {
+                        let (cos, sin) = &self.rotary[rotary.table];
+                        kernels::rotary(sequence, r.len(), self.heads, self.head_dim, cos, sin);
+                    }
+                    kernels::attention(
+                        sequence,
+                        Heads {
+                            count: self.heads,
+                            dim: self.head_dim,
+                            len: r.len(),
+                            queries: if cls_only { 1 } else { r.len() },
+                            window: layer.rotary.as_ref().and_then(|l| l.window),
+                        },
+                        &mut context[start * h..],
+                        attention,
+                    );
                 }
-                kernels::attention(
-                    sequence,
-                    Heads {
-                        count: self.heads,
-                        dim: self.head_dim,
-                        len: r.len(),
-                        queries: if cls_only { 1 } else { r.len() },
-                        window: layer.rotary.as_ref().and_then(|l| l.window),
-                    },
-                    &mut context[start * h..],
-                    attention,
-                );
-            }
+            });
             if cls_only {
-                let mut cls_hidden = gather_rows(hidden, h, &cls_rows);
-                let cls_context = gather_rows(context, h, &cls_rows);
+                let (mut cls_hidden, cls_context) = timed(Stage::Norms, || {
+                    (
+                        gather_rows(hidden, h, &cls_rows),
+                        gather_rows(context, h, &cls_rows),
+                    )
+                });
                 self.finish_layer(
                     layer,
                     &mut cls_hidden,
@@ -561,7 +575,9 @@ impl CpuEncoder {
                     normed,
                     products,
                 );
-                hidden[..n * h].copy_from_slice(&cls_hidden);
+                timed(Stage::Norms, || {
+                    hidden[..n * h].copy_from_slice(&cls_hidden)
+                });
             } else {
                 self.finish_layer(
                     layer, hidden, context, rows, out, inner, gated, normed, products,
@@ -569,53 +585,56 @@ impl CpuEncoder {
             }
         }
 
-        // After the last layer of a [CLS]-pooled model the [CLS] rows lie
-        // first, in pair order.
-        let mut pooled = match (self.head.pooling, self.layers.is_empty()) {
-            (Pooling::Cls, false) => hidden[..n * h].to_vec(),
-            (Pooling::Cls, true) => gather_rows(hidden, h, &cls_rows),
-            (Pooling::Mean, _) => Vec::new(),
-        };
-        match self.head.pooling {
-            Pooling::Cls => {
-                if let Some(norm) = &self.final_norm {
-                    let copy = pooled.clone();
-                    norm.normalize_into(&copy, &mut pooled, self.eps);
-                }
-            }
-            Pooling::Mean => {
-                if let Some(norm) = &self.final_norm {
-                    let normed = grown(normed, rows * h);
-                    norm.normalize_into(hidden, normed, self.eps);
-                    hidden.copy_from_slice(normed);
-                }
-                pooled = vec![0f32; n * h];
-                for (p, i) in pairs.clone().enumerate() {
-                    let r = batch.range(i);
-                    let scale = 1.0 / r.len() as f32;
-                    let sum = &mut pooled[p * h..(p + 1) * h];
-                    for row in r {
-                        let local = row - first_row;
-                        for (s, v) in sum.iter_mut().zip(&hidden[local * h..(local + 1) * h]) {
-                            *s += v;
-                        }
+        let (logits, vector) = timed(Stage::Head, || {
+            // After the last layer of a [CLS]-pooled model the [CLS] rows lie
+            // first, in pair order.
+            let mut pooled = match (self.head.pooling, self.layers.is_empty()) {
+                (Pooling::Cls, false) => hidden[..n * h].to_vec(),
+                (Pooling::Cls, true) => gather_rows(hidden, h, &cls_rows),
+                (Pooling::Mean, _) => Vec::new(),
+            };
+            match self.head.pooling {
+                Pooling::Cls => {
+                    if let Some(norm) = &self.final_norm {
+                        let copy = pooled.clone();
+                        norm.normalize_into(&copy, &mut pooled, self.eps);
                     }
-                    sum.iter_mut().for_each(|s| *s *= scale);
+                }
+                Pooling::Mean => {
+                    if let Some(norm) = &self.final_norm {
+                        let normed = grown(normed, rows * h);
+                        norm.normalize_into(hidden, normed, self.eps);
+                        hidden.copy_from_slice(normed);
+                    }
+                    pooled = vec![0f32; n * h];
+                    for (p, i) in pairs.clone().enumerate() {
+                        let r = batch.range(i);
+                        let scale = 1.0 / r.len() as f32;
+                        let sum = &mut pooled[p * h..(p + 1) * h];
+                        for row in r {
+                            let local = row - first_row;
+                            for (s, v) in sum.iter_mut().zip(&hidden[local * h..(local + 1) * h]) {
+                                *s += v;
+                            }
+                        }
+                        sum.iter_mut().for_each(|s| *s *= scale);
+                    }
                 }
             }
-        }
-        let mut vector = vec![0f32; n * h];
-        self.head.dense.product(&pooled, n, &mut vector, products);
-        kernels::bias_activation(&mut vector, self.head.dense.bias(), self.head.activation);
-        if let Some(norm) = &self.head.norm {
-            let copy = vector.clone();
-            norm.normalize_into(&copy, &mut vector, self.eps);
-        }
-        let mut logits = vec![0f32; n * self.head.classifier.outputs()];
-        self.head
-            .classifier
-            .product(&vector, n, &mut logits, products);
-        kernels::add_bias(&mut logits, self.head.classifier.bias());
+            let mut vector = vec![0f32; n * h];
+            self.head.dense.product(&pooled, n, &mut vector, products);
+            kernels::bias_activation(&mut vector, self.head.dense.bias(), self.head.activation);
+            if let Some(norm) = &self.head.norm {
+                let copy = vector.clone();
+                norm.normalize_into(&copy, &mut vector, self.eps);
+            }
+            let mut logits = vec![0f32; n * self.head.classifier.outputs()];
+            self.head
+                .classifier
+                .product(&vector, n, &mut logits, products);
+            kernels::add_bias(&mut logits, self.head.classifier.bias());
+            (logits, vector)
+        });
         Ok((logits, vector))
     }
 
@@ -638,29 +657,51 @@ impl CpuEncoder {
         let h = self.hidden;
         let hidden = &mut hidden[..rows * h];
         let out = grown(out, rows * h);
-        layer.attention_out.product(context, rows, out, products);
+        timed(Stage::AttentionOut, || {
+            layer.attention_out.product(context, rows, out, products)
+        });
         let inner = grown(inner, rows * layer.intermediate.outputs());
         if self.modern {
-            kernels::add_residual(hidden, out, layer.attention_out.bias());
             let normed = grown(normed, rows * h);
-            layer.output_norm.normalize_into(hidden, normed, self.eps);
-            layer.intermediate.product(normed, rows, inner, products);
+            timed(Stage::Norms, || {
+                kernels::add_residual(hidden, out, layer.attention_out.bias());
+                layer.output_norm.normalize_into(hidden, normed, self.eps);
+            });
+            timed(Stage::FeedForwardIn, || {
+                layer.intermediate.product(normed, rows, inner, products)
+            });
             let width = layer.intermediate.outputs() / 2;
             let gated = grown(gated, rows * width);
-            kernels::gated_activation(inner, layer.intermediate.bias(), self.activation, gated);
-            layer.output.product(gated, rows, out, products);
-            kernels::add_residual(hidden, out, layer.output.bias());
+            timed(Stage::Activation, || {
+                kernels::gated_activation(inner, layer.intermediate.bias(), self.activation, gated)
+            });
+            timed(Stage::FeedForwardOut, || {
+                layer.output.product(gated, rows, out, products)
+            });
+            timed(Stage::Norms, || {
+                kernels::add_residual(hidden, out, layer.output.bias())
+            });
             return;
         }
         if let Some(norm) = &layer.attention_norm {
-            norm.residual(hidden, out, layer.attention_out.bias(), self.eps);
+            timed(Stage::Norms, || {
+                norm.residual(hidden, out, layer.attention_out.bias(), self.eps)
+            });
         }
-        layer.intermediate.product(hidden, rows, inner, products);
-        kernels::bias_activation(inner, layer.intermediate.bias(), self.activation);
-        layer.output.product(inner, rows, out, products);
-        layer
-            .output_norm
-            .residual(hidden, out, layer.output.bias(), self.eps);
+        timed(Stage::FeedForwardIn, || {
+            layer.intermediate.product(hidden, rows, inner, products)
+        });
+        timed(Stage::Activation, || {
+            kernels::bias_activation(inner, layer.intermediate.bias(), self.activation)
+        });
+        timed(Stage::FeedForwardOut, || {
+            layer.output.product(inner, rows, out, products)
+        });
+        timed(Stage::Norms, || {
+            layer
+                .output_norm
+                .residual(hidden, out, layer.output.bias(), self.eps)
+        });
     }
 
     /// Word (+ position) (+ segment) embeddings of `pairs` (their tokens
