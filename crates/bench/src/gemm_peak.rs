@@ -101,6 +101,16 @@ pub enum Reduced {
     Bf16,
 }
 
+impl Reduced {
+    /// What its rate counts: integer operations or floating-point ones.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Reduced::I8 => "GOP",
+            Reduced::Bf16 => "GFLOP",
+        }
+    }
+}
+
 /// The peak of one of the CPU encoder's reduced-precision products.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ReducedPeak {

@@ -248,7 +248,7 @@ fn print_markdown(r: &Report) {
     );
     for p in &r.reduced_peaks {
         println!(
-            "{:?} product peak: {:.1} G{}/s ({}, the encoder's whole product on {}x{}x{} per thread, {} threads) = {:.2}× the f32 GEMM peak\n",
+            "{:?} product peak: {:.1} {}/s ({}, the encoder's whole product on {}x{}x{} per thread, {} threads) = {:.2}× the f32 GEMM peak\n",
             p.precision,
             p.gops,
             if p.precision == Reduced::I8 {

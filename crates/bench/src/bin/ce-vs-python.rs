@@ -436,11 +436,11 @@ fn print_report(report: &Report, passages: usize) {
     for p in &report.reduced_peaks {
         let gops_per_pair = report.gflop_per_pair;
         println!(
-            "{:?} roofline: our {:?} product's peak {:.1} G{}/s ({}, {}x{}x{} per thread, {} threads; {:.2}× the f32 GEMM peak) / {:.2} G{} per pair = {:.1} pairs/s (attention, norms and activations stay f32)\n",
+            "{:?} roofline: our {:?} product's peak {:.1} {}/s ({}, {}x{}x{} per thread, {} threads; {:.2}× the f32 GEMM peak) / {:.2} {} per pair = {:.1} pairs/s (attention, norms and activations stay f32)\n",
             p.precision,
             p.precision,
             p.gops,
-            if p.precision == gemm_peak::Reduced::I8 { "OP" } else { "FLOP" },
+            p.precision.unit(),
             p.kernel,
             p.m,
             p.k,
@@ -448,7 +448,7 @@ fn print_report(report: &Report, passages: usize) {
             p.threads,
             p.gops / peak.gflops,
             gops_per_pair,
-            if p.precision == gemm_peak::Reduced::I8 { "OP" } else { "FLOP" },
+            p.precision.unit(),
             p.gops / gops_per_pair
         );
     }

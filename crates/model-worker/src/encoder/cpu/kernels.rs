@@ -563,12 +563,15 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
         let q = &qkv[head * dim..];
         let k = &qkv[hidden + head * dim..];
         let v = &qkv[2 * hidden + head * dim..];
-        // Kᵀ [dim, padded], the pad columns zero.
-        keys_t.fill(0.0);
-        for j in 0..len {
-            for c in 0..dim {
-                keys_t[c * padded + j] = k[j * stride + c];
+        // Kᵀ [dim, padded], the pad columns zero. Written a row at a
+        // time: the reads stride through K's rows, which stay in L1.
+        let k = &k[..(len - 1) * stride + dim];
+        for (c, row) in keys_t.chunks_exact_mut(padded).enumerate() {
+            for (j, t) in row[..len].iter_mut().enumerate() {
+                // SAFETY: j < len and c < dim: inside `k` as cut above.
+                *t = unsafe { *k.get_unchecked(j * stride + c) };
             }
+            row[len..].fill(0.0);
         }
         // scores [len, padded] = Q [len, dim] · Kᵀ
         product::<FMA, AVX512>(
@@ -577,6 +580,13 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
         match heads.window {
             None => {
                 for row in scores.chunks_exact_mut(padded) {
+                    #[cfg(target_arch = "x86_64")]
+                    if AVX512 {
+                        // SAFETY: AVX512 is set only by the caller compiled
+                        // for (and dispatched on) AVX-512F.
+                        unsafe { wide::softmax(row, len) };
+                        continue;
+                    }
                     softmax_in_place::<FMA>(&mut row[..len]);
                 }
             }
@@ -721,6 +731,82 @@ fn tile<const R: usize, const W: usize, const FMA: bool>(
 #[cfg(target_arch = "x86_64")]
 mod wide {
     use std::arch::x86_64::*;
+
+    /// Softmax of `row[..len]` in AVX-512, the columns after `len` set to
+    /// 0: the portable softmax's arithmetic (the same `exp`, operation for
+    /// operation) in whole registers, the last one masked. The compiler
+    /// leaves the portable one's `f32::max` (NaN rules) and tails scalar,
+    /// which made softmax 40% of attention.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn softmax(row: &mut [f32], len: usize) {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        const ROUND: f32 = 12_582_912.0;
+        assert!(len <= row.len() && len > 0);
+        let p = row.as_mut_ptr();
+        let mask = |i: usize| -> __mmask16 {
+            let left = len - i;
+            if left >= 16 {
+                0xffff
+            } else {
+                (1u16 << left) - 1
+            }
+        };
+        // SAFETY (every access below): lane j of the register at column i
+        // is read or written only where mask(i) has bit j, i.e. i + j < len.
+        unsafe {
+            let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+            for i in (0..len).step_by(16) {
+                let v = _mm512_mask_loadu_ps(max, mask(i), p.add(i));
+                max = _mm512_max_ps(max, v);
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+            let (lo, hi) = (_mm512_set1_ps(-87.0), _mm512_set1_ps(88.0));
+            let mut total = _mm512_setzero_ps();
+            for i in (0..len).step_by(16) {
+                let m = mask(i);
+                let v = _mm512_maskz_loadu_ps(m, p.add(i));
+                // max(lo, x) then min(hi, ·): a NaN stays NaN, as in clamp.
+                let x = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_sub_ps(v, max)));
+                let shifted = _mm512_add_ps(
+                    _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+                    _mm512_set1_ps(ROUND),
+                );
+                let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
+                let r = _mm512_sub_ps(
+                    _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(LN2_HI))),
+                    _mm512_mul_ps(n, _mm512_set1_ps(LN2_LO)),
+                );
+                let mut poly = _mm512_set1_ps(1.0 / 720.0);
+                for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
+                }
+                let bits = _mm512_sub_epi32(
+                    _mm512_castps_si512(shifted),
+                    _mm512_set1_epi32(ROUND.to_bits() as i32),
+                );
+                let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+                    bits,
+                    _mm512_set1_epi32(127),
+                )));
+                let e = _mm512_maskz_mov_ps(m, _mm512_mul_ps(poly, scale));
+                total = _mm512_add_ps(total, e);
+                _mm512_mask_storeu_ps(p.add(i), m, e);
+            }
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(total));
+            for i in (0..len).step_by(16) {
+                let m = mask(i);
+                let v = _mm512_maskz_loadu_ps(m, p.add(i));
+                _mm512_mask_storeu_ps(p.add(i), m, _mm512_mul_ps(v, inv));
+            }
+        }
+        row[len..].fill(0.0);
+    }
 
     /// `R` rows × 32 columns of `a · b`, as the portable `tile`.
     ///
