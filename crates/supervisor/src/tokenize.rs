@@ -78,7 +78,9 @@ impl Tokenizers {
                             windows: Some(windowed.windows),
                         })
                     } else {
-                        let batch: TokenBatch = tokenizer_worker::job::tokenize(t, &job)?;
+                        // On the calling thread: in process the supervisor
+                        // is the pipeline experiments' one-thread baseline.
+                        let batch: TokenBatch = tokenizer_worker::job::tokenize(t, &job, false)?;
                         Ok(Tokenized {
                             batch,
                             windows: None,

@@ -15,9 +15,11 @@ use crate::{PairTokenizer, TokenizeError, Truncation};
 /// Answers the frame of kind `kind` in `payload` into `out` with the
 /// tokenizer of the job's model (`tokenizers[job.model]`): the query's ids,
 /// a token batch or a windowed batch, or an error that names the offending
-/// document.
+/// document. `parallel`: a text job's documents may be encoded in parallel
+/// (see [`tokenize`]).
 pub fn handle(
     tokenizers: &[Option<PairTokenizer>],
+    parallel: bool,
     kind: u16,
     payload: &[u8],
     out: &mut Vec<u8>,
@@ -25,7 +27,7 @@ pub fn handle(
     let answered = match FrameKind::from_u16(kind) {
         Some(FrameKind::TextJob) => TextJob::decode(payload)
             .map_err(|e| (ERROR_INTERNAL, e.to_string()))
-            .and_then(|job| text_job(pick(tokenizers, job.model)?, &job, out)),
+            .and_then(|job| text_job(pick(tokenizers, job.model)?, &job, parallel, out)),
         Some(FrameKind::QueryJob) => QueryJob::decode(payload)
             .map_err(|e| (ERROR_INTERNAL, e.to_string()))
             .and_then(|job| {
@@ -67,6 +69,7 @@ fn pick(tokenizers: &[Option<PairTokenizer>], model: u32) -> Result<&PairTokeniz
 fn text_job(
     tokenizer: &PairTokenizer,
     job: &TextJob,
+    parallel: bool,
     out: &mut Vec<u8>,
 ) -> Result<Handled, (u32, String)> {
     let invalid = |m: String| (ERROR_INVALID_INPUT, m);
@@ -75,7 +78,7 @@ fn text_job(
         windowed.encode(out);
         (FrameKind::Windows, windowed.batch.len())
     } else {
-        let batch = tokenize(tokenizer, job).map_err(invalid)?;
+        let batch = tokenize(tokenizer, job, parallel).map_err(invalid)?;
         frame::encode_token_batch(&batch, out);
         (FrameKind::TokenBatch, batch.len())
     };
@@ -102,17 +105,22 @@ pub fn query(tokenizer: &PairTokenizer, job: &QueryJob) -> Result<QueryIds, Stri
 
 /// Tokenizes a decoded job; the error names the document that failed.
 ///
-/// The documents are encoded in parallel where the tokenizers library's
-/// batch parallelism is on (`TOKENIZERS_PARALLELISM`, on the worker's
-/// rayon threads), in order on this thread otherwise; the batch is the same.
-pub fn tokenize(tokenizer: &PairTokenizer, job: &TextJob) -> Result<TokenBatch, String> {
+/// With `parallel`, and the tokenizers library's batch parallelism on
+/// (`TOKENIZERS_PARALLELISM`, which the library takes as on when unset),
+/// the documents are encoded on the rayon pool; otherwise in order on this
+/// thread. The batch is the same either way.
+pub fn tokenize(
+    tokenizer: &PairTokenizer,
+    job: &TextJob,
+    parallel: bool,
+) -> Result<TokenBatch, String> {
     use tokenizers::utils::parallelism::MaybeParallelRefIterator;
     let truncation = truncation_of(job.truncation)?;
     // Every result kept in order, so that the error named is the first
     // failing document's however the work was split.
     let pairs: Vec<_> = job
         .passages
-        .maybe_par_iter()
+        .maybe_par_iter_cond(parallel)
         .map(|passage| tokenizer.encode_with_query(&job.query, passage, truncation))
         .collect();
     let total = pairs.iter().flatten().map(|(ids, _)| ids.len()).sum();
@@ -171,7 +179,7 @@ mod tests {
 
     fn answer(tokenizers: &[Option<PairTokenizer>], kind: FrameKind, payload: &[u8]) -> Reply {
         let mut out = Vec::new();
-        let handled = handle(tokenizers, kind as u16, payload, &mut out);
+        let handled = handle(tokenizers, false, kind as u16, payload, &mut out);
         Reply::decode(handled.kind as u16, &out).unwrap()
     }
 
@@ -196,7 +204,7 @@ mod tests {
                 .num_threads(4)
                 .build()
                 .unwrap();
-            pool.install(|| tokenize(tokenizer, job))
+            pool.install(|| tokenize(tokenizer, job, parallel))
         };
         let sequential = run(false, &job(passages.clone())).unwrap();
         assert_eq!(sequential.len(), 40);

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 
 use ce_common::TokenBatch;
 use ce_common::frame::{QueryIds, WindowPlan};
-
-use crate::fast::{FastTokenizer, fast};
 use tokenizers::{
     Encoding, PostProcessor, Token, Tokenizer, TruncationDirection, TruncationParams,
     TruncationStrategy,
 };
+
+use crate::fast::{FastTokenizer, fast};
 
 /// Why a pair could not be tokenized.
 #[derive(Debug, thiserror::Error)]

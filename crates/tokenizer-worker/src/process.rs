@@ -112,6 +112,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         }
         tracing::info!(worker = session.replica(), threads, tokenizer = %spec.file.display(), "tokenizer loaded");
     }
+    let parallel = threads > 1;
     let faults = Faults::from_env();
     session.serve(|header, payload, out| {
         if Faults::holds(&faults.abort_on, header.kind, payload) {
@@ -125,9 +126,9 @@ pub unsafe fn run() -> Result<(), ProcessError> {
             job.passages.pop();
             let mut shorter = Vec::new();
             job.encode(&mut shorter);
-            return handle(&tokenizers, header.kind, &shorter, out);
+            return handle(&tokenizers, parallel, header.kind, &shorter, out);
         }
-        handle(&tokenizers, header.kind, payload, out)
+        handle(&tokenizers, parallel, header.kind, payload, out)
     })?;
     Ok(())
 }

@@ -251,11 +251,7 @@ fn print_markdown(r: &Report) {
             "{:?} product peak: {:.1} {}/s ({}, the encoder's whole product on {}x{}x{} per thread, {} threads) = {:.2}× the f32 GEMM peak\n",
             p.precision,
             p.gops,
-            if p.precision == Reduced::I8 {
-                "OP"
-            } else {
-                "FLOP"
-            },
+            p.precision.unit(),
             p.kernel,
             p.m,
             p.k,
@@ -292,7 +288,7 @@ fn print_markdown(r: &Report) {
         );
     }
     println!(
-        "\nUseful GFLOP/s count the whole model's FLOPs per pair; the CPU encoder (f32, i8) skips the last layer's non-[CLS] rows (~1/7 of them), and i8 is integer work: either can pass 100% of the f32 peak."
+        "\nUseful GFLOP/s count the whole model's FLOPs per pair; the CPU encoder (f32, bf16, i8) skips the last layer's non-[CLS] rows (~1/7 of them), and bf16 and i8 are not f32 work: they can pass 100% of the f32 peak."
     );
     print_profile(&r.results);
 }

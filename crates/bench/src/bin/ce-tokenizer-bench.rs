@@ -98,7 +98,9 @@ fn main() -> anyhow::Result<()> {
                         first_index: (c * args.chunk) as u32,
                         ..TextJob::default()
                     };
-                    batches.push(job::tokenize(&tokenizer, &text).map_err(anyhow::Error::msg)?);
+                    batches.push(
+                        job::tokenize(&tokenizer, &text, parallel).map_err(anyhow::Error::msg)?,
+                    );
                 }
             }
             Ok((pairs / started.elapsed().as_secs_f64(), batches))
