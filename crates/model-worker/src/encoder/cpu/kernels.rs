@@ -499,6 +499,10 @@ pub fn attention(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut A
         count, dim, len, ..
     } = heads;
     assert!(heads.queries <= len, "more queries than tokens");
+    if len == 0 {
+        // Validated batches hold no empty sequence; nothing attends here.
+        return;
+    }
     assert!(
         dim.is_multiple_of(TILE),
         "head width must be a multiple of 16"
@@ -950,6 +954,20 @@ mod tests {
             View::rows(&data, 2, 3),
             View::rows(&data, 3, 2),
         );
+    }
+
+    #[test]
+    fn attention_of_an_empty_sequence_writes_nothing() {
+        let heads = Heads {
+            count: 2,
+            dim: 16,
+            len: 0,
+            queries: 0,
+            window: None,
+        };
+        let mut context = vec![7f32; 32];
+        attention(&[], heads, &mut context, &mut AttentionScratch::default());
+        assert!(context.iter().all(|&v| v == 7.0));
     }
 
     #[test]
