@@ -131,6 +131,26 @@ pub struct ReducedPeak {
     pub gops: f64,
 }
 
+impl ReducedPeak {
+    /// One line for a report: the rate, its kernel and shape, and how it
+    /// compares with the f32 GEMM peak `f32_gflops` of the same run.
+    pub fn describe(&self, f32_gflops: f64) -> String {
+        format!(
+            "{:?} product peak {:.1} {}/s ({}, the encoder's whole product on [{}, {}] x [{}, {}] per thread, {} threads; {:.2}× the f32 GEMM peak)",
+            self.precision,
+            self.gops,
+            self.precision.unit(),
+            self.kernel,
+            self.m,
+            self.k,
+            self.k,
+            self.n,
+            self.threads,
+            self.gops / f32_gflops
+        )
+    }
+}
+
 /// The best rate of the CPU encoder's own `precision` product — the whole
 /// product as a layer runs it: activations quantized or rounded, the
 /// kernel, the f32 result — on the model's feed-forward shape (`[384, 384]

@@ -247,18 +247,7 @@ fn print_markdown(r: &Report) {
         r.tokenize_pairs_per_second,
     );
     for p in &r.reduced_peaks {
-        println!(
-            "{:?} product peak: {:.1} {}/s ({}, the encoder's whole product on {}x{}x{} per thread, {} threads) = {:.2}× the f32 GEMM peak\n",
-            p.precision,
-            p.gops,
-            p.precision.unit(),
-            p.kernel,
-            p.m,
-            p.k,
-            p.n,
-            p.threads,
-            p.gops / r.gemm_peak.gflops
-        );
+        println!("{}\n", p.describe(r.gemm_peak.gflops));
     }
     println!(
         "| dtype | pairs | pairs/s | tokens/s | padded/real (linear) | padded/real (attention) | useful GFLOP/s | % of f32 GEMM peak | % of its product's peak | vs f32 |"

@@ -214,6 +214,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(logits_of)
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let reduced_kernels: Vec<String> = reduced_engines.iter().map(Engine::kernel).collect();
     drop(reduced_engines);
 
     let served = match args.no_served {
@@ -269,15 +270,12 @@ fn main() -> anyhow::Result<()> {
         engine_f32,
         Some(&ours),
     ));
-    for ((dtype, rate), scores) in reduced_dtypes
+    for (((dtype, rate), scores), kernel) in reduced_dtypes
         .iter()
         .zip(reduced_rates)
         .zip(&reduced_logits)
+        .zip(&reduced_kernels)
     {
-        let kernel = match dtype {
-            WeightDType::I8 => format!("int8 kernel: {}", model_worker::int8_kernel().as_str()),
-            _ => format!("bf16 kernel: {}", model_worker::bf16_kernel().as_str()),
-        };
         rows.push(row(
             format!("ce engine {dtype} ({cores} threads, {kernel})"),
             rate,
@@ -434,22 +432,13 @@ fn print_report(report: &Report, passages: usize) {
         report.roofline_pairs_per_second
     );
     for p in &report.reduced_peaks {
-        let gops_per_pair = report.gflop_per_pair;
         println!(
-            "{:?} roofline: our {:?} product's peak {:.1} {}/s ({}, {}x{}x{} per thread, {} threads; {:.2}× the f32 GEMM peak) / {:.2} {} per pair = {:.1} pairs/s (attention, norms and activations stay f32)\n",
+            "{:?} roofline: {} / {:.2} {} per pair = {:.1} pairs/s (attention, norms and activations stay f32)\n",
             p.precision,
-            p.precision,
-            p.gops,
+            p.describe(peak.gflops),
+            report.gflop_per_pair,
             p.precision.unit(),
-            p.kernel,
-            p.m,
-            p.k,
-            p.n,
-            p.threads,
-            p.gops / peak.gflops,
-            gops_per_pair,
-            p.precision.unit(),
-            p.gops / gops_per_pair
+            p.gops / report.gflop_per_pair
         );
     }
     let baseline = report
