@@ -16,6 +16,11 @@ Backends (each times tokenization and inference, as a server would pay):
              default on CPUs with AVX512-BF16 or AMX; refused elsewhere)
   openvino-int8  OpenVINO after NNCF's post-training int8 quantization,
              calibrated on the first 64 pairs of the file
+  torch-llm  an LLM reranker (Qwen3) in transformers as Qwen3-Reranker's
+             model card scores it: the prompt, batches padded on the left,
+             the last position's logits ("no" of "no"/"yes" for a causal
+             LM, kept at the last position only; the classifier's
+             otherwise); --max-length as the server's
 The exports are cached under --cache-dir, keyed by the model directory.
 """
 
@@ -162,12 +167,58 @@ def run_exported(args, requests):
     return library, scores, seconds
 
 
+QWEN_PREFIX = '<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+QWEN_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def run_llm(args, requests):
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(args.model)
+    causal = any(a.endswith("ForCausalLM") for a in config.architectures or [])
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    model = auto.from_pretrained(args.model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prefix = tokenizer.encode(QWEN_PREFIX, add_special_tokens=False)
+    suffix = tokenizer.encode(QWEN_SUFFIX, add_special_tokens=False)
+    no = tokenizer.convert_tokens_to_ids("no")
+
+    def batches(rows):
+        for query, passages in rows:
+            for start in range(0, len(passages), args.batch_size):
+                chunk = passages[start : start + args.batch_size]
+                texts = [f"<Instruct>: {QWEN_INSTRUCTION}\n<Query>: {query}\n<Document>: {d}" for d in chunk]
+                body = tokenizer(texts, padding=False, truncation="longest_first", return_attention_mask=False, max_length=args.max_length - len(prefix) - len(suffix))
+                ids = [prefix + b + suffix for b in body["input_ids"]]
+                yield tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+
+    def infer(enc):
+        with torch.no_grad():
+            if causal:
+                return model(**enc, logits_to_keep=1).logits[:, -1, no]
+            return model(**enc).logits[:, 0]
+
+    infer(next(batches(requests[:1])))
+    scores = []
+    started = time.perf_counter()
+    for enc in batches(requests):
+        scores.extend(float(s) for s in infer(enc))
+    seconds = time.perf_counter() - started
+    return f"transformers {transformers.__version__}, torch {torch.__version__}", scores, seconds
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model directory")
     ap.add_argument("--pairs", required=True, help="JSON lines of query/passage")
     ap.add_argument("--out", required=True, help="where to write the result JSON")
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8"])
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8", "torch-llm"])
+    ap.add_argument("--max-length", type=int, default=512, help="tokens a pair at most (torch-llm)")
     ap.add_argument("--threads", type=int, default=0, help="threads (0 = the library's default)")
     ap.add_argument("--batch-size", type=int, default=32, help="pairs per forward")
     ap.add_argument("--cache-dir", default="target/bench-vs-python/exports", help="where exports are kept")
@@ -180,6 +231,8 @@ def main() -> int:
     requests = read_requests(args.pairs)
     if args.backend == "torch":
         library, scores, seconds = run_torch(args, requests)
+    elif args.backend == "torch-llm":
+        library, scores, seconds = run_llm(args, requests)
     else:
         library, scores, seconds = run_exported(args, requests)
     result = {

@@ -87,7 +87,7 @@ def pairs():
 
 def train_tokenizer(kind: str, vocab: int):
     """A tokenizer.json of the family's kind, trained on the fixture text."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     text = corpus()
     if kind == "wordpiece":
@@ -129,6 +129,26 @@ def train_tokenizer(kind: str, vocab: int):
             special_tokens=[("<s>", 0), ("</s>", 2)],
         )
         return tok, dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    if kind == "bytelevel-qwen":
+        # Qwen2/Qwen3's tokenizer.json: NFC, the GPT-4-style split regex,
+        # byte-level BPE without a prefix space, no special tokens added to
+        # a text; "yes" and "no" are whole tokens (the yes/no head reads them).
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.NFC()
+        split = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        prompt = [QWEN_PREFIX, QWEN_SUFFIX, QWEN_INSTRUCTION] * 20
+        tok.train_from_iterator(text + prompt + ["yes", "no"] * 200, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, initial_alphabet=alphabet))
+        for word in ["yes", "no"]:
+            assert tok.token_to_id(word) is not None, f"{word!r} is not a token"
+        return tok, dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
     if kind == "bytelevel-modernbert":
         tok = byte_level_bpe(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
         tok.post_processor = processors.TemplateProcessing(
@@ -138,6 +158,47 @@ def train_tokenizer(kind: str, vocab: int):
         )
         return tok, dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]")
     raise ValueError(kind)
+
+
+# Qwen3-Reranker's prompt, as its model card writes it.
+QWEN_PREFIX = '<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+QWEN_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+# A request's own instruction, for the pairs that carry one.
+OWN_INSTRUCTION = "Judge whether the passage defines the term in the query"
+
+
+def qwen_pairs():
+    """The pairs of the decoder fixtures: the encoders' pairs but the one
+    whose query alone passes the max length (the model card's recipe cuts
+    into the query there, ours keeps the prompt and cuts the query only to
+    leave a document room: a Rust test states that rule), and three with
+    a request's own instruction."""
+    chosen = [p for p in pairs() if p["kind"] != "both sides truncated"]
+    own = [dict(p, kind=p["kind"] + ", own instruction", instruction=OWN_INSTRUCTION) for p in chosen[:3]]
+    return chosen + own
+
+
+def qwen_reference(tokenizer, model, pair, max_length, yes_no):
+    """Qwen3-Reranker's model card: prefix tokens + the formatted pair,
+    truncated longest-first to what the prefix and suffix leave + suffix
+    tokens; the last position's logits (of "no" and "yes" for the causal
+    LM, the classifier's otherwise)."""
+    import torch
+
+    prefix = tokenizer.encode(QWEN_PREFIX, add_special_tokens=False)
+    suffix = tokenizer.encode(QWEN_SUFFIX, add_special_tokens=False)
+    instruction = pair.get("instruction", QWEN_INSTRUCTION)
+    text = f"<Instruct>: {instruction}\n<Query>: {pair['query']}\n<Document>: {pair['passage']}"
+    body = tokenizer([text], padding=False, truncation="longest_first", return_attention_mask=False, max_length=max_length - len(prefix) - len(suffix))["input_ids"][0]
+    ids = prefix + body + suffix
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids])).logits
+        logits = out[0, -1] if yes_no else out[0]
+    if yes_no:
+        no, yes = tokenizer.convert_tokens_to_ids("no"), tokenizer.convert_tokens_to_ids("yes")
+        return ids, [logits[no].item(), logits[yes].item()]
+    return ids, logits.tolist()
 
 
 def randomize(model, torch) -> None:
@@ -157,8 +218,16 @@ def randomize(model, torch) -> None:
                 p.copy_(0.2 * noise)
 
 
+# Qwen3-Reranker-0.6B's shape, and a small one (head_dim given, not
+# hidden / heads, and grouped-query attention, as in every Qwen3).
+QWEN3_06B = dict(vocab_size=151669, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6, pad_token_id=0)
+QWEN3_SMALL = dict(vocab_size=704, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6, pad_token_id=0)
+
+
 # name → (transformers config class, config keywords, tokenizer kind, vocab,
-#         max_length, whether token type ids are model inputs, weight format)
+#         max_length, whether token type ids are model inputs, weight format:
+#         "safetensors", "pytorch", or "causal-lm" for a decoder saved as a
+#         causal language model)
 def fixtures(real: bool):
     small = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128)
     labels2 = dict(num_labels=2, id2label={0: "irrelevant", 1: "relevant"}, label2id={"irrelevant": 0, "relevant": 1})
@@ -168,6 +237,7 @@ def fixtures(real: bool):
             "xlm-roberta-base": ("XLMRobertaConfig", dict(base, vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5, num_labels=1), "unigram-xlmr", 2000, 512, False, "safetensors"),
             "modernbert-base": ("ModernBertConfig", dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152, vocab_size=50368, num_labels=1, pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3), "bytelevel-modernbert", 2000, 512, False, "safetensors"),
             "electra-base": ("ElectraConfig", dict(base, vocab_size=30522, embedding_size=768, num_labels=1), "wordpiece", 2000, 512, True, "safetensors"),
+            "qwen3-reranker-0.6b": ("Qwen3Config", dict(QWEN3_06B, tie_word_embeddings=True), "bytelevel-qwen", 2000, 512, False, "causal-lm"),
             "distilbert-base": ("DistilBertConfig", dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072, vocab_size=30522, num_labels=1), "wordpiece", 2000, 512, False, "safetensors"),
         }
     return {
@@ -176,6 +246,8 @@ def fixtures(real: bool):
         "electra": ("ElectraConfig", dict(small, vocab_size=500, embedding_size=32, max_position_embeddings=64, num_labels=1, hidden_act="gelu"), "wordpiece", 500, 64, True, "safetensors"),
         "distilbert": ("DistilBertConfig", dict(dim=64, n_layers=3, n_heads=2, hidden_dim=128, vocab_size=500, max_position_embeddings=64, num_labels=1), "wordpiece", 500, 64, False, "pytorch"),
         "modernbert": ("ModernBertConfig", dict(small, num_hidden_layers=4, vocab_size=600, max_position_embeddings=256, local_attention=8, num_labels=1, classifier_pooling="cls", pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3), "bytelevel-modernbert", 600, 96, False, "safetensors"),
+        "qwen3-reranker": ("Qwen3Config", dict(QWEN3_SMALL, tie_word_embeddings=True), "bytelevel-qwen", 700, 224, False, "causal-lm"),
+        "qwen3-seq-cls": ("Qwen3Config", dict(QWEN3_SMALL, tie_word_embeddings=False, num_labels=1, attention_bias=True), "bytelevel-qwen", 700, 224, False, "safetensors"),
         "modernbert-mean": ("ModernBertConfig", dict(small, num_hidden_layers=4, vocab_size=600, max_position_embeddings=256, local_attention=16, num_labels=1, classifier_pooling="mean", attention_bias=True, mlp_bias=True, norm_bias=True, classifier_bias=True, classifier_activation="gelu_pytorch_tanh", pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3, global_attn_every_n_layers=2), "bytelevel-modernbert", 600, 96, False, "safetensors"),
     }
 
@@ -203,7 +275,7 @@ def main() -> int:
     import tokenizers
     import torch
     import transformers
-    from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
     out_root = Path(args.real_sizes) if args.real_sizes else OUT
@@ -217,8 +289,10 @@ def main() -> int:
         inputs = ["input_ids", "token_type_ids", "attention_mask"] if type_ids else ["input_ids", "attention_mask"]
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, model_input_names=inputs, **specials)
         config = getattr(transformers, config_class)(**keywords)
-        config.architectures = [config_class.replace("Config", "ForSequenceClassification")]
-        model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+        causal = weights == "causal-lm"
+        auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+        config.architectures = [config_class.replace("Config", "ForCausalLM" if causal else "ForSequenceClassification")]
+        model = auto.from_config(config, attn_implementation="eager")
         randomize(model, torch)
         model.eval()
         model.save_pretrained(str(directory))
@@ -236,19 +310,27 @@ def main() -> int:
             print(f"{name}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters -> {directory}")
             continue
         # Reload from the files, as a user would, then score one pair per forward.
-        if weights == "safetensors":
-            model = AutoModelForSequenceClassification.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager")
+        if weights in ("safetensors", "causal-lm"):
+            model = auto.from_pretrained(str(directory), dtype=torch.float32, attn_implementation="eager")
             model.eval()
         recorded = []
+        if config_class == "Qwen3Config":
+            for i, pair in enumerate(qwen_pairs()):
+                ids, logits = qwen_reference(tokenizer, model, pair, max_length, causal)
+                recorded.append({"id": i, **pair, "input_ids": ids, "logits": logits})
         with torch.no_grad():
-            for i, pair in enumerate(pairs()):
+            for i, pair in enumerate(pairs() if config_class != "Qwen3Config" else []):
                 enc = tokenizer([pair["query"]], [pair["passage"]], truncation=True, max_length=max_length, return_tensors="pt")
                 logits = model(**enc).logits[0].tolist()
                 recorded.append({"id": i, **pair, "input_ids": enc["input_ids"][0].tolist(), "logits": logits})
         fixture = {
             "model": name,
             "model_type": config.model_type,
-            "reference": f"transformers AutoModelForSequenceClassification (eager attention), float32, tokenizer([query], [passage], truncation=True, max_length={max_length}), one pair per forward",
+            "reference": (
+                f"transformers {auto.__name__} (eager attention), float32, Qwen3-Reranker's model card: prefix + tokenizer([formatted pair], truncation='longest_first', max_length={max_length} - prefix - suffix) + suffix, the last position's logits" + (" of \"no\" and \"yes\"" if causal else "") + ", one pair per forward"
+                if config_class == "Qwen3Config"
+                else f"transformers AutoModelForSequenceClassification (eager attention), float32, tokenizer([query], [passage], truncation=True, max_length={max_length}), one pair per forward"
+            ),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
             "max_length": max_length,
             "pairs": recorded,

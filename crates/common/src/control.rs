@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the control protocol and ring layout together.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
@@ -68,6 +68,9 @@ pub struct TokenizerSpec {
     pub file: std::path::PathBuf,
     /// Longest pair of that model, in tokens (special tokens included).
     pub max_length: u32,
+    /// An LLM reranker's prompt (pairs are scored in it); `None` for an
+    /// encoder, which pairs texts with its tokenizer's template.
+    pub prompt: Option<ce_model_spec::PromptTemplate>,
 }
 
 impl WorkerJob {
@@ -286,6 +289,7 @@ mod tests {
                     Some(TokenizerSpec {
                         file: "m/tokenizer.json".into(),
                         max_length: 512,
+                        prompt: Some(ce_model_spec::PromptTemplate::qwen3_reranker()),
                     }),
                     None,
                 ],

@@ -206,17 +206,24 @@ pub struct QueryJob {
     /// The request's truncation code (see [`TextJob::truncation`]): it
     /// decides which end of an over-long query is kept.
     pub truncation: u32,
+    /// An LLM reranker's instruction for this request (`None`: the
+    /// model's default).
+    pub instruction: Option<String>,
 }
 
 impl QueryJob {
     /// Payload bytes of this job.
     pub fn encoded_len(&self) -> usize {
-        8 + self.query.len()
+        12 + self.instruction.as_ref().map_or(0, String::len) + self.query.len()
     }
 
-    /// Appends the payload to `out`.
+    /// Appends the payload: truncation, model, the instruction's length
+    /// plus one (0: none) and bytes, then the query's bytes.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        put_u32s(out, &[self.truncation, self.model]);
+        let instruction = self.instruction.as_deref();
+        let marker = instruction.map_or(0, |i| i.len() as u32 + 1);
+        put_u32s(out, &[self.truncation, self.model, marker]);
+        out.extend_from_slice(instruction.unwrap_or("").as_bytes());
         out.extend_from_slice(self.query.as_bytes());
     }
 
@@ -226,14 +233,22 @@ impl QueryJob {
         let mut r = Reader::new(bytes, K);
         let truncation = r.u32()?;
         let model = r.u32()?;
-        let rest = r.take(bytes.len() - 8)?;
-        let query =
-            String::from_utf8(rest.to_vec()).map_err(|e| err(K, format!("invalid UTF-8: {e}")))?;
+        let marker = r.u32()? as usize;
+        let text = |b: &[u8]| {
+            String::from_utf8(b.to_vec()).map_err(|e| err(K, format!("invalid UTF-8: {e}")))
+        };
+        let instruction = match marker {
+            0 => None,
+            n => Some(text(r.take(n - 1)?)?),
+        };
+        let rest_len = bytes.len() - 12 - marker.saturating_sub(1);
+        let query = text(r.take(rest_len)?)?;
         r.finish()?;
         Ok(Self {
             model,
             query,
             truncation,
+            instruction,
         })
     }
 }
@@ -667,17 +682,26 @@ mod tests {
         assert_eq!(b.len(), job.encoded_len());
         assert_eq!(TextJob::decode(&b).unwrap(), job);
 
-        let query = QueryJob {
-            model: 2,
-            query: "qü".into(),
-            truncation: 1,
-        };
-        let mut b = Vec::new();
-        query.encode(&mut b);
-        assert_eq!(b.len(), query.encoded_len());
-        assert_eq!(QueryJob::decode(&b).unwrap(), query);
-        assert!(QueryJob::decode(&b[..3]).is_err());
-        assert!(QueryJob::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff]).is_err());
+        for instruction in [
+            None,
+            Some(String::new()),
+            Some("Find the définition".into()),
+        ] {
+            let query = QueryJob {
+                model: 2,
+                query: "qü".into(),
+                truncation: 1,
+                instruction,
+            };
+            let mut b = Vec::new();
+            query.encode(&mut b);
+            assert_eq!(b.len(), query.encoded_len());
+            assert_eq!(QueryJob::decode(&b).unwrap(), query);
+            assert!(QueryJob::decode(&b[..3]).is_err());
+        }
+        assert!(QueryJob::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]).is_err());
+        // An instruction longer than the payload.
+        assert!(QueryJob::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, b'a']).is_err());
         let ids = QueryIds {
             tokens: 700,
             ids: vec![1, 2, 3],

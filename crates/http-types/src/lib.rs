@@ -66,6 +66,10 @@ pub struct RerankBody {
     /// With windows: report the deciding window's characters (`chunk`).
     #[serde(default)]
     pub return_chunk_offsets: bool,
+    /// An LLM reranker's instruction (Qwen3-Reranker's `<Instruct>`;
+    /// default: the model's). An encoder model refuses one.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 /// TEI's `truncation_direction` (either capitalisation).
@@ -149,6 +153,10 @@ pub struct CohereRerankBody {
     /// Report the deciding window's characters (`chunk`).
     #[serde(default)]
     pub return_chunk_offsets: bool,
+    /// An LLM reranker's instruction (Qwen3-Reranker's `<Instruct>`;
+    /// default: the model's). An encoder model refuses one.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 /// `POST /v2/rerank`: Cohere v2's request.
@@ -177,6 +185,10 @@ pub struct CohereV2RerankBody {
     /// Report the deciding window's characters (`chunk`).
     #[serde(default)]
     pub return_chunk_offsets: bool,
+    /// An LLM reranker's instruction (Qwen3-Reranker's `<Instruct>`;
+    /// default: the model's). An encoder model refuses one.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 /// A document echoed in a rerank result: `{"text": …}` for a document
@@ -293,6 +305,10 @@ pub struct ScoreBody {
     /// `truncate_prompt_tokens` is not taken).
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// An LLM reranker's instruction (Qwen3-Reranker's `<Instruct>`;
+    /// default: the model's). An encoder model refuses one.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 /// One score of `/score`.

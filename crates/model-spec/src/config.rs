@@ -21,6 +21,8 @@ pub enum HiddenAct {
     Relu,
     /// `tanh(x)` (BERT's and RoBERTa's heads).
     Tanh,
+    /// `x · sigmoid(x)` (the gate of Qwen3's SwiGLU).
+    Silu,
 }
 
 impl HiddenAct {
@@ -31,6 +33,7 @@ impl HiddenAct {
             "gelu_new" | "gelu_pytorch_tanh" => Self::GeluTanh,
             "relu" => Self::Relu,
             "tanh" => Self::Tanh,
+            "silu" => Self::Silu,
             other => return Err(SpecError::UnsupportedActivation(other.to_string())),
         })
     }
@@ -142,6 +145,36 @@ pub struct ModernBertSpec {
     pub norm_bias: bool,
 }
 
+/// How a decoder reranker turns its last token into logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderHead {
+    /// `Qwen3ForSequenceClassification`: `score` `[labels, H]`, no bias.
+    Classifier,
+    /// `Qwen3ForCausalLM` read as Qwen3-Reranker reads it: the language
+    /// model head's rows of the tokens "no" and "yes" (in that order: two
+    /// logits whose softmax gives p(yes), label 1).
+    YesNo,
+}
+
+/// What only the decoder LLM rerankers (Qwen3) have.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderSpec {
+    /// Key and value heads (grouped-query attention: each serves
+    /// `num_attention_heads / kv_heads` query heads).
+    pub kv_heads: usize,
+    /// Width of one head (Qwen3 declares it: `heads · head_dim` may differ
+    /// from `hidden_size`).
+    pub head_dim: usize,
+    /// Rotary base.
+    pub rope_theta: f64,
+    /// Whether Q, K, V and O have biases.
+    pub attention_bias: bool,
+    /// Whether the LM head is the word embedding table (`tie_word_embeddings`).
+    pub tied_embeddings: bool,
+    /// The head the checkpoint's architecture names.
+    pub head: DecoderHead,
+}
+
 /// The largest shapes a `config.json` may declare. Far above any
 /// cross-encoder published (XLM-RoBERTa's 250,002 tokens; 1,024–4,096 wide;
 /// 24–48 layers); low enough that no product of them overflows and no
@@ -212,8 +245,10 @@ struct RawConfig {
     global_rope_theta: Option<f64>,
     #[serde(default)]
     local_rope_theta: Option<f64>,
+    /// ModernBERT's `{layer type: RopeParameters}`, or a decoder's one
+    /// `RopeParameters` (transformers 5 moved `rope_theta` there).
     #[serde(default)]
-    rope_parameters: Option<BTreeMap<String, RopeParameters>>,
+    rope_parameters: Option<serde_json::Value>,
     #[serde(default)]
     local_attention: Option<usize>,
     #[serde(default)]
@@ -232,6 +267,23 @@ struct RawConfig {
     classifier_pooling: Option<String>,
     #[serde(default)]
     classifier_activation: Option<String>,
+    // Qwen3.
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default)]
+    rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
 }
 
 /// One entry of ModernBERT's newer `rope_parameters`.
@@ -288,11 +340,14 @@ pub struct ModelConfig {
     pub relevant_label: usize,
     /// Activation a client gets unless it asks for raw scores.
     pub score_activation: ScoreActivation,
-    /// The classification head.
+    /// The classification head of an encoder (a decoder's is
+    /// [`DecoderSpec::head`], read at the last token).
     pub head: HeadSpec,
     /// ModernBERT's rotary, windowed, bias-free layers; `None` for the
     /// post-norm families.
     pub modern: Option<ModernBertSpec>,
+    /// A decoder's attention and head (Qwen3); `None` for the encoders.
+    pub decoder: Option<DecoderSpec>,
 }
 
 impl ModelConfig {
@@ -343,13 +398,14 @@ impl ModelConfig {
         }
         let max_position_embeddings = raw.max_position_embeddings.unwrap_or(match family {
             Family::ModernBert => 8192,
+            Family::Qwen3 => 32768,
             _ => 512,
         });
         let type_vocab_size = match family {
             Family::Bert | Family::Electra => raw.type_vocab_size.unwrap_or(2),
             // RoBERTa keeps a one-row table that every token adds.
             Family::Roberta => raw.type_vocab_size.unwrap_or(1),
-            Family::DistilBert | Family::ModernBert => 0,
+            Family::DistilBert | Family::ModernBert | Family::Qwen3 => 0,
         };
         let embedding_size = match family {
             Family::Electra => raw.embedding_size.unwrap_or(raw.hidden_size),
@@ -432,7 +488,21 @@ impl ModelConfig {
                 }
             }
         }
-        if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) {
+        let decoder = match family {
+            Family::Qwen3 => Some(decoder_spec(&raw, &config_err)?),
+            _ => None,
+        };
+        if let Some(d) = &decoder {
+            let q = raw.num_attention_heads.checked_mul(d.head_dim);
+            if q.and_then(|q| q.checked_mul(h))
+                .is_none_or(|n| n > LIMITS.matrix_elements)
+            {
+                return Err(config_err(format!(
+                    "num_attention_heads × head_dim × hidden_size is over {} elements",
+                    LIMITS.matrix_elements
+                )));
+            }
+        } else if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) {
             return Err(config_err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 raw.hidden_size, raw.num_attention_heads
@@ -450,9 +520,17 @@ impl ModelConfig {
             }
             _ => (0, None),
         };
-        let declared_labels = raw.num_labels.or(raw.id2label.as_ref().map(|m| m.len()));
+        let declared_labels = match &decoder {
+            Some(d) if d.head == DecoderHead::YesNo => Some(2),
+            _ => raw.num_labels.or(raw.id2label.as_ref().map(|m| m.len())),
+        };
         let labels = declared_labels.unwrap_or(1);
+        let yes_no = decoder
+            .as_ref()
+            .is_some_and(|d| d.head == DecoderHead::YesNo);
         let score_activation = match raw.sbert_ce_default_activation_function.as_deref() {
+            // p(yes) of the two logits, as Qwen3-Reranker scores.
+            _ if yes_no => ScoreActivation::Softmax,
             Some(f) if f.ends_with("Identity") => ScoreActivation::Identity,
             Some(f) if f.ends_with("Sigmoid") => ScoreActivation::Sigmoid,
             Some(f) if f.ends_with("Softmax") => ScoreActivation::Softmax,
@@ -491,6 +569,14 @@ impl ModelConfig {
                 normed: false,
                 dense_bias: true,
             },
+            // Unused: a decoder reads its last token, with the head its
+            // `DecoderSpec` names.
+            Family::Qwen3 => HeadSpec {
+                pooling: Pooling::Cls,
+                activation: HiddenAct::Silu,
+                normed: false,
+                dense_bias: false,
+            },
             Family::ModernBert => HeadSpec {
                 pooling: match raw.classifier_pooling.as_deref().unwrap_or("cls") {
                     "cls" => Pooling::Cls,
@@ -512,6 +598,7 @@ impl ModelConfig {
             // DistilBERT's norms hard-code 1e-12; ModernBERT defaults to 1e-5.
             Family::DistilBert => 1e-12,
             Family::ModernBert => raw.layer_norm_eps.unwrap_or(1e-5),
+            Family::Qwen3 => raw.rms_norm_eps.unwrap_or(1e-6),
             _ => raw.layer_norm_eps.unwrap_or(1e-12),
         };
         Ok(Self {
@@ -530,16 +617,23 @@ impl ModelConfig {
             type_vocab_size,
             layer_norm_eps,
             declared_labels,
-            relevant_label: relevant_label_of(raw.id2label.as_ref(), labels),
+            relevant_label: match yes_no {
+                true => 1,
+                false => relevant_label_of(raw.id2label.as_ref(), labels),
+            },
             score_activation,
             head,
             modern,
+            decoder,
         })
     }
 
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        match &self.decoder {
+            Some(d) => d.head_dim,
+            None => self.hidden_size / self.num_attention_heads,
+        }
     }
 
     /// The longest sequence the model takes, in tokens.
@@ -566,6 +660,16 @@ impl ModelConfig {
             self.hidden_size as f64,
             self.intermediate_size as f64,
         );
+        if let Some(d) = &self.decoder {
+            let (q, kv) = (
+                (self.num_attention_heads * d.head_dim) as f64,
+                (d.kv_heads * d.head_dim) as f64,
+            );
+            let linear = 2.0 * l * (2.0 * h * q + 2.0 * h * kv + 3.0 * h * f);
+            // Causal: query r sees r + 1 keys.
+            let attention = 2.0 * 2.0 * (l * (l + 1.0) / 2.0) * q;
+            return self.num_hidden_layers as f64 * (linear + attention) + 2.0 * h;
+        }
         let ffn_matrices = if self.modern.is_some() { 3.0 } else { 2.0 };
         let linear = 2.0 * l * (4.0 * h * h + ffn_matrices * h * f);
         let attention = |keys: f64| 2.0 * 2.0 * l * keys * h;
@@ -580,6 +684,76 @@ impl ModelConfig {
         let head = 2.0 * h * h;
         layers + head
     }
+}
+
+/// Qwen3's attention shape, rotary base and head, refusing what the engine
+/// does not compute (scaled rotary positions, sliding windows).
+fn decoder_spec(raw: &RawConfig, config_err: &impl Fn(String) -> SpecError) -> Result<DecoderSpec> {
+    let heads = raw.num_attention_heads;
+    let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        return Err(config_err(format!(
+            "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+        )));
+    }
+    let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
+    if !(2..=1024).contains(&head_dim) || !head_dim.is_multiple_of(2) {
+        return Err(config_err(format!(
+            "head_dim {head_dim} is not an even width in 2..=1024"
+        )));
+    }
+    if raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(config_err(
+            "rope_scaling is not supported (only the default rotary positions)".into(),
+        ));
+    }
+    if raw.use_sliding_window == Some(true) {
+        return Err(config_err("use_sliding_window is not supported".into()));
+    }
+    let parameters: Option<RopeParameters> = raw
+        .rope_parameters
+        .clone()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| config_err(format!("rope_parameters: {e}")))?;
+    if let Some(kind) = parameters.as_ref().and_then(|p| p.rope_type.as_deref())
+        && kind != "default"
+    {
+        return Err(config_err(format!(
+            "rope_parameters.rope_type {kind:?} is not supported (only \"default\")"
+        )));
+    }
+    let rope_theta = parameters
+        .and_then(|p| p.rope_theta)
+        .or(raw.rope_theta)
+        .unwrap_or(1_000_000.0);
+    if !(rope_theta.is_finite() && rope_theta > 1.0) {
+        return Err(config_err(format!(
+            "rope_theta {rope_theta} is not a rotary base"
+        )));
+    }
+    let architecture = raw
+        .architectures
+        .as_ref()
+        .and_then(|a| a.first())
+        .map(String::as_str);
+    let head = match architecture {
+        Some("Qwen3ForCausalLM") => DecoderHead::YesNo,
+        Some("Qwen3ForSequenceClassification") | None => DecoderHead::Classifier,
+        Some(other) => {
+            return Err(config_err(format!(
+                "architecture {other:?} is not a reranker (Qwen3ForSequenceClassification, or Qwen3ForCausalLM read as yes/no)"
+            )));
+        }
+    };
+    Ok(DecoderSpec {
+        kv_heads,
+        head_dim,
+        rope_theta,
+        attention_bias: raw.attention_bias.unwrap_or(false),
+        tied_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+        head,
+    })
 }
 
 /// ModernBERT's layer pattern and rotary bases, from either the older keys
@@ -621,6 +795,8 @@ fn modern_spec(
         let Some(p) = raw.rope_parameters.as_ref().and_then(|m| m.get(kind)) else {
             return Ok(None);
         };
+        let p: RopeParameters = serde_json::from_value(p.clone())
+            .map_err(|e| config_err(format!("rope_parameters.{kind}: {e}")))?;
         match p.rope_type.as_deref() {
             None | Some("default") => Ok(p.rope_theta),
             Some(other) => Err(config_err(format!(

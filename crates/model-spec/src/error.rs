@@ -44,9 +44,12 @@ pub enum SpecError {
     },
     /// The activation function in `config.json` is not one the engine implements.
     #[error(
-        "unsupported hidden_act {0:?} (supported: gelu, gelu_new, gelu_pytorch_tanh, relu, tanh)"
+        "unsupported hidden_act {0:?} (supported: gelu, gelu_new, gelu_pytorch_tanh, relu, tanh, silu)"
     )]
     UnsupportedActivation(String),
+    /// A prompt template lacks a placeholder or has one out of order.
+    #[error("prompt template: {0}")]
+    PromptTemplate(String),
     /// The dtype name is not known.
     #[error("unknown dtype {0:?} (expected f32, f16, bf16, q8_0, q4_0 or i8)")]
     UnknownDType(String),

@@ -26,6 +26,12 @@ pub enum Family {
     /// `modernbert`: pre-norm, rotary positions, GeGLU, alternating local
     /// and global attention, a normed head over `[CLS]` or the mean.
     ModernBert,
+    /// `qwen3`: a causal decoder (RMSNorm, rotary positions, grouped-query
+    /// attention with per-head Q and K norms, SwiGLU) read at the last
+    /// token, by a classifier (`Qwen3ForSequenceClassification`) or by
+    /// the language-model head's "yes" and "no" rows (`Qwen3ForCausalLM`,
+    /// Qwen3-Reranker).
+    Qwen3,
 }
 
 /// Every `model_type` the engine loads, as `config.json` spells them.
@@ -37,6 +43,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "electra",
     "distilbert",
     "modernbert",
+    "qwen3",
 ];
 
 impl Family {
@@ -48,6 +55,7 @@ impl Family {
             "electra" => Self::Electra,
             "distilbert" => Self::DistilBert,
             "modernbert" => Self::ModernBert,
+            "qwen3" => Self::Qwen3,
             _ => return None,
         })
     }
@@ -65,6 +73,12 @@ impl Family {
         matches!(self, Self::Bert | Self::Electra | Self::Roberta)
     }
 
+    /// Whether the family is a causal decoder (an LLM reranker), scored at
+    /// each sequence's last token.
+    pub fn is_decoder(self) -> bool {
+        matches!(self, Self::Qwen3)
+    }
+
     /// The encoder's prefix in a `*ForSequenceClassification` checkpoint.
     pub fn prefix(self) -> &'static str {
         match self {
@@ -72,7 +86,7 @@ impl Family {
             Self::Roberta => "roberta.",
             Self::Electra => "electra.",
             Self::DistilBert => "distilbert.",
-            Self::ModernBert => "model.",
+            Self::ModernBert | Self::Qwen3 => "model.",
         }
     }
 }
@@ -85,6 +99,7 @@ impl fmt::Display for Family {
             Self::Electra => "ELECTRA",
             Self::DistilBert => "DistilBERT",
             Self::ModernBert => "ModernBERT",
+            Self::Qwen3 => "Qwen3",
         })
     }
 }
@@ -129,6 +144,16 @@ pub enum Tensor {
     HeadNorm,
     /// The `H → labels` projection.
     Classifier,
+    /// Layer `i`'s per-head RMSNorm of the queries (Qwen3).
+    QueryNorm(usize),
+    /// Layer `i`'s per-head RMSNorm of the keys (Qwen3).
+    KeyNorm(usize),
+    /// Layer `i`'s SwiGLU gate projection (Qwen3; `FeedForwardIn` is the
+    /// up projection).
+    Gate(usize),
+    /// A causal LM's output projection `[vocab, H]` (absent where it is
+    /// tied to the word embeddings).
+    LmHead,
 }
 
 /// Where one family keeps its tensors: `name(t)` is the module path,
@@ -164,7 +189,7 @@ impl TensorNames {
         let p = self.prefix;
         let layer = |i: usize, rest: &str| match self.family {
             F::DistilBert => format!("{p}transformer.layer.{i}.{rest}"),
-            F::ModernBert => format!("{p}layers.{i}.{rest}"),
+            F::ModernBert | F::Qwen3 => format!("{p}layers.{i}.{rest}"),
             _ => format!("{p}encoder.layer.{i}.{rest}"),
         };
         match (self.family, tensor) {
@@ -179,6 +204,21 @@ impl TensorNames {
             (F::ModernBert, T::FinalNorm) => format!("{p}final_norm"),
             (F::ModernBert, T::HeadDense) => "head.dense".into(),
             (F::ModernBert, T::HeadNorm) => "head.norm".into(),
+            (F::Qwen3, T::WordEmbeddings) => format!("{p}embed_tokens"),
+            (F::Qwen3, T::Query(i)) => layer(i, "self_attn.q_proj"),
+            (F::Qwen3, T::Key(i)) => layer(i, "self_attn.k_proj"),
+            (F::Qwen3, T::Value(i)) => layer(i, "self_attn.v_proj"),
+            (F::Qwen3, T::QueryNorm(i)) => layer(i, "self_attn.q_norm"),
+            (F::Qwen3, T::KeyNorm(i)) => layer(i, "self_attn.k_norm"),
+            (F::Qwen3, T::AttentionOutput(i)) => layer(i, "self_attn.o_proj"),
+            (F::Qwen3, T::AttentionNorm(i)) => layer(i, "input_layernorm"),
+            (F::Qwen3, T::FeedForwardNorm(i)) => layer(i, "post_attention_layernorm"),
+            (F::Qwen3, T::Gate(i)) => layer(i, "mlp.gate_proj"),
+            (F::Qwen3, T::FeedForwardIn(i)) => layer(i, "mlp.up_proj"),
+            (F::Qwen3, T::FeedForwardOut(i)) => layer(i, "mlp.down_proj"),
+            (F::Qwen3, T::FinalNorm) => format!("{p}norm"),
+            (F::Qwen3, T::Classifier) => "score".into(),
+            (_, T::LmHead) => "lm_head".into(),
             (F::DistilBert, T::Query(i)) => layer(i, "attention.q_lin"),
             (F::DistilBert, T::Key(i)) => layer(i, "attention.k_lin"),
             (F::DistilBert, T::Value(i)) => layer(i, "attention.v_lin"),
@@ -190,6 +230,7 @@ impl TensorNames {
             (F::DistilBert, T::HeadDense) => "pre_classifier".into(),
             (F::Bert, T::HeadDense) => format!("{p}pooler.dense"),
             (F::Roberta | F::Electra, T::HeadDense) => "classifier.dense".into(),
+            (F::Qwen3, T::HeadDense) => "head.dense".into(),
             (F::Roberta | F::Electra, T::Classifier) => "classifier.out_proj".into(),
             (_, T::Classifier) => "classifier".into(),
             (_, T::WordEmbeddings) => format!("{p}embeddings.word_embeddings"),
@@ -208,6 +249,9 @@ impl TensorNames {
             (_, T::FeedForwardNorm(i)) => layer(i, "output.LayerNorm"),
             (_, T::FinalNorm) => format!("{p}final_norm"),
             (_, T::HeadNorm) => "head.norm".into(),
+            (_, T::QueryNorm(i)) => layer(i, "self_attn.q_norm"),
+            (_, T::KeyNorm(i)) => layer(i, "self_attn.k_norm"),
+            (_, T::Gate(i)) => layer(i, "mlp.gate_proj"),
         }
     }
 
@@ -266,6 +310,17 @@ mod tests {
             "model.embeddings.tok_embeddings.weight"
         );
         assert_eq!(modern.weight(Tensor::HeadNorm), "head.norm.weight");
+        let qwen = TensorNames::find(Family::Qwen3, all);
+        assert_eq!(
+            qwen.weight(Tensor::KeyNorm(1)),
+            "model.layers.1.self_attn.k_norm.weight"
+        );
+        assert_eq!(
+            qwen.weight(Tensor::Gate(0)),
+            "model.layers.0.mlp.gate_proj.weight"
+        );
+        assert_eq!(qwen.weight(Tensor::Classifier), "score.weight");
+        assert_eq!(qwen.weight(Tensor::LmHead), "lm_head.weight");
         // A bare encoder has no prefix.
         let bare = TensorNames::find(Family::Bert, |n| !n.starts_with("bert."));
         assert_eq!(

@@ -194,9 +194,13 @@ impl Weights {
             Some(_) => 2 * config.intermediate_size as u64,
             None => config.intermediate_size as u64,
         };
-        let attention = match config.modern {
-            Some(_) => (crate::Tensor::Qkv(last), vec![3 * h, h]),
-            None => (crate::Tensor::Query(last), vec![h, h]),
+        let attention = match (&config.modern, &config.decoder) {
+            (Some(_), _) => (crate::Tensor::Qkv(last), vec![3 * h, h]),
+            (None, Some(_)) => (
+                crate::Tensor::Query(last),
+                vec![(config.num_attention_heads * config.head_dim()) as u64, h],
+            ),
+            (None, None) => (crate::Tensor::Query(last), vec![h, h]),
         };
         let expect = [
             (

@@ -22,17 +22,20 @@ mod dtype;
 mod error;
 pub mod family;
 pub mod files;
+pub mod prompt;
 mod replica;
 
 pub use attention::AttentionLayout;
 pub use config::{
-    HeadSpec, HiddenAct, ModelConfig, ModernBertSpec, Pooling, ScoreActivation, relevant_label,
+    DecoderHead, DecoderSpec, HeadSpec, HiddenAct, ModelConfig, ModernBertSpec, Pooling,
+    ScoreActivation, relevant_label,
 };
 pub use device::DeviceSpec;
 pub use dtype::WeightDType;
 pub use error::SpecError;
 pub use family::{Family, SUPPORTED_MODEL_TYPES, Tensor, TensorNames};
 pub use files::{ModelFiles, Weights};
+pub use prompt::{PromptParts, PromptTemplate};
 pub use replica::ReplicaSpec;
 
 /// Serializes a type as its `Display` name and deserializes it with its

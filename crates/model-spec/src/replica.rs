@@ -42,7 +42,7 @@ impl ReplicaSpec {
     pub fn runs_cpu_kernels(&self, config: &ModelConfig) -> bool {
         self.device.is_cpu()
             && self.attention == AttentionLayout::Grouped
-            && config.head_dim().is_multiple_of(16)
+            && (config.decoder.is_some() || config.head_dim().is_multiple_of(16))
     }
 }
 

@@ -5,10 +5,13 @@ use std::time::Instant;
 use ce_common::TokenBatch;
 use tokenizer_worker::{PairTokenizer, Truncation};
 
-use crate::encoder::CrossEncoder;
+use crate::encoder::{CrossEncoder, LoadOptions};
 use crate::error::Result;
 use ce_model_spec::ModelFiles;
-use ce_model_spec::{AttentionLayout, DeviceSpec, ModelConfig, ScoreActivation, WeightDType};
+use ce_model_spec::{
+    AttentionLayout, DecoderHead, DeviceSpec, ModelConfig, PromptTemplate, ScoreActivation,
+    WeightDType,
+};
 
 /// How to load an engine.
 #[derive(Debug, Clone)]
@@ -26,6 +29,12 @@ pub struct EngineConfig {
     pub max_forward_tokens: usize,
     /// Attention layout (length groups by default).
     pub attention: AttentionLayout,
+    /// An LLM reranker's prompt; `None` gives a decoder Qwen3-Reranker's
+    /// (encoders score their tokenizer's pairs and take none).
+    pub prompt: Option<PromptTemplate>,
+    /// Whether the CPU decoder computes a prefix its sequences share once
+    /// (on by default; `CE_PREFIX_REUSE=0` turns it off, to measure it).
+    pub prefix_reuse: bool,
 }
 
 impl EngineConfig {
@@ -38,6 +47,8 @@ impl EngineConfig {
             max_length: 512,
             max_forward_tokens: 16 * 1024,
             attention: AttentionLayout::default(),
+            prompt: None,
+            prefix_reuse: std::env::var("CE_PREFIX_REUSE").map_or(true, |v| v != "0" && v != "off"),
         }
     }
 }
@@ -89,6 +100,19 @@ impl BatchScores {
     }
 }
 
+/// A yes/no reranker's "no" and "yes" token ids, as Qwen3-Reranker's model
+/// card finds them (`convert_tokens_to_ids`).
+fn yes_no_tokens(tokenizer: &PairTokenizer) -> Result<[u32; 2]> {
+    let id = |token: &str| {
+        tokenizer.token_id(token).ok_or_else(|| {
+            crate::error::EngineError::Weights(format!(
+                "the tokenizer has no token {token:?}: a Qwen3ForCausalLM reranker reads the logits of \"yes\" and \"no\""
+            ))
+        })
+    };
+    Ok([id("no")?, id("yes")?])
+}
+
 /// A cross-encoder ready to score pairs.
 #[derive(Debug)]
 pub struct Engine {
@@ -109,7 +133,24 @@ impl Engine {
             .max_length
             .min(model_config.max_sequence_len())
             .max(4);
-        let tokenizer = PairTokenizer::from_file(&files.tokenizer, max_length)?;
+        let mut tokenizer = PairTokenizer::from_file(&files.tokenizer, max_length)?;
+        let decoder_head = model_config.decoder.as_ref().map(|d| d.head);
+        if decoder_head.is_some() {
+            let template = config
+                .prompt
+                .clone()
+                .unwrap_or_else(PromptTemplate::qwen3_reranker);
+            tokenizer = tokenizer.with_prompt(template)?;
+        } else if config.prompt.is_some() {
+            return Err(crate::error::EngineError::Weights(format!(
+                "{} is an encoder: it scores its tokenizer's pairs, not a prompt",
+                model_config.family
+            )));
+        }
+        let yes_no_tokens = match decoder_head {
+            Some(DecoderHead::YesNo) => Some(yes_no_tokens(&tokenizer)?),
+            _ => None,
+        };
         let device = crate::device::open(config.device)?;
         let model = CrossEncoder::load(
             &files.weights,
@@ -117,6 +158,10 @@ impl Engine {
             config.dtype,
             &device,
             config.attention,
+            LoadOptions {
+                yes_no_tokens,
+                prefix_reuse: config.prefix_reuse,
+            },
         )?;
         let c = model.config();
         let info = ModelInfo {
@@ -247,7 +292,21 @@ impl Engine {
         passages: &[S],
         truncation: Truncation,
     ) -> Result<BatchScores> {
-        let batch = self.tokenizer.encode_query(query, passages, truncation)?;
+        self.score_query_for(query, None, passages, truncation)
+    }
+
+    /// [`Engine::score_query`] with a request's instruction (an LLM
+    /// reranker's default where `None`; an encoder refuses one).
+    pub fn score_query_for<S: AsRef<str>>(
+        &self,
+        query: &str,
+        instruction: Option<&str>,
+        passages: &[S],
+        truncation: Truncation,
+    ) -> Result<BatchScores> {
+        let batch = self
+            .tokenizer
+            .encode_query_for(query, instruction, passages, truncation)?;
         self.score(&batch)
     }
 }

@@ -143,6 +143,8 @@ pub struct RerankInput {
     pub top_n: Option<usize>,
     /// Score long documents in windows instead of truncating them.
     pub chunking: Option<Chunking>,
+    /// An LLM reranker's instruction (`None`: the model's default).
+    pub instruction: Option<String>,
 }
 
 /// What a request asks of long documents; unset fields take the server's
@@ -258,6 +260,15 @@ pub struct ModelInfo {
     pub serving: usize,
     /// Why it could not be loaded, if it could not.
     pub error: Option<String>,
+    /// An LLM reranker's prompt template (`None` for an encoder).
+    pub prompt_template: Option<String>,
+    /// The instruction its requests get when they name none.
+    pub default_instruction: Option<String>,
+}
+
+/// A served model's prompt, if it is a loaded LLM reranker.
+fn prompt_of(model: &crate::core::ServedModel) -> Option<&ce_model_spec::PromptTemplate> {
+    model.loaded.as_ref().ok().and_then(|f| f.prompt.as_ref())
 }
 
 /// What is served and with which limits: gRPC `Info` and `GET /info`.
@@ -381,6 +392,7 @@ impl Api {
             None => WindowPlan::default(),
         };
         self.check_query("query", &input.query)?;
+        self.check_instruction(model, input.instruction.as_deref())?;
         self.check_count("documents", input.documents.len())?;
         for (i, d) in input.documents.iter().enumerate() {
             self.check_text(&format!("documents[{i}]"), d)?;
@@ -394,6 +406,7 @@ impl Api {
                 groups: vec![(input.query, documents.clone())],
                 truncation: input.truncation,
                 windows,
+                instruction: input.instruction,
             })
             .await?;
         let rows = self.client_scores(model, &scored, input.raw_scores)?;
@@ -482,9 +495,10 @@ impl Api {
         pairs: Vec<(String, String)>,
         truncation: Truncation,
         raw_scores: bool,
+        instruction: Option<String>,
     ) -> Result<ScoreList, ApiError> {
         let model = self.core.model_index(model)?;
-        let input = self.pairs_input(model, pairs, truncation)?;
+        let input = self.pairs_input(model, pairs, truncation, instruction)?;
         let scored = self.core.score(input).await?;
         self.score_list(model, &scored, raw_scores)
     }
@@ -498,14 +512,17 @@ impl Api {
         query: String,
         passage: String,
         raw_scores: bool,
+        instruction: Option<String>,
     ) -> Result<f32, ApiError> {
         let model = self.core.model_index(model)?;
         // The same checks as every other path, each pair on its own.
         self.check_query(&format!("pair {id}: query"), &query)?;
         self.check_text(&format!("pair {id}: passage"), &passage)?;
+        self.check_instruction(model, instruction.as_deref())?;
         let input = PairsInput {
             model,
             groups: vec![(query, vec![passage])],
+            instruction,
             ..PairsInput::default()
         };
         let scored = self.core.score(input).await?;
@@ -523,9 +540,10 @@ impl Api {
         model: Option<&str>,
         pairs: Vec<(String, String)>,
         truncation: Truncation,
+        instruction: Option<String>,
     ) -> Result<TokenBatch, ApiError> {
         let model = self.core.model_index(model)?;
-        let input = self.pairs_input(model, pairs, truncation)?;
+        let input = self.pairs_input(model, pairs, truncation, instruction)?;
         self.core.tokenize(input).await
     }
 
@@ -564,6 +582,8 @@ impl Api {
                 replicas: m.slots.clone(),
                 serving: core.replicas().serving_in(&m.slots),
                 error: m.loaded.as_ref().err().cloned(),
+                prompt_template: prompt_of(m).map(|p| p.text().to_string()),
+                default_instruction: prompt_of(m).map(|p| p.default_instruction().to_string()),
             })
             .collect()
     }
@@ -645,8 +665,10 @@ impl Api {
         model: usize,
         pairs: Vec<(String, String)>,
         truncation: Truncation,
+        instruction: Option<String>,
     ) -> Result<PairsInput, ApiError> {
         self.check_count("pairs", pairs.len())?;
+        self.check_instruction(model, instruction.as_deref())?;
         let mut groups: Vec<(String, Vec<String>)> = Vec::new();
         for (i, (query, passage)) in pairs.into_iter().enumerate() {
             self.check_query(&format!("pairs[{i}].query"), &query)?;
@@ -661,7 +683,22 @@ impl Api {
             groups,
             truncation,
             windows: WindowPlan::default(),
+            instruction,
         })
+    }
+
+    /// An instruction goes only to an LLM reranker, within `max_input_chars`.
+    fn check_instruction(&self, model: usize, instruction: Option<&str>) -> Result<(), ApiError> {
+        let Some(instruction) = instruction else {
+            return Ok(());
+        };
+        if self.core.facts(model)?.prompt.is_none() {
+            let name = self.core.models.get(model).map_or("", |m| m.name.as_str());
+            return Err(ApiError::InvalidArgument(format!(
+                "instruction: model {name:?} is an encoder cross-encoder and takes no instruction (only LLM rerankers such as Qwen3-Reranker do)"
+            )));
+        }
+        self.check_text("instruction", instruction)
     }
 
     fn check_query(&self, field: &str, query: &str) -> Result<(), ApiError> {

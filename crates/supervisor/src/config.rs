@@ -50,6 +50,10 @@ pub struct Instance {
     /// `id2label` names "relevant"/"positive"/"yes", else the second of two,
     /// else the first).
     pub relevant_label: Option<usize>,
+    /// An LLM reranker's prompt (default: `prompt_template`).
+    pub prompt_template: Option<String>,
+    /// An LLM reranker's default instruction (default: `instruction`).
+    pub instruction: Option<String>,
 }
 
 /// A comma-separated device list on the command line (`cuda:0,cuda:1`).
@@ -141,6 +145,16 @@ settings! {
         /// without `model` gets it.
         [long, env = "CE_SERVED_MODEL_NAME"]
         served_model_name: Option<String> => String = None,
+        /// An LLM reranker's prompt (Qwen3 models): the text with
+        /// `{instruction}`, `{query}` and `{document}` in it (default:
+        /// Qwen3-Reranker's). Encoders take none.
+        [long, env = "CE_PROMPT_TEMPLATE"]
+        prompt_template: Option<String> => String = None,
+        /// The instruction an LLM reranker's request gets when it names
+        /// none (default: Qwen3-Reranker's, "Given a web search query,
+        /// retrieve relevant passages that answer the query").
+        [long, env = "CE_INSTRUCTION"]
+        instruction: Option<String> => String = None,
         /// Model replicas (one process each).
         [long, env = "CE_REPLICAS"]
         replicas: usize => usize = 1,

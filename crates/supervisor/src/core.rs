@@ -36,6 +36,8 @@ pub struct PairsInput {
     /// Whether long passages are scored in windows instead (then the
     /// truncation does not apply), and how.
     pub windows: WindowPlan,
+    /// An LLM reranker's instruction (`None`: the model's default).
+    pub instruction: Option<String>,
 }
 
 impl PairsInput {
@@ -111,7 +113,7 @@ pub struct ServedModel {
 }
 
 /// What a loaded model takes and gives.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelFacts {
     /// Longest pair in tokens (`max_length` capped by the model).
     pub max_length: usize,
@@ -126,6 +128,10 @@ pub struct ModelFacts {
     pub labels: usize,
     /// Which of them is the relevance score.
     pub relevant_label: usize,
+    /// The prompt an LLM reranker scores pairs in (it takes an
+    /// instruction); `None` for an encoder. Set at start-up from the
+    /// settings (`server/startup.rs`, `prompts_of`).
+    pub prompt: Option<ce_model_spec::PromptTemplate>,
 }
 
 impl ModelFacts {
@@ -138,6 +144,7 @@ impl ModelFacts {
             type_vocab_size: config.accepted_token_types(),
             labels: config.declared_labels.unwrap_or(1),
             relevant_label: config.relevant_label,
+            prompt: None,
         }
     }
 }
@@ -292,6 +299,7 @@ impl Core {
                 model,
                 query: query.clone(),
                 truncation: truncation.code(),
+                instruction: input.instruction.clone(),
             })
         }))
         .await?;

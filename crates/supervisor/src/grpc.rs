@@ -144,6 +144,7 @@ impl CrossEncoder for CrossEncoderService {
                         max_chunks: r.max_chunks_per_doc.map(|n| n as usize),
                         max_tokens: r.max_tokens_per_doc.map(|n| n as usize),
                     }),
+                    instruction: r.instruction,
                 };
                 let ranking = api.rerank(input).await?;
                 Ok(RerankResponse {
@@ -183,6 +184,7 @@ impl CrossEncoder for CrossEncoderService {
                         pairs_of(r.pairs),
                         truncation,
                         r.raw_scores,
+                        r.instruction,
                     )
                     .await?;
                 Ok(score_response(list))
@@ -203,7 +205,12 @@ impl CrossEncoder for CrossEncoderService {
                 let started = Instant::now();
                 let truncation = truncation(r.truncate, r.truncation_direction)?;
                 let batch = api
-                    .tokenize(model_name(&r.model), pairs_of(r.pairs), truncation)
+                    .tokenize(
+                        model_name(&r.model),
+                        pairs_of(r.pairs),
+                        truncation,
+                        r.instruction,
+                    )
                     .await?;
                 let elapsed = started.elapsed().as_micros() as u64;
                 Ok(TokenizeResponse {
@@ -304,6 +311,8 @@ impl CrossEncoder for CrossEncoderService {
                     replicas: m.replicas.iter().map(|&s| s as u32).collect(),
                     serving: m.serving as u32,
                     error: m.error,
+                    prompt_template: m.prompt_template,
+                    default_instruction: m.default_instruction,
                 })
                 .collect(),
             max_chunks_per_doc: info.max_chunks_per_doc as u32,
@@ -339,6 +348,7 @@ async fn stream_scores(
                             pair.query,
                             pair.passage,
                             pair.raw_scores,
+                            pair.instruction,
                         );
                         api.recorded("stream", model.as_deref(), None, call)
                             .await

@@ -96,7 +96,11 @@ fn truncation_of(code: u32) -> Result<Truncation, String> {
 /// Tokenizes a request's query once for all of its pairs.
 pub fn query(tokenizer: &PairTokenizer, job: &QueryJob) -> Result<QueryIds, String> {
     tokenizer
-        .encode_query_ids(&job.query, truncation_of(job.truncation)?)
+        .encode_query_ids_for(
+            &job.query,
+            job.instruction.as_deref(),
+            truncation_of(job.truncation)?,
+        )
         .map_err(|e| match e {
             TokenizeError::EmptyQuery => e.to_string(),
             other => format!("query: {other}"),
@@ -227,6 +231,7 @@ mod tests {
             model: 1,
             query: "what is a window".into(),
             truncation: 0,
+            instruction: None,
         }
         .encode(&mut payload);
         let Reply::Query(query) = answer(&tokenizers, FrameKind::QueryJob, &payload) else {

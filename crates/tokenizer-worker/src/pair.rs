@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use ce_common::TokenBatch;
 use ce_common::frame::{QueryIds, WindowPlan};
+use ce_model_spec::PromptTemplate;
 use tokenizers::{
     Encoding, PostProcessor, Token, Tokenizer, TruncationDirection, TruncationParams,
     TruncationStrategy,
@@ -49,6 +50,20 @@ pub enum TokenizeError {
     /// The tokenizers library failed on this input.
     #[error("tokenizer failed: {0}")]
     Encode(String),
+    /// An instruction was given to a model that scores no prompt.
+    #[error("this model takes no instruction: only LLM rerankers (a prompt template) do")]
+    NoInstructions,
+    /// The prompt's fixed parts and the instruction leave no room for a
+    /// query and a document.
+    #[error(
+        "the prompt and instruction take {tokens} tokens of the model's limit of {limit}: no room for the query and a document"
+    )]
+    PromptTooLong {
+        /// Tokens of the prompt's fixed parts and the instruction.
+        tokens: usize,
+        /// The model's maximum sequence length.
+        limit: usize,
+    },
 }
 
 /// How a pair longer than the model's limit is handled.
@@ -94,6 +109,16 @@ pub struct PairTokenizer {
     left: FastTokenizer,
     untruncated: FastTokenizer,
     max_length: usize,
+    /// An LLM reranker's prompt: pairs are that prompt's text, not the
+    /// tokenizer's pair template.
+    prompt: Option<Prompt>,
+}
+
+/// A prompt template and the ids of its suffix (the same for every pair).
+#[derive(Debug, Clone)]
+struct Prompt {
+    template: PromptTemplate,
+    suffix: Vec<u32>,
 }
 
 impl std::fmt::Debug for PairTokenizer {
@@ -141,7 +166,39 @@ impl PairTokenizer {
             left: configure(Some(TruncationDirection::Left))?,
             untruncated: configure(None)?,
             max_length,
+            prompt: None,
         })
+    }
+
+    /// The same tokenizer scoring `template`'s prompt: a pair is the
+    /// template with its query and document filled in, tokenized as one
+    /// text without the tokenizer's own special tokens (as Qwen3-Reranker's
+    /// model card does). Truncation cuts the document, never the prompt's
+    /// fixed parts (see [`encode_query_ids_for`](Self::encode_query_ids_for)).
+    pub fn with_prompt(mut self, template: PromptTemplate) -> Result<Self, TokenizeError> {
+        let suffix = self.plain_ids(template.parts(None).suffix)?;
+        self.prompt = Some(Prompt { template, suffix });
+        Ok(self)
+    }
+
+    /// The prompt template pairs are scored in, if the model has one.
+    pub fn prompt(&self) -> Option<&PromptTemplate> {
+        self.prompt.as_ref().map(|p| &p.template)
+    }
+
+    /// The id of a token of the vocabulary (e.g. a yes/no reranker's "yes").
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.untruncated.token_to_id(token)
+    }
+
+    /// `text`'s ids without special tokens, untruncated.
+    fn plain_ids(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        Ok(self
+            .untruncated
+            .encode(text, false)
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?
+            .get_ids()
+            .to_vec())
     }
 
     /// The longest pair this tokenizer produces, special tokens included.
@@ -158,6 +215,10 @@ impl PairTokenizer {
     ) -> Result<(Vec<u32>, Vec<u32>), TokenizeError> {
         if query.trim().is_empty() {
             return Err(TokenizeError::EmptyQuery);
+        }
+        if self.prompt.is_some() {
+            let query = self.encode_query_ids(query, truncation)?;
+            return self.encode_with_query(&query, passage, truncation);
         }
         let tokenizer = match truncation {
             Truncation::Right => &self.right,
@@ -191,9 +252,79 @@ impl PairTokenizer {
         query: &str,
         truncation: Truncation,
     ) -> Result<QueryIds, TokenizeError> {
+        self.encode_query_ids_for(query, None, truncation)
+    }
+
+    /// [`encode_query_ids`](Self::encode_query_ids) with a request's
+    /// instruction (a prompted model's default where `None`; a model
+    /// without a prompt refuses one).
+    ///
+    /// With a prompt, the ids are those of the prompt up to the document
+    /// (its fixed parts, the instruction and the query, tokenized as one
+    /// text), leaving at least one token for a document before the
+    /// suffix. The truncation rule: the document is cut first (at the end
+    /// `truncation` removes); only when the prompt, instruction and query
+    /// alone leave no room for a document token is the query cut (same
+    /// end) to leave one; the prompt's fixed parts and the instruction are
+    /// never cut (too long a prompt is [`TokenizeError::PromptTooLong`]).
+    pub fn encode_query_ids_for(
+        &self,
+        query: &str,
+        instruction: Option<&str>,
+        truncation: Truncation,
+    ) -> Result<QueryIds, TokenizeError> {
         if query.trim().is_empty() {
             return Err(TokenizeError::EmptyQuery);
         }
+        let Some(prompt) = &self.prompt else {
+            if instruction.is_some() {
+                return Err(TokenizeError::NoInstructions);
+            }
+            return self.encode_plain_query(query, truncation);
+        };
+        let parts = prompt.template.parts(instruction);
+        let head = self.plain_ids(&format!(
+            "{}{query}{}",
+            parts.before_query, parts.after_query
+        ))?;
+        let fits = |tokens: usize| tokens + prompt.suffix.len() < self.max_length;
+        let ids = if fits(head.len()) {
+            head
+        } else if truncation == Truncation::Off {
+            return Err(TokenizeError::QueryTooLong {
+                tokens: head.len() + prompt.suffix.len(),
+                limit: self.max_length,
+            });
+        } else {
+            let before = self.plain_ids(&parts.before_query)?;
+            let after = self.plain_ids(parts.after_query)?;
+            let fixed = before.len() + after.len() + prompt.suffix.len();
+            if fixed + 2 > self.max_length {
+                return Err(TokenizeError::PromptTooLong {
+                    tokens: fixed,
+                    limit: self.max_length,
+                });
+            }
+            let room = self.max_length - fixed - 1;
+            let q = self.plain_ids(query)?;
+            let kept = match truncation {
+                Truncation::Left => &q[q.len() - room.min(q.len())..],
+                _ => &q[..room.min(q.len())],
+            };
+            [&before[..], kept, &after[..]].concat()
+        };
+        Ok(QueryIds {
+            tokens: u32::try_from(ids.len()).unwrap_or(u32::MAX),
+            ids,
+        })
+    }
+
+    /// A query's ids for the tokenizer's own pair template.
+    fn encode_plain_query(
+        &self,
+        query: &str,
+        truncation: Truncation,
+    ) -> Result<QueryIds, TokenizeError> {
         let encoding = self
             .untruncated
             .encode(query, false)
@@ -253,6 +384,9 @@ impl PairTokenizer {
 
     /// Special tokens the post-processor adds to a pair.
     fn pair_specials(&self) -> usize {
+        if let Some(prompt) = &self.prompt {
+            return prompt.suffix.len();
+        }
         self.untruncated
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(true))
@@ -272,6 +406,19 @@ impl PairTokenizer {
         passage: &str,
         truncation: Truncation,
     ) -> Result<(Vec<u32>, Vec<u32>), TokenizeError> {
+        if let Some(prompt) = &self.prompt {
+            let lead = prompt.template.parts(None).document_lead;
+            let doc = self.plain_ids(&format!("{lead}{passage}"))?;
+            let room = self
+                .max_length
+                .saturating_sub(query.ids.len() + prompt.suffix.len());
+            let kept = match truncation {
+                Truncation::Off => &doc[..],
+                Truncation::Right => &doc[..room.min(doc.len())],
+                Truncation::Left => &doc[doc.len() - room.min(doc.len())..],
+            };
+            return self.assemble(&query.ids, kept);
+        }
         let passage = self
             .untruncated
             .encode(passage, false)
@@ -309,6 +456,17 @@ impl PairTokenizer {
         q_ids: &[u32],
         p_ids: &[u32],
     ) -> Result<(Vec<u32>, Vec<u32>), TokenizeError> {
+        if let Some(prompt) = &self.prompt {
+            let ids = [q_ids, p_ids, &prompt.suffix].concat();
+            if ids.len() > self.max_length {
+                return Err(TokenizeError::TooLong {
+                    tokens: ids.len(),
+                    limit: self.max_length,
+                });
+            }
+            let types = vec![0; ids.len()];
+            return Ok((ids, types));
+        }
         let tokens = |ids: &[u32]| {
             ids.iter()
                 .map(|&id| Token::new(id, String::new(), (0, 0)))
@@ -351,11 +509,23 @@ impl PairTokenizer {
         passage: &str,
         plan: WindowPlan,
     ) -> Result<Vec<WindowPair>, TokenizeError> {
+        // A prompted model's document follows the whitespace that leads it
+        // in the prompt; offsets are counted in the passage alone.
+        let lead = self
+            .prompt
+            .as_ref()
+            .map_or("", |p| p.template.parts(None).document_lead);
         let encoding = self
             .untruncated
-            .encode_char_offsets(passage, false)
+            .encode_char_offsets(format!("{lead}{passage}").as_str(), false)
             .map_err(|e| TokenizeError::Encode(e.to_string()))?;
-        let (ids, offsets) = (encoding.get_ids(), encoding.get_offsets());
+        let shift = lead.chars().count();
+        let offsets: Vec<(usize, usize)> = encoding
+            .get_offsets()
+            .iter()
+            .map(|&(a, b)| (a.saturating_sub(shift), b.saturating_sub(shift)))
+            .collect();
+        let ids = encoding.get_ids();
         let len = match plan.doc_tokens {
             0 => ids.len(),
             cap => ids.len().min(cap as usize),
@@ -387,7 +557,11 @@ impl PairTokenizer {
                 end,
             }]);
         }
-        let q_ids = &query.ids[..query.ids.len().min(budget / 2)];
+        // A prompt is never cut (its query was, to leave a document room).
+        let q_ids = match self.prompt {
+            Some(_) => &query.ids[..],
+            None => &query.ids[..query.ids.len().min(budget / 2)],
+        };
         let window = budget.saturating_sub(q_ids.len()).max(1);
         let step = window - (plan.overlap as usize).min(window - 1);
         let mut windows = Vec::new();
@@ -430,7 +604,28 @@ impl PairTokenizer {
         passages: &[S],
         truncation: Truncation,
     ) -> Result<TokenBatch, TokenizeError> {
+        self.encode_query_for(query, None, passages, truncation)
+    }
+
+    /// [`encode_query`](Self::encode_query) with a request's instruction
+    /// (see [`encode_query_ids_for`](Self::encode_query_ids_for)); a
+    /// prompted model's query is tokenized once.
+    pub fn encode_query_for<S: AsRef<str>>(
+        &self,
+        query: &str,
+        instruction: Option<&str>,
+        passages: &[S],
+        truncation: Truncation,
+    ) -> Result<TokenBatch, TokenizeError> {
         let mut batch = TokenBatch::with_capacity(passages.len(), passages.len() * 96);
+        if self.prompt.is_some() || instruction.is_some() {
+            let ids = self.encode_query_ids_for(query, instruction, truncation)?;
+            for passage in passages {
+                let (ids, types) = self.encode_with_query(&ids, passage.as_ref(), truncation)?;
+                batch.push(&ids, &types);
+            }
+            return Ok(batch);
+        }
         for passage in passages {
             self.encode_into(&mut batch, query, passage.as_ref(), truncation)?;
         }
@@ -688,5 +883,130 @@ mod tests {
             t.encode_query_ids("  ", Truncation::Right),
             Err(TokenizeError::EmptyQuery)
         ));
+    }
+
+    fn qwen_tokenizer(max_length: usize) -> PairTokenizer {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/families/qwen3-reranker/tokenizer.json"
+        );
+        PairTokenizer::from_file(Path::new(path), max_length)
+            .and_then(|t| t.with_prompt(PromptTemplate::qwen3_reranker()))
+            .expect("the Qwen3 fixture (scripts/family_fixtures.py)")
+    }
+
+    /// The prompt's truncation rule: the document is cut first (the end
+    /// the truncation removes); the query only when it leaves no document
+    /// token; the prompt's fixed parts and the instruction never; a prompt
+    /// and instruction too long for any query is refused; without
+    /// truncation an over-long pair is an error.
+    #[test]
+    fn a_prompt_keeps_its_fixed_parts_and_cuts_the_document_first() {
+        let t = qwen_tokenizer(160);
+        let suffix = t.prompt.as_ref().unwrap().suffix.clone();
+        let parts = PromptTemplate::qwen3_reranker();
+        let parts = parts.parts(None);
+        let head = |q: &str| {
+            t.plain_ids(&format!("{}{q}{}", parts.before_query, parts.after_query))
+                .unwrap()
+        };
+        let doc = "word ".repeat(300);
+        let doc_ids = t.plain_ids(&format!(" {doc}")).unwrap();
+        for truncation in [Truncation::Right, Truncation::Left] {
+            let query = t.encode_query_ids("a short query", truncation).unwrap();
+            assert_eq!(query.ids, head("a short query"));
+            let (ids, types) = t.encode_with_query(&query, &doc, truncation).unwrap();
+            assert_eq!(ids.len(), 160);
+            assert!(types.iter().all(|&x| x == 0));
+            assert_eq!(
+                &ids[..query.ids.len()],
+                &query.ids[..],
+                "the prompt is whole"
+            );
+            assert_eq!(
+                &ids[ids.len() - suffix.len()..],
+                &suffix[..],
+                "so is its suffix"
+            );
+            let kept = &ids[query.ids.len()..ids.len() - suffix.len()];
+            match truncation {
+                Truncation::Left => assert_eq!(kept, &doc_ids[doc_ids.len() - kept.len()..]),
+                _ => assert_eq!(kept, &doc_ids[..kept.len()]),
+            }
+            // A query too long for any document is cut, the prompt kept.
+            let long = "query ".repeat(200);
+            let cut = t.encode_query_ids(&long, truncation).unwrap();
+            assert_eq!(cut.ids.len() + suffix.len() + 1, 160);
+            let before = t.plain_ids(&parts.before_query).unwrap();
+            let after = t.plain_ids(parts.after_query).unwrap();
+            assert_eq!(&cut.ids[..before.len()], &before[..]);
+            assert_eq!(&cut.ids[cut.ids.len() - after.len()..], &after[..]);
+            let (ids, _) = t.encode_with_query(&cut, &doc, truncation).unwrap();
+            assert_eq!(ids.len(), 160, "one document token");
+        }
+        // Untruncated: the whole pair or an error.
+        let short = t.encode_query_ids("q", Truncation::Off).unwrap();
+        let (ids, _) = t
+            .encode_with_query(&short, "a document", Truncation::Off)
+            .unwrap();
+        assert_eq!(
+            ids,
+            t.encode_pair("q", "a document", Truncation::Off).unwrap().0
+        );
+        assert!(matches!(
+            t.encode_with_query(&short, &doc, Truncation::Off),
+            Err(TokenizeError::TooLong { .. })
+        ));
+        assert!(matches!(
+            t.encode_query_ids(&"query ".repeat(200), Truncation::Off),
+            Err(TokenizeError::QueryTooLong { .. })
+        ));
+        // An instruction is the prompt's: never cut, refused when too long.
+        let own = t
+            .encode_query_ids_for("q", Some("find the definition"), Truncation::Right)
+            .unwrap();
+        assert_ne!(own.ids, short.ids);
+        let huge = "instruct ".repeat(200);
+        assert!(matches!(
+            t.encode_query_ids_for("q", Some(&huge), Truncation::Right),
+            Err(TokenizeError::PromptTooLong { limit: 160, .. })
+        ));
+        // An encoder refuses an instruction.
+        assert!(matches!(
+            default_model_tokenizer(64).encode_query_ids_for("q", Some("i"), Truncation::Right),
+            Err(TokenizeError::NoInstructions)
+        ));
+    }
+
+    /// A prompted model's windows: each is the whole prompt, a run of the
+    /// document's tokens and the suffix, covering the document.
+    #[test]
+    fn a_prompted_models_windows_keep_the_prompt_and_cover_the_document() {
+        let t = qwen_tokenizer(128);
+        let suffix = t.prompt.as_ref().unwrap().suffix.clone();
+        let query = t
+            .encode_query_ids("what is a window", Truncation::Right)
+            .unwrap();
+        let doc = "the quick brown fox jumps over the lazy dog ".repeat(30);
+        let doc_ids = t.plain_ids(&format!(" {doc}")).unwrap();
+        let plan = WindowPlan {
+            max_windows: 100,
+            overlap: 4,
+            doc_tokens: 0,
+        };
+        let windows = t.encode_windows(&query, &doc, plan).unwrap();
+        assert!(windows.len() > 2);
+        let mut covered = Vec::new();
+        for w in &windows {
+            assert!(w.ids.len() <= 128);
+            assert_eq!(&w.ids[..query.ids.len()], &query.ids[..]);
+            assert_eq!(&w.ids[w.ids.len() - suffix.len()..], &suffix[..]);
+            let body = &w.ids[query.ids.len()..w.ids.len() - suffix.len()];
+            assert_eq!(body, &doc_ids[w.tokens.clone()]);
+            covered.push(w.tokens.clone());
+        }
+        assert_eq!(covered[0].start, 0);
+        assert_eq!(covered.last().unwrap().end, doc_ids.len());
+        assert_eq!(windows.last().unwrap().end as usize, doc.chars().count());
     }
 }

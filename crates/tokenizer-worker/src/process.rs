@@ -103,7 +103,14 @@ pub unsafe fn run() -> Result<(), ProcessError> {
             tokenizers.push(None);
             continue;
         };
-        match PairTokenizer::from_file(&spec.file, spec.max_length as usize) {
+        let loaded =
+            PairTokenizer::from_file(&spec.file, spec.max_length as usize).and_then(
+                |t| match &spec.prompt {
+                    Some(prompt) => t.with_prompt(prompt.clone()),
+                    None => Ok(t),
+                },
+            );
+        match loaded {
             Ok(t) => tokenizers.push(Some(t)),
             Err(e) => {
                 session.refuse(&e.to_string());

@@ -59,11 +59,34 @@ struct Args {
     /// each dtype's time went. Adds two clock reads per stage.
     #[arg(long)]
     profile: bool,
+    /// An LLM reranker's shared prompt prefix computed once (`on`), every
+    /// sequence whole (`off`), or each dtype both ways (`both`).
+    #[arg(long, value_enum, default_value_t = PrefixReuse::On)]
+    prefix_reuse: PrefixReuse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrefixReuse {
+    On,
+    Off,
+    Both,
+}
+
+impl PrefixReuse {
+    fn settings(self) -> &'static [bool] {
+        match self {
+            Self::On => &[true],
+            Self::Off => &[false],
+            Self::Both => &[true, false],
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
 struct DtypeResult {
     dtype: WeightDType,
+    /// Whether a shared prompt prefix was computed once (LLM rerankers).
+    prefix_reuse: bool,
     pairs: usize,
     seconds: f64,
     pairs_per_second: f64,
@@ -79,6 +102,16 @@ struct DtypeResult {
     /// With `--profile` on the CPU encoder: seconds per stage, over every
     /// thread.
     stages: Vec<(&'static str, f64)>,
+}
+
+impl DtypeResult {
+    /// The row's name: the dtype, and the prefix setting when it is off.
+    fn label(&self) -> String {
+        match self.prefix_reuse {
+            true => self.dtype.to_string(),
+            false => format!("{}, prefix reuse off", self.dtype),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -152,9 +185,14 @@ fn main() -> anyhow::Result<()> {
     let gflop_per_pair = batch_flops.iter().sum::<f64>() / total_pairs as f64 / 1e9;
 
     let mut results = Vec::new();
-    for &dtype in &args.dtypes {
+    let runs = args
+        .dtypes
+        .iter()
+        .flat_map(|&d| args.prefix_reuse.settings().iter().map(move |&r| (d, r)));
+    for (dtype, prefix_reuse) in runs {
         let mut engine_config = EngineConfig::new(&args.model);
         engine_config.dtype = dtype;
+        engine_config.prefix_reuse = prefix_reuse;
         let load_started = Instant::now();
         let engine = Engine::load(&engine_config)?;
         let load_seconds = load_started.elapsed().as_secs_f64();
@@ -195,6 +233,7 @@ fn main() -> anyhow::Result<()> {
             .map_or(peak.gflops, |p| p.gops);
         let r = DtypeResult {
             dtype,
+            prefix_reuse,
             pairs,
             seconds,
             pairs_per_second: pairs as f64 / seconds,
@@ -208,8 +247,10 @@ fn main() -> anyhow::Result<()> {
             load_seconds,
         };
         eprintln!(
-            "{dtype}: {:.1} pairs/s over {} pairs",
-            r.pairs_per_second, r.pairs
+            "{}: {:.1} pairs/s over {} pairs",
+            r.label(),
+            r.pairs_per_second,
+            r.pairs
         );
         results.push(r);
     }
@@ -256,7 +297,7 @@ fn print_markdown(r: &Report) {
     let f32_rate = r
         .results
         .iter()
-        .find(|x| x.dtype == WeightDType::F32)
+        .find(|x| x.dtype == WeightDType::F32 && x.prefix_reuse)
         .map(|x| x.pairs_per_second);
     for x in &r.results {
         let vs = f32_rate.map_or("–".to_string(), |f| {
@@ -264,7 +305,7 @@ fn print_markdown(r: &Report) {
         });
         println!(
             "| {} | {} | {:.1} | {:.0} | {:.2} | {:.3} | {:.1} | {:.1}% | {:.1}% | {} |",
-            x.dtype,
+            x.label(),
             x.pairs,
             x.pairs_per_second,
             x.tokens_per_second,
@@ -290,7 +331,7 @@ fn print_profile(results: &[DtypeResult]) {
         return;
     };
     println!("\nWhere the time goes (share of each dtype's CPU time, `--profile`):\n");
-    let header: Vec<String> = profiled.iter().map(|r| r.dtype.to_string()).collect();
+    let header: Vec<String> = profiled.iter().map(|r| r.label()).collect();
     println!("| stage | {} |", header.join(" | "));
     println!("|---|{}", "---:|".repeat(profiled.len()));
     let quantize = profile::Stage::Quantize.as_str();

@@ -68,6 +68,9 @@ struct Line {
     passage: Option<String>,
     #[serde(default)]
     passages: Option<Vec<String>>,
+    /// An LLM reranker's instruction for this line (its default where absent).
+    #[serde(default)]
+    instruction: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -150,7 +153,12 @@ fn score_line(
         (None, None) => return Err("missing \"passage\" (or \"passages\")".into()),
     };
     let scores = engine
-        .score_query(&line.query, &passages, truncation)
+        .score_query_for(
+            &line.query,
+            line.instruction.as_deref(),
+            &passages,
+            truncation,
+        )
         .map_err(|e| e.to_string())?;
     Ok((scores, single))
 }

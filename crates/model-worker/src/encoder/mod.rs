@@ -23,6 +23,7 @@
 //! the padded layouts of the padding experiment) candle runs them.
 
 pub mod cpu;
+mod decoder;
 pub mod linear;
 pub mod plan;
 
@@ -71,7 +72,7 @@ impl WeightReader<'_> {
         Ok(Self {
             vb,
             names,
-            biases_optional: config.modern.is_some(),
+            biases_optional: config.modern.is_some() || config.decoder.is_some(),
         })
     }
 
@@ -421,6 +422,7 @@ fn activate(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
         HiddenAct::GeluTanh => x.gelu()?,
         HiddenAct::Relu => x.relu()?,
         HiddenAct::Tanh => x.tanh()?,
+        HiddenAct::Silu => candle_nn::ops::silu(x)?,
     })
 }
 
@@ -528,6 +530,26 @@ struct CandleEncoder {
 enum Encoder {
     Candle(CandleEncoder),
     Cpu(Box<cpu::CpuEncoder>),
+    CandleDecoder(decoder::CandleDecoder),
+    CpuDecoder(Box<cpu::CpuDecoder>),
+}
+
+/// What a model needs beyond its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// A yes/no reranker's "no" and "yes" token ids (from its tokenizer).
+    pub yes_no_tokens: Option<[u32; 2]>,
+    /// Whether the CPU decoder computes a prefix its sequences share once.
+    pub prefix_reuse: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            yes_no_tokens: None,
+            prefix_reuse: true,
+        }
+    }
 }
 
 /// A loaded cross-encoder of any supported family.
@@ -550,9 +572,13 @@ impl CrossEncoder {
         dtype: WeightDType,
         device: &Device,
         attention: AttentionLayout,
+        options: LoadOptions,
     ) -> Result<Self> {
         let r = WeightReader::open(weights, &config)?;
-        let num_labels = r.num_labels(&config)?;
+        let num_labels = match &config.decoder {
+            Some(d) if d.head == ce_model_spec::DecoderHead::YesNo => 2,
+            _ => r.num_labels(&config)?,
+        };
         let spec = ce_model_spec::ReplicaSpec {
             model: String::new(),
             dtype,
@@ -568,11 +594,27 @@ impl CrossEncoder {
             WeightDType::I8 => Some(cpu::Precision::I8),
             _ => None,
         };
-        let encoder = match precision {
-            Some(precision) if cpu_kernels => Encoder::Cpu(Box::new(cpu::CpuEncoder::load(
-                &r, &config, num_labels, precision,
-            )?)),
-            _ => Encoder::Candle(CandleEncoder::load(&r, &config, dtype, device, num_labels)?),
+        let head_rows = options.yes_no_tokens;
+        let encoder = match (precision, config.decoder.is_some()) {
+            (Some(precision), true) if cpu_kernels => {
+                Encoder::CpuDecoder(Box::new(cpu::CpuDecoder::load(
+                    &r,
+                    &config,
+                    num_labels,
+                    head_rows,
+                    precision,
+                    options.prefix_reuse,
+                )?))
+            }
+            (_, true) => Encoder::CandleDecoder(decoder::CandleDecoder::load(
+                &r, &config, dtype, device, num_labels, head_rows,
+            )?),
+            (Some(precision), false) if cpu_kernels => Encoder::Cpu(Box::new(
+                cpu::CpuEncoder::load(&r, &config, num_labels, precision)?,
+            )),
+            (_, false) => {
+                Encoder::Candle(CandleEncoder::load(&r, &config, dtype, device, num_labels)?)
+            }
         };
         Ok(Self {
             config,
@@ -611,7 +653,7 @@ impl CrossEncoder {
 
     /// Whether the CPU encoder (rather than candle) runs this model.
     pub fn runs_cpu_kernels(&self) -> bool {
-        matches!(self.encoder, Encoder::Cpu(_))
+        matches!(self.encoder, Encoder::Cpu(_) | Encoder::CpuDecoder(_))
     }
 
     /// The limits a batch must satisfy.
@@ -630,6 +672,8 @@ impl CrossEncoder {
         match &self.encoder {
             Encoder::Cpu(cpu) => cpu.forward(batch),
             Encoder::Candle(candle) => candle.forward(batch, self),
+            Encoder::CpuDecoder(cpu) => cpu.forward(batch),
+            Encoder::CandleDecoder(candle) => candle.forward(batch, self),
         }
     }
 }

@@ -56,6 +56,7 @@ pub async fn cohere_v1_rerank(
                 max_chunks: body.max_chunks_per_doc,
                 max_tokens: None,
             }),
+            instruction: body.instruction.clone(),
             ..RerankInput::default()
         };
         let ranking = api.rerank(input).await?;
@@ -105,6 +106,7 @@ pub async fn cohere_v2_rerank(
                 max_chunks: None,
                 max_tokens: Some(max_tokens),
             }),
+            instruction: body.instruction.clone(),
             ..RerankInput::default()
         };
         let ranking = api.rerank(input).await?;
@@ -146,7 +148,13 @@ pub async fn score(
         let pairs = score_pairs(body.text_1, body.text_2)?;
         let truncation = api::truncation(body.truncate, Side::Right);
         let list = api
-            .score(body.model.as_deref(), pairs, truncation, false)
+            .score(
+                body.model.as_deref(),
+                pairs,
+                truncation,
+                false,
+                body.instruction.clone(),
+            )
             .await?;
         let name = api
             .core()

@@ -163,6 +163,7 @@ pub async fn rerank_handler(
                 max_chunks: Some(n),
                 max_tokens: None,
             }),
+            instruction: body.instruction,
         };
         let offsets = body.return_chunk_offsets;
         let ranking = api.rerank(input).await?;

@@ -54,12 +54,15 @@ pub struct ApiDoc;
     responses((status = 200, description = "The OpenAPI document", body = Object))
 )]
 pub async fn document(State(api): State<Api>) -> impl IntoResponse {
-    let names: Vec<String> = api.core().models.iter().map(|m| m.name.clone()).collect();
-    axum::Json(with_limits(
-        described(),
-        &Limits::of(&api.core().settings),
-        &names,
-    ))
+    let models = &api.core().models;
+    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    let limits = Limits {
+        instructions: models
+            .iter()
+            .any(|m| m.loaded.as_ref().is_ok_and(|f| f.prompt.is_some())),
+        ..Limits::of(&api.core().settings)
+    };
+    axum::Json(with_limits(described(), &limits, &names))
 }
 
 /// What every scoring route (every `POST`) may refuse with, in its
@@ -137,6 +140,10 @@ pub struct Limits {
     pub chunks: usize,
     /// `max_tokens_per_doc`.
     pub doc_tokens: usize,
+    /// Whether any served model takes an `instruction` (an LLM reranker):
+    /// without one the field is left out of the document, since every
+    /// model would refuse it.
+    pub instructions: bool,
 }
 
 impl Limits {
@@ -147,6 +154,7 @@ impl Limits {
             chars: settings.max_input_chars,
             chunks: settings.max_chunks_per_doc,
             doc_tokens: settings.max_tokens_per_doc,
+            instructions: false,
         }
     }
 }
@@ -163,12 +171,7 @@ pub fn with_limits(mut doc: Value, limits: &Limits, models: &[String]) -> Value 
             field.insert(key.into(), value);
         }
     };
-    for body in [
-        "RerankBody",
-        "CohereRerankBody",
-        "CohereV2RerankBody",
-        "ScoreBody",
-    ] {
+    for body in BODIES {
         let at = |field: &str| format!("/{body}/properties/{field}");
         set(&at("query"), "maxLength", json!(limits.chars));
         for list in ["texts", "documents"] {
@@ -207,8 +210,25 @@ pub fn with_limits(mut doc: Value, limits: &Limits, models: &[String]) -> Value 
             "oneOf": [query, {"type": "array", "items": query, "minItems": 1, "maxItems": limits.documents}],
         }),
     );
+    if !limits.instructions {
+        for body in BODIES {
+            if let Some(Value::Object(properties)) =
+                schemas.pointer_mut(&format!("/{body}/properties"))
+            {
+                properties.remove("instruction");
+            }
+        }
+    }
     doc
 }
+
+/// The request bodies of the scoring routes.
+const BODIES: [&str; 4] = [
+    "RerankBody",
+    "CohereRerankBody",
+    "CohereV2RerankBody",
+    "ScoreBody",
+];
 
 #[cfg(test)]
 mod tests {
@@ -221,6 +241,7 @@ mod tests {
             chars: 100,
             chunks: 3,
             doc_tokens: 900,
+            instructions: false,
         };
         let doc = with_limits(described(), &limits, &["a".into(), "b".into()]);
         for path in [
@@ -238,6 +259,18 @@ mod tests {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         let v2 = &doc["components"]["schemas"]["CohereV2RerankBody"];
+        assert!(
+            v2["properties"]["instruction"].is_null(),
+            "no LLM, no instruction"
+        );
+        let llm = Limits {
+            instructions: true,
+            ..limits
+        };
+        let with = with_limits(described(), &llm, &["a".into()]);
+        assert!(
+            with["components"]["schemas"]["RerankBody"]["properties"]["instruction"].is_object()
+        );
         assert!(
             v2["required"]
                 .as_array()

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use ce_common::TokenBatch;
 use ce_common::control::{Role, TokenizerSpec, WorkerConfig, WorkerJob};
 use ce_common::link::LinkConfig;
-use ce_model_spec::{ModelConfig, ModelFiles, ReplicaSpec};
+use ce_model_spec::{ModelConfig, ModelFiles, PromptTemplate, ReplicaSpec};
 use tokenizer_worker::PairTokenizer;
 
 use crate::config::Settings;
@@ -129,7 +129,13 @@ pub async fn load_models(settings: &Settings) -> anyhow::Result<Models> {
     }
     let labels = facts.iter().map(|f| f.labels).max().unwrap_or(1);
     let (link, job_budget) = frames_for(settings, max_length, labels)?;
-    let loaded = tokenizers_of(&served, &files)?;
+    let prompts = prompts_of(settings, &served, &files)?;
+    for (model, prompt) in served.iter_mut().zip(&prompts) {
+        if let Ok(facts) = &mut model.loaded {
+            facts.prompt = prompt.clone();
+        }
+    }
+    let loaded = tokenizers_of(&served, &files, &prompts)?;
     let tokenizers = loaded
         .iter()
         .map(|t| t.as_ref().map(|(t, _)| t.clone()))
@@ -191,20 +197,72 @@ fn group_by_name(settings: &Settings, plans: &[ReplicaSpec]) -> anyhow::Result<V
 /// length (for the tokenizer workers).
 type LoadedTokenizer = (Arc<PairTokenizer>, TokenizerSpec);
 
+/// Each model's prompt: an LLM reranker's (its instance's
+/// `prompt_template` and `instruction`, else the global ones, else
+/// Qwen3-Reranker's), `None` for an encoder (which may not be given one) or
+/// a model that did not load.
+fn prompts_of(
+    settings: &Settings,
+    served: &[ServedModel],
+    files: &[Option<(ModelFiles, ModelConfig)>],
+) -> anyhow::Result<Vec<Option<PromptTemplate>>> {
+    served
+        .iter()
+        .zip(files)
+        .map(|(model, found)| {
+            let Some((_, config)) = found else {
+                return Ok(None);
+            };
+            let chosen = |pick: fn(&crate::config::Instance) -> Option<String>| {
+                model
+                    .slots
+                    .iter()
+                    .find_map(|&slot| settings.instances.get(slot).and_then(pick))
+            };
+            let text = chosen(|i| i.prompt_template.clone()).or(settings.prompt_template.clone());
+            let instruction = chosen(|i| i.instruction.clone()).or(settings.instruction.clone());
+            if config.decoder.is_none() {
+                let named = chosen(|i| i.prompt_template.clone().or(i.instruction.clone()));
+                if named.is_some() {
+                    bail!(
+                        "model {:?} is an encoder ({}): prompt_template and instruction are for LLM rerankers",
+                        model.name,
+                        config.family
+                    );
+                }
+                return Ok(None);
+            }
+            let default = PromptTemplate::qwen3_reranker();
+            let template = PromptTemplate::new(
+                text.unwrap_or_else(|| default.text().to_string()),
+                instruction.unwrap_or_else(|| default.default_instruction().to_string()),
+            )
+            .with_context(|| format!("model {:?}: prompt_template", model.name))?;
+            Ok(Some(template))
+        })
+        .collect()
+}
+
 /// Each loaded model's tokenizer; `None` for a model that did not load.
 fn tokenizers_of(
     served: &[ServedModel],
     files: &[Option<(ModelFiles, ModelConfig)>],
+    prompts: &[Option<PromptTemplate>],
 ) -> anyhow::Result<Vec<Option<LoadedTokenizer>>> {
     served
         .iter()
         .zip(files)
-        .map(|(model, found)| match (found, &model.loaded) {
+        .zip(prompts)
+        .map(|((model, found), prompt)| match (found, &model.loaded) {
             (Some((found, _)), Ok(facts)) => {
-                let tokenizer = PairTokenizer::from_file(&found.tokenizer, facts.max_length)?;
+                let mut tokenizer = PairTokenizer::from_file(&found.tokenizer, facts.max_length)?;
+                if let Some(prompt) = prompt {
+                    tokenizer = tokenizer.with_prompt(prompt.clone())?;
+                }
                 let spec = TokenizerSpec {
                     file: found.tokenizer.clone(),
                     max_length: facts.max_length as u32,
+                    prompt: prompt.clone(),
                 };
                 Ok(Some((Arc::new(tokenizer), spec)))
             }

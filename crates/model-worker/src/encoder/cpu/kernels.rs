@@ -216,6 +216,8 @@ pub enum Activation {
     Relu,
     /// `tanh(x)` (the BERT and RoBERTa heads).
     Tanh,
+    /// `x · sigmoid(x)` (SwiGLU's gate).
+    Silu,
 }
 
 impl From<ce_model_spec::HiddenAct> for Activation {
@@ -226,6 +228,7 @@ impl From<ce_model_spec::HiddenAct> for Activation {
             H::GeluTanh => Self::GeluTanh,
             H::Relu => Self::Relu,
             H::Tanh => Self::Tanh,
+            H::Silu => Self::Silu,
         }
     }
 }
@@ -241,6 +244,7 @@ fn activate<const FMA: bool>(x: f32, act: Activation) -> f32 {
         }
         Activation::Relu => x.max(0.0),
         Activation::Tanh => tanh::<FMA>(x),
+        Activation::Silu => x / (1.0 + exp::<FMA>(-x)),
     }
 }
 
@@ -269,6 +273,11 @@ vectorized! {
                 Activation::Tanh => {
                     for (v, b) in row.iter_mut().zip(bias) {
                         *v = tanh::<FMA>(*v + b);
+                    }
+                }
+                Activation::Silu => {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v = activate::<FMA>(*v + b, Activation::Silu);
                     }
                 }
             }
@@ -397,6 +406,51 @@ fn normalize(src: &[f32], dst: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32
     let rstd = 1.0 / (sum_sq_dev(src, mean) / n + eps).sqrt();
     for (((d, s), g), b) in dst.iter_mut().zip(src).zip(gamma).zip(beta) {
         *d = (s - mean) * rstd * g + b;
+    }
+}
+
+#[inline(always)]
+fn rms_normalize(src: &[f32], dst: &mut [f32], gamma: &[f32], eps: f32) {
+    let mut acc = [0f32; LANES];
+    let chunks = src.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    let mean_sq = (acc.iter().sum::<f32>() + tail) / src.len() as f32;
+    let rstd = 1.0 / (mean_sq + eps).sqrt();
+    for ((d, s), g) in dst.iter_mut().zip(src).zip(gamma) {
+        *d = s * rstd * g;
+    }
+}
+
+vectorized! {
+    /// RMSNorm of every row of `src` (rows of `gamma.len()`) into `dst`:
+    /// `x / √(mean(x²) + eps) · γ`, as transformers' `Qwen3RMSNorm` (in f32).
+    pub fn rms_norm_into(src: &[f32], dst: &mut [f32], gamma: &[f32], eps: f32) {
+        let width = gamma.len();
+        for (s, d) in src.chunks_exact(width).zip(dst.chunks_exact_mut(width)) {
+            rms_normalize(s, d, gamma, eps);
+        }
+    }
+}
+
+vectorized! {
+    /// RMSNorm of every row of `rows` (rows of `gamma.len()`) in place.
+    pub fn rms_norm(rows: &mut [f32], gamma: &[f32], eps: f32) {
+        let mut tmp = [0f32; 1024];
+        let width = gamma.len();
+        for row in rows.chunks_exact_mut(width) {
+            if width <= tmp.len() {
+                tmp[..width].copy_from_slice(row);
+                rms_normalize(&tmp[..width], row, gamma, eps);
+            } else {
+                let copy = row.to_vec();
+                rms_normalize(&copy, row, gamma, eps);
+            }
+        }
     }
 }
 

@@ -40,6 +40,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod bf16;
+mod decoder;
 pub mod int8;
 pub mod kernels;
 pub mod profile;
@@ -53,6 +54,7 @@ use super::{ForwardOutput, WeightReader, push_position_ids, rotary_table};
 use crate::error::{EngineError, Result};
 use bf16::Bf16Linear;
 use ce_model_spec::{ModelConfig, Pooling, Tensor as T};
+pub use decoder::CpuDecoder;
 use int8::Int8Linear;
 use kernels::{Activation, AttentionScratch, Heads, View, matmul};
 use profile::{Stage, timed};
