@@ -129,7 +129,7 @@ def train_tokenizer(kind: str, vocab: int):
             special_tokens=[("<s>", 0), ("</s>", 2)],
         )
         return tok, dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
-    if kind == "bytelevel-qwen":
+    if kind in ("bytelevel-qwen", "bytelevel-qwen-words"):
         # Qwen2/Qwen3's tokenizer.json: NFC, the GPT-4-style split regex,
         # byte-level BPE without a prefix space, no special tokens added to
         # a text; "yes" and "no" are whole tokens (the yes/no head reads them).
@@ -145,6 +145,14 @@ def train_tokenizer(kind: str, vocab: int):
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         prompt = [QWEN_PREFIX, QWEN_SUFFIX, QWEN_INSTRUCTION] * 20
+        if kind == "bytelevel-qwen-words":
+            # The benchmark workload's words (crates/bench/data), so that a
+            # large vocabulary holds them whole, as Qwen's 151k one holds
+            # common English words: the real model's tokens per pair.
+            words = []
+            for name in ["words_common.txt", "words_rare.txt"]:
+                words += (ROOT / "crates" / "bench" / "data" / name).read_text().split()
+            text = text + [" ".join(words[i : i + 16]) for i in range(0, len(words), 16)] * 3
         tok.train_from_iterator(text + prompt + ["yes", "no"] * 200, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, initial_alphabet=alphabet))
         for word in ["yes", "no"]:
             assert tok.token_to_id(word) is not None, f"{word!r} is not a token"
@@ -237,7 +245,7 @@ def fixtures(real: bool):
             "xlm-roberta-base": ("XLMRobertaConfig", dict(base, vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5, num_labels=1), "unigram-xlmr", 2000, 512, False, "safetensors"),
             "modernbert-base": ("ModernBertConfig", dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152, vocab_size=50368, num_labels=1, pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3), "bytelevel-modernbert", 2000, 512, False, "safetensors"),
             "electra-base": ("ElectraConfig", dict(base, vocab_size=30522, embedding_size=768, num_labels=1), "wordpiece", 2000, 512, True, "safetensors"),
-            "qwen3-reranker-0.6b": ("Qwen3Config", dict(QWEN3_06B, tie_word_embeddings=True), "bytelevel-qwen", 2000, 512, False, "causal-lm"),
+            "qwen3-reranker-0.6b": ("Qwen3Config", dict(QWEN3_06B, tie_word_embeddings=True), "bytelevel-qwen-words", 30000, 512, False, "causal-lm"),
             "distilbert-base": ("DistilBertConfig", dict(dim=768, n_layers=6, n_heads=12, hidden_dim=3072, vocab_size=30522, num_labels=1), "wordpiece", 2000, 512, False, "safetensors"),
         }
     return {

@@ -689,6 +689,12 @@ impl ModelConfig {
 /// Qwen3's attention shape, rotary base and head, refusing what the engine
 /// does not compute (scaled rotary positions, sliding windows).
 fn decoder_spec(raw: &RawConfig, config_err: &impl Fn(String) -> SpecError) -> Result<DecoderSpec> {
+    if raw.hidden_act != "silu" {
+        return Err(config_err(format!(
+            "hidden_act {:?}: Qwen3's SwiGLU gate is \"silu\"",
+            raw.hidden_act
+        )));
+    }
     let heads = raw.num_attention_heads;
     let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
     if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
@@ -1048,5 +1054,90 @@ mod tests {
         let c = ModelConfig::from_json(&no_act).unwrap();
         assert_eq!(c.score_activation, ScoreActivation::Sigmoid);
         assert!((ScoreActivation::Sigmoid.apply(0.0) - 0.5).abs() < 1e-7);
+    }
+
+    const QWEN3: &str = r#"{"model_type":"qwen3","architectures":["Qwen3ForCausalLM"],
+        "vocab_size":151669,"hidden_size":1024,"intermediate_size":3072,"num_hidden_layers":28,
+        "num_attention_heads":16,"num_key_value_heads":8,"head_dim":128,"hidden_act":"silu",
+        "max_position_embeddings":40960,"rms_norm_eps":1e-06,"rope_theta":1000000,
+        "rope_scaling":null,"tie_word_embeddings":true,"use_sliding_window":false}"#;
+
+    #[test]
+    fn qwen3_reads_as_a_decoder_with_its_head_from_the_architecture() {
+        let c = ModelConfig::from_json(QWEN3).unwrap();
+        let d = c.decoder.as_ref().unwrap();
+        assert_eq!((d.kv_heads, d.head_dim, c.head_dim()), (8, 128, 128));
+        assert_eq!((d.head, d.tied_embeddings), (DecoderHead::YesNo, true));
+        assert_eq!(d.rope_theta, 1e6);
+        // p(yes): two logits, "no" then "yes", softmax of label 1.
+        assert_eq!(c.declared_labels, Some(2));
+        assert_eq!(
+            (c.relevant_label, c.score_activation),
+            (1, ScoreActivation::Softmax)
+        );
+        assert_eq!(c.layer_norm_eps, 1e-6);
+        assert_eq!(c.accepted_token_types(), usize::MAX);
+        // 16 heads of 128 are wider than hidden_size: no divisibility rule.
+        let gflop = c.flops_per_sequence(170) / 1e9;
+        assert!((140.0..160.0).contains(&gflop), "{gflop}");
+        // transformers 5 keeps rope_theta in rope_parameters.
+        let moved = QWEN3.replace(
+            "\"rope_theta\":1000000,",
+            "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":5000.0},",
+        );
+        assert_eq!(
+            ModelConfig::from_json(&moved)
+                .unwrap()
+                .decoder
+                .unwrap()
+                .rope_theta,
+            5000.0
+        );
+        let classifier = QWEN3
+            .replace("Qwen3ForCausalLM", "Qwen3ForSequenceClassification")
+            .replace("\"tie_word_embeddings\":true", "\"num_labels\":1");
+        let c = ModelConfig::from_json(&classifier).unwrap();
+        assert_eq!(c.decoder.as_ref().unwrap().head, DecoderHead::Classifier);
+        assert_eq!(
+            (c.declared_labels, c.score_activation),
+            (Some(1), ScoreActivation::Sigmoid)
+        );
+    }
+
+    #[test]
+    fn qwen3_configs_the_engine_cannot_compute_are_refused_by_name() {
+        for (from, to, named) in [
+            (
+                "\"rope_scaling\":null",
+                "\"rope_scaling\":{\"type\":\"yarn\"}",
+                "rope_scaling",
+            ),
+            (
+                "\"use_sliding_window\":false",
+                "\"use_sliding_window\":true",
+                "use_sliding_window",
+            ),
+            (
+                "\"num_key_value_heads\":8",
+                "\"num_key_value_heads\":5",
+                "num_key_value_heads",
+            ),
+            (
+                "\"hidden_act\":\"silu\"",
+                "\"hidden_act\":\"gelu\"",
+                "hidden_act",
+            ),
+            ("\"head_dim\":128", "\"head_dim\":127", "head_dim"),
+            (
+                "Qwen3ForCausalLM",
+                "Qwen3ForTokenClassification",
+                "Qwen3ForTokenClassification",
+            ),
+        ] {
+            let bad = QWEN3.replace(from, to);
+            assert_ne!(bad, QWEN3);
+            let e = ModelConfig::from_json(&bad).unwrap_err().to_string();
+            assert!(e.contains(named), "{named}: {e}");
+        }
     }
 }

@@ -20,8 +20,10 @@ pub struct ModelFiles {
 /// The weight file and its format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Weights {
-    /// `model.safetensors` (memory-mapped).
-    Safetensors(PathBuf),
+    /// `model.safetensors`, or the shards `model.safetensors.index.json`
+    /// names (larger checkpoints, e.g. Qwen3-Reranker-4B and -8B), each
+    /// memory-mapped.
+    Safetensors(Vec<PathBuf>),
     /// `pytorch_model.bin` (a PyTorch pickle; read fully).
     Pytorch(PathBuf),
 }
@@ -59,10 +61,18 @@ impl ModelFiles {
         let config = need("config.json")?;
         let tokenizer = need("tokenizer.json")?;
         let weights = match need("model.safetensors") {
-            Ok(p) => Weights::Safetensors(p),
-            Err(e) => match need("pytorch_model.bin") {
-                Ok(p) => Weights::Pytorch(p),
-                Err(_) => return Err(e),
+            Ok(p) => Weights::Safetensors(vec![p]),
+            Err(e) => match need(SHARD_INDEX) {
+                Ok(index) => Weights::Safetensors(
+                    shard_names(&index)?
+                        .iter()
+                        .map(|shard| need(shard))
+                        .collect::<Result<_>>()?,
+                ),
+                Err(_) => match need("pytorch_model.bin") {
+                    Ok(p) => Weights::Pytorch(p),
+                    Err(_) => return Err(e),
+                },
             },
         };
         Ok(Self {
@@ -91,10 +101,18 @@ impl ModelFiles {
         let config = get("config.json")?;
         let tokenizer = get("tokenizer.json")?;
         let weights = match get("model.safetensors") {
-            Ok(p) => Weights::Safetensors(p),
-            Err(first) => match get("pytorch_model.bin") {
-                Ok(p) => Weights::Pytorch(p),
-                Err(_) => return Err(first),
+            Ok(p) => Weights::Safetensors(vec![p]),
+            Err(first) => match get(SHARD_INDEX) {
+                Ok(index) => Weights::Safetensors(
+                    shard_names(&index)?
+                        .iter()
+                        .map(|shard| get(shard))
+                        .collect::<Result<_>>()?,
+                ),
+                Err(_) => match get("pytorch_model.bin") {
+                    Ok(p) => Weights::Pytorch(p),
+                    Err(_) => return Err(first),
+                },
             },
         };
         Ok(Self {
@@ -113,6 +131,51 @@ impl ModelFiles {
                 .into(),
         })
     }
+}
+
+/// The index of a sharded safetensors checkpoint.
+const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// The shard files a `model.safetensors.index.json` names (its
+/// `weight_map`'s values, each once, in order), refusing any name that is
+/// not a plain file name: an index must not point outside its directory.
+fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let bad = |message: String| SpecError::Config {
+        path: index.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(|source| SpecError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let map = value
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+    let mut names: Vec<String> = Vec::new();
+    for file in map.values() {
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad("a weight_map value is not a file name".into()))?;
+        let plain = !file.is_empty()
+            && !file.starts_with('.')
+            && !file.contains(['/', '\\'])
+            && file.ends_with(".safetensors");
+        if !plain {
+            return Err(bad(format!(
+                "shard {file:?} is not a .safetensors file of this directory"
+            )));
+        }
+        if !names.iter().any(|n| n == file) {
+            names.push(file.to_string());
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        return Err(bad("the weight_map names no shard".into()));
+    }
+    Ok(names)
 }
 
 /// `owner/name` with no other slash and no leading dot or slash.
@@ -135,59 +198,23 @@ impl Weights {
     /// file. Reads only the header. A PyTorch pickle is checked as it is
     /// loaded (by shape, tensor by tensor).
     pub fn check_shapes(&self, config: &crate::ModelConfig) -> Result<()> {
-        let Weights::Safetensors(path) = self else {
+        let Weights::Safetensors(paths) = self else {
             return Ok(());
+        };
+        let mut shapes = std::collections::BTreeMap::new();
+        for path in paths {
+            shapes.extend(header_shapes(path)?);
+        }
+        let Some(path) = paths.first() else {
+            return Err(SpecError::WeightsMismatch {
+                path: PathBuf::new(),
+                message: "no weight file".into(),
+            });
         };
         let mismatch = |message: String| SpecError::WeightsMismatch {
             path: path.clone(),
             message,
         };
-        let io = |source| SpecError::Io {
-            path: path.clone(),
-            source,
-        };
-        use std::io::Read;
-        let mut file = std::fs::File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let mut len = [0u8; 8];
-        if file_len < 8 {
-            return Err(mismatch(format!(
-                "{file_len} bytes: too short to be safetensors"
-            )));
-        }
-        file.read_exact(&mut len).map_err(io)?;
-        let header_len = u64::from_le_bytes(len);
-        if header_len > MAX_SAFETENSORS_HEADER || header_len + 8 > file_len {
-            return Err(mismatch(format!(
-                "a header of {header_len} bytes in a file of {file_len}"
-            )));
-        }
-        let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header).map_err(io)?;
-        let header: std::collections::BTreeMap<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| mismatch(format!("header: {e}")))?;
-        let data_len = file_len - 8 - header_len;
-        let mut shapes = std::collections::BTreeMap::new();
-        for (name, entry) in &header {
-            if name == "__metadata__" {
-                continue;
-            }
-            let shape: Vec<u64> = entry
-                .get("shape")
-                .and_then(|s| serde_json::from_value(s.clone()).ok())
-                .ok_or_else(|| mismatch(format!("{name}: no shape")))?;
-            let end = entry
-                .get("data_offsets")
-                .and_then(|o| o.get(1))
-                .and_then(serde_json::Value::as_u64)
-                .ok_or_else(|| mismatch(format!("{name}: no data_offsets")))?;
-            if end > data_len {
-                return Err(mismatch(format!(
-                    "{name} ends at byte {end} of {data_len} bytes of data"
-                )));
-            }
-            shapes.insert(name.clone(), shape);
-        }
         let names = crate::TensorNames::find(config.family, |n| shapes.contains_key(n));
         let (h, last) = (config.hidden_size as u64, config.num_hidden_layers - 1);
         let ffn_in = match config.modern {
@@ -226,6 +253,65 @@ impl Weights {
     }
 }
 
+/// Tensor shapes by name.
+type Shapes = std::collections::BTreeMap<String, Vec<u64>>;
+
+/// The tensor shapes of one safetensors file's header, checking that every
+/// tensor lies inside the file. Reads only the header.
+fn header_shapes(path: &PathBuf) -> Result<Shapes> {
+    let mismatch = |message: String| SpecError::WeightsMismatch {
+        path: path.clone(),
+        message,
+    };
+    let io = |source| SpecError::Io {
+        path: path.clone(),
+        source,
+    };
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut len = [0u8; 8];
+    if file_len < 8 {
+        return Err(mismatch(format!(
+            "{file_len} bytes: too short to be safetensors"
+        )));
+    }
+    file.read_exact(&mut len).map_err(io)?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_SAFETENSORS_HEADER || header_len + 8 > file_len {
+        return Err(mismatch(format!(
+            "a header of {header_len} bytes in a file of {file_len}"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| mismatch(format!("header: {e}")))?;
+    let data_len = file_len - 8 - header_len;
+    let mut shapes = Shapes::new();
+    for (name, entry) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape: Vec<u64> = entry
+            .get("shape")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .ok_or_else(|| mismatch(format!("{name}: no shape")))?;
+        let end = entry
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| mismatch(format!("{name}: no data_offsets")))?;
+        if end > data_len {
+            return Err(mismatch(format!(
+                "{name} ends at byte {end} of {data_len} bytes of data"
+            )));
+        }
+        shapes.insert(name.clone(), shape);
+    }
+    Ok(shapes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +341,49 @@ mod tests {
         std::fs::write(dir.path().join("pytorch_model.bin"), "").unwrap();
         let files = ModelFiles::from_dir(dir.path()).unwrap();
         assert!(matches!(files.weights, Weights::Pytorch(_)));
+        // A sharded checkpoint: its index names the shards, which must be
+        // this directory's files.
+        let index = dir.path().join(SHARD_INDEX);
+        let map = |files: &[&str]| {
+            let entries: Vec<String> = files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| format!("\"t{i}\": {f:?}"))
+                .collect();
+            format!("{{\"weight_map\": {{{}}}}}", entries.join(", "))
+        };
+        std::fs::write(
+            &index,
+            map(&["b.safetensors", "a.safetensors", "b.safetensors"]),
+        )
+        .unwrap();
+        let e = ModelFiles::from_dir(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, SpecError::FileMissing { ref file, .. } if file == "a.safetensors"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("a.safetensors"), "").unwrap();
+        std::fs::write(dir.path().join("b.safetensors"), "").unwrap();
+        let files = ModelFiles::from_dir(dir.path()).unwrap();
+        let Weights::Safetensors(shards) = files.weights else {
+            panic!("safetensors shards")
+        };
+        assert_eq!(
+            shards,
+            vec![
+                dir.path().join("a.safetensors"),
+                dir.path().join("b.safetensors")
+            ]
+        );
+        for hostile in [
+            "../x.safetensors",
+            "/etc/passwd",
+            "sub/a.safetensors",
+            "a.bin",
+        ] {
+            std::fs::write(&index, map(&[hostile])).unwrap();
+            let e = ModelFiles::from_dir(dir.path()).unwrap_err();
+            assert!(matches!(e, SpecError::Config { .. }), "{hostile}: {e}");
+        }
     }
 }

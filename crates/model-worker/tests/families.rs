@@ -337,3 +337,46 @@ fn prefix_reuse_changes_no_logit() {
         }
     }
 }
+
+/// A sharded checkpoint (`model.safetensors.index.json` naming its shards,
+/// as Qwen3-Reranker-4B and -8B ship) loads and scores as the single file.
+#[test]
+fn a_sharded_checkpoint_scores_as_the_single_file() {
+    let name = "qwen3-seq-cls";
+    let source = dir(name);
+    let sharded = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(source.join(file), sharded.path().join(file)).unwrap();
+    }
+    let tensors =
+        candle_core::safetensors::load(source.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].into_iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let shard: std::collections::HashMap<String, candle_core::Tensor> = part
+            .iter()
+            .map(|&n| (n.clone(), tensors[n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, sharded.path().join(&file)).unwrap();
+        for &n in part {
+            weight_map.insert(n.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        sharded.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let fixture = fixture(name);
+    let pairs: Vec<&Pair> = fixture.pairs.iter().collect();
+    let mut config = EngineConfig::new(sharded.path().to_string_lossy());
+    config.max_length = fixture.max_length;
+    let engine = Engine::load(&config).expect("the sharded checkpoint loads");
+    let scores = engine.score(&batch_of(&engine, &pairs)).unwrap();
+    check_logits(name, "sharded", &scores.logits, &pairs);
+}

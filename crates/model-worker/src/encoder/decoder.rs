@@ -7,8 +7,7 @@ use candle_core::{D, DType, Device, Tensor};
 
 use super::linear::Linear;
 use super::plan::BatchPlan;
-use super::{CrossEncoder, ForwardOutput, Place, WeightReader, rotary_table};
-use crate::dtype::CandleDType;
+use super::{CrossEncoder, ForwardOutput, Place, WeightReader, rotary_table, to_f32};
 use crate::error::{EngineError, Result};
 use ce_model_spec::{DecoderHead, ModelConfig, Tensor as T, WeightDType};
 
@@ -95,14 +94,7 @@ impl CandleDecoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let word = r.matrix(T::WordEmbeddings, c.vocab_size, h)?;
-        // The head is tiny: kept in the activation precision, never quantized.
-        let head_place = Place {
-            dtype: match dtype {
-                WeightDType::Q8_0 | WeightDType::Q4_0 => WeightDType::F32,
-                other => other,
-            },
-            device,
-        };
+        let head_place = Place::head(dtype, device);
         let head_weight = match (spec.head, head_rows) {
             (DecoderHead::Classifier, _) => r.matrix(T::Classifier, num_labels, h)?,
             (DecoderHead::YesNo, Some(rows)) => {
@@ -210,13 +202,7 @@ impl CandleDecoder {
         batch: &ce_common::TokenBatch,
         model: &CrossEncoder,
     ) -> Result<ForwardOutput> {
-        let plan = BatchPlan::new(
-            batch,
-            &model.config,
-            &model.device,
-            model.dtype.activation_dtype(),
-            model.attention,
-        )?;
+        let plan = model.plan(batch)?;
         let mut hidden = self.word.index_select(&plan.input_ids, 0)?;
         for layer in &self.layers {
             let normed = self.rms_norm(&hidden, &layer.input_norm)?;
@@ -241,9 +227,6 @@ impl CandleDecoder {
             _ => pooled,
         };
         let logits = self.head.forward(&head_in)?;
-        let to_f32 = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-        };
         Ok(ForwardOutput {
             logits: to_f32(&logits)?,
             pooled: to_f32(&head_in)?,

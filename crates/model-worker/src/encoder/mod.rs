@@ -55,12 +55,14 @@ struct WeightReader<'a> {
 impl WeightReader<'_> {
     fn open(weights: &Weights, config: &ModelConfig) -> Result<Self> {
         let vb = match weights {
-            Weights::Safetensors(path) => {
-                check_readable(path)?;
+            Weights::Safetensors(paths) => {
+                for path in paths {
+                    check_readable(path)?;
+                }
                 // SAFETY: the file is mapped read-only; the engine never
                 // writes it, and a model directory is not modified while a
                 // server runs from it (as with every mmap-based loader).
-                unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }
+                unsafe { VarBuilder::from_mmaped_safetensors(paths, DType::F32, &Device::Cpu) }
             }
             Weights::Pytorch(path) => {
                 check_readable(path)?;
@@ -194,6 +196,12 @@ pub(crate) fn rotary_table(theta: f64, head_dim: usize, positions: usize) -> (Ve
     (cos, sin)
 }
 
+/// A tensor's values as a flat f32 vector (logits and pooled vectors leave
+/// the device this way).
+fn to_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
 /// Layer normalisation over the hidden dimension.
 #[derive(Debug)]
 struct LayerNorm {
@@ -235,7 +243,19 @@ struct Place<'d> {
     device: &'d Device,
 }
 
-impl Place<'_> {
+impl<'d> Place<'d> {
+    /// Where a head goes: in the activation precision, never quantized
+    /// (it is tiny).
+    fn head(dtype: WeightDType, device: &'d Device) -> Self {
+        Place {
+            dtype: match dtype {
+                WeightDType::Q8_0 | WeightDType::Q4_0 => WeightDType::F32,
+                other => other,
+            },
+            device,
+        }
+    }
+
     fn activation(&self, t: &Tensor) -> Result<Tensor> {
         Ok(t.to_dtype(self.dtype.activation_dtype())?
             .to_device(self.device)?)
@@ -665,6 +685,18 @@ impl CrossEncoder {
         }
     }
 
+    /// The index plan of `batch` for this model's device, precision and
+    /// attention layout (the candle paths' gathers and masks).
+    fn plan(&self, batch: &TokenBatch) -> Result<BatchPlan> {
+        BatchPlan::new(
+            batch,
+            &self.config,
+            &self.device,
+            self.dtype.activation_dtype(),
+            self.attention,
+        )
+    }
+
     /// Scores a packed batch. The batch is validated first: a malformed one
     /// is an error, never an out-of-bounds read.
     pub fn forward(&self, batch: &TokenBatch) -> Result<ForwardOutput> {
@@ -722,14 +754,7 @@ impl CandleEncoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        // The head is tiny: keep it in the activation precision, never quantized.
-        let head_place = Place {
-            dtype: match dtype {
-                WeightDType::Q8_0 | WeightDType::Q4_0 => WeightDType::F32,
-                other => other,
-            },
-            device,
-        };
+        let head_place = Place::head(dtype, device);
         let head = Head {
             pooling: c.head.pooling,
             dense: head_place.linear(r.linear(T::HeadDense, h, h)?)?,
@@ -752,13 +777,7 @@ impl CandleEncoder {
     }
 
     fn forward(&self, batch: &TokenBatch, model: &CrossEncoder) -> Result<ForwardOutput> {
-        let plan = BatchPlan::new(
-            batch,
-            &model.config,
-            &model.device,
-            model.dtype.activation_dtype(),
-            model.attention,
-        )?;
+        let plan = model.plan(batch)?;
         let mut hidden = self.embeddings.forward(&plan)?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, &plan)?;
@@ -782,9 +801,6 @@ impl CandleEncoder {
             pooled = norm.forward(&pooled)?;
         }
         let logits = self.head.classifier.forward(&pooled)?;
-        let to_f32 = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-        };
         Ok(ForwardOutput {
             logits: to_f32(&logits)?,
             pooled: to_f32(&pooled)?,

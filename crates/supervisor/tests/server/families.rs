@@ -22,6 +22,38 @@ fn family_dir(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// Every fixture pair's raw score from model `name` over TEI's `/rerank`
+/// (with the pair's instruction, if it has one) is transformers' logit of
+/// label `relevant` within 1e-4.
+fn check_raw_scores(port: u16, name: &str, pairs: &[Value], relevant: usize) {
+    let mut worst = 0f64;
+    for pair in pairs {
+        let mut body = json!({
+            "model": name,
+            "query": pair["query"],
+            "texts": [pair["passage"]],
+            "raw_scores": true,
+        });
+        if let Some(instruction) = pair.get("instruction") {
+            body["instruction"] = instruction.clone();
+        }
+        let (status, text) = http(port, "POST", "/rerank", Some(&body.to_string())).unwrap();
+        assert_eq!(status, 200, "{name}: {text}");
+        let served = serde_json::from_str::<Value>(&text).unwrap()[0]["score"]
+            .as_f64()
+            .unwrap();
+        let want = pair["logits"][relevant].as_f64().unwrap();
+        worst = worst.max((served - want).abs());
+        assert!(
+            (served - want).abs() <= 1e-4,
+            "{name}: pair {} ({}): served {served}, transformers {want}",
+            pair["id"],
+            pair["kind"]
+        );
+    }
+    println!("{name}: served raw scores within {worst:.1e} of transformers");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_family_is_served_with_transformers_scores() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,28 +86,7 @@ async fn every_family_is_served_with_transformers_scores() {
         let labels = pairs[0]["logits"].as_array().unwrap().len();
         // xlm-roberta's id2label names label 1 "relevant"; the others have one.
         let relevant = usize::from(labels == 2);
-        let mut worst = 0f64;
-        for pair in pairs {
-            let body = json!({
-                "model": name,
-                "query": pair["query"],
-                "texts": [pair["passage"]],
-                "raw_scores": true,
-            });
-            let (status, text) = http(port, "POST", "/rerank", Some(&body.to_string())).unwrap();
-            assert_eq!(status, 200, "{name}: {text}");
-            let answer: Value = serde_json::from_str(&text).unwrap();
-            let served = answer[0]["score"].as_f64().unwrap();
-            let want = pair["logits"][relevant].as_f64().unwrap();
-            worst = worst.max((served - want).abs());
-            assert!(
-                (served - want).abs() <= 1e-4,
-                "{name}: pair {} ({}): served {served}, transformers {want}",
-                pair["id"],
-                pair["kind"]
-            );
-        }
-        println!("{name}: served raw scores within {worst:.1e} of transformers");
+        check_raw_scores(port, name, pairs, relevant);
     }
 
     // Without raw scores a two-label model gives the relevant label's
@@ -188,33 +199,12 @@ async fn llm_rerankers_are_served_with_transformers_scores_and_instructions() {
         .unwrap()
     };
     for (name, relevant) in [("qwen3-reranker", 1), ("qwen3-seq-cls", 0)] {
-        let fixture = fixture_of(name);
-        let mut worst = 0f64;
-        for pair in fixture["pairs"].as_array().unwrap() {
-            let mut body = json!({
-                "model": name,
-                "query": pair["query"],
-                "texts": [pair["passage"]],
-                "raw_scores": true,
-            });
-            if let Some(instruction) = pair.get("instruction") {
-                body["instruction"] = instruction.clone();
-            }
-            let (status, text) = http(port, "POST", "/rerank", Some(&body.to_string())).unwrap();
-            assert_eq!(status, 200, "{name}: {text}");
-            let served = serde_json::from_str::<Value>(&text).unwrap()[0]["score"]
-                .as_f64()
-                .unwrap();
-            let want = pair["logits"][relevant].as_f64().unwrap();
-            worst = worst.max((served - want).abs());
-            assert!(
-                (served - want).abs() <= 1e-4,
-                "{name}: pair {} ({}): served {served}, transformers {want}",
-                pair["id"],
-                pair["kind"]
-            );
-        }
-        println!("{name}: served raw scores within {worst:.1e} of transformers");
+        check_raw_scores(
+            port,
+            name,
+            fixture_of(name)["pairs"].as_array().unwrap(),
+            relevant,
+        );
     }
 
     // The pairs with their own instruction, and the same pairs without it.

@@ -27,14 +27,13 @@
 //! different queries batched together simply form different groups.
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use ce_common::TokenBatch;
 use ce_model_spec::{DecoderHead, ModelConfig, Tensor as T};
 
 use super::kernels::{self, Activation, View, matmul};
 use super::profile::{Stage, timed};
-use super::{CpuLinear, LinearScratch, Precision, embedding_row, grown, to_vec};
+use super::{CpuLinear, LinearScratch, Pool, Precision, embedding_row, grown, to_vec};
 use crate::encoder::{ForwardOutput, WeightReader, rotary_table};
 use crate::error::{EngineError, Result};
 
@@ -100,7 +99,7 @@ pub struct CpuDecoder {
     /// Whether shared prefixes are computed once (else every sequence whole).
     prefix_reuse: bool,
     shard_tokens: usize,
-    workspaces: Mutex<Vec<Workspace>>,
+    workspaces: Pool<Workspace>,
 }
 
 /// Reusable activation buffers of one shard.
@@ -265,7 +264,7 @@ impl CpuDecoder {
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|&t| t > 0)
                 .unwrap_or(SHARD_TOKENS),
-            workspaces: Mutex::new(Vec::new()),
+            workspaces: Pool::new(),
         })
     }
 
@@ -290,19 +289,7 @@ impl CpuDecoder {
         let computed: usize = plans.iter().map(|p| p.ids.len()).sum();
         let parts: Vec<Result<(Vec<f32>, Vec<f32>)>> = plans
             .par_iter()
-            .map(|plan| {
-                let mut ws = self
-                    .workspaces
-                    .lock()
-                    .ok()
-                    .and_then(|mut pool| pool.pop())
-                    .unwrap_or_default();
-                let part = self.forward_shard(plan, &mut ws);
-                if let Ok(mut pool) = self.workspaces.lock() {
-                    pool.push(ws);
-                }
-                part
-            })
+            .map(|plan| self.workspaces.with(|ws| self.forward_shard(plan, ws)))
             .collect();
         let (labels, h) = (self.head.outputs(), self.shape.hidden);
         let mut out = ForwardOutput {
@@ -573,7 +560,7 @@ fn prefix_groups(batch: &TokenBatch, min_shared: usize) -> Vec<Group> {
             let first = batch.ids(g.members[0]);
             // Every member keeps at least its last token for itself.
             let shared = common_prefix(first, ids)
-                .min(first.len() - 1)
+                .min(first.len().saturating_sub(1))
                 .min(ids.len().saturating_sub(1));
             let joins = match g.members.len() {
                 1 => shared >= min_shared,

@@ -225,8 +225,7 @@ struct Layer {
     rotary: Option<RotaryLayer>,
 }
 
-/// Reusable activation buffers of one shard: large allocations are fresh
-/// zeroed pages each time, which costs page faults on every forward.
+/// Reusable activation buffers of one shard (see [`Pool`]).
 #[derive(Debug, Default)]
 struct Workspace {
     hidden: Vec<f32>,
@@ -283,7 +282,34 @@ pub struct CpuEncoder {
     head: Head,
     /// About how many tokens one shard holds.
     shard_tokens: usize,
-    workspaces: Mutex<Vec<Workspace>>,
+    workspaces: Pool<Workspace>,
+}
+
+/// Per-shard buffers kept between forward passes, one per shard in
+/// flight: large allocations are fresh zeroed pages each time, which costs
+/// page faults on every forward.
+#[derive(Debug)]
+struct Pool<W>(Mutex<Vec<W>>);
+
+impl<W: Default> Pool<W> {
+    fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    /// `work` with a pooled buffer set (a fresh one if none is free).
+    fn with<R>(&self, work: impl FnOnce(&mut W) -> R) -> R {
+        let mut ws = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut pool| pool.pop())
+            .unwrap_or_default();
+        let result = work(&mut ws);
+        if let Ok(mut pool) = self.0.lock() {
+            pool.push(ws);
+        }
+        result
+    }
 }
 
 /// Tokens per shard where the measured throughput peaks (module docs).
@@ -427,7 +453,7 @@ impl CpuEncoder {
                     Precision::Bf16 => BF16_SHARD_TOKENS,
                     Precision::I8 => I8_SHARD_TOKENS,
                 }),
-            workspaces: Mutex::new(Vec::new()),
+            workspaces: Pool::new(),
         })
     }
 
@@ -443,10 +469,8 @@ impl CpuEncoder {
         let parts: Vec<Result<(Vec<f32>, Vec<f32>)>> = shards
             .into_par_iter()
             .map(|pairs| {
-                let mut ws = self.take_workspace();
-                let part = self.forward_shard(batch, pairs, &mut ws);
-                self.return_workspace(ws);
-                part
+                self.workspaces
+                    .with(|ws| self.forward_shard(batch, pairs, ws))
             })
             .collect();
         let labels = self.head.classifier.outputs();
@@ -462,20 +486,6 @@ impl CpuEncoder {
             out.pooled.extend(pooled);
         }
         Ok(out)
-    }
-
-    fn take_workspace(&self) -> Workspace {
-        self.workspaces
-            .lock()
-            .ok()
-            .and_then(|mut pool| pool.pop())
-            .unwrap_or_default()
-    }
-
-    fn return_workspace(&self, ws: Workspace) {
-        if let Ok(mut pool) = self.workspaces.lock() {
-            pool.push(ws);
-        }
     }
 
     /// Runs pairs `pairs` of `batch` through the whole model on this thread.
