@@ -114,10 +114,12 @@ pub struct PairTokenizer {
     prompt: Option<Prompt>,
 }
 
-/// A prompt template and the ids of its suffix (the same for every pair).
+/// A prompt template, the whitespace that leads its document and the ids
+/// of its suffix (the same for every pair).
 #[derive(Debug, Clone)]
 struct Prompt {
     template: PromptTemplate,
+    lead: String,
     suffix: Vec<u32>,
 }
 
@@ -176,8 +178,16 @@ impl PairTokenizer {
     /// model card does). Truncation cuts the document, never the prompt's
     /// fixed parts (see [`encode_query_ids_for`](Self::encode_query_ids_for)).
     pub fn with_prompt(mut self, template: PromptTemplate) -> Result<Self, TokenizeError> {
-        let suffix = self.plain_ids(template.parts(None).suffix)?;
-        self.prompt = Some(Prompt { template, suffix });
+        let parts = template.parts(None);
+        let (lead, suffix) = (
+            parts.document_lead.to_string(),
+            self.plain_ids(parts.suffix)?,
+        );
+        self.prompt = Some(Prompt {
+            template,
+            lead,
+            suffix,
+        });
         Ok(self)
     }
 
@@ -407,8 +417,7 @@ impl PairTokenizer {
         truncation: Truncation,
     ) -> Result<(Vec<u32>, Vec<u32>), TokenizeError> {
         if let Some(prompt) = &self.prompt {
-            let lead = prompt.template.parts(None).document_lead;
-            let doc = self.plain_ids(&format!("{lead}{passage}"))?;
+            let doc = self.plain_ids(&format!("{}{passage}", prompt.lead))?;
             let room = self
                 .max_length
                 .saturating_sub(query.ids.len() + prompt.suffix.len());
@@ -511,10 +520,7 @@ impl PairTokenizer {
     ) -> Result<Vec<WindowPair>, TokenizeError> {
         // A prompted model's document follows the whitespace that leads it
         // in the prompt; offsets are counted in the passage alone.
-        let lead = self
-            .prompt
-            .as_ref()
-            .map_or("", |p| p.template.parts(None).document_lead);
+        let lead = self.prompt.as_ref().map_or("", |p| p.lead.as_str());
         let encoding = self
             .untruncated
             .encode_char_offsets(format!("{lead}{passage}").as_str(), false)

@@ -130,6 +130,10 @@ pub async fn load_models(settings: &Settings) -> anyhow::Result<Models> {
     let labels = facts.iter().map(|f| f.labels).max().unwrap_or(1);
     let (link, job_budget) = frames_for(settings, max_length, labels)?;
     let prompts = prompts_of(settings, &served, &files)?;
+    let global = settings.prompt_template.is_some() || settings.instruction.is_some();
+    if global && files.iter().all(Option::is_some) && prompts.iter().all(Option::is_none) {
+        bail!("prompt_template and instruction are for LLM rerankers, and no served model is one");
+    }
     for (model, prompt) in served.iter_mut().zip(&prompts) {
         if let Ok(facts) = &mut model.loaded {
             facts.prompt = prompt.clone();

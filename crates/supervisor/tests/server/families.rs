@@ -347,3 +347,55 @@ async fn llm_rerankers_are_served_with_transformers_scores_and_instructions() {
         }
     }
 }
+
+/// A prompt setting reaches the tokenizer (a template of one's own scores
+/// otherwise than Qwen3-Reranker's), and one given to an encoder-only
+/// server stops the start, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_settings_reach_the_llm_and_are_refused_for_encoders() {
+    let pair = json!({"query": "what is a reranker", "texts": ["A second-stage scorer."], "raw_scores": true});
+    let mut scores = Vec::new();
+    for args in [
+        vec!["--max-length", "224"],
+        vec![
+            "--max-length",
+            "224",
+            "--prompt-template",
+            "Query: {query}\nDocument: {document}\nRelevant:",
+        ],
+    ] {
+        let server = Server::launch(support::Launch {
+            model: family_dir("qwen3-reranker").display().to_string(),
+            args: args.into_iter().map(String::from).collect(),
+            worker_dir: Some(support::bin_dir()),
+            ..Default::default()
+        })
+        .unwrap();
+        server.wait_ready(Duration::from_secs(90));
+        let (status, text) =
+            http(server.http_port, "POST", "/rerank", Some(&pair.to_string())).unwrap();
+        assert_eq!(status, 200, "{text}");
+        scores.push(
+            serde_json::from_str::<Value>(&text).unwrap()[0]["score"]
+                .as_f64()
+                .unwrap(),
+        );
+    }
+    assert!(
+        (scores[0] - scores[1]).abs() > 1e-4,
+        "the template changes the prompt: {scores:?}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ce-supervisor"))
+        .arg("--model")
+        .arg(family_dir("roberta"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--instruction", "find it"])
+        .env("CE_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run ce-supervisor");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no served model is one"), "{stderr}");
+}
