@@ -266,6 +266,27 @@ pub struct ModelInfo {
     pub default_instruction: Option<String>,
 }
 
+/// Records a call of [`Api::recorded`] dropped before it finished (its
+/// client went away) as `cancelled`; forgotten once the call finishes.
+struct Abandoned<'a> {
+    api: &'a Api,
+    method: &'a str,
+    model: Option<&'a str>,
+    started: Instant,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let label = self.api.core.served_name(self.model).unwrap_or("");
+        self.api.core.metrics.observe_request(
+            self.method,
+            "cancelled",
+            label,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+}
+
 /// A served model's prompt, if it is a loaded LLM reranker.
 fn prompt_of(model: &crate::core::ServedModel) -> Option<&ce_model_spec::PromptTemplate> {
     model.loaded.as_ref().ok().and_then(|f| f.prompt.as_ref())
@@ -328,7 +349,9 @@ impl Api {
     /// Runs `call` within `deadline` (if any) and records it in
     /// `inference_requests_total` and the duration histogram under `method`
     /// and the model `model` names (if it is served). Dropping the call
-    /// abandons its request: queued pairs are never computed.
+    /// abandons its request: queued pairs are never computed, and it is
+    /// recorded as `cancelled` (a client that went away, e.g. whose own
+    /// timer beat the server's deadline).
     pub async fn recorded<T>(
         &self,
         method: &str,
@@ -337,6 +360,12 @@ impl Api {
         call: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
+        let abandoned = Abandoned {
+            api: self,
+            method,
+            model,
+            started,
+        };
         // The server's own bound holds on every path, whatever the client asks.
         let most = Duration::from_millis(self.core.settings.request_timeout_ms);
         let result = match deadline {
@@ -354,6 +383,7 @@ impl Api {
                 )))
             }),
         };
+        std::mem::forget(abandoned);
         self.record(method, model, started, &result);
         result
     }

@@ -372,13 +372,16 @@ async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed()
         status.code() == Code::DeadlineExceeded || client_timer,
         "{status:?}"
     );
+    // When the client's timer won, the server saw the client go away
+    // before its own deadline fired: it records that as cancelled.
     let deadline_answers = || {
         let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
         metrics
             .lines()
             .filter(|l| {
                 l.starts_with("inference_requests_total{")
-                    && l.contains("status=\"deadline_exceeded\"")
+                    && (l.contains("status=\"deadline_exceeded\"")
+                        || (client_timer && l.contains("status=\"cancelled\"")))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
@@ -390,7 +393,7 @@ async fn a_passed_deadline_is_deadline_exceeded_and_its_pairs_are_not_computed()
     assert_eq!(
         deadline_answers(),
         1.0,
-        "the server ended it as deadline_exceeded"
+        "the server ended it as deadline_exceeded (or cancelled, when the client's timer won)"
     );
     let scored = || support::metric(server.http_port, "inference_pairs_total");
     // Batches already on the replica finish; the rest are dropped.
@@ -438,4 +441,41 @@ fn unusable_settings_stop_the_start_with_the_key_named() {
         stderr.contains("replica 0") && stderr.contains("i8") && stderr.contains("q8_0"),
         "{stderr}"
     );
+}
+
+/// A client that goes away before its answer (no deadline sent, its own
+/// future dropped) is counted as a cancelled request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_is_counted_as_cancelled() {
+    let server = Server::start(&["--replicas", "1", "--tokenizers", "1"]);
+    let mut client = server.client().await;
+    let documents: Vec<String> = (0..1024)
+        .map(|d| format!("document {d} {}", "long enough to take a while ".repeat(10)))
+        .collect();
+    let call = client.rerank(RerankRequest {
+        query: "gone".into(),
+        documents,
+        ..Default::default()
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), call)
+            .await
+            .is_err(),
+        "1024 documents take longer than 200 ms"
+    );
+    let cancelled = || {
+        let (_, metrics) = http(server.http_port, "GET", "/metrics", None).unwrap();
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("inference_requests_total{") && l.contains("status=\"cancelled\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let waited = std::time::Instant::now();
+    while cancelled() < 1.0 && waited.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cancelled(), 1.0, "the abandoned request is recorded");
 }
