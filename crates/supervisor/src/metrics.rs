@@ -135,6 +135,9 @@ pub struct Metrics {
     pub stages: Family<StageLabels, Histogram>,
     /// Workers replaced after dying, by role.
     pub worker_restarts: Family<RoleLabels, Counter>,
+    /// Replacement starts that failed (the worker died or was killed before
+    /// it was ready); the slot tries again after its back-off.
+    pub worker_start_failures: Family<RoleLabels, Counter>,
     /// CPU use of each process (`supervisor`, `model-0`, …) in percent of
     /// one core, kept by the sampler.
     pub cpu_percent: Mutex<BTreeMap<String, f64>>,
@@ -175,16 +178,18 @@ impl Metrics {
             padding_ratio: Histogram::new([1.0, 1.05, 1.1, 1.2, 1.35, 1.5, 2.0, 3.0, 5.0]),
             stages,
             worker_restarts: Family::default(),
+            worker_start_failures: Family::default(),
             cpu_percent: Mutex::default(),
         };
         metrics.register_requests(&mut registry);
         metrics.register_pipeline(&mut registry);
         // Both roles from the start, so dashboards show 0, not "no data".
         for role in ["model", "tokenizer"] {
-            metrics
-                .worker_restarts
-                .get_or_create(&RoleLabels { role: role.into() })
-                .inc_by(0);
+            for family in [&metrics.worker_restarts, &metrics.worker_start_failures] {
+                family
+                    .get_or_create(&RoleLabels { role: role.into() })
+                    .inc_by(0);
+            }
         }
         if let Ok(mut r) = metrics.registry.lock() {
             *r = registry;
@@ -279,6 +284,11 @@ impl Metrics {
             "worker_restarts",
             "Workers replaced after dying",
             m.worker_restarts.clone(),
+        );
+        registry.register(
+            "worker_start_failures",
+            "Replacement worker starts that failed and will be retried after a back-off",
+            m.worker_start_failures.clone(),
         );
     }
 

@@ -83,6 +83,7 @@ fn the_dashboard_is_well_formed() {
         "process_cpu_percent",
         "process_resident_memory_bytes",
         "worker_restarts_total",
+        "worker_start_failures_total",
         "inference_requests_total{status!=\"ok\"}",
         "inference_stage_duration_seconds_bucket",
     ] {

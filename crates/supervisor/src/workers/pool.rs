@@ -419,6 +419,11 @@ impl<C: Client> WorkerPool<C> {
                     .inc();
             } else {
                 tracing::error!(role, slot, ?backoff, "restarting a worker failed; retrying");
+                starter
+                    .metrics
+                    .worker_start_failures
+                    .get_or_create(&RoleLabels { role: role.clone() })
+                    .inc();
             }
             self.replace(slot, client);
         }

@@ -238,6 +238,26 @@ async fn a_replica_that_cannot_start_is_reported_and_the_rest_serve() {
     assert_eq!(info["models"][0]["name"], broken_model, "{info}");
     assert!(info["models"][0]["error"].as_str().is_some(), "{info}");
     assert_eq!(info["models"][1]["default"], true, "{info}");
+    // Its slot keeps retrying after a back-off; each failed retry is
+    // counted, and none is mistaken for a replacement.
+    let failed_starts = || {
+        support::metric(
+            server.http_port,
+            "worker_start_failures_total{role=\"model\"}",
+        )
+    };
+    let counted_by = std::time::Instant::now() + Duration::from_secs(20);
+    while failed_starts() < 1.0 {
+        assert!(
+            std::time::Instant::now() < counted_by,
+            "no failed start was counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        support::metric(server.http_port, "worker_restarts_total{role=\"model\"}"),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
