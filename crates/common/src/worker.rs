@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::control::{
-    ControlChannel, ControlError, ControlMessage, MetricsSnapshot, Role, WorkerConfig,
+    ControlChannel, ControlError, ControlMessage, GpuDevice, MetricsSnapshot, Role, WorkerConfig,
 };
 use crate::frame::{FrameHeader, FrameKind};
 use crate::link::{CHILD_LINK_FD_BASE, LINK_FDS, LinkError, WorkerLink};
@@ -90,6 +90,7 @@ pub struct WorkerSession {
     runtime: tokio::runtime::Runtime,
     parent: OwnedFd,
     kernel: String,
+    gpu: Option<GpuDevice>,
 }
 
 impl WorkerSession {
@@ -144,6 +145,7 @@ impl WorkerSession {
             runtime,
             parent,
             kernel: String::new(),
+            gpu: None,
         })
     }
 
@@ -151,6 +153,12 @@ impl WorkerSession {
     /// reports it with `Ready`.
     pub fn set_kernel(&mut self, kernel: impl Into<String>) {
         self.kernel = kernel.into();
+    }
+
+    /// Names the GPU this worker computes on; [`serve`](Self::serve)
+    /// reports it with `Ready`.
+    pub fn set_gpu(&mut self, gpu: GpuDevice) {
+        self.gpu = Some(gpu);
     }
 
     /// What the supervisor asked of this worker.
@@ -165,9 +173,12 @@ impl WorkerSession {
 
     /// Tells the supervisor this worker cannot serve (say, the model does not
     /// load), so that it reports the reason instead of a closed socket.
-    pub fn refuse(mut self, reason: &str) {
+    /// `permanent`: starting this worker again cannot help (its device is
+    /// absent), so the supervisor does not retry.
+    pub fn refuse(mut self, reason: &str, permanent: bool) {
         let message = ControlMessage::Refused {
             reason: reason.to_string(),
+            permanent,
         };
         let _ = self.runtime.block_on(self.control.send(&message));
     }
@@ -190,8 +201,9 @@ impl WorkerSession {
             runtime,
             parent,
             kernel,
+            gpu,
         } = self;
-        runtime.block_on(control.send(&ControlMessage::Ready { kernel }))?;
+        runtime.block_on(control.send(&ControlMessage::Ready { kernel, gpu }))?;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         // The supervisor's numbers, kept in a range where a timer cannot overflow.
@@ -290,6 +302,5 @@ fn snapshot(counters: &Counters) -> MetricsSnapshot {
         jobs: counters.jobs.load(Ordering::Relaxed),
         pairs: counters.pairs.load(Ordering::Relaxed),
         busy_seconds: counters.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-        device_memory_bytes: 0,
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use ce_common::TokenBatch;
+use ce_common::control::GpuDevice;
 use tokenizer_worker::{PairTokenizer, Truncation};
 
 use crate::encoder::{CrossEncoder, LoadOptions};
@@ -120,12 +121,15 @@ pub struct Engine {
     tokenizer: PairTokenizer,
     info: ModelInfo,
     max_forward_tokens: usize,
+    gpu: Option<GpuDevice>,
 }
 
 impl Engine {
     /// Resolves, loads and prepares the model and its tokenizer.
     pub fn load(config: &EngineConfig) -> Result<Self> {
         let started = Instant::now();
+        // The device first: an absent GPU is said before any download.
+        let device = crate::device::open(config.device)?;
         let files = ModelFiles::resolve(&config.model)?;
         let model_config = ModelConfig::from_file(&files.config)?;
         files.weights.check_shapes(&model_config)?;
@@ -151,7 +155,6 @@ impl Engine {
             Some(DecoderHead::YesNo) => Some(yes_no_tokens(&tokenizer)?),
             _ => None,
         };
-        let device = crate::device::open(config.device)?;
         let model = CrossEncoder::load(
             &files.weights,
             model_config,
@@ -193,7 +196,13 @@ impl Engine {
             tokenizer,
             info,
             max_forward_tokens: config.max_forward_tokens.max(1),
+            gpu: crate::device::gpu_of(&device),
         })
+    }
+
+    /// The GPU it computes on, as the driver names it (`None` on the CPU).
+    pub fn gpu(&self) -> Option<&GpuDevice> {
+        self.gpu.as_ref()
     }
 
     /// What was loaded.

@@ -26,6 +26,17 @@ pub enum ProcessError {
     /// The model could not be loaded or warmed up.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The worker refused to serve and told the supervisor why, which
+    /// reports it (the worker need not say it again).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl ProcessError {
+    /// Whether the supervisor has been told (and reports it itself).
+    pub fn was_reported(&self) -> bool {
+        matches!(self, ProcessError::Refused(_))
+    }
 }
 
 /// Environment variable that makes a model worker abort on any batch
@@ -94,7 +105,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     let config = session.config().clone();
     let WorkerJob::Model(replica) = &config.job else {
         let why = format!("a model worker was sent {:?}", config.job.role());
-        session.refuse(&why);
+        session.refuse(&why, true);
         return Err(ProcessError::Config(why));
     };
     // SAFETY: `connect` ran on this thread alone; no other thread exists yet.
@@ -114,11 +125,20 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
-            session.refuse(&format!("cannot load {}: {e}", replica.model));
-            return Err(e.into());
+            // A device failure names the device already, and is the whole
+            // story: the model is fine.
+            let reason = match e.is_permanent() {
+                true => e.to_string(),
+                false => format!("cannot load {}: {e}", replica.model),
+            };
+            session.refuse(&reason, e.is_permanent());
+            return Err(ProcessError::Refused(reason));
         }
     };
     session.set_kernel(engine.kernel());
+    if let Some(gpu) = engine.gpu() {
+        session.set_gpu(gpu.clone());
+    }
     tracing::info!(
         replica = session.replica(),
         kernel = engine.kernel(),

@@ -238,6 +238,23 @@ pub struct ReplicaInfo {
     pub rss_bytes: u64,
     /// Why it failed to start, while it has not.
     pub error: Option<String>,
+    /// The GPU it computes on, once it is ready (absent on the CPU).
+    pub gpu: Option<GpuInfo>,
+}
+
+/// The GPU a replica computes on, as its driver describes it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GpuInfo {
+    /// The driver's name for it (`NVIDIA H200`).
+    pub name: String,
+    /// Compute capability, `major.minor` (`9.0`).
+    pub compute_capability: String,
+    /// The device's memory, all of it.
+    pub memory_total_bytes: u64,
+    /// Device memory this replica's process holds, as the driver accounts
+    /// it (absent where NVML cannot tell, e.g. a container without the
+    /// host's pids).
+    pub memory_used_bytes: Option<u64>,
 }
 
 /// One served model as `Info` and `/v1/models` report it.
@@ -637,6 +654,12 @@ impl Api {
                 pairs: r.metrics.pairs,
                 rss_bytes: r.metrics.rss_bytes,
                 error: r.error,
+                gpu: r.gpu.map(|g| GpuInfo {
+                    name: g.name,
+                    compute_capability: g.compute_capability,
+                    memory_total_bytes: g.total_memory_bytes,
+                    memory_used_bytes: r.gpu_memory_bytes,
+                }),
             })
             .collect();
         let default = &core.models[core.default_model];

@@ -607,6 +607,17 @@ mod tests {
     }
 
     #[test]
+    fn the_gpu_profile_sizes_batches_for_a_gpu_and_keeps_the_rest() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../conf/gpu.toml");
+        let s = cli(&["--config", path]).settings().unwrap();
+        assert_eq!(s.devices, vec![DeviceSpec::Cuda(0)]);
+        assert_eq!(s.dtype, WeightDType::F16);
+        assert!(s.max_batch_tokens >= 4 * Settings::default().max_batch_tokens);
+        assert!(s.max_batch_size >= 256 && s.max_batch_tokens >= s.max_batch_size * 86);
+        assert_eq!(s.max_documents, Settings::default().max_documents);
+    }
+
+    #[test]
     fn tls_needs_both_certificate_and_key() {
         let e = cli(&["--set", "tls_cert=/c.pem"])
             .settings()

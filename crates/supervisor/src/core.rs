@@ -3,10 +3,11 @@
 //! queues the pairs on its model's scheduler and awaits the scores; knows
 //! the worker pools for readiness, `/info` and `/metrics`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ce_common::TokenBatch;
-use ce_common::control::MetricsSnapshot;
+use ce_common::control::{GpuDevice, MetricsSnapshot};
 use ce_common::frame::{self, QueryJob, TextJob, WindowPlan};
 use ce_model_spec::{ModelConfig, ReplicaSpec, ScoreActivation};
 use futures_util::future::try_join_all;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use crate::api::ApiError;
 use crate::chunks::RowOrigin;
 use crate::config::Settings;
+use crate::gpu::GpuMemory;
 use crate::metrics::{Metrics, NamedReplica, ProcessFigures};
 use crate::request::{Admission, Answer, PendingRequest, Scored};
 use crate::scheduler::{Scheduler, Work};
@@ -96,6 +98,11 @@ pub struct ReplicaStatus {
     /// What computes its batches, as its worker reported when ready (empty
     /// until one has).
     pub kernel: String,
+    /// The GPU it computes on, as its worker reported when ready.
+    pub gpu: Option<GpuDevice>,
+    /// Device memory its worker holds, as the driver accounts it (`None`
+    /// on the CPU, or where the driver cannot tell).
+    pub gpu_memory_bytes: Option<u64>,
 }
 
 /// One served model: its name, where it comes from, its replicas and,
@@ -172,6 +179,7 @@ pub struct Core {
     admission: Arc<Admission>,
     job_budget: JobBudget,
     ready: watch::Receiver<bool>,
+    gpu_memory: GpuMemory,
 }
 
 /// The parts [`Core::new`] assembles.
@@ -220,6 +228,7 @@ impl Core {
             admission: Arc::new(Admission::default()),
             job_budget: parts.job_budget,
             ready: parts.ready,
+            gpu_memory: GpuMemory::default(),
         }
     }
 
@@ -417,6 +426,7 @@ impl Core {
     /// why they failed to start (if they did).
     pub fn replica_status(&self) -> Vec<ReplicaStatus> {
         let replicas = self.replicas.members();
+        let gpu_memory = self.gpu_memory_of(&replicas);
         self.plans
             .iter()
             .enumerate()
@@ -430,6 +440,8 @@ impl Core {
                     metrics: process.map(|p| p.metrics()).unwrap_or_default(),
                     error: process.and_then(|p| p.start_error().map(String::from)),
                     kernel: process.map(|p| p.kernel().to_string()).unwrap_or_default(),
+                    gpu: process.and_then(|p| p.gpu().cloned()),
+                    gpu_memory_bytes: process.and_then(|p| gpu_memory.get(&p.pid()).copied()),
                 }
             })
             .collect()
@@ -463,12 +475,16 @@ impl Core {
     /// supervisor's own, for `/metrics`; also refreshes the pool gauges.
     pub fn process_figures(&self) -> ProcessFigures {
         let mut workers: Vec<(WorkerFigures, Option<NamedReplica>)> = Vec::new();
-        for (slot, replica) in self.replicas.members().iter().enumerate() {
+        let replicas = self.replicas.members();
+        let gpu_memory = self.gpu_memory_of(&replicas);
+        for (slot, replica) in replicas.iter().enumerate() {
             let named = self.plans.get(slot).map(|spec| NamedReplica {
                 name: self.model_of_slot(slot).to_string(),
                 spec: spec.clone(),
             });
-            workers.push((replica.process().figures(), named));
+            let mut figures = replica.process().figures();
+            figures.gpu_memory_bytes = gpu_memory.get(&figures.pid).copied();
+            workers.push((figures, named));
         }
         for tokenizer in self.tokenizer_pool.members().iter() {
             workers.push((tokenizer.process().figures(), None));
@@ -484,6 +500,18 @@ impl Core {
             workers,
             cpu_percent: m.cpu_percent.lock().map(|c| c.clone()).unwrap_or_default(),
         }
+    }
+
+    /// Device memory held by each serving GPU replica's process, by pid
+    /// (the driver is asked only when some replica computes on a GPU).
+    fn gpu_memory_of(&self, replicas: &[ReplicaClient]) -> HashMap<u32, u64> {
+        let on_gpu: Vec<u32> = replicas
+            .iter()
+            .map(Client::process)
+            .filter(|p| p.is_alive() && p.gpu().is_some())
+            .map(|p| p.pid())
+            .collect();
+        self.gpu_memory.used_by(&on_gpu)
     }
 
     /// The replica pool.

@@ -288,14 +288,27 @@ impl CrossEncoder for CrossEncoderService {
             replicas: info
                 .replicas
                 .into_iter()
-                .map(|r| ReplicaInfo {
-                    replica: r.replica as u32,
-                    model: r.model,
-                    dtype: r.dtype,
-                    device: r.device,
-                    serving: r.serving,
-                    model_name: r.model_name,
-                    kernel: r.kernel,
+                .map(|r| {
+                    let gpu = r.gpu.unwrap_or(crate::api::GpuInfo {
+                        name: String::new(),
+                        compute_capability: String::new(),
+                        memory_total_bytes: 0,
+                        memory_used_bytes: None,
+                    });
+                    ReplicaInfo {
+                        replica: r.replica as u32,
+                        model: r.model,
+                        dtype: r.dtype,
+                        device: r.device,
+                        serving: r.serving,
+                        model_name: r.model_name,
+                        kernel: r.kernel,
+                        error: r.error.unwrap_or_default(),
+                        gpu: gpu.name,
+                        compute_capability: gpu.compute_capability,
+                        gpu_memory_total_bytes: gpu.memory_total_bytes,
+                        gpu_memory_used_bytes: gpu.memory_used_bytes.unwrap_or(0),
+                    }
                 })
                 .collect(),
             score_activation: activation_name(info.score_activation),

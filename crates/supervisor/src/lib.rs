@@ -24,6 +24,7 @@ pub mod batcher;
 pub mod chunks;
 pub mod config;
 pub mod core;
+pub mod gpu;
 pub mod grpc;
 pub mod http;
 pub mod logging;

@@ -428,6 +428,10 @@ struct ModelLabels {
     name: String,
     dtype: String,
     device: String,
+    /// The GPU's name (empty on the CPU).
+    gpu: String,
+    /// The GPU's compute capability (empty on the CPU).
+    compute_capability: String,
 }
 
 /// Encodes one metric family from `(labels, value)` rows.
@@ -600,18 +604,27 @@ impl ProcessFigures {
     /// Device memory and the served model of each replica.
     fn encode_replicas(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let models = || self.workers.iter().filter(|(w, _)| w.role == Role::Model);
+        let replica = |w: &WorkerFigures| ReplicaLabel {
+            replica: w.slot.to_string(),
+        };
         family(
             encoder,
             "gpu_memory_bytes",
-            "Device memory used by a model replica (0 on the CPU)",
+            "Device memory a model replica's process holds, as the NVIDIA driver accounts it (0 on the CPU, or where the driver cannot tell)",
             MetricType::Gauge,
             models().map(|(w, _)| {
-                (
-                    ReplicaLabel {
-                        replica: w.slot.to_string(),
-                    },
-                    ConstGauge::new(w.snapshot.device_memory_bytes as i64),
-                )
+                let used = w.gpu_memory_bytes.unwrap_or(0);
+                (replica(w), ConstGauge::new(used as i64))
+            }),
+        )?;
+        family(
+            encoder,
+            "gpu_memory_total_bytes",
+            "Memory of the GPU a serving model replica computes on, all of it (replicas on the CPU have no sample)",
+            MetricType::Gauge,
+            models().filter(|(w, _)| w.alive).filter_map(|(w, _)| {
+                let gpu = w.gpu.as_ref()?;
+                Some((replica(w), ConstGauge::new(gpu.total_memory_bytes as i64)))
             }),
         )?;
         family(
@@ -621,6 +634,7 @@ impl ProcessFigures {
             MetricType::Gauge,
             models().filter_map(|(w, plan)| {
                 let NamedReplica { name, spec } = plan.as_ref()?;
+                let gpu = w.gpu.as_ref();
                 Some((
                     ModelLabels {
                         replica: w.slot.to_string(),
@@ -628,6 +642,10 @@ impl ProcessFigures {
                         name: name.clone(),
                         dtype: spec.dtype.to_string(),
                         device: spec.device.to_string(),
+                        gpu: gpu.map(|g| g.name.clone()).unwrap_or_default(),
+                        compute_capability: gpu
+                            .map(|g| g.compute_capability.clone())
+                            .unwrap_or_default(),
                     },
                     ConstGauge::new(1i64),
                 ))
@@ -652,10 +670,11 @@ mod tests {
                 jobs: 7,
                 pairs: 300,
                 busy_seconds: 1.25,
-                device_memory_bytes: 0,
             },
             to_worker_bytes: 4096,
             from_worker_bytes: 0,
+            gpu: None,
+            gpu_memory_bytes: None,
         }
     }
 
@@ -701,12 +720,49 @@ mod tests {
             "worker_up{role=\"model\",replica=\"1\",pid=\"0\"} 0",
             "ring_occupancy_bytes{role=\"model\",replica=\"0\",direction=\"to_worker\"} 4096",
             "gpu_memory_bytes{replica=\"0\"} 0",
-            "model_info{replica=\"0\",model=\"m\",name=\"fast\",dtype=\"f32\",device=\"cpu\"} 1",
+            "model_info{replica=\"0\",model=\"m\",name=\"fast\",dtype=\"f32\",device=\"cpu\",gpu=\"\",compute_capability=\"\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
+        // A CPU replica has no GPU to size.
+        assert!(!text.contains("gpu_memory_total_bytes{"), "{text}");
         // A dead slot exports no counters (its process is gone).
         assert!(!text.contains("pid=\"0\"} 1.5"));
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_gpu_replica_reports_its_memory_and_its_device() {
+        let mut on_gpu = worker(Role::Model, 2, 77, true);
+        on_gpu.gpu = Some(ce_common::control::GpuDevice {
+            name: "NVIDIA H200".into(),
+            compute_capability: "9.0".into(),
+            total_memory_bytes: 150_000_000_000,
+        });
+        on_gpu.gpu_memory_bytes = Some(1_234_567_890);
+        let plan = ReplicaSpec {
+            model: "m".into(),
+            dtype: ce_model_spec::WeightDType::F16,
+            device: ce_model_spec::DeviceSpec::Cuda(0),
+            attention: Default::default(),
+            threads: 1,
+        };
+        let text = Metrics::new().render(ProcessFigures {
+            workers: vec![(
+                on_gpu,
+                Some(NamedReplica {
+                    name: "m".into(),
+                    spec: plan,
+                }),
+            )],
+            ..ProcessFigures::default()
+        });
+        for needle in [
+            "gpu_memory_bytes{replica=\"2\"} 1234567890",
+            "gpu_memory_total_bytes{replica=\"2\"} 150000000000",
+            "model_info{replica=\"2\",model=\"m\",name=\"m\",dtype=\"f16\",device=\"cuda:0\",gpu=\"NVIDIA H200\",compute_capability=\"9.0\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
     }
 }

@@ -82,7 +82,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
     } = &config.job
     else {
         let why = format!("a tokenizer worker was sent {:?}", config.job.role());
-        session.refuse(&why);
+        session.refuse(&why, true);
         return Err(ProcessError::Config(why));
     };
     let threads = (*threads).max(1);
@@ -113,7 +113,7 @@ pub unsafe fn run() -> Result<(), ProcessError> {
         match loaded {
             Ok(t) => tokenizers.push(Some(t)),
             Err(e) => {
-                session.refuse(&e.to_string());
+                session.refuse(&e.to_string(), false);
                 return Err(e.into());
             }
         }

@@ -8,6 +8,13 @@
 //!
 //! Batches are whole requests (1 query × `--passages` passages) in request
 //! order, as a server would compute them without cross-request batching.
+//!
+//! On a GPU (`--device cuda:0`, from a build with the `cuda` feature:
+//! `scripts/build_cuda.sh --bench`), `--fidelity` also scores the workload
+//! with the CPU engine in f32 and reports each dtype's distance from it, and
+//! `--golden tests/fixtures/golden_minilm_l6_ce.json` each dtype's distance
+//! from transformers' logits on the golden pairs (one by one and in one
+//! mixed-length batch).
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +24,7 @@ use ce_bench::{Workload, WorkloadConfig};
 use ce_common::TokenBatch;
 use clap::Parser;
 use model_worker::encoder::cpu::profile;
-use model_worker::{Engine, EngineConfig, WeightDType};
+use model_worker::{DeviceSpec, Engine, EngineConfig, WeightDType, fidelity};
 use tokenizer_worker::Truncation;
 
 #[derive(Debug, Parser)]
@@ -48,6 +55,19 @@ struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Device the engines run on: cpu, cuda:N, metal:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Score the workload with the CPU engine in f32 first, and report each
+    /// dtype's largest |Δ| from it and Kendall's τ of each batch's ranking
+    /// (the mean and the worst batch).
+    #[arg(long)]
+    fidelity: bool,
+    /// The golden pairs (tests/fixtures/golden_minilm_l6_ce.json, written by
+    /// scripts/golden.py): report each dtype's largest |logit − transformers|
+    /// over them, scored one by one and in one mixed-length batch.
+    #[arg(long)]
+    golden: Option<std::path::PathBuf>,
     /// Workload seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -102,6 +122,95 @@ struct DtypeResult {
     /// With `--profile` on the CPU encoder: seconds per stage, over every
     /// thread.
     stages: Vec<(&'static str, f64)>,
+    /// With `--fidelity`: how far its scores are from the CPU's f32.
+    fidelity: Option<Fidelity>,
+    /// With `--golden`: the largest |logit − transformers| on the golden pairs.
+    golden_max_abs_diff: Option<f32>,
+}
+
+/// The golden fixture's pairs: token ids and transformers' logits.
+#[derive(Debug, serde::Deserialize)]
+struct GoldenFixture {
+    pairs: Vec<GoldenPair>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct GoldenPair {
+    input_ids: Vec<u32>,
+    token_type_ids: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+impl GoldenFixture {
+    fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// The engine's largest |logit − transformers| over every pair, scored
+    /// alone and all together in one batch (so both the single-sequence and
+    /// the length-grouped layouts are checked).
+    fn max_abs_diff(&self, engine: &Engine) -> anyhow::Result<f32> {
+        let batch_of = |pairs: &[GoldenPair]| {
+            let mut batch = TokenBatch::default();
+            for p in pairs {
+                batch.push(&p.input_ids, &p.token_type_ids);
+            }
+            batch
+        };
+        let mut worst = 0f32;
+        let mut compare = |logits: &[f32], pairs: &[GoldenPair]| -> anyhow::Result<()> {
+            let want: Vec<f32> = pairs
+                .iter()
+                .flat_map(|p| p.logits.iter().copied())
+                .collect();
+            anyhow::ensure!(
+                logits.len() == want.len(),
+                "{} logits for {} expected",
+                logits.len(),
+                want.len()
+            );
+            worst = worst.max(fidelity::max_abs_diff(logits, &want));
+            Ok(())
+        };
+        for pair in self.pairs.chunks(1) {
+            compare(&engine.score(&batch_of(pair))?.logits, pair)?;
+        }
+        compare(&engine.score(&batch_of(&self.pairs))?.logits, &self.pairs)?;
+        Ok(worst)
+    }
+}
+
+/// A dtype's scores against the CPU engine's f32 on the same batches.
+#[derive(Debug, serde::Serialize)]
+struct Fidelity {
+    /// The largest |Δ| of any logit.
+    max_abs_diff: f32,
+    /// Kendall's τ of each batch's ranking, averaged over batches.
+    mean_kendall_tau: f64,
+    /// The worst batch's τ.
+    min_kendall_tau: f64,
+}
+
+impl Fidelity {
+    /// `got[i]` against `want[i]`, batch by batch (first logits).
+    fn of(got: &[Vec<f32>], want: &[Vec<f32>]) -> Self {
+        let taus: Vec<f64> = got
+            .iter()
+            .zip(want)
+            .filter_map(|(g, w)| fidelity::kendall_tau(g, w))
+            .collect();
+        Self {
+            max_abs_diff: got
+                .iter()
+                .zip(want)
+                .map(|(g, w)| fidelity::max_abs_diff(g, w))
+                .fold(0.0, f32::max),
+            mean_kendall_tau: taus.iter().sum::<f64>() / taus.len().max(1) as f64,
+            min_kendall_tau: taus.iter().copied().fold(1.0, f64::min),
+        }
+    }
 }
 
 impl DtypeResult {
@@ -116,6 +225,10 @@ impl DtypeResult {
 
 #[derive(Debug, serde::Serialize)]
 struct Report {
+    /// Where the engines ran.
+    device: String,
+    /// The GPU, as its driver names it (absent on the CPU).
+    gpu: Option<ce_common::control::GpuDevice>,
     threads: usize,
     pairs_per_batch: usize,
     mean_tokens_per_pair: f64,
@@ -169,7 +282,25 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let tokenize_rate = (requests * args.passages) as f64 / started.elapsed().as_secs_f64();
     let config = reference.config().clone();
+    let reference_scores: Option<Vec<Vec<f32>>> = match args.fidelity {
+        true => {
+            eprintln!("scoring the workload with the CPU engine in f32 (the fidelity reference)…");
+            Some(
+                batches
+                    .iter()
+                    .map(|b| reference.score(b).map(|s| s.first_logits()))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        false => None,
+    };
     drop(reference);
+    let golden = args
+        .golden
+        .as_deref()
+        .map(GoldenFixture::read)
+        .transpose()?;
+    let mut gpu = None;
 
     let total_pairs: usize = batches.iter().map(TokenBatch::len).sum();
     let total_tokens: usize = batches.iter().map(TokenBatch::total_tokens).sum();
@@ -193,8 +324,10 @@ fn main() -> anyhow::Result<()> {
         let mut engine_config = EngineConfig::new(&args.model);
         engine_config.dtype = dtype;
         engine_config.prefix_reuse = prefix_reuse;
+        engine_config.device = args.device;
         let load_started = Instant::now();
         let engine = Engine::load(&engine_config)?;
+        gpu = gpu.or_else(|| engine.gpu().cloned());
         let load_seconds = load_started.elapsed().as_secs_f64();
         // Warm-up: first-touch of weights and allocator growth.
         engine.score(&batches[0])?;
@@ -202,9 +335,13 @@ fn main() -> anyhow::Result<()> {
         let (mut pairs, mut tokens, mut slots, mut flops) = (0usize, 0usize, 0usize, 0f64);
         let profiled = args.profile && engine.runs_cpu_kernels();
         profile::enable(profiled);
+        let mut scored = Vec::new();
         let started = Instant::now();
         for (batch, batch_flop) in batches.iter().zip(&batch_flops) {
             let scores = engine.score(batch)?;
+            if reference_scores.is_some() {
+                scored.push(scores.first_logits());
+            }
             pairs += batch.len();
             tokens += scores.tokens;
             slots += scores.attention_slots;
@@ -222,6 +359,10 @@ fn main() -> anyhow::Result<()> {
             false => Vec::new(),
         };
         profile::enable(false);
+        let golden_max_abs_diff = golden
+            .as_ref()
+            .map(|g| g.max_abs_diff(&engine))
+            .transpose()?;
         let useful_gflops = flops / seconds / 1e9;
         let own_peak = reduced_peaks
             .iter()
@@ -245,6 +386,10 @@ fn main() -> anyhow::Result<()> {
             fraction_of_own_peak: useful_gflops / own_peak,
             stages,
             load_seconds,
+            fidelity: reference_scores
+                .as_ref()
+                .map(|want| Fidelity::of(&scored, &want[..scored.len()])),
+            golden_max_abs_diff,
         };
         eprintln!(
             "{}: {:.1} pairs/s over {} pairs",
@@ -256,6 +401,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     let report = Report {
+        device: args.device.to_string(),
+        gpu,
         threads,
         pairs_per_batch: args.passages,
         mean_tokens_per_pair: mean_tokens,
@@ -274,6 +421,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_markdown(r: &Report) {
+    if let Some(gpu) = &r.gpu {
+        println!(
+            "Device {}: {} (compute capability {}, {:.0} GiB); the GEMM peak below is the host CPU's\n",
+            r.device,
+            gpu.name,
+            gpu.compute_capability,
+            gpu.total_memory_bytes as f64 / (1u64 << 30) as f64
+        );
+    }
     println!(
         "Engine, {} thread(s), batches of {} pairs, {:.1} tokens/pair ({:.2} GFLOP/pair); \
          GEMM peak {:.1} GFLOP/s ({}x{}x{}); tokenizer {:.0} pairs/s (1 thread)\n",
@@ -320,7 +476,41 @@ fn print_markdown(r: &Report) {
     println!(
         "\nUseful GFLOP/s count the whole model's FLOPs per pair; the CPU encoder (f32, bf16, i8) skips the last layer's non-[CLS] rows (~1/7 of them), and bf16 and i8 are not f32 work: they can pass 100% of the f32 peak."
     );
+    print_fidelity(&r.results);
     print_profile(&r.results);
+}
+
+/// Each dtype's distance from the CPU engine's f32 (`--fidelity`) and from
+/// transformers on the golden pairs (`--golden`).
+fn print_fidelity(results: &[DtypeResult]) {
+    let measured: Vec<&DtypeResult> = results
+        .iter()
+        .filter(|r| r.fidelity.is_some() || r.golden_max_abs_diff.is_some())
+        .collect();
+    if measured.is_empty() {
+        return;
+    }
+    println!(
+        "\nFidelity: against the CPU engine in f32 on the same batches (`--fidelity`), and against transformers on the golden pairs (`--golden`):\n"
+    );
+    println!(
+        "| dtype | max abs diff vs CPU f32 | Kendall tau, mean | Kendall tau, worst batch | max abs diff vs transformers (golden) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let dash = || "–".to_string();
+    for r in measured {
+        let (diff, mean, worst) = r.fidelity.as_ref().map_or((dash(), dash(), dash()), |f| {
+            (
+                format!("{:.2e}", f.max_abs_diff),
+                format!("{:.4}", f.mean_kendall_tau),
+                format!("{:.4}", f.min_kendall_tau),
+            )
+        });
+        let golden = r
+            .golden_max_abs_diff
+            .map_or_else(dash, |d| format!("{d:.2e}"));
+        println!("| {} | {diff} | {mean} | {worst} | {golden} |", r.label());
+    }
 }
 
 /// Where each profiled dtype's time went: the share of its CPU time per

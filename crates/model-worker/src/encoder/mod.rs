@@ -36,7 +36,7 @@ use ce_common::TokenBatch;
 use ce_common::batch::BatchLimits;
 
 use crate::dtype::CandleDType;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Result, candle_message};
 use ce_model_spec::{
     HiddenAct, ModelConfig, Pooling, Tensor as T, TensorNames, WeightDType, Weights,
 };
@@ -69,7 +69,7 @@ impl WeightReader<'_> {
                 VarBuilder::from_pth(path, DType::F32, &Device::Cpu)
             }
         }
-        .map_err(|e| EngineError::Weights(e.to_string()))?;
+        .map_err(|e| EngineError::Weights(candle_message(&e)))?;
         let names = TensorNames::find(config.family, |n| vb.contains_tensor(n));
         Ok(Self {
             vb,
@@ -81,7 +81,7 @@ impl WeightReader<'_> {
     fn get<S: Into<candle_core::Shape>>(&self, shape: S, name: &str) -> Result<Tensor> {
         self.vb
             .get(shape, name)
-            .map_err(|e| EngineError::Weights(format!("{name}: {e}")))
+            .map_err(|e| EngineError::Weights(format!("{name}: {}", candle_message(&e))))
     }
 
     fn has(&self, name: &str) -> bool {
@@ -129,7 +129,7 @@ impl WeightReader<'_> {
             .vb
             .get_unchecked(&name)
             .and_then(|t| t.dim(0))
-            .map_err(|e| EngineError::Weights(e.to_string()))?;
+            .map_err(|e| EngineError::Weights(candle_message(&e)))?;
         if let Some(declared) = c.declared_labels
             && declared != num_labels
         {

@@ -9,6 +9,10 @@ fn main() -> ExitCode {
     // SAFETY: first thing in main; fds 3–8 are the supervisor's placement.
     match unsafe { model_worker::process::run() } {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.was_reported() => {
+            tracing::debug!("model worker stopped: {e}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             tracing::error!("model worker failed: {e}");
             ExitCode::FAILURE

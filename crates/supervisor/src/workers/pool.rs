@@ -19,7 +19,7 @@ use futures_util::future::join_all;
 use tokio::sync::{Notify, watch};
 
 use super::client::Client;
-use super::process::{WorkerProcess, WorkerSpec};
+use super::process::{StartFailure, WorkerProcess, WorkerSpec};
 use crate::metrics::{Metrics, RoleLabels};
 
 /// How a lease shares its worker.
@@ -365,18 +365,26 @@ impl<C: Client> WorkerPool<C> {
             };
             if let Some(reason) = current.process().start_error() {
                 failures += 1;
-                if failures >= starter.max_attempts {
+                let hopeless = current.process().start_is_hopeless();
+                if hopeless || failures >= starter.max_attempts {
                     let name = match spec.role {
                         Role::Model => "replica",
                         _ => role.as_str(),
                     };
-                    let gave_up = format!(
-                        "{name} {slot} cannot load: {reason} (gave up after {failures} failed starts in a row)"
-                    );
+                    let gave_up = match hopeless {
+                        true => format!("{name} {slot} cannot start: {reason} (not retried)"),
+                        false => format!(
+                            "{name} {slot} cannot load: {reason} (gave up after {failures} failed starts in a row)"
+                        ),
+                    };
                     tracing::error!(role, slot, "{gave_up}");
+                    let failure = StartFailure {
+                        reason: gave_up,
+                        permanent: hopeless,
+                    };
                     self.replace(
                         slot,
-                        C::new(WorkerProcess::failed(spec.role, slot as u32, gave_up)),
+                        C::new(WorkerProcess::failed(spec.role, slot as u32, failure)),
                     );
                     return;
                 }
@@ -435,7 +443,7 @@ impl<C: Client> WorkerPool<C> {
 async fn start_one<C: Client>(spec: &WorkerSpec, starter: &Starter<C>) -> C {
     let started = WorkerProcess::start(spec.clone(), &starter.spawner)
         .await
-        .map_err(|e| e.to_string());
+        .map_err(|e| StartFailure::from(&e));
     let ready = match started {
         Ok(process) => {
             let client = C::new(process);
@@ -446,15 +454,21 @@ async fn start_one<C: Client>(spec: &WorkerSpec, starter: &Starter<C>) -> C {
                 Ok(()) => Ok(client),
                 Err(e) => {
                     client.process().kill("it failed its warm-up");
-                    Err(format!("slot {} failed its warm-up: {e}", spec.slot))
+                    Err(StartFailure {
+                        reason: format!("slot {} failed its warm-up: {e}", spec.slot),
+                        permanent: false,
+                    })
                 }
             }
         }
         Err(e) => Err(e),
     };
-    ready.unwrap_or_else(|e| {
-        tracing::error!(role = ?spec.role, slot = spec.slot, "worker failed to start: {e}");
-        C::new(WorkerProcess::failed(spec.role, spec.slot, e))
+    ready.unwrap_or_else(|failure| {
+        // A hopeless one is said once, by its keeper, as it gives up.
+        if !failure.permanent {
+            tracing::error!(role = ?spec.role, slot = spec.slot, "worker failed to start: {}", failure.reason);
+        }
+        C::new(WorkerProcess::failed(spec.role, spec.slot, failure))
     })
 }
 

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ce_common::control::{
-    self, ControlChannel, ControlError, ControlMessage, MetricsSnapshot, Role, WorkerConfig,
+    self, ControlChannel, ControlError, ControlMessage, GpuDevice, MetricsSnapshot, Role,
+    WorkerConfig,
 };
 use ce_common::frame::FrameKind;
 use ce_common::link::{self, LinkConfig};
@@ -54,7 +55,43 @@ pub enum StartError {
     /// Setting up the rings in the runtime failed.
     #[error("ring: {0}")]
     Ring(#[from] RingError),
+    /// The worker can never serve on this machine as configured: its
+    /// device is absent or unusable, its back-end is not built in, or a
+    /// library it links is missing. Starting it again cannot help.
+    #[error("{0}")]
+    Unavailable(String),
 }
+
+impl StartError {
+    /// Whether starting the worker again cannot help (see
+    /// [`StartError::Unavailable`]).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StartError::Unavailable(_))
+    }
+}
+
+/// Why a slot has no worker: what `/info` and the log say, and whether a
+/// restart could change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// In words, for `/info` and the log.
+    pub reason: String,
+    /// Starting again cannot help: the slot is given up at once.
+    pub permanent: bool,
+}
+
+impl From<&StartError> for StartFailure {
+    fn from(e: &StartError) -> Self {
+        Self {
+            reason: e.to_string(),
+            permanent: e.is_permanent(),
+        }
+    }
+}
+
+/// The exit status the dynamic loader gives a program whose libraries it
+/// cannot find (before `main` runs).
+const LOADER_FAILED: i32 = 127;
 
 /// Why a job got no reply.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -105,6 +142,11 @@ pub struct WorkerFigures {
     pub to_worker_bytes: u64,
     /// Bytes waiting in the worker → supervisor ring.
     pub from_worker_bytes: u64,
+    /// The GPU it computes on (a model worker on a GPU).
+    pub gpu: Option<GpuDevice>,
+    /// Device memory it holds, as the driver accounts it; filled in by the
+    /// collector (`None` until then, or where the driver cannot tell).
+    pub gpu_memory_bytes: Option<u64>,
 }
 
 type ReplySender = oneshot::Sender<Result<RawReply, WorkerFailure>>;
@@ -162,9 +204,11 @@ struct Inner {
     /// `None` for a slot whose worker failed to start.
     pidfd: Option<Arc<OwnedFd>>,
     /// Why the worker of this slot failed to start, if it did.
-    start_error: Option<String>,
+    start_error: Option<StartFailure>,
     /// What computes its work, as it said when ready (empty otherwise).
     kernel: String,
+    /// The GPU it computes on, as it said when ready.
+    gpu: Option<GpuDevice>,
     /// Fill levels of the to-worker and from-worker rings.
     rings: Option<[RingGauge; 2]>,
 }
@@ -212,9 +256,9 @@ impl WorkerProcess {
                 .await?;
             loop {
                 match control.recv().await? {
-                    ControlMessage::Ready { kernel } => return Ok(kernel),
-                    ControlMessage::Refused { reason } => {
-                        return Err(ControlError::Refused(reason));
+                    ControlMessage::Ready { kernel, gpu } => return Ok((kernel, gpu)),
+                    ControlMessage::Refused { reason, permanent } => {
+                        return Err(ControlError::Refused { reason, permanent });
                     }
                     ControlMessage::Heartbeat { .. } | ControlMessage::Metrics(_) => {}
                     other => {
@@ -228,15 +272,28 @@ impl WorkerProcess {
             Err(_) => Err(ControlError::Timeout(spec.ready_timeout)),
         };
         let mut child = spawned.child;
-        let kernel = match outcome {
-            Ok(kernel) => kernel,
+        let (kernel, gpu) = match outcome {
+            Ok(ready) => ready,
             Err(e) => {
                 let status = exit_status(&mut child, &spawned.pidfd).await;
+                if let ControlError::Refused {
+                    reason,
+                    permanent: true,
+                } = &e
+                {
+                    return Err(StartError::Unavailable(reason.clone()));
+                }
+                if status.and_then(|s| s.code()) == Some(LOADER_FAILED)
+                    && let Some(why) = unloadable(&spec).await
+                {
+                    return Err(StartError::Unavailable(why));
+                }
                 let e = match (e, status) {
-                    (ControlError::Refused(reason), _) => ControlError::Refused(reason),
-                    (e, Some(status)) => {
-                        ControlError::Unexpected(format!("{e}; the worker {status}"))
-                    }
+                    (e @ ControlError::Refused { .. }, _) => e,
+                    (e, Some(status)) => ControlError::Unexpected(format!(
+                        "{e}; the worker {}",
+                        describe_exit(status)
+                    )),
                     (e, None) => e,
                 };
                 return Err(control_err(e));
@@ -260,6 +317,7 @@ impl WorkerProcess {
             shutdown,
         );
         inner.kernel = kernel;
+        inner.gpu = gpu;
         let inner = Arc::new(inner);
         tokio::spawn(writer(inner.clone(), producer, job_rx, pidfd.clone()));
         tokio::spawn(reader(inner.clone(), consumer, pidfd));
@@ -287,11 +345,11 @@ impl WorkerProcess {
 
     /// A slot whose worker could not be started: dead from the start, it
     /// carries the reason (for `/info` and logs) until a restart succeeds.
-    pub fn failed(role: Role, slot: u32, error: String) -> Self {
-        Self::dead(role, slot, Some(error))
+    pub fn failed(role: Role, slot: u32, failure: StartFailure) -> Self {
+        Self::dead(role, slot, Some(failure))
     }
 
-    fn dead(role: Role, slot: u32, start_error: Option<String>) -> Self {
+    fn dead(role: Role, slot: u32, start_error: Option<StartFailure>) -> Self {
         // Nobody receives: a job sent here fails at once as Died.
         let (jobs, _) = mpsc::unbounded_channel();
         let (shutdown, _) = mpsc::unbounded_channel();
@@ -304,7 +362,18 @@ impl WorkerProcess {
 
     /// Why this slot's worker failed to start, if it did.
     pub fn start_error(&self) -> Option<&str> {
-        self.inner.start_error.as_deref()
+        self.inner.start_error.as_ref().map(|f| f.reason.as_str())
+    }
+
+    /// Whether this slot's worker failed to start for a reason no restart
+    /// changes (see [`StartError::Unavailable`]).
+    pub fn start_is_hopeless(&self) -> bool {
+        self.inner.start_error.as_ref().is_some_and(|f| f.permanent)
+    }
+
+    /// The GPU this worker computes on, as it said when it became ready.
+    pub fn gpu(&self) -> Option<&GpuDevice> {
+        self.inner.gpu.as_ref()
     }
 
     /// What computes this worker's work, as it said when it became ready:
@@ -422,6 +491,8 @@ impl WorkerProcess {
             snapshot: self.metrics(),
             to_worker_bytes: occupancy(0),
             from_worker_bytes: occupancy(1),
+            gpu: self.inner.gpu.clone(),
+            gpu_memory_bytes: None,
         }
     }
 
@@ -474,6 +545,7 @@ impl Inner {
             pidfd: live.as_ref().map(|l| l.pidfd.clone()),
             start_error: None,
             kernel: String::new(),
+            gpu: None,
             rings: live.map(|l| l.rings),
         }
     }
@@ -669,7 +741,10 @@ async fn control_task(
 /// How a worker that failed to become ready ended: waits briefly for it to
 /// exit on its own (a crash while loading), else kills it; reaps it either
 /// way. `None` when it had to be killed (its status says nothing then).
-async fn exit_status(child: &mut std::process::Child, pidfd: &OwnedFd) -> Option<String> {
+async fn exit_status(
+    child: &mut std::process::Child,
+    pidfd: &OwnedFd,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_millis(500);
     while !has_exited(pidfd) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -679,7 +754,68 @@ async fn exit_status(child: &mut std::process::Child, pidfd: &OwnedFd) -> Option
         let _ = child.kill();
     }
     let status = child.wait().ok()?;
-    on_its_own.then(|| describe_exit(status))
+    on_its_own.then_some(status)
+}
+
+/// Why the dynamic loader could not start `spec`'s program (it exited with
+/// [`LOADER_FAILED`]), in one line naming the device: the libraries it
+/// cannot find, as the loader lists them when asked to trace rather than
+/// run (glibc's `LD_TRACE_LOADED_OBJECTS`, what `ldd` does). `None` when
+/// the trace names nothing missing (the status meant something else).
+async fn unloadable(spec: &WorkerSpec) -> Option<String> {
+    let mut tracer = std::process::Command::new(&spec.program)
+        .env("LD_TRACE_LOADED_OBJECTS", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // A loader that ignores the variable runs the program itself, which
+    // finds no supervisor's fds and exits; a hang is cut short regardless.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tracer.try_wait().ok()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = tracer.kill();
+            let _ = tracer.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut listing = String::new();
+    std::io::Read::read_to_string(tracer.stdout.as_mut()?, &mut listing).ok()?;
+    let missing = missing_libraries(&listing);
+    let first = missing.first()?;
+    let whose = match &spec.config.job {
+        control::WorkerJob::Model(replica) => replica.device.to_string(),
+        control::WorkerJob::Tokenizer { .. } => "tokenizer".into(),
+    };
+    let program = spec.program.display();
+    Some(if first.starts_with("libcuda.so") {
+        format!("{whose}: {first} not found — is the NVIDIA driver installed? ({program} links it)")
+    } else {
+        format!(
+            "{whose}: {program} cannot load {} (not found by the dynamic loader: check LD_LIBRARY_PATH, or rebuild the variant)",
+            missing.join(", ")
+        )
+    })
+}
+
+/// The libraries a loader trace (`ldd`'s format) says are missing, the
+/// driver's first: `libcuda.so.1 => not found`.
+fn missing_libraries(trace: &str) -> Vec<String> {
+    let mut missing: Vec<String> = trace
+        .lines()
+        .filter_map(|line| {
+            let (name, found) = line.trim().split_once(" => ")?;
+            found
+                .trim()
+                .starts_with("not found")
+                .then(|| name.trim().to_string())
+        })
+        .collect();
+    missing.sort_by_key(|name| !name.starts_with("libcuda.so"));
+    missing.dedup();
+    missing
 }
 
 /// "exited with status 3", "was killed by signal 6 (SIGABRT)".
@@ -709,7 +845,17 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 mod tests {
     use std::os::unix::process::ExitStatusExt;
 
-    use super::describe_exit;
+    use super::{describe_exit, missing_libraries};
+
+    #[test]
+    fn a_loader_trace_names_the_missing_libraries_driver_first() {
+        let trace = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibcublas.so.13 => not found\n\tlibcuda.so.1 => not found\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n";
+        assert_eq!(
+            missing_libraries(trace),
+            ["libcuda.so.1".to_string(), "libcublas.so.13".to_string()]
+        );
+        assert!(missing_libraries("\tlibc.so.6 => /lib/libc.so.6 (0x1)\n").is_empty());
+    }
 
     #[test]
     fn an_exit_is_described_by_its_status_or_signal() {

@@ -8,6 +8,7 @@ mod support;
 mod auth_tls;
 mod families;
 mod faults;
+mod gpu;
 mod hardening;
 mod health_shutdown;
 mod http_api;

@@ -70,6 +70,7 @@ impl Server {
             worker_dir: Some(worker_dir.to_path_buf()),
             on_drop: OnDrop::Kill,
             own_process_group: false,
+            log_file: None,
         };
         Self(Supervisor::launch(launch).expect("start ce-supervisor"))
     }
