@@ -7,8 +7,9 @@
 # (a 20 s chaos test, a real Prometheus, an
 # abuse battery, a 60 s soak, the official cohere SDK and schemathesis
 # against a real server among them; the Python clients come from PyPI
-# into .venv-clients via scripts/client_venv.sh) and a bounded fuzzing run
-# of every decoder target. Fails on any failure.
+# into .venv-clients via scripts/client_venv.sh); the ring, server and
+# chaos tests again on the portable IPC backend (CE_IPC=portable); and a
+# bounded fuzzing run of every decoder target. Fails on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -39,5 +40,8 @@ CE_CUDA_STUB_DIR=${CE_CUDA_CACHE:-$HOME/.cache/ce-supervisor/cuda-13.4}/stub-dri
 export CE_CUDA_STUB_DIR
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the portable IPC backend (CE_IPC=portable): rings and their lifecycle, the server tests, chaos"
+CE_IPC=portable cargo test --locked -p ce-common
+CE_IPC=portable cargo test --locked -p supervisor --test server --test chaos
 echo "== fuzz (20 s a target)"
 scripts/fuzz.sh 20

@@ -286,10 +286,15 @@ impl Supervisor {
             .unwrap_or(0)
     }
 
-    /// Shared-memory (memfd) mappings of the supervisor: its rings.
-    pub fn memfd_mappings(&self) -> usize {
+    /// Shared-memory mappings of the supervisor, its rings: memfds, or
+    /// (portable IPC backend) unlinked POSIX shared-memory objects.
+    pub fn ring_mappings(&self) -> usize {
         std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))
-            .map(|m| m.lines().filter(|l| l.contains("/memfd:")).count())
+            .map(|m| {
+                m.lines()
+                    .filter(|l| l.contains("/memfd:") || l.contains("/dev/shm/"))
+                    .count()
+            })
             .unwrap_or(0)
     }
 

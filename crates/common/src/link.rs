@@ -151,10 +151,8 @@ pub struct ChildLinkFds {
 pub fn create(config: LinkConfig, name: &str) -> Result<(SupervisorLink, ChildLinkFds), LinkError> {
     let (a, b) = config.placements();
     let region = Arc::new(SharedRegion::create(name, config.region_len())?);
-    let to_bells = Doorbells::new()?;
-    let from_bells = Doorbells::new()?;
-    let child_to = to_bells.try_clone()?;
-    let child_from = from_bells.try_clone()?;
+    let (to_bells, child_to) = Doorbells::pair()?;
+    let (from_bells, child_from) = Doorbells::pair()?;
     let supervisor = SupervisorLink {
         to_worker: Producer::create(region.clone(), a, to_bells)?,
         from_worker: Consumer::create(region.clone(), b, from_bells)?,

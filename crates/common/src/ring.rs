@@ -11,8 +11,10 @@
 //!
 //! Waiting never spins for long: a side that finds nothing to do spins for
 //! up to 50 µs, then sets its `sleeping` flag, re-checks, and blocks in
-//! `poll` on an eventfd (plus the peer's pidfd, so a dead peer wakes it)
-//! with a timeout. The other side rings that eventfd only when the flag is
+//! `poll` on its doorbell (an eventfd, or on the portable backend its end
+//! of a socket pair, whose end-of-file says the peer is gone; plus the
+//! peer's exit fd, so a dead peer wakes it) with a timeout. The other side
+//! rings that doorbell only when the flag is
 //! set (the consumer only once half the ring is free), so a busy pipeline
 //! makes no system call per frame. Both
 //! sides order "store my index; load their flag" against "store my flag;
@@ -25,10 +27,12 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+
+use crate::ipc::Backend;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::event::{PollFd, PollFlags};
 
 use crate::frame::{FRAME_HEADER_LEN, FrameHeader};
 use crate::shm::SharedRegion;
@@ -112,7 +116,10 @@ impl RingHeader {
     }
 }
 
-/// The two doorbells of one ring (eventfds, non-blocking).
+/// One side's doorbells of a ring (non-blocking fds). Each side rings and
+/// waits on its own `data` and `space`: with eventfds both sides hold the
+/// same two counters; with socket pairs each holds one end, so a byte
+/// written to one end wakes the other.
 #[derive(Debug)]
 pub struct Doorbells {
     /// Rung by the producer when data arrives for a sleeping consumer.
@@ -122,39 +129,87 @@ pub struct Doorbells {
 }
 
 impl Doorbells {
-    /// Two fresh eventfds.
-    pub fn new() -> Result<Self, RingError> {
-        let make = || {
-            rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-                .map_err(|e| RingError::Sys(format!("eventfd: {e}")))
-        };
-        Ok(Self {
-            data: make()?,
-            space: make()?,
-        })
+    /// The doorbells of one ring with this process's backend: one side's
+    /// and the other's (to keep, or to hand to a child).
+    pub fn pair() -> Result<(Self, Self), RingError> {
+        Self::pair_with(Backend::current())
     }
 
-    /// Duplicates both fds (to hand the other end to a child).
-    pub fn try_clone(&self) -> Result<Self, RingError> {
-        let dup = |fd: &OwnedFd| {
-            rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| RingError::Sys(format!("dup: {e}")))
-        };
-        Ok(Self {
-            data: dup(&self.data)?,
-            space: dup(&self.space)?,
-        })
+    /// [`pair`](Self::pair) with a given backend.
+    pub fn pair_with(backend: Backend) -> Result<(Self, Self), RingError> {
+        match backend {
+            Backend::Linux => {
+                let data = eventfd()?;
+                let space = eventfd()?;
+                let other = Self {
+                    data: dup(&data)?,
+                    space: dup(&space)?,
+                };
+                Ok((Self { data, space }, other))
+            }
+            Backend::Portable => {
+                let (data, peer_data) = socket_pair()?;
+                let (space, peer_space) = socket_pair()?;
+                Ok((
+                    Self { data, space },
+                    Self {
+                        data: peer_data,
+                        space: peer_space,
+                    },
+                ))
+            }
+        }
     }
+}
+
+#[cfg(target_os = "linux")]
+fn eventfd() -> Result<OwnedFd, RingError> {
+    use rustix::event::EventfdFlags;
+    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| RingError::Sys(format!("eventfd: {e}")))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn eventfd() -> Result<OwnedFd, RingError> {
+    Err(RingError::Sys("eventfd exists only on Linux".into()))
+}
+
+fn dup(fd: &OwnedFd) -> Result<OwnedFd, RingError> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| RingError::Sys(format!("dup: {e}")))
+}
+
+/// A connected pair of non-blocking, close-on-exec Unix stream sockets.
+fn socket_pair() -> Result<(OwnedFd, OwnedFd), RingError> {
+    let (a, b) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| RingError::Sys(format!("socketpair: {e}")))?;
+    for end in [&a, &b] {
+        end.set_nonblocking(true)
+            .map_err(|e| RingError::Sys(format!("socketpair: {e}")))?;
+    }
+    Ok((a.into(), b.into()))
 }
 
 fn ring(fd: BorrowedFd<'_>) {
-    // A failed write means the counter is saturated: the peer is awake anyway.
+    // A failed write means the eventfd counter (or the socket's buffer) is
+    // full, so the peer has a wake-up pending anyway; or the peer is gone,
+    // which its waits find out on their own.
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
 
-/// Resets an eventfd doorbell after a wake-up.
-pub fn drain(fd: BorrowedFd<'_>) {
-    let mut buf = [0u8; 8];
-    let _ = rustix::io::read(fd, &mut buf);
+/// Resets a doorbell after a wake-up; `true` when the doorbell says the
+/// peer is gone (its end of a socket pair closed: end of file).
+pub fn drain(fd: BorrowedFd<'_>) -> bool {
+    // An eventfd reads as one 8-byte counter; a socket as whatever bytes
+    // its peer rang with.
+    let mut buf = [0u8; 64];
+    loop {
+        match rustix::io::read(fd, &mut buf) {
+            Ok(0) => return true,
+            Ok(n) if n == buf.len() => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) | Err(_) => return false,
+        }
+    }
 }
 
 /// Blocks until `bell` or `peer` is readable or `timeout` passes.
@@ -178,8 +233,8 @@ fn sleep_on(
     if fds.len() > 1 && !fds[1].revents().is_empty() {
         return Err(RingError::PeerGone);
     }
-    if !fds[0].revents().is_empty() {
-        drain(bell);
+    if !fds[0].revents().is_empty() && drain(bell) {
+        return Err(RingError::PeerGone);
     }
     Ok(())
 }
@@ -903,8 +958,7 @@ mod tests {
             capacity,
         };
         let region = Arc::new(SharedRegion::create("ce-ring-test", at.footprint()).unwrap());
-        let bells = Doorbells::new().unwrap();
-        let other = bells.try_clone().unwrap();
+        let (bells, other) = Doorbells::pair().unwrap();
         let p = Producer::create(region.clone(), at, bells).unwrap();
         let c = Consumer::attach(region, at, other).unwrap();
         (p, c)
@@ -1034,7 +1088,7 @@ mod tests {
             capacity: 4096,
         };
         let region = Arc::new(SharedRegion::create("ce-ring-test", at.footprint()).unwrap());
-        let bells = || Doorbells::new().unwrap();
+        let bells = || Doorbells::pair().unwrap().0;
         assert!(matches!(
             Consumer::attach(region.clone(), at, bells()),
             Err(RingError::Corrupt(_))

@@ -1,5 +1,4 @@
-//! The tokio side of a ring: waits through `AsyncFd` on the eventfd
-//! doorbells, so no runtime thread ever blocks (docs/ARCHITECTURE.md, "The rings").
+//! The tokio side of a ring: waits through `AsyncFd` on the doorbells, so no runtime thread ever blocks (docs/ARCHITECTURE.md, "The rings").
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -20,11 +19,16 @@ fn async_bell(fd: BorrowedFd<'_>) -> Result<AsyncFd<OwnedFd>, RingError> {
     unsafe { AsyncFd::register(dup) }.map_err(|e| RingError::Sys(format!("AsyncFd: {e}")))
 }
 
-async fn wait_readable(bell: &AsyncFd<OwnedFd>) {
+/// Waits for the doorbell (at most [`MAX_SLEEP`]); `true` when it says the
+/// peer is gone (a socket-pair doorbell's end of file).
+async fn wait_readable(bell: &AsyncFd<OwnedFd>) -> bool {
     if let Ok(Ok(mut guard)) = tokio::time::timeout(MAX_SLEEP, bell.readable()).await {
-        drain(bell.get_ref().as_fd());
+        if drain(bell.get_ref().as_fd()) {
+            return true;
+        }
         guard.clear_ready();
     }
+    false
 }
 
 /// A [`Consumer`] awaited from tokio.
@@ -53,11 +57,12 @@ impl AsyncConsumer {
             if let Some(h) = self.inner.try_recv(payload)? {
                 return Ok(h);
             }
+            let mut peer_closed = false;
             if self.inner.begin_sleep() {
-                wait_readable(&self.bell).await;
+                peer_closed = wait_readable(&self.bell).await;
             }
             self.inner.end_sleep();
-            if !alive() {
+            if peer_closed || !alive() {
                 // Drain what the peer wrote before it died.
                 return match self.inner.try_recv(payload)? {
                     Some(h) => Ok(h),
@@ -99,12 +104,13 @@ impl AsyncProducer {
                 return Ok(());
             }
             let full = self.inner.begin_sleep(payload.len());
+            let mut peer_closed = false;
             if matches!(full, Ok(true)) {
-                wait_readable(&self.bell).await;
+                peer_closed = wait_readable(&self.bell).await;
             }
             self.inner.end_sleep();
             full?;
-            if !alive() {
+            if peer_closed || !alive() {
                 return Err(RingError::PeerGone);
             }
         }

@@ -99,9 +99,9 @@ fn one_run(rng: &mut StdRng, tally: &mut Tally) {
         capacity: 4096 << rng.random_range(0..3),
     };
     let region = Arc::new(SharedRegion::create("ce-fuzz", at.footprint()).unwrap());
-    let bells = Doorbells::new().unwrap();
-    let mut producer = Producer::create(region.clone(), at, bells.try_clone().unwrap()).unwrap();
-    let mut consumer = Consumer::attach(region.clone(), at, bells.try_clone().unwrap()).unwrap();
+    let (bells, theirs) = Doorbells::pair().unwrap();
+    let mut producer = Producer::create(region.clone(), at, bells).unwrap();
+    let mut consumer = Consumer::attach(region.clone(), at, theirs).unwrap();
     let mut payload = Vec::new();
     let mut out = Vec::new();
     // Some honest traffic first, partly consumed, so the indices wrap.
@@ -153,7 +153,7 @@ fn one_run(rng: &mut StdRng, tally: &mut Tally) {
         _ => rng.fill_bytes(bytes),
     }
     // Both a long-lived consumer and a freshly attached one must cope.
-    let fresh = Consumer::attach(region.clone(), at, bells.try_clone().unwrap());
+    let fresh = Consumer::attach(region.clone(), at, Doorbells::pair().unwrap().1);
     let mut consumers = vec![consumer];
     match fresh {
         Ok(c) => consumers.push(c),
@@ -176,7 +176,7 @@ fn one_run(rng: &mut StdRng, tally: &mut Tally) {
         }
     }
     // A producer on corrupt memory must refuse, not scribble out of bounds.
-    if let Ok(mut p) = Producer::attach(region, at, bells) {
+    if let Ok(mut p) = Producer::attach(region, at, Doorbells::pair().unwrap().0) {
         let _ = p.try_send(
             FrameMeta {
                 kind: 1,

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
@@ -60,17 +59,14 @@ fn killed_producer_is_noticed() -> Duration {
     for i in 0..2_000 {
         let h = sup
             .from_worker
-            .recv(&mut buf, WAIT, Some(child.pidfd.as_fd()))
+            .recv(&mut buf, WAIT, Some(child.exit.fd()))
             .unwrap();
         assert!(h.id == i && ring_check::verify(seed, i, &buf));
     }
     let killed_at = sigkill(child.pid());
     let mut next = 2_000;
     let gone_at = loop {
-        match sup
-            .from_worker
-            .recv(&mut buf, WAIT, Some(child.pidfd.as_fd()))
-        {
+        match sup.from_worker.recv(&mut buf, WAIT, Some(child.exit.fd())) {
             Ok(h) => {
                 assert!(
                     h.id == next && ring_check::verify(seed, next, &buf),
@@ -108,7 +104,7 @@ fn killed_consumer_is_noticed() -> Duration {
             },
             &payload,
             WAIT,
-            Some(child.pidfd.as_fd()),
+            Some(child.exit.fd()),
         ) {
             Ok(()) => sent += 1,
             Err(RingError::PeerGone) => break Instant::now(),
@@ -126,7 +122,7 @@ fn killed_consumer_is_noticed() -> Duration {
 fn fresh_link_works() {
     let seed = 13;
     let (mut sup, mut child) = peer(CONFIG, &["sink", &seed.to_string()]);
-    let peer_fd = Some(child.pidfd.as_fd());
+    let peer_fd = Some(child.exit.fd());
     let mut buf = Vec::new();
     ring_check::send_stream(&mut sup.to_worker, seed, 0..5_000, WAIT, peer_fd).unwrap();
     ring_check::send_end(&mut sup.to_worker, 5_000, &[], WAIT, peer_fd).unwrap();
@@ -141,7 +137,7 @@ fn fresh_link_works() {
 /// Two processes idle on a link cost (almost) no CPU: nobody spins.
 fn idle_link_costs_nothing() {
     let (mut sup, mut child) = peer(CONFIG, &["echo"]);
-    let peer_fd = Some(child.pidfd.as_fd());
+    let peer_fd = Some(child.exit.fd());
     let mut buf = Vec::new();
     sup.to_worker
         .send(
@@ -182,6 +178,12 @@ fn idle_link_costs_nothing() {
 
 #[test]
 fn peers_die_cleanly_and_idle_links_sleep() {
+    // The portable backend's supervisor lifeline (two fds) is made on the
+    // first spawn and kept for the process's life: make it before counting.
+    let mut first = ce_common::spawn::spawn_now(ce_common::spawn::SpawnSpec::new("/bin/true"))
+        .expect("/bin/true starts");
+    first.child.wait().unwrap();
+    drop(first);
     let fds_before = open_fds();
     let shm_before = dev_shm();
 

@@ -24,7 +24,7 @@ fn parent_to_child_stream_arrives_intact() {
     let seed = 0x5eed_0001;
     // The sink starts 300 ms late: the ring fills and we must block, then resume.
     let (mut sup, mut child) = peer(SMALL, &["sink", &seed.to_string(), "300"]);
-    let peer_fd = Some(std::os::fd::AsFd::as_fd(&child.pidfd));
+    let peer_fd = Some(child.exit.fd());
     let started = Instant::now();
     let bytes =
         ring_check::send_stream(&mut sup.to_worker, seed, 0..frames, WAIT, peer_fd).unwrap();
@@ -55,7 +55,7 @@ fn child_to_parent_stream_arrives_intact() {
     let frames = env_or("CE_RING_FRAMES", 200_000);
     let seed = 0x5eed_0002;
     let (mut sup, mut child) = peer(SMALL, &["source", &seed.to_string(), &frames.to_string()]);
-    let peer_fd = Some(std::os::fd::AsFd::as_fd(&child.pidfd));
+    let peer_fd = Some(child.exit.fd());
     // Let the child run into a full ring before we start reading.
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();

@@ -9,10 +9,11 @@
 //! Needs `ce-ring-peer` (built from `ce-common`) beside this executable.
 //! Reports throughput at 64 KiB and 1 MiB frames, 64-byte round trips with
 //! an awake and an asleep peer (p50/p99), and the CPU two idle processes
-//! connected by rings use.
+//! connected by rings use. `CE_IPC=portable` measures the portable IPC
+//! backend (`scripts/bench_ring.sh` runs both, side by side).
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -81,6 +82,8 @@ struct Idle {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    /// The IPC backend the rings, doorbells and peer watch used (`CE_IPC`).
+    ipc_backend: &'static str,
     throughput: Vec<Throughput>,
     latency: Vec<Latency>,
     idle: Idle,
@@ -130,7 +133,7 @@ fn memcpy_gbps(len: usize, seconds: f64) -> f64 {
 
 fn ring_gbps(config: LinkConfig, len: usize, seconds: f64) -> anyhow::Result<f64> {
     let (mut sup, mut child) = ring_peer(config, "drain")?;
-    let peer = Some(child.pidfd.as_fd());
+    let peer = Some(child.exit.fd());
     let payload = vec![0xa5u8; len];
     let (mut bytes, started) = (0u64, Instant::now());
     let mut id = 0;
@@ -204,7 +207,7 @@ fn ring_rtt(
     gap: Option<Duration>,
 ) -> anyhow::Result<Histogram<u64>> {
     let (mut sup, mut child) = ring_peer(config, "echo")?;
-    let peer = Some(child.pidfd.as_fd());
+    let peer = Some(child.exit.fd());
     let payload = [0x5au8; 64];
     let mut buf = Vec::new();
     let mut h = histogram();
@@ -261,7 +264,7 @@ fn cpu_seconds(stat_path: &str) -> anyhow::Result<f64> {
 
 fn idle_cost(config: LinkConfig, seconds: f64) -> anyhow::Result<Idle> {
     let (mut sup, mut child) = ring_peer(config, "echo")?;
-    let peer = Some(child.pidfd.as_fd());
+    let peer = Some(child.exit.fd());
     let mut buf = Vec::new();
     sup.to_worker.send(
         FrameMeta {
@@ -297,6 +300,7 @@ fn idle_cost(config: LinkConfig, seconds: f64) -> anyhow::Result<Idle> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    ce_common::ipc::Backend::from_env()?;
     let config = LinkConfig {
         to_worker: args.ring_mib << 20,
         from_worker: args.ring_mib << 20,
@@ -331,6 +335,7 @@ fn main() -> anyhow::Result<()> {
     ];
     let idle = idle_cost(config, args.idle_seconds)?;
     let report = Report {
+        ipc_backend: ce_common::ipc::Backend::current().as_str(),
         throughput,
         latency,
         idle,
@@ -344,7 +349,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_report(r: &Report) {
-    println!("## Throughput (one producer process → one consumer process)\n");
+    println!(
+        "IPC backend: {} (CE_IPC)\n\n## Throughput (one producer process → one consumer process)\n",
+        r.ipc_backend
+    );
     println!("| frame | memcpy GB/s | ring GB/s | Unix socket GB/s | ring / socket |");
     println!("|---|---|---|---|---|");
     for t in &r.throughput {

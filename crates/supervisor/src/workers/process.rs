@@ -10,7 +10,7 @@
 //! the handle reports itself dead; nothing waits forever.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use ce_common::frame::FrameKind;
 use ce_common::link::{self, LinkConfig};
 use ce_common::ring::{FrameMeta, RingError, RingGauge};
 use ce_common::ring_async::{AsyncConsumer, AsyncProducer};
-use ce_common::spawn::{SpawnSpec, Spawner, has_exited};
+use ce_common::spawn::{ExitWatch, SpawnSpec, Spawner};
 use ce_common::worker::REPLICA_ENV;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -202,7 +202,7 @@ struct Inner {
     /// When the worker last answered a job, in µs since `born`.
     last_reply_us: AtomicU64,
     /// `None` for a slot whose worker failed to start.
-    pidfd: Option<Arc<OwnedFd>>,
+    exit: Option<Arc<ExitWatch>>,
     /// Why the worker of this slot failed to start, if it did.
     start_error: Option<StartFailure>,
     /// What computes its work, as it said when ready (empty otherwise).
@@ -275,7 +275,7 @@ impl WorkerProcess {
         let (kernel, gpu) = match outcome {
             Ok(ready) => ready,
             Err(e) => {
-                let status = exit_status(&mut child, &spawned.pidfd).await;
+                let status = exit_status(&mut child, &spawned.exit).await;
                 if let ControlError::Refused {
                     reason,
                     permanent: true,
@@ -299,7 +299,7 @@ impl WorkerProcess {
                 return Err(control_err(e));
             }
         };
-        let pidfd = Arc::new(spawned.pidfd);
+        let exit = Arc::new(spawned.exit);
         let producer = AsyncProducer::new(sup_link.to_worker)?;
         let consumer = AsyncConsumer::new(sup_link.from_worker)?;
         let rings = [producer.get_ref().gauge(), consumer.get_ref().gauge()];
@@ -310,7 +310,7 @@ impl WorkerProcess {
             spec.slot,
             Some(Live {
                 pid,
-                pidfd: pidfd.clone(),
+                exit: exit.clone(),
                 rings,
             }),
             jobs,
@@ -319,8 +319,8 @@ impl WorkerProcess {
         inner.kernel = kernel;
         inner.gpu = gpu;
         let inner = Arc::new(inner);
-        tokio::spawn(writer(inner.clone(), producer, job_rx, pidfd.clone()));
-        tokio::spawn(reader(inner.clone(), consumer, pidfd));
+        tokio::spawn(writer(inner.clone(), producer, job_rx, exit.clone()));
+        tokio::spawn(reader(inner.clone(), consumer, exit));
         tokio::spawn(control_task(
             inner.clone(),
             control,
@@ -515,7 +515,7 @@ type Pending = Arc<Mutex<HashMap<u64, ReplySender>>>;
 /// What only a started worker has.
 struct Live {
     pid: u32,
-    pidfd: Arc<OwnedFd>,
+    exit: Arc<ExitWatch>,
     rings: [RingGauge; 2],
 }
 
@@ -542,7 +542,7 @@ impl Inner {
             pending: Arc::default(),
             born: Instant::now(),
             last_reply_us: AtomicU64::new(0),
-            pidfd: live.as_ref().map(|l| l.pidfd.clone()),
+            exit: live.as_ref().map(|l| l.exit.clone()),
             start_error: None,
             kernel: String::new(),
             gpu: None,
@@ -564,9 +564,8 @@ impl Inner {
     /// Gives up on the worker: kills it (a no-op once it has exited), fails
     /// every job it holds and reports it dead.
     fn mark_dead(&self) {
-        if let Some(pidfd) = &self.pidfd {
-            let _ =
-                rustix::process::pidfd_send_signal(pidfd.as_fd(), rustix::process::Signal::KILL);
+        if let Some(exit) = &self.exit {
+            exit.kill();
         }
         if self.alive.swap(false, Ordering::AcqRel) {
             if self.stopping.load(Ordering::Acquire) {
@@ -587,12 +586,12 @@ impl Inner {
 }
 
 /// Carries jobs to the worker until it dies; then it ends, and with it the
-/// producer (the ring mapping and doorbell) and its share of the pidfd.
+/// producer (the ring mapping and doorbell) and its share of the exit fd.
 async fn writer(
     inner: Arc<Inner>,
     mut producer: AsyncProducer,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    pidfd: Arc<OwnedFd>,
+    exit: Arc<ExitWatch>,
 ) {
     let mut next_id = 1u64;
     let mut died = inner.died.subscribe();
@@ -617,7 +616,7 @@ async fn writer(
             count: job.count,
             work_us: 0,
         };
-        let alive = || !has_exited(&pidfd);
+        let alive = || !exit.has_exited();
         match producer.send(meta, &job.payload, alive).await {
             Ok(()) => {}
             // Checked before anything is written: the job fails, the worker is fine.
@@ -643,10 +642,10 @@ async fn writer(
     }
 }
 
-async fn reader(inner: Arc<Inner>, mut consumer: AsyncConsumer, pidfd: Arc<OwnedFd>) {
+async fn reader(inner: Arc<Inner>, mut consumer: AsyncConsumer, exit: Arc<ExitWatch>) {
     let mut buf = Vec::new();
     loop {
-        let alive = || !has_exited(&pidfd);
+        let alive = || !exit.has_exited();
         match consumer.recv(&mut buf, alive).await {
             Ok(header) => {
                 let waiter = inner
@@ -730,7 +729,7 @@ async fn control_task(
                     inner.kill(&format!(
                         "no heartbeat for {silent:.1?} while holding {holding} job(s): hung"
                     ));
-                    // Once: its death arrives through the pidfd.
+                    // Once: its death arrives through the exit fd.
                     last_beat = Instant::now();
                 }
             }
@@ -743,13 +742,13 @@ async fn control_task(
 /// way. `None` when it had to be killed (its status says nothing then).
 async fn exit_status(
     child: &mut std::process::Child,
-    pidfd: &OwnedFd,
+    exit: &ExitWatch,
 ) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_millis(500);
-    while !has_exited(pidfd) && Instant::now() < deadline {
+    while !exit.has_exited() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let on_its_own = has_exited(pidfd);
+    let on_its_own = exit.has_exited();
     if !on_its_own {
         let _ = child.kill();
     }

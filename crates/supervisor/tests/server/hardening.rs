@@ -44,7 +44,7 @@ async fn jobs_are_cut_by_size_and_a_large_request_kills_no_worker() {
     assert!(restarts <= 0.0, "{restarts} tokenizer restarts");
 }
 
-/// Class 2: every SIGKILLed tokenizer's rings, doorbells and pidfd are
+/// Class 2: every SIGKILLed tokenizer's rings, doorbells and exit fd are
 /// released: fds and shared-memory mappings return to where they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_releases_everything_the_dead_worker_held() {
@@ -53,8 +53,8 @@ async fn a_restart_releases_everything_the_dead_worker_held() {
     client.rerank(support::two_document_rerank()).await.unwrap();
     let settle = || std::thread::sleep(Duration::from_millis(300));
     settle();
-    let (fds, maps) = (server.fd_count(), server.memfd_mappings());
-    assert!(maps >= 2, "the rings are memfd mappings: {maps}");
+    let (fds, maps) = (server.fd_count(), server.ring_mappings());
+    assert!(maps >= 2, "the rings are shared-memory mappings: {maps}");
     for _ in 0..3 {
         let pid = tokenizer_pids(&server)[0];
         rustix::process::kill_process(
@@ -71,12 +71,12 @@ async fn a_restart_releases_everything_the_dead_worker_held() {
         client.rerank(support::two_document_rerank()).await.unwrap();
     }
     let until = Instant::now() + Duration::from_secs(10);
-    while (server.fd_count(), server.memfd_mappings()) != (fds, maps) {
+    while (server.fd_count(), server.ring_mappings()) != (fds, maps) {
         assert!(
             Instant::now() < until,
-            "after 3 restarts: {} fds (were {fds}), {} memfd mappings (were {maps})",
+            "after 3 restarts: {} fds (were {fds}), {} ring mappings (were {maps})",
             server.fd_count(),
-            server.memfd_mappings()
+            server.ring_mappings()
         );
         settle();
     }
