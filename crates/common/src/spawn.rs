@@ -133,12 +133,32 @@ impl ExitWatch {
     }
 }
 
+/// A pipe whose two ends are close-on-exec.
+#[cfg(not(target_vendor = "apple"))]
+fn cloexec_pipe() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+}
+
+/// A pipe whose two ends are close-on-exec. macOS has no `pipe2`, so the
+/// flag is set after the fact: a process forked by another thread in
+/// between would keep the ends. The supervisor forks workers only on the
+/// [`Spawner`] thread (the caller here), and otherwise only to ask the
+/// loader about a worker that failed to start.
+#[cfg(target_vendor = "apple")]
+fn cloexec_pipe() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe()?;
+    for end in [&read, &write] {
+        rustix::io::fcntl_setfd(end, rustix::io::FdFlags::CLOEXEC)?;
+    }
+    Ok((read, write))
+}
+
 /// The supervisor's lifeline (portable backend): a pipe whose write end
 /// this process holds until it exits (close-on-exec, so no child holds
 /// it); each child inherits a duplicate of the read end.
 fn parent_lifeline() -> std::io::Result<BorrowedFd<'static>> {
     static READ_END: OnceLock<Result<(OwnedFd, OwnedFd), rustix::io::Errno>> = OnceLock::new();
-    match READ_END.get_or_init(|| rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)) {
+    match READ_END.get_or_init(cloexec_pipe) {
         Ok((read, _write)) => Ok(read.as_fd()),
         Err(e) => Err(std::io::Error::from(*e)),
     }
@@ -155,7 +175,7 @@ pub fn spawn_now(mut spec: SpawnSpec) -> std::io::Result<Spawned> {
     // spec's fds.
     let mut child_lifeline = None;
     if backend == Backend::Portable {
-        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let (read, write) = cloexec_pipe()?;
         child_lifeline = Some(read);
         spec.fds.push(write);
         let parent_end = rustix::io::fcntl_dupfd_cloexec(parent_lifeline()?, 0)?;
