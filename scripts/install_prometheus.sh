@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs Debian's prometheus package (prometheus + promtool) when either
-# is missing: the metrics test runs a real Prometheus against a real server.
+# Installs Debian's prometheus package (Homebrew's on macOS: prometheus +
+# promtool) when either is missing: the metrics test runs a real Prometheus against a real server.
 # The package's service is not started (tests start their own on loopback).
 set -euo pipefail
 if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
@@ -8,6 +8,12 @@ if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
 fi
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
+if [ "$(uname -s)" = Darwin ] && command -v brew >/dev/null; then
+  echo "installing Homebrew's prometheus (for the metrics test)…"
+  brew install prometheus >/dev/null
+  prometheus --version 2>&1 | head -1
+  exit 0
+fi
 command -v apt-get >/dev/null || {
   echo "prometheus/promtool missing and no apt-get here: install Prometheus 2.x yourself" >&2
   exit 1

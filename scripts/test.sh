@@ -10,6 +10,8 @@
 # into .venv-clients via scripts/client_venv.sh); the ring, server and
 # chaos tests again on the portable IPC backend (CE_IPC=portable); and a
 # bounded fuzzing run of every decoder target. Fails on any failure.
+# On macOS the CUDA build and the Linux-backend pass give way to the Metal
+# variant's clippy; on Linux scripts/check_macos.sh type-checks for macOS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -31,17 +33,29 @@ echo "== deployment files and scripts (shellcheck, hadolint, kubernetes-validate
 scripts/check_deploy.sh
 echo "== release build (what the Dockerfile runs)"
 scripts/build_release.sh
-echo "== the CUDA variant (scripts/build_cuda.sh: toolkit wheels, clippy on the CUDA code)"
-scripts/build_cuda.sh --clippy
-# The server tests start the CUDA model worker without a driver and on the
-# stub driver, and check that each refusal is said once and not retried.
-export CE_CUDA_VARIANT=$PWD/target/cuda
-CE_CUDA_STUB_DIR=${CE_CUDA_CACHE:-$HOME/.cache/ce-supervisor/cuda-13.4}/stub-driver
-export CE_CUDA_STUB_DIR
-echo "== cargo test"
-cargo test --workspace --locked
-echo "== the portable IPC backend (CE_IPC=portable): rings and their lifecycle, the server tests, chaos"
-CE_IPC=portable cargo test --locked -p ce-common
-CE_IPC=portable cargo test --locked -p supervisor --test server --test chaos
+if [ "$(uname -s)" = Darwin ]; then
+    # NVIDIA ships no macOS toolkit; the Metal variant is built instead.
+    echo "== the Metal variant (clippy on model-worker and supervisor with --features metal)"
+    cargo clippy --locked -p model-worker -p supervisor \
+        --features model-worker/metal,supervisor/metal -- -D warnings
+    echo "== cargo test (the portable IPC backend is the only one here)"
+    cargo test --workspace --locked
+else
+    echo "== the CUDA variant (scripts/build_cuda.sh: toolkit wheels, clippy on the CUDA code)"
+    scripts/build_cuda.sh --clippy
+    # The server tests start the CUDA model worker without a driver and on
+    # the stub driver, and check that each refusal is said once and not
+    # retried.
+    export CE_CUDA_VARIANT=$PWD/target/cuda
+    CE_CUDA_STUB_DIR=${CE_CUDA_CACHE:-$HOME/.cache/ce-supervisor/cuda-13.4}/stub-driver
+    export CE_CUDA_STUB_DIR
+    echo "== macOS type-check (scripts/check_macos.sh: aarch64-apple-darwin, Metal variant)"
+    scripts/check_macos.sh
+    echo "== cargo test"
+    cargo test --workspace --locked
+    echo "== the portable IPC backend (CE_IPC=portable): rings and their lifecycle, the server tests, chaos"
+    CE_IPC=portable cargo test --locked -p ce-common
+    CE_IPC=portable cargo test --locked -p supervisor --test server --test chaos
+fi
 echo "== fuzz (20 s a target)"
 scripts/fuzz.sh 20

@@ -137,6 +137,10 @@ impl Supervisor {
         if launch.own_process_group {
             use std::os::unix::process::CommandExt;
             command.process_group(0);
+            // Only Linux can ask the kernel to kill the server with this
+            // process; elsewhere `Drop` stops it, and a benchmark killed by
+            // SIGKILL can leave it running.
+            #[cfg(target_os = "linux")]
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 command.pre_exec(|| {

@@ -295,7 +295,7 @@ async fn control_loop(
 
 fn snapshot(counters: &Counters) -> MetricsSnapshot {
     MetricsSnapshot {
-        cpu_seconds: procstat::cpu_time("/proc/self/stat")
+        cpu_seconds: procstat::own_cpu_time()
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         rss_bytes: procstat::resident_bytes().unwrap_or(0),

@@ -73,7 +73,7 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         }
         let mut processes = vec![(
             ("supervisor".to_string(), std::process::id()),
-            ce_common::procstat::cpu_time("/proc/self/stat")
+            ce_common::procstat::own_cpu_time()
                 .map(|d| d.as_secs_f64())
                 .ok(),
         )];

@@ -264,7 +264,9 @@ async fn slow_and_idle_connections_are_closed_at_their_timeouts() {
 }
 
 /// Class 5: out of file descriptors, the accept loops back off instead of
-/// spinning, and serve again once descriptors are free.
+/// spinning, and serve again once descriptors are free. Linux only: another
+/// process's descriptor limit can be changed there alone (`prlimit`).
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_backs_off_when_descriptors_run_out() {
     let server = Server::start(&[]);

@@ -37,6 +37,7 @@ pub fn available(unit: Unit) -> bool {
     has_unit && bit(24) && tile_state_granted()
 }
 
+#[cfg(target_os = "linux")]
 fn tile_state_granted() -> bool {
     static GRANTED: OnceLock<bool> = OnceLock::new();
     *GRANTED.get_or_init(|| {
@@ -56,6 +57,13 @@ fn tile_state_granted() -> bool {
         }
         granted
     })
+}
+
+/// Only Linux has the `arch_prctl` permission request; no other x86 host
+/// this server targets (Intel Macs) has AMX at all.
+#[cfg(not(target_os = "linux"))]
+fn tile_state_granted() -> bool {
+    false
 }
 
 /// Palette 1 with all eight tiles 16 rows of 64 bytes: tiles 0–3

@@ -36,6 +36,7 @@ const COLS: usize = 32;
 /// The packed depth is a multiple of this: one AMX tile row of bf16.
 const DEPTH_STEP: usize = 32;
 /// Rows per AVX-512 micro-tile: 8 rows × 2 registers = 16 accumulators.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const ROWS: usize = 8;
 /// Rows rounded and multiplied per pass, so that they stay in cache while
 /// every column block reads them.
@@ -109,6 +110,7 @@ pub struct Bf16Linear {
     depth: usize,
     kernel: Kernel,
     /// Native kernels: `[out / COLS][depth / 2][COLS][2]` bf16 bits.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     packed: Vec<u16>,
     /// The f32 kernel: the rounded weight widened, transposed `[in, out]`.
     widened: Vec<f32>,
@@ -191,6 +193,9 @@ impl Bf16Linear {
         for start in (0..rows).step_by(ROW_BLOCK) {
             let n = ROW_BLOCK.min(rows - start);
             let x = &x[start * self.inputs..(start + n) * self.inputs];
+            // Only the x86 kernels below write it; elsewhere `kernel()` never
+            // leaves the f32 path above.
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
             let dst = &mut dst[start * self.outputs..(start + n) * self.outputs];
             scratch.packed.clear();
             scratch
@@ -512,6 +517,7 @@ mod tests {
         for (rows, inputs, outputs) in [(21, 70, 45), (200, 96, 64), (33, 384, 32)] {
             let (w, x) = operands(rows, inputs, outputs);
             let want = rounded_reference(&x, &w, rows, inputs, outputs);
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut kernels = vec![Kernel::F32];
             #[cfg(target_arch = "x86_64")]
             {

@@ -35,6 +35,7 @@ const COLS: usize = 32;
 /// The packed depth is a multiple of this: one AMX tile row of bytes.
 const DEPTH_STEP: usize = 64;
 /// Rows per micro-tile: 8 rows × 2 registers = 16 accumulators.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const ROWS: usize = 8;
 /// Rows quantized and multiplied per pass, so that their bytes stay in cache
 /// while every column block reads them.
