@@ -27,6 +27,13 @@
 //! client = { batch_sizes = [32], concurrency = [4], window_s = 2 }
 //! ```
 //!
+//! A file may start from another: `extends = "14_production"` reads
+//! `14_production.toml` beside it and lays this file's keys over it
+//! (tables merge key by key, any other value replaces), so a variation
+//! names only what differs. `--set client.concurrency=[1,4]` then overrides
+//! any key from the command line, after `[quick]`, with a TOML value (a
+//! bare word is a string: `--set server.dtype=fp16`).
+//!
 //! Settings whose value is itself a list (`devices`, `instances`) sweep
 //! only when given as a list of lists. Named `[[variant]]`s replace the
 //! single base: each is `[server]` with its keys on top, crossed with any
@@ -34,6 +41,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -178,32 +186,168 @@ pub struct Variant {
     pub settings: toml::Table,
 }
 
+/// How many files an `extends` chain may hold: more is taken for a cycle.
+const MAX_EXTENDS: usize = 8;
+
+/// One command-line override, `--set server.replicas=[1,2]`: a dotted key
+/// into the experiment file and the TOML value it gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    /// The key's path, e.g. `["server", "replicas"]`.
+    pub key: Vec<String>,
+    /// Its new value.
+    pub value: toml::Value,
+}
+
+impl FromStr for Setting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, raw) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: KEY=VALUE, e.g. server.replicas=[1,2]"))?;
+        let key: Vec<String> = key
+            .trim()
+            .split('.')
+            .map(|k| k.trim().to_string())
+            .collect();
+        if key.iter().any(String::is_empty) {
+            return Err(format!("{s:?}: an empty part in the key"));
+        }
+        let raw = raw.trim();
+        // A bare word (`fp16`, `http`) is no TOML value; take it as a string.
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        Ok(Self { key, value })
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key.join("."), self.value)
+    }
+}
+
+impl Setting {
+    fn apply(&self, table: &mut toml::Table) -> Result<(), String> {
+        let (last, parents) = self.key.split_last().ok_or("an empty key")?;
+        let mut here = table;
+        for (depth, part) in parents.iter().enumerate() {
+            let entry = here
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            here = entry.as_table_mut().ok_or_else(|| {
+                format!(
+                    "--set {self}: {} is not a table",
+                    self.key[..=depth].join(".")
+                )
+            })?;
+        }
+        here.insert(last.clone(), self.value.clone());
+        Ok(())
+    }
+}
+
+/// Lays `over` onto `base`: tables merge key by key, anything else
+/// (arrays included, so a sweep is replaced whole) replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// The file at `path` with its `extends` chain resolved, as one table.
+fn resolve(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Table, ExperimentError> {
+    let invalid = |message: String| ExperimentError::Invalid {
+        path: path.display().to_string(),
+        message,
+    };
+    if chain.len() >= MAX_EXTENDS || chain.iter().any(|p| p == path) {
+        return Err(invalid(format!(
+            "extends goes round or deeper than {MAX_EXTENDS} files: {}",
+            chain
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        )));
+    }
+    chain.push(path.to_path_buf());
+    let text = std::fs::read_to_string(path).map_err(|source| ExperimentError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    if !table.contains_key("name")
+        && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+    {
+        table.insert("name".into(), stem.into());
+    }
+    match table.remove("extends") {
+        None => Ok(table),
+        Some(toml::Value::String(base)) => {
+            let base_path = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(format!("{base}.toml"));
+            let mut merged = resolve(&base_path, chain)?;
+            // The base's name and description are its own, not this file's.
+            merged.remove("name");
+            merged.remove("description");
+            merge(&mut merged, table);
+            Ok(merged)
+        }
+        Some(other) => Err(invalid(format!(
+            "extends = {other}: the name of another experiment file, e.g. \"14_production\""
+        ))),
+    }
+}
+
 impl Experiment {
-    /// Reads and checks a configuration; `quick` applies its overrides.
-    pub fn load(path: &Path, quick: bool) -> Result<Self, ExperimentError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ExperimentError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text, quick).map_err(|message| ExperimentError::Invalid {
+    /// Reads and checks a configuration with its `extends` chain; `quick`
+    /// applies its `[quick]` overrides, then `sets` apply in order.
+    pub fn load(path: &Path, quick: bool, sets: &[Setting]) -> Result<Self, ExperimentError> {
+        let table = resolve(path, &mut Vec::new())?;
+        Self::from_table(table, quick, sets).map_err(|message| ExperimentError::Invalid {
             path: path.display().to_string(),
             message,
         })
     }
 
-    /// Parses a configuration's text.
+    /// Parses a configuration's text (no `extends`: that needs a file).
     pub fn parse(text: &str, quick: bool) -> Result<Self, String> {
-        let mut experiment: Experiment = toml::from_str(text).map_err(|e| e.to_string())?;
-        if quick {
-            let overrides = experiment.quick.clone();
-            experiment.server.extend(overrides.server);
-            let mut client =
-                toml::Table::try_from(&experiment.client).map_err(|e| e.to_string())?;
-            client.extend(overrides.client);
-            experiment.client = client
-                .try_into()
-                .map_err(|e| format!("[quick] client: {e}"))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        if table.contains_key("extends") {
+            return Err("extends is resolved relative to a file: use Experiment::load".into());
         }
+        Self::from_table(table, quick, &[])
+    }
+
+    fn from_table(mut table: toml::Table, quick: bool, sets: &[Setting]) -> Result<Self, String> {
+        if quick && let Some(toml::Value::Table(overrides)) = table.get("quick").cloned() {
+            for (section, keys) in overrides {
+                match (table.get_mut(&section), keys) {
+                    (Some(toml::Value::Table(t)), toml::Value::Table(keys)) => t.extend(keys),
+                    (None, keys @ toml::Value::Table(_)) => {
+                        table.insert(section, keys);
+                    }
+                    _ => return Err(format!("[quick] {section}: a table of keys to replace")),
+                }
+            }
+        }
+        for set in sets {
+            set.apply(&mut table)?;
+        }
+        let experiment: Experiment = table
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
         experiment.check()?;
         Ok(experiment)
     }
@@ -485,6 +629,94 @@ replicas = 4
     }
 
     #[test]
+    fn a_file_extends_another_and_names_only_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("base.toml"),
+            "name = \"base\"\ndescription = \"the base\"\n[server]\nreplicas = 3\ntokenizers = 2\n\
+             [client]\nbatch_sizes = [32, 64]\nconcurrency = [1, 2, 4]\n[quick]\nclient = { window_s = 1.0 }\n",
+        )
+        .unwrap();
+        let child = dir.path().join("child.toml");
+        std::fs::write(
+            &child,
+            "extends = \"base\"\ndescription = \"two replicas\"\n[server]\nreplicas = [1, 2]\n[client]\nconcurrency = [4]\n",
+        )
+        .unwrap();
+        let e = Experiment::load(&child, false, &[]).unwrap();
+        assert_eq!(e.name, "child");
+        assert_eq!(e.description, "two replicas");
+        assert_eq!(e.server["tokenizers"], toml::Value::Integer(2));
+        let labels: Vec<String> = e.variants().into_iter().map(|v| v.label).collect();
+        assert_eq!(labels, ["replicas=1", "replicas=2"]);
+        assert_eq!(e.client.batch_sizes, [32, 64]);
+        assert_eq!(e.client.concurrency, [4]);
+        // The base's [quick] carries over.
+        assert_eq!(
+            Experiment::load(&child, true, &[]).unwrap().client.window_s,
+            1.0
+        );
+
+        std::fs::write(dir.path().join("a.toml"), "extends = \"b\"\n").unwrap();
+        std::fs::write(dir.path().join("b.toml"), "extends = \"a\"\n").unwrap();
+        let cycle = Experiment::load(&dir.path().join("a.toml"), false, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(cycle.contains("goes round"), "{cycle}");
+        std::fs::write(dir.path().join("lost.toml"), "extends = \"nowhere\"\n").unwrap();
+        let missing = Experiment::load(&dir.path().join("lost.toml"), false, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("nowhere.toml"), "{missing}");
+    }
+
+    #[test]
+    fn command_line_sets_override_any_key_after_quick() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sweep.toml");
+        std::fs::write(&path, SWEEP).unwrap();
+        let sets: Vec<Setting> = [
+            "server.replicas=[1,2,3]",
+            "client.concurrency=[1, 4]",
+            "server.dtype=fp16",
+            "client.window_s=0.5",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let e = Experiment::load(&path, true, &sets).unwrap();
+        // dtype is one value now, so only replicas sweeps.
+        let labels: Vec<String> = e.variants().into_iter().map(|v| v.label).collect();
+        assert_eq!(labels, ["replicas=1", "replicas=2", "replicas=3"]);
+        assert_eq!(e.server["dtype"], toml::Value::String("fp16".into()));
+        assert_eq!(e.client.concurrency, [1, 4]);
+        // --set wins over [quick]'s window_s = 1.5.
+        assert_eq!(e.client.window_s, 0.5);
+        assert_eq!(sets[0].to_string(), "server.replicas=[1, 2, 3]");
+
+        assert!(
+            "replicas"
+                .parse::<Setting>()
+                .unwrap_err()
+                .contains("KEY=VALUE")
+        );
+        assert!(
+            "server..x=1"
+                .parse::<Setting>()
+                .unwrap_err()
+                .contains("empty")
+        );
+        let into_scalar = Experiment::load(&path, false, &["name.x=1".parse().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(into_scalar.contains("name is not a table"), "{into_scalar}");
+        let unknown = Experiment::load(&path, false, &["client.concurrenc=[1]".parse().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("concurrenc"), "{unknown}");
+    }
+
+    #[test]
     fn nothing_swept_is_one_default_variant() {
         let e = Experiment::parse("name = \"x\"\ndescription = \"\"\n", false).unwrap();
         let v = e.variants();
@@ -517,7 +749,7 @@ replicas = 4
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 for quick in [false, true] {
-                    let e = Experiment::load(&path, quick).unwrap_or_else(|e| panic!("{e}"));
+                    let e = Experiment::load(&path, quick, &[]).unwrap_or_else(|e| panic!("{e}"));
                     assert!(!e.variants().is_empty());
                     assert_eq!(
                         Some(e.name.as_str()),

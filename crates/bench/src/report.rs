@@ -99,6 +99,9 @@ pub struct ExperimentResult {
     pub config: String,
     /// Whether `--quick` overrides applied.
     pub quick: bool,
+    /// The `--set KEY=VALUE` overrides the run was given.
+    #[serde(default)]
+    pub overrides: Vec<String>,
     /// Where and when.
     pub machine: Machine,
     /// The API the client called.
@@ -167,14 +170,18 @@ pub fn markdown(r: &ExperimentResult, plots: &[String]) -> String {
     let _ = writeln!(md, "# {}\n\n{}\n", r.name, r.description);
     let _ = writeln!(
         md,
-        "Machine: {} ({} cores, {:.1} GiB, GPU: {}). Revision {}, {}{}.\n",
+        "Machine: {} ({} cores, {:.1} GiB, GPU: {}). Revision {}, {}{}{}.\n",
         m.cpu,
         m.cores,
         m.memory_gib,
         m.gpu,
         m.revision,
         m.date,
-        if r.quick { ", `--quick`" } else { "" }
+        if r.quick { ", `--quick`" } else { "" },
+        r.overrides
+            .iter()
+            .map(|o| format!(", `--set {o}`"))
+            .collect::<String>()
     );
     let _ = writeln!(
         md,

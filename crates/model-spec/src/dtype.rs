@@ -60,7 +60,7 @@ impl FromStr for WeightDType {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(WeightDType::F32),
+            "f32" | "fp32" | "float32" => Ok(WeightDType::F32),
             "f16" | "float16" | "fp16" => Ok(WeightDType::F16),
             "bf16" | "bfloat16" => Ok(WeightDType::Bf16),
             "q8_0" | "q8" => Ok(WeightDType::Q8_0),
@@ -81,6 +81,15 @@ mod tests {
     fn round_trips_names() {
         for d in WeightDType::ALL {
             assert_eq!(d.as_str().parse::<WeightDType>().unwrap(), d);
+        }
+        // The seed's names for them.
+        for (alias, d) in [
+            ("fp32", WeightDType::F32),
+            ("fp16", WeightDType::F16),
+            ("int8", WeightDType::I8),
+            ("int4", WeightDType::Q4_0),
+        ] {
+            assert_eq!(alias.parse::<WeightDType>().unwrap(), d);
         }
         assert!(matches!(
             "q3_k".parse::<WeightDType>(),

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ce_bench::client::{Call, Endpoint, Prepared, Transport};
-use ce_bench::experiment::{ClientConfig, Experiment, LoadMode, plain};
+use ce_bench::experiment::{ClientConfig, Experiment, LoadMode, Setting, plain};
 use ce_bench::load::{LoadShape, LoadSpec, Measurement, Ramp, measure};
 use ce_bench::report::{self, ExperimentResult, Machine, VariantResult};
 use ce_bench::server::Supervisor;
@@ -94,6 +94,10 @@ enum Command {
         /// Apply its `[quick]` overrides.
         #[arg(long)]
         quick: bool,
+        /// Override a key of the file, after `[quick]`:
+        /// `--set server.replicas=[1,2] --set client.concurrency=[1,4]`.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        sets: Vec<Setting>,
         /// Model directory for every variant.
         #[arg(long, env = "CE_MODEL", default_value = "models/minilm-l6-ce")]
         model: String,
@@ -108,6 +112,9 @@ enum Command {
         /// Apply its `[quick]` overrides.
         #[arg(long)]
         quick: bool,
+        /// Override a key of the file, as for `experiment`.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+        sets: Vec<Setting>,
         /// Which variant (0-based, in sweep order).
         #[arg(long, default_value_t = 0)]
         index: usize,
@@ -354,15 +361,17 @@ fn main() -> anyhow::Result<()> {
         Command::Experiment {
             config,
             quick,
+            sets,
             model,
             out,
-        } => runtime.block_on(run_experiment(&config, quick, &model, &out)),
+        } => runtime.block_on(run_experiment(&config, quick, &sets, &model, &out)),
         Command::Variant {
             config,
             quick,
+            sets,
             index,
         } => {
-            let experiment = Experiment::load(&config, quick)?;
+            let experiment = Experiment::load(&config, quick, &sets)?;
             let variants = experiment.variants();
             let Some(v) = variants.get(index) else {
                 bail!(
@@ -397,8 +406,18 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> anyhow::Result<()> {
-    let experiment = Experiment::load(config, quick)?;
+fn parse_setting(s: &str) -> Result<Setting, String> {
+    s.parse()
+}
+
+async fn run_experiment(
+    config: &Path,
+    quick: bool,
+    sets: &[Setting],
+    model: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let experiment = Experiment::load(config, quick, sets)?;
     let text = std::fs::read_to_string(config)?;
     let results_dir = out.join("results");
     let distribution_dir = out.join("distribution");
@@ -440,6 +459,7 @@ async fn run_experiment(config: &Path, quick: bool, model: &str, out: &Path) -> 
         description: experiment.description.clone(),
         config: text,
         quick,
+        overrides: sets.iter().map(Setting::to_string).collect(),
         machine: Machine::detect(),
         call: c.call,
         transport: c.transport,
