@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Serve with an experiment's server settings (its first variant, or
 # --index N of its sweep):
-#   scripts/run_server.sh 10_multi_model_pool [--index 1] [--quick] [-- extra ce-supervisor flags]
+#   scripts/run_server.sh 10_multi_model_pool [--index 1] [--quick | --standard] [-- extra ce-supervisor flags]
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-name=${1:?usage: scripts/run_server.sh EXPERIMENT [--index N] [--quick] [-- flags]}
+name=${1:?usage: scripts/run_server.sh EXPERIMENT [--index N] [--quick | --standard] [-- flags]}
 shift
 bench_args=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do bench_args+=("$1"); shift; done

@@ -22,16 +22,23 @@
 //! tokenizers = 2
 //! replicas = 4
 //!
-//! [quick]                       # overrides for `--quick`
+//! [standard]                    # overrides for `--standard`: the whole grid, shorter windows
+//! client = { window_s = 3, max_windows = 6 }
+//!
+//! [quick]                       # overrides for `--quick`: a smoke run
 //! server = { batch_timeout_ms = [1, 20] }
 //! client = { batch_sizes = [32], concurrency = [4], window_s = 2 }
 //! ```
+//!
+//! A [`Profile`] picks which overrides apply: none (the full run), the
+//! `[standard]` ones (every grid point, measured more briefly: all
+//! experiments within about an hour on 2 cores) or the `[quick]` ones.
 //!
 //! A file may start from another: `extends = "14_production"` reads
 //! `14_production.toml` beside it and lays this file's keys over it
 //! (tables merge key by key, any other value replaces), so a variation
 //! names only what differs. `--set client.concurrency=[1,4]` then overrides
-//! any key from the command line, after `[quick]`, with a TOML value (a
+//! any key from the command line, after the profile's overrides, with a TOML value (a
 //! bare word is a string: `--set server.dtype=fp16`).
 //!
 //! Settings whose value is itself a list (`devices`, `instances`) sweep
@@ -142,10 +149,41 @@ impl Default for ClientConfig {
     }
 }
 
-/// `--quick` overrides.
+/// How thoroughly an experiment is run: which of its override tables
+/// apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// The file as written: every grid point, the longest windows.
+    #[default]
+    Full,
+    /// `[standard]` overrides: every grid point, shorter measurement.
+    Standard,
+    /// `[quick]` overrides: a few points, a smoke run.
+    Quick,
+}
+
+impl Profile {
+    /// The override table's name in the file (`None` for the full run).
+    pub fn section(self) -> Option<&'static str> {
+        match self {
+            Profile::Full => None,
+            Profile::Standard => Some("standard"),
+            Profile::Quick => Some("quick"),
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.section().unwrap_or("full"))
+    }
+}
+
+/// A profile's overrides (`[standard]` or `[quick]`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct QuickOverrides {
+pub struct Overrides {
     /// Replaces these server keys.
     pub server: toml::Table,
     /// Replaces these client keys.
@@ -166,9 +204,12 @@ pub struct Experiment {
     /// Load settings.
     #[serde(default)]
     pub client: ClientConfig,
+    /// `--standard` overrides.
+    #[serde(default)]
+    pub standard: Overrides,
     /// `--quick` overrides.
     #[serde(default)]
-    pub quick: QuickOverrides,
+    pub quick: Overrides,
     /// Named server variants (`[[variant]]`, each with a `label`).
     #[serde(default, rename = "variant")]
     pub named: Vec<toml::Table>,
@@ -311,34 +352,42 @@ fn resolve(path: &Path, chain: &mut Vec<PathBuf>) -> Result<toml::Table, Experim
 }
 
 impl Experiment {
-    /// Reads and checks a configuration with its `extends` chain; `quick`
-    /// applies its `[quick]` overrides, then `sets` apply in order.
-    pub fn load(path: &Path, quick: bool, sets: &[Setting]) -> Result<Self, ExperimentError> {
+    /// Reads and checks a configuration with its `extends` chain; the
+    /// profile's overrides apply, then `sets` in order.
+    pub fn load(path: &Path, profile: Profile, sets: &[Setting]) -> Result<Self, ExperimentError> {
         let table = resolve(path, &mut Vec::new())?;
-        Self::from_table(table, quick, sets).map_err(|message| ExperimentError::Invalid {
+        Self::from_table(table, profile, sets).map_err(|message| ExperimentError::Invalid {
             path: path.display().to_string(),
             message,
         })
     }
 
     /// Parses a configuration's text (no `extends`: that needs a file).
-    pub fn parse(text: &str, quick: bool) -> Result<Self, String> {
+    pub fn parse(text: &str, profile: Profile) -> Result<Self, String> {
         let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         if table.contains_key("extends") {
             return Err("extends is resolved relative to a file: use Experiment::load".into());
         }
-        Self::from_table(table, quick, &[])
+        Self::from_table(table, profile, &[])
     }
 
-    fn from_table(mut table: toml::Table, quick: bool, sets: &[Setting]) -> Result<Self, String> {
-        if quick && let Some(toml::Value::Table(overrides)) = table.get("quick").cloned() {
+    fn from_table(
+        mut table: toml::Table,
+        profile: Profile,
+        sets: &[Setting],
+    ) -> Result<Self, String> {
+        let overrides = profile.section().and_then(|name| match table.get(name) {
+            Some(toml::Value::Table(t)) => Some((name, t.clone())),
+            _ => None,
+        });
+        if let Some((name, overrides)) = overrides {
             for (section, keys) in overrides {
                 match (table.get_mut(&section), keys) {
                     (Some(toml::Value::Table(t)), toml::Value::Table(keys)) => t.extend(keys),
                     (None, keys @ toml::Value::Table(_)) => {
                         table.insert(section, keys);
                     }
-                    _ => return Err(format!("[quick] {section}: a table of keys to replace")),
+                    _ => return Err(format!("[{name}] {section}: a table of keys to replace")),
                 }
             }
         }
@@ -508,6 +557,8 @@ devices = ["cpu"]
 [client]
 batch_sizes = [32, 128]
 concurrency = [1, 4]
+[standard]
+client = { window_s = 2.5, max_windows = 5 }
 [quick]
 server = { dtype = ["f32"] }
 client = { batch_sizes = [32], window_s = 1.5 }
@@ -515,7 +566,7 @@ client = { batch_sizes = [32], window_s = 1.5 }
 
     #[test]
     fn arrays_sweep_as_a_cartesian_product_in_key_order() {
-        let e = Experiment::parse(SWEEP, false).unwrap();
+        let e = Experiment::parse(SWEEP, Profile::Full).unwrap();
         let v = e.variants();
         let labels: Vec<&str> = v.iter().map(|v| v.label.as_str()).collect();
         assert_eq!(
@@ -540,7 +591,7 @@ client = { batch_sizes = [32], window_s = 1.5 }
     fn a_list_of_lists_sweeps_a_list_setting() {
         let e = Experiment::parse(
             "name = \"d\"\ndescription = \"\"\n[server]\ndevices = [[\"cpu\"], [\"cpu\", \"cpu\"]]\n",
-            false,
+            Profile::Full,
         )
         .unwrap();
         let labels: Vec<String> = e.variants().into_iter().map(|v| v.label).collect();
@@ -549,11 +600,22 @@ client = { batch_sizes = [32], window_s = 1.5 }
 
     #[test]
     fn quick_overrides_replace_keys() {
-        let e = Experiment::parse(SWEEP, true).unwrap();
+        let e = Experiment::parse(SWEEP, Profile::Quick).unwrap();
         assert_eq!(e.variants().len(), 2);
         assert_eq!(e.client.batch_sizes, [32]);
         assert_eq!(e.client.window_s, 1.5);
         assert_eq!(e.client.concurrency, [1, 4]);
+    }
+
+    #[test]
+    fn the_standard_profile_keeps_the_grid_and_shortens_the_windows() {
+        let e = Experiment::parse(SWEEP, Profile::Standard).unwrap();
+        assert_eq!(e.variants().len(), 4, "the whole sweep");
+        assert_eq!(e.client.batch_sizes, [32, 128]);
+        assert_eq!((e.client.window_s, e.client.max_windows), (2.5, 5));
+        let full = Experiment::parse(SWEEP, Profile::Full).unwrap();
+        assert_eq!(full.client.window_s, ClientConfig::default().window_s);
+        assert_eq!(Profile::Standard.to_string(), "standard");
     }
 
     #[test]
@@ -575,7 +637,7 @@ label = "2 tok x 4 model"
 tokenizers = 2
 replicas = 4
 "#,
-            false,
+            Profile::Full,
         )
         .unwrap();
         let v = e.variants();
@@ -600,7 +662,7 @@ replicas = 4
     fn client_modes_parse_and_bad_combinations_are_named() {
         let e = Experiment::parse(
             "name = \"r\"\ndescription = \"\"\n[client]\nmode = \"ramp\"\nramp = { from = 0.5, to = 4.0, seconds = 20 }\ntransport = \"http\"\n",
-            false,
+            Profile::Full,
         )
         .unwrap();
         assert_eq!(e.client.mode, LoadMode::Ramp);
@@ -609,7 +671,7 @@ replicas = 4
         let bad = |client: &str| {
             Experiment::parse(
                 &format!("name = \"x\"\ndescription = \"\"\n[client]\n{client}\n"),
-                false,
+                Profile::Full,
             )
             .unwrap_err()
         };
@@ -622,7 +684,7 @@ replicas = 4
         assert!(bad("call = \"embed\"").contains("call"));
         let unnamed = Experiment::parse(
             "name = \"x\"\ndescription = \"\"\n[[variant]]\nreplicas = 2\n",
-            false,
+            Profile::Full,
         )
         .unwrap_err();
         assert!(unnamed.contains("label"), "{unnamed}");
@@ -643,7 +705,7 @@ replicas = 4
             "extends = \"base\"\ndescription = \"two replicas\"\n[server]\nreplicas = [1, 2]\n[client]\nconcurrency = [4]\n",
         )
         .unwrap();
-        let e = Experiment::load(&child, false, &[]).unwrap();
+        let e = Experiment::load(&child, Profile::Full, &[]).unwrap();
         assert_eq!(e.name, "child");
         assert_eq!(e.description, "two replicas");
         assert_eq!(e.server["tokenizers"], toml::Value::Integer(2));
@@ -653,18 +715,21 @@ replicas = 4
         assert_eq!(e.client.concurrency, [4]);
         // The base's [quick] carries over.
         assert_eq!(
-            Experiment::load(&child, true, &[]).unwrap().client.window_s,
+            Experiment::load(&child, Profile::Quick, &[])
+                .unwrap()
+                .client
+                .window_s,
             1.0
         );
 
         std::fs::write(dir.path().join("a.toml"), "extends = \"b\"\n").unwrap();
         std::fs::write(dir.path().join("b.toml"), "extends = \"a\"\n").unwrap();
-        let cycle = Experiment::load(&dir.path().join("a.toml"), false, &[])
+        let cycle = Experiment::load(&dir.path().join("a.toml"), Profile::Full, &[])
             .unwrap_err()
             .to_string();
         assert!(cycle.contains("goes round"), "{cycle}");
         std::fs::write(dir.path().join("lost.toml"), "extends = \"nowhere\"\n").unwrap();
-        let missing = Experiment::load(&dir.path().join("lost.toml"), false, &[])
+        let missing = Experiment::load(&dir.path().join("lost.toml"), Profile::Full, &[])
             .unwrap_err()
             .to_string();
         assert!(missing.contains("nowhere.toml"), "{missing}");
@@ -684,7 +749,7 @@ replicas = 4
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-        let e = Experiment::load(&path, true, &sets).unwrap();
+        let e = Experiment::load(&path, Profile::Quick, &sets).unwrap();
         // dtype is one value now, so only replicas sweeps.
         let labels: Vec<String> = e.variants().into_iter().map(|v| v.label).collect();
         assert_eq!(labels, ["replicas=1", "replicas=2", "replicas=3"]);
@@ -706,19 +771,23 @@ replicas = 4
                 .unwrap_err()
                 .contains("empty")
         );
-        let into_scalar = Experiment::load(&path, false, &["name.x=1".parse().unwrap()])
+        let into_scalar = Experiment::load(&path, Profile::Full, &["name.x=1".parse().unwrap()])
             .unwrap_err()
             .to_string();
         assert!(into_scalar.contains("name is not a table"), "{into_scalar}");
-        let unknown = Experiment::load(&path, false, &["client.concurrenc=[1]".parse().unwrap()])
-            .unwrap_err()
-            .to_string();
+        let unknown = Experiment::load(
+            &path,
+            Profile::Full,
+            &["client.concurrenc=[1]".parse().unwrap()],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(unknown.contains("concurrenc"), "{unknown}");
     }
 
     #[test]
     fn nothing_swept_is_one_default_variant() {
-        let e = Experiment::parse("name = \"x\"\ndescription = \"\"\n", false).unwrap();
+        let e = Experiment::parse("name = \"x\"\ndescription = \"\"\n", Profile::Full).unwrap();
         let v = e.variants();
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].label, "default");
@@ -726,7 +795,7 @@ replicas = 4
 
     #[test]
     fn mistakes_are_named() {
-        let bad = |text: &str| Experiment::parse(text, false).unwrap_err();
+        let bad = |text: &str| Experiment::parse(text, Profile::Full).unwrap_err();
         assert!(
             bad("name = \"x\"\ndescription = \"\"\n[client]\nconcurrency = []\n")
                 .contains("concurrency")
@@ -748,8 +817,8 @@ replicas = 4
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                for quick in [false, true] {
-                    let e = Experiment::load(&path, quick, &[]).unwrap_or_else(|e| panic!("{e}"));
+                for profile in [Profile::Full, Profile::Standard, Profile::Quick] {
+                    let e = Experiment::load(&path, profile, &[]).unwrap_or_else(|e| panic!("{e}"));
                     assert!(!e.variants().is_empty());
                     assert_eq!(
                         Some(e.name.as_str()),

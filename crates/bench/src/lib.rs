@@ -9,6 +9,8 @@
 //!   ScoreTokens) over gRPC or HTTP.
 //! * [`load`] — the load generator (closed/open loop, ramp, stable windows, HDR).
 //! * [`report`] — results as JSON, Markdown, CSV and SVG plots; the summary.
+//! * [`seed`] — the seed project's published figures, set beside ours in
+//!   the summary.
 //! * [`server`] — a `ce-supervisor` started for a benchmark, and the
 //!   memory of its processes.
 //! * [`throughput`] — closed-loop pairs/s of the bare engine and of a
@@ -25,6 +27,7 @@ pub mod experiment;
 pub mod gemm_peak;
 pub mod load;
 pub mod report;
+pub mod seed;
 pub mod server;
 pub mod throughput;
 pub mod workload;

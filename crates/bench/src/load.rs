@@ -6,7 +6,8 @@
 //! latency histograms over the agreeing windows, errors by status, a
 //! per-second time series, and the server's own tokenize/queue/inference
 //! split from each response's timing. A ramp measures every window and
-//! reports the knee: the highest offered rate the server kept up with.
+//! reports the knee: the highest offered rate the server kept up with
+//! (see [`keeping_up`] for what keeping up means).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,10 +70,14 @@ pub struct Ramp {
     pub seconds: f64,
 }
 
-/// A ramp has fallen behind once a window's median latency exceeds this
-/// multiple of the lightly loaded median (its first answered window):
-/// queueing, not work, is then what a request waits for.
-const KNEE_LATENCY_FACTOR: f64 = 2.0;
+/// A ramp's window keeps up only while its median latency stays within
+/// this multiple of the lightly loaded median: past it, queueing, not
+/// work, is what a request waits for.
+pub const KNEE_LATENCY_FACTOR: f64 = 2.0;
+
+/// A ramp's window keeps up only while it answers at least this share of
+/// the requests that arrived.
+pub const KEEP_UP_SHARE: f64 = 0.9;
 
 /// One measurement window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -88,6 +93,9 @@ pub struct WindowStats {
     /// Median latency of the window's answers, ms (0 without answers).
     #[serde(default)]
     pub p50_ms: f64,
+    /// Requests sent per second (open loop and ramp: the arrivals).
+    #[serde(default)]
+    pub sent_per_second: f64,
 }
 
 /// One second of the run (warm-up included), for the time series.
@@ -117,19 +125,27 @@ pub struct Measurement {
     /// The ramp (ramp mode).
     #[serde(default)]
     pub ramp: Option<Ramp>,
-    /// Ramp: the highest offered rate (requests/s) before the first window
-    /// whose median latency passed twice the lightly loaded median; `None`
-    /// when the server kept up to the end.
+    /// Ramp: the highest offered rate (requests/s) of a window that kept
+    /// up, before the server fell behind for good ([`knee`]); `None` when
+    /// it kept up to the end.
     #[serde(default)]
     pub knee_per_second: Option<f64>,
     /// Whether `stable_windows` consecutive windows agreed.
     pub stable: bool,
+    /// Coefficient of variation of pairs/s over the windows the headline
+    /// averages (standard deviation ÷ mean): the run-to-run noise a reader
+    /// should allow for when comparing two rows.
+    #[serde(default)]
+    pub cv: f64,
     /// Every window measured.
     pub windows: Vec<WindowStats>,
     /// Mean over the agreeing (or last) windows.
     pub pairs_per_second: f64,
     /// Mean over the agreeing (or last) windows.
     pub requests_per_second: f64,
+    /// Mean latency over those windows, ms.
+    #[serde(default)]
+    pub mean_ms: f64,
     /// Latency percentiles over those windows, ms.
     pub p50_ms: f64,
     /// 90th percentile, ms.
@@ -177,6 +193,8 @@ struct WindowRecord {
     server_us: [u64; 3],
     /// Answers that carried the server's split.
     timed: u64,
+    /// When the latest answer of the window arrived.
+    last_answer: Option<Instant>,
 }
 
 impl WindowRecord {
@@ -188,6 +206,7 @@ impl WindowRecord {
             pairs: 0,
             server_us: [0; 3],
             timed: 0,
+            last_answer: None,
         }
     }
 }
@@ -200,6 +219,7 @@ impl Recorder {
         let _ = w.latency_us.record(us);
         w.requests += 1;
         w.pairs += pairs;
+        w.last_answer = Some(Instant::now());
         if let Some(server_us) = answer.server_us {
             w.timed += 1;
             for (total, part) in w.server_us.iter_mut().zip(server_us) {
@@ -299,7 +319,14 @@ pub async fn measure(
     tokio::time::sleep(spec.warmup).await;
     let (windows, stable) = measure_windows(spec, &recorder, started, progress).await;
     stop.store(true, Ordering::Relaxed);
+    // Closed-loop clients still waiting are cancelled rather than waited
+    // for: the server drops a cancelled request's queued pairs, so a slow
+    // level (a minute per request on a slow dtype) does not hold the run.
+    // The caller waits for the server to go idle before the next level.
     for t in tasks {
+        if matches!(spec.shape, LoadShape::Closed(_)) {
+            t.abort();
+        }
         let _ = t.await;
     }
     summarize(spec, &windows, stable, &recorder)
@@ -390,21 +417,42 @@ impl Load {
     }
 }
 
+/// Waits up to `limit` for the next answer after the ones already in the
+/// window, then takes the window: windows end on an answer, so a window
+/// counts whole requests over exactly the time they took to arrive, and a
+/// few lumpy completions (a batch answers several requests at once) do not
+/// swing a short window's rate by a whole request's share.
+async fn take_on_answer(recorder: &Mutex<Recorder>, limit: Duration) -> WindowRecord {
+    let answered = || recorder.lock().map(|r| r.window.requests).unwrap_or(0);
+    let before = answered();
+    let until = Instant::now() + limit;
+    while answered() == before && Instant::now() < until {
+        tokio::time::sleep(ANSWER_POLL).await;
+    }
+    recorder
+        .lock()
+        .map(|mut r| std::mem::replace(&mut r.window, WindowRecord::new()))
+        .unwrap_or_else(|_| WindowRecord::new())
+}
+
+/// How often [`take_on_answer`] looks for the next answer.
+const ANSWER_POLL: Duration = Duration::from_millis(2);
+
 /// Measures windows until enough agree (a ramp: every window of its rise);
-/// returns them and whether they agreed.
+/// returns them and whether they agreed. Each window runs at least
+/// `spec.window` and ends on the next answer after it (waiting at most
+/// another window for one); its rates are over its span from the answer
+/// that ended the window before.
 async fn measure_windows(
     spec: &LoadSpec,
     recorder: &Mutex<Recorder>,
     started: Instant,
     progress: &(dyn Fn(&str) + Sync),
 ) -> (Vec<(WindowStats, WindowRecord)>, bool) {
-    let take_window = || {
-        recorder
-            .lock()
-            .map(|mut r| std::mem::replace(&mut r.window, WindowRecord::new()))
-            .unwrap_or_else(|_| WindowRecord::new())
-    };
-    let _ = take_window();
+    let mut window_start = take_on_answer(recorder, spec.window)
+        .await
+        .last_answer
+        .unwrap_or_else(Instant::now);
     let mut windows: Vec<(WindowStats, WindowRecord)> = Vec::new();
     // A ramp measures every window of its rise and never stops early.
     let (window_count, ramp) = match spec.shape {
@@ -415,11 +463,14 @@ async fn measure_windows(
         _ => (spec.max_windows, None),
     };
     while windows.len() < window_count {
-        let window_started = Instant::now();
-        tokio::time::sleep(spec.window).await;
-        let record = take_window();
-        let seconds = window_started.elapsed().as_secs_f64();
-        let middle = window_started.duration_since(started) + window_started.elapsed() / 2;
+        let window_started = window_start;
+        tokio::time::sleep_until((window_started + spec.window).into()).await;
+        let record = take_on_answer(recorder, spec.window).await;
+        let window_end = record.last_answer.unwrap_or_else(Instant::now);
+        window_start = window_end;
+        let span = window_end.saturating_duration_since(window_started);
+        let seconds = span.as_secs_f64().max(1e-3);
+        let middle = window_started.duration_since(started) + span / 2;
         let stats = WindowStats {
             pairs_per_second: record.pairs as f64 / seconds,
             requests_per_second: record.requests as f64 / seconds,
@@ -432,6 +483,7 @@ async fn measure_windows(
             } else {
                 record.latency_us.value_at_quantile(0.5) as f64 / 1000.0
             },
+            sent_per_second: record.sent as f64 / seconds,
         };
         progress(&format!(
             "window {}/{window_count}: {:.1} pairs/s, {:.2} of {:.2} requests/s answered",
@@ -457,8 +509,9 @@ async fn measure_windows(
     (windows, false)
 }
 
-/// The level's statistics: over the agreeing windows, a ramp's over all of
-/// them (its throughput: what it sustained once saturated).
+/// The level's statistics: over the agreeing windows (or the last ones
+/// when none agreed); a ramp's latencies over all of them and its
+/// throughput the rate it answered once saturated.
 fn summarize(
     spec: &LoadSpec,
     windows: &[(WindowStats, WindowRecord)],
@@ -503,6 +556,21 @@ fn summarize(
             mean(f)
         }
     };
+    let cv = if ramp.is_some() {
+        coefficient_of_variation(
+            &stats[saturated_from(&stats)..]
+                .iter()
+                .map(|w| w.pairs_per_second)
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        coefficient_of_variation(
+            &last
+                .iter()
+                .map(|(s, _)| s.pairs_per_second)
+                .collect::<Vec<_>>(),
+        )
+    };
     let (timeline, errors) = recorder.lock().map(|r| r.summary()).unwrap_or_default();
     Measurement {
         passages: spec.passages,
@@ -517,9 +585,11 @@ fn summarize(
         ramp,
         knee_per_second: ramp.and_then(|_| knee(&stats)),
         stable,
+        cv,
         pairs_per_second: headline(|s| s.pairs_per_second),
         requests_per_second: headline(|s| s.requests_per_second),
         windows: stats,
+        mean_ms: latency.mean() / 1000.0,
         p50_ms: ms(0.5),
         p90_ms: ms(0.9),
         p95_ms: ms(0.95),
@@ -552,13 +622,48 @@ fn arrival_rate(shape: LoadShape, warmup: Duration, elapsed: Duration) -> f64 {
     }
 }
 
-/// The first window whose median latency passed [`KNEE_LATENCY_FACTOR`] ×
-/// the first answered window's: from there on the server is saturated.
-fn first_behind(windows: &[WindowStats]) -> Option<usize> {
-    let base = windows.iter().find(|w| w.p50_ms > 0.0)?.p50_ms;
-    windows
+/// Which windows of a ramp kept up. A window keeps up when
+/// * its median latency is at most [`KNEE_LATENCY_FACTOR`] × the base, the
+///   lower median of the first two answered windows (one slow first
+///   window does not set the bar), and
+/// * it and the window before it together answered at least
+///   [`KEEP_UP_SHARE`] of the requests that arrived in them (a batch
+///   answers several requests at once, so one window alone is lumpy).
+///
+/// Windows before the first answer are still filling and count as keeping
+/// up; with no answer at all, none keeps up.
+pub fn keeping_up(windows: &[WindowStats]) -> Vec<bool> {
+    let Some(first) = windows.iter().position(|w| w.p50_ms > 0.0) else {
+        return vec![false; windows.len()];
+    };
+    let base = windows[first..]
         .iter()
-        .position(|w| w.p50_ms > KNEE_LATENCY_FACTOR * base)
+        .filter(|w| w.p50_ms > 0.0)
+        .take(2)
+        .map(|w| w.p50_ms)
+        .fold(f64::INFINITY, f64::min);
+    (0..windows.len())
+        .map(|i| {
+            if i < first {
+                return true;
+            }
+            let pair = &windows[i.saturating_sub(1).max(first)..=i];
+            let answered: f64 = pair.iter().map(|w| w.requests_per_second).sum();
+            let arrived: f64 = pair.iter().map(|w| w.sent_per_second).sum();
+            let w = &windows[i];
+            w.p50_ms > 0.0
+                && w.p50_ms <= KNEE_LATENCY_FACTOR * base
+                && answered >= KEEP_UP_SHARE * arrived
+        })
+        .collect()
+}
+
+/// Where the server fell behind for good: the first window that did not
+/// keep up and was not followed by one that did (the last window counts
+/// when it did not keep up). A single noisy window is not a knee.
+fn first_behind(windows: &[WindowStats]) -> Option<usize> {
+    let up = keeping_up(windows);
+    (0..up.len()).find(|&i| !up[i] && up.get(i + 1).is_none_or(|next| !next))
 }
 
 /// Where a ramp's sustained throughput is averaged from: the first
@@ -569,14 +674,32 @@ fn saturated_from(windows: &[WindowStats]) -> usize {
     first_behind(windows).unwrap_or(windows.len() - windows.len().div_ceil(3))
 }
 
-/// The highest offered rate among the windows before the first saturated
-/// one (`None`: it kept up throughout, or nothing was answered).
+/// The knee: the highest offered rate of a window that kept up, among
+/// those before the server fell behind for good (`None`: it kept up
+/// throughout; 0 when it never kept up).
 pub fn knee(windows: &[WindowStats]) -> Option<f64> {
     let behind = first_behind(windows)?;
-    windows[..behind]
-        .iter()
-        .map(|w| w.offered_per_second)
-        .reduce(f64::max)
+    let up = keeping_up(windows);
+    Some(
+        windows[..behind]
+            .iter()
+            .zip(&up)
+            .filter(|(_, up)| **up)
+            .map(|(w, _)| w.offered_per_second)
+            .fold(0.0, f64::max),
+    )
+}
+
+/// Standard deviation ÷ mean (population), 0 for fewer than two values or
+/// a zero mean.
+pub fn coefficient_of_variation(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n.max(1.0);
+    if values.len() < 2 || mean <= 0.0 {
+        return 0.0;
+    }
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    variance.sqrt() / mean
 }
 
 /// True when the last `n` values lie within `tolerance` of their mean.
@@ -594,27 +717,66 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_knee_is_the_last_rate_before_latency_doubles() {
-        let w = |offered: f64, p50_ms: f64| WindowStats {
-            pairs_per_second: offered * 32.0,
-            requests_per_second: offered,
+    fn the_knee_is_the_last_rate_kept_up_before_falling_behind_for_good() {
+        // Offered, answered, median: every arrival answered unless said.
+        let w = |offered: f64, answered: f64, p50_ms: f64| WindowStats {
+            pairs_per_second: answered * 32.0,
+            requests_per_second: answered,
             offered_per_second: offered,
             p50_ms,
+            sent_per_second: offered,
         };
         let ramp = [
-            w(0.5, 0.0), // nothing answered yet: no baseline
-            w(1.0, 700.0),
-            w(2.0, 900.0),
-            w(3.0, 1300.0),
-            w(4.0, 2500.0),
-            w(5.0, 6000.0),
+            w(0.5, 0.0, 0.0), // nothing answered yet: no baseline
+            w(1.0, 1.0, 700.0),
+            w(2.0, 2.0, 900.0),
+            w(3.0, 3.0, 1300.0),
+            w(4.0, 3.2, 2500.0),
+            w(5.0, 3.2, 6000.0),
         ];
         assert_eq!(knee(&ramp), Some(3.0));
         assert_eq!(knee(&ramp[..4]), None, "kept up to the end");
-        assert_eq!(knee(&[w(4.0, 0.0)]), None, "nothing answered");
+        assert_eq!(knee(&[w(4.0, 0.0, 0.0)]), Some(0.0), "never kept up");
         assert_eq!(saturated_from(&ramp), 4);
         assert_eq!(saturated_from(&ramp[..4]), 2, "the last third, rounded up");
         assert_eq!(saturated_from(&ramp[..2]), 1, "never an empty stretch");
+
+        // One slow window in the middle is noise, not the knee.
+        let noisy = [
+            w(1.0, 1.0, 700.0),
+            w(2.0, 2.0, 800.0),
+            w(3.0, 3.0, 1300.0),
+            w(4.0, 2.0, 1200.0), // lumpy: two of its answers land in the next window
+            w(5.0, 7.0, 1300.0),
+            w(6.0, 4.0, 3000.0),
+            w(7.0, 4.0, 5000.0),
+        ];
+        assert_eq!(knee(&noisy), Some(5.0));
+        // Answering too few is falling behind even at a low median.
+        let dropping = [
+            w(1.0, 1.0, 700.0),
+            w(2.0, 2.0, 700.0),
+            w(3.0, 2.0, 700.0),
+            w(4.0, 2.0, 700.0),
+        ];
+        assert_eq!(knee(&dropping), Some(2.0));
+        // The base is the lower of the first two medians.
+        let slow_start = [
+            w(1.0, 1.0, 2000.0),
+            w(2.0, 2.0, 700.0),
+            w(3.0, 3.0, 1300.0),
+            w(4.0, 4.0, 1500.0),
+            w(5.0, 5.0, 1600.0),
+        ];
+        assert_eq!(knee(&slow_start), Some(3.0));
+    }
+
+    #[test]
+    fn the_coefficient_of_variation_is_spread_over_mean() {
+        assert_eq!(coefficient_of_variation(&[5.0]), 0.0);
+        assert_eq!(coefficient_of_variation(&[0.0, 0.0]), 0.0);
+        assert!((coefficient_of_variation(&[9.0, 11.0]) - 0.1).abs() < 1e-12);
+        assert_eq!(coefficient_of_variation(&[4.0, 4.0, 4.0]), 0.0);
     }
 
     #[test]

@@ -266,6 +266,23 @@ impl Supervisor {
             .sum()
     }
 
+    /// Waits until no batch is in flight and nothing is queued (polling
+    /// `/metrics`), at most `limit`; false if it never went idle.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let busy = self.metric_sum("inference_batches_in_flight")
+                + self.metric_sum("inference_queue_size");
+            if busy == 0.0 {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The supervisor and its workers now.
     pub fn processes(&self) -> Vec<Process> {
         let pid = self.pid();

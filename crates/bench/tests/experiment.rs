@@ -54,6 +54,9 @@ max_windows = 3
     assert!(md.contains("| max_batch_size=4 | 8 | c=1 |"), "{md}");
     assert!(md.contains("| max_batch_size=16 | 8 | c=2 |"), "{md}");
     assert!(md.contains("**Insight:**"), "{md}");
+    // Every row says whether it is stable and how noisy its windows were.
+    assert!(md.contains("Stability: ") && md.contains(", cv "), "{md}");
+    assert!(md.contains("## Configuration as run"), "{md}");
     let json: serde_json::Value = serde_json::from_str(&read("results/tiny.json")).unwrap();
     assert_eq!(json["variants"].as_array().unwrap().len(), 2);
     for v in json["variants"].as_array().unwrap() {
@@ -65,7 +68,7 @@ max_windows = 3
         assert!(v["padding_ratio"].as_f64().unwrap() >= 1.0, "{v}");
         // The server's own stage means, from /metrics deltas.
         for m in v["measurements"].as_array().unwrap() {
-            for stage in ["tokenize", "queue", "ring", "forward"] {
+            for stage in ["tokenize", "queue", "wait", "ring", "forward"] {
                 let ms = m["server_stages_ms"][stage].as_f64();
                 assert!(ms.is_some_and(|ms| ms >= 0.0), "{stage}: {m}");
             }
@@ -76,7 +79,7 @@ max_windows = 3
         }
     }
     assert!(
-        md.contains("| variant | passages | load | tokenize | queue | ring | forward |"),
+        md.contains("| variant | passages | load | tokenize | queue | wait | ring | forward |"),
         "{md}"
     );
     let csv = read("distribution/tiny.csv");

@@ -12,7 +12,7 @@
 //! * requests and pair latency: 1 ms doubling to 65 s (a 128-pair request
 //!   takes ~3 s on 2 cores, far longer when queued);
 //! * queue wait: 100 µs ×2.5 to 15 s;
-//! * stages (tokenize, queue, ring transfer, forward): 10 µs ×2.5 to 9 s,
+//! * stages (tokenize, queue, wait behind a job, ring transfer, forward): 10 µs ×2.5 to 9 s,
 //!   since a ring hand-off takes microseconds and a forward pass seconds;
 //! * batch size 1…1024 pairs, batch tokens 16…32 768, padding ratio 1…5.
 
@@ -70,7 +70,7 @@ pub struct MethodLabels {
 /// Labels of a pipeline stage's duration.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
-    /// `tokenize`, `queue`, `ring` or `forward`.
+    /// `tokenize`, `queue`, `wait`, `ring` or `forward`.
     pub stage: &'static str,
 }
 
@@ -81,8 +81,12 @@ pub enum Stage {
     Tokenize,
     /// A pair waiting for its batch.
     Queue,
-    /// A job's round trip minus the worker's own time: ring transfer and
-    /// waiting on the worker.
+    /// A job waiting behind the worker's previous job (sent while the
+    /// worker was busy: `max_inflight_per_replica` > 1, or a shared
+    /// tokenizer).
+    Wait,
+    /// A job's round trip less the worker's own time and its wait: ring
+    /// transfer, doorbells and decoding.
     Ring,
     /// A batch's forward pass, by the model worker's clock.
     Forward,
@@ -93,6 +97,7 @@ impl Stage {
         match self {
             Stage::Tokenize => "tokenize",
             Stage::Queue => "queue",
+            Stage::Wait => "wait",
             Stage::Ring => "ring",
             Stage::Forward => "forward",
         }
@@ -277,7 +282,7 @@ impl Metrics {
         );
         registry.register(
             "inference_stage_duration_seconds",
-            "Duration of a pipeline stage: tokenize (per job), queue (per pair), ring (per job: round trip less the worker's time), forward (per batch)",
+            "Duration of a pipeline stage: tokenize (per job), queue (per pair), wait (per job: behind the worker's previous job), ring (per job: round trip less the worker's time and the wait), forward (per batch)",
             m.stages.clone(),
         );
         registry.register(

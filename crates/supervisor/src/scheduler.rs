@@ -210,10 +210,8 @@ impl Actor {
                 let m = &self.metrics;
                 self.pairs_scored.inc_by(batch.pairs.len() as u64);
                 m.observe_stage(Stage::Forward, done.work.as_secs_f64());
-                m.observe_stage(
-                    Stage::Ring,
-                    done.round_trip.saturating_sub(done.work).as_secs_f64(),
-                );
+                m.observe_stage(Stage::Wait, done.waited.as_secs_f64());
+                m.observe_stage(Stage::Ring, done.transfer().as_secs_f64());
                 let labels = done.output.labels;
                 for (pair, row) in batch.pairs.iter().zip(done.output.logits.chunks(labels)) {
                     let queued = batch.sent.saturating_duration_since(pair.enqueued);

@@ -173,8 +173,8 @@ where
         match call(lease.client().clone()).await {
             Ok(done) => {
                 metrics.observe_stage(Stage::Tokenize, done.work.as_secs_f64());
-                let transfer = done.round_trip.saturating_sub(done.work);
-                metrics.observe_stage(Stage::Ring, transfer.as_secs_f64());
+                metrics.observe_stage(Stage::Wait, done.waited.as_secs_f64());
+                metrics.observe_stage(Stage::Ring, done.transfer().as_secs_f64());
                 return Ok(done.output);
             }
             Err(JobError::Died) => {

@@ -5,7 +5,7 @@
 //! ce-bench run --call score_tokens --rate 1,2          # the model stage alone, open loop
 //! ce-bench run --transport http --http 127.0.0.1:8000 --ramp 0.5,4,30
 //! ce-bench run --pairs-file pairs.jsonl --call score
-//! ce-bench experiment conf/experiment/10_multi_model_pool.toml [--quick]
+//! ce-bench experiment conf/experiment/10_multi_model_pool.toml [--quick | --standard]
 //! ce-bench summary --slo-p99-ms 2000
 //! ```
 //!
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ce_bench::client::{Call, Endpoint, Prepared, Transport};
-use ce_bench::experiment::{ClientConfig, Experiment, LoadMode, Setting, plain};
+use ce_bench::experiment::{ClientConfig, Experiment, LoadMode, Profile, Setting, plain};
 use ce_bench::load::{LoadShape, LoadSpec, Measurement, Ramp, measure};
 use ce_bench::report::{self, ExperimentResult, Machine, VariantResult};
 use ce_bench::server::Supervisor;
@@ -91,10 +91,13 @@ enum Command {
     Experiment {
         /// The experiment file.
         config: PathBuf,
-        /// Apply its `[quick]` overrides.
-        #[arg(long)]
+        /// Apply its `[quick]` overrides (a smoke run).
+        #[arg(long, conflicts_with = "standard")]
         quick: bool,
-        /// Override a key of the file, after `[quick]`:
+        /// Apply its `[standard]` overrides (the whole grid, shorter windows).
+        #[arg(long)]
+        standard: bool,
+        /// Override a key of the file, after the profile's overrides:
         /// `--set server.replicas=[1,2] --set client.concurrency=[1,4]`.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
         sets: Vec<Setting>,
@@ -110,8 +113,11 @@ enum Command {
         /// The experiment file.
         config: PathBuf,
         /// Apply its `[quick]` overrides.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "standard")]
         quick: bool,
+        /// Apply its `[standard]` overrides.
+        #[arg(long)]
+        standard: bool,
         /// Override a key of the file, as for `experiment`.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
         sets: Vec<Setting>,
@@ -361,17 +367,25 @@ fn main() -> anyhow::Result<()> {
         Command::Experiment {
             config,
             quick,
+            standard,
             sets,
             model,
             out,
-        } => runtime.block_on(run_experiment(&config, quick, &sets, &model, &out)),
+        } => runtime.block_on(run_experiment(
+            &config,
+            profile(quick, standard),
+            &sets,
+            &model,
+            &out,
+        )),
         Command::Variant {
             config,
             quick,
+            standard,
             sets,
             index,
         } => {
-            let experiment = Experiment::load(&config, quick, &sets)?;
+            let experiment = Experiment::load(&config, profile(quick, standard), &sets)?;
             let variants = experiment.variants();
             let Some(v) = variants.get(index) else {
                 bail!(
@@ -410,15 +424,24 @@ fn parse_setting(s: &str) -> Result<Setting, String> {
     s.parse()
 }
 
+fn profile(quick: bool, standard: bool) -> Profile {
+    match (quick, standard) {
+        (true, _) => Profile::Quick,
+        (_, true) => Profile::Standard,
+        _ => Profile::Full,
+    }
+}
+
 async fn run_experiment(
     config: &Path,
-    quick: bool,
+    profile: Profile,
     sets: &[Setting],
     model: &str,
     out: &Path,
 ) -> anyhow::Result<()> {
-    let experiment = Experiment::load(config, quick, sets)?;
-    let text = std::fs::read_to_string(config)?;
+    let experiment = Experiment::load(config, profile, sets)?;
+    // What ran: the file after its `extends` chain, the profile and `--set`.
+    let text = toml::to_string(&experiment)?;
     let results_dir = out.join("results");
     let distribution_dir = out.join("distribution");
     std::fs::create_dir_all(&results_dir)?;
@@ -447,6 +470,11 @@ async fn run_experiment(
                 .iter()
                 .map(|(k, v)| (k.clone(), plain(v)))
                 .collect(),
+            settings: variant
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), plain(v)))
+                .collect(),
             measurements: Vec::new(),
             padding_ratio: None,
             error: None,
@@ -458,11 +486,12 @@ async fn run_experiment(
         name: experiment.name.clone(),
         description: experiment.description.clone(),
         config: text,
-        quick,
+        profile,
         overrides: sets.iter().map(Setting::to_string).collect(),
         machine: Machine::detect(),
         call: c.call,
         transport: c.transport,
+        windows: report::WindowRule::of(c),
         variants,
     };
     write_results(&result, &results_dir, &distribution_dir)?;
@@ -540,6 +569,9 @@ async fn measure_variant(
             let label = format!("{prefix} {passages} passages {shape:?}");
             let stages_before = stage_sums(&server);
             let mut m = measure_level(&endpoint, &prepared, &spec, &label).await;
+            if !server.wait_idle(IDLE_WAIT).await {
+                eprintln!("{label}: the server was still busy {IDLE_WAIT:?} after the level");
+            }
             m.server_stages_ms = stage_means(&stages_before, &stage_sums(&server));
             result.measurements.push(m);
         }
@@ -572,9 +604,13 @@ fn write_results(
     Ok(())
 }
 
+/// How long a level's leftovers (the batch a worker is still computing
+/// for cancelled clients) may take before the next level starts anyway.
+const IDLE_WAIT: Duration = Duration::from_secs(180);
+
 /// The server's pipeline stages, as `inference_stage_duration_seconds`
 /// labels them.
-const STAGES: [&str; 4] = ["tokenize", "queue", "ring", "forward"];
+const STAGES: [&str; 5] = ["tokenize", "queue", "wait", "ring", "forward"];
 
 /// Each stage's (seconds, observations) so far, from `/metrics`.
 fn stage_sums(server: &Supervisor) -> Vec<(f64, f64)> {

@@ -37,15 +37,52 @@ impl From<WorkerFailure> for JobError {
 }
 
 /// A job's result with the time the worker spent on it by its own clock,
-/// and the whole round trip (the difference is transfer and waiting).
+/// the time it waited behind the worker's previous job, and the whole
+/// round trip (the rest of which is transfer: [`Worked::transfer`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Worked<T> {
     /// What the worker produced.
     pub output: T,
     /// The worker's own time on the job.
     pub work: Duration,
+    /// From sending until the worker answered the job before it (zero
+    /// when the worker was free).
+    pub waited: Duration,
     /// Send to answer.
     pub round_trip: Duration,
+}
+
+impl<T> Worked<T> {
+    /// The round trip less the worker's time and the wait behind its
+    /// previous job: ring transfer, doorbells and decoding.
+    pub fn transfer(&self) -> Duration {
+        self.round_trip
+            .saturating_sub(self.work)
+            .saturating_sub(self.waited)
+    }
+
+    /// The output, and the timing without it (to carry over to what the
+    /// output is decoded into, [`Worked::with`]).
+    fn split(self) -> (T, Worked<()>) {
+        let timing = Worked {
+            output: (),
+            work: self.work,
+            waited: self.waited,
+            round_trip: self.round_trip,
+        };
+        (self.output, timing)
+    }
+}
+
+impl Worked<()> {
+    fn with<U>(self, output: U) -> Worked<U> {
+        Worked {
+            output,
+            work: self.work,
+            waited: self.waited,
+            round_trip: self.round_trip,
+        }
+    }
 }
 
 /// A replica's logits for one batch, `[pairs, labels]` row-major.
@@ -130,6 +167,7 @@ async fn call(
         kind,
         payload,
         work,
+        previous_reply,
     } = process.reply_within(pending, deadline, what).await?;
     let role = format!("{:?}", process.role()).to_lowercase();
     let output = match Reply::decode(kind, &payload) {
@@ -146,6 +184,7 @@ async fn call(
     Ok(Worked {
         output,
         work,
+        waited: previous_reply.saturating_duration_since(sent),
         round_trip: sent.elapsed(),
     })
 }
@@ -183,12 +222,9 @@ impl TokenizerClient {
             "query job",
         )
         .await?;
-        match done.output {
-            Reply::Query(ids) => Ok(Worked {
-                output: ids,
-                work: done.work,
-                round_trip: done.round_trip,
-            }),
+        let (reply, done) = done.split();
+        match reply {
+            Reply::Query(ids) => Ok(done.with(ids)),
             other => Err(faulty(
                 &self.process,
                 &format!(
@@ -218,7 +254,8 @@ impl TokenizerClient {
             "tokenize job",
         )
         .await?;
-        let tokenized = match done.output {
+        let (reply, done) = done.split();
+        let tokenized = match reply {
             Reply::Tokens(batch) => Tokenized {
                 batch,
                 windows: None,
@@ -239,11 +276,7 @@ impl TokenizerClient {
             }
         };
         match tokenized.answers(job) {
-            true => Ok(Worked {
-                output: tokenized,
-                work: done.work,
-                round_trip: done.round_trip,
-            }),
+            true => Ok(done.with(tokenized)),
             false => Err(faulty(
                 &self.process,
                 &format!(
@@ -300,13 +333,10 @@ impl ReplicaClient {
             "batch",
         )
         .await?;
-        match done.output {
+        let (reply, done) = done.split();
+        match reply {
             Reply::Scores { logits, labels } if logits.len() == batch.len() * labels => {
-                Ok(Worked {
-                    output: Scores { logits, labels },
-                    work: done.work,
-                    round_trip: done.round_trip,
-                })
+                Ok(done.with(Scores { logits, labels }))
             }
             Reply::Scores { logits, labels } => Err(faulty(
                 &self.process,

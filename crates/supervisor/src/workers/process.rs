@@ -120,6 +120,9 @@ pub(super) struct RawReply {
     /// Time the worker spent on the job, by its own clock (the rest of the
     /// round trip is transfer and waiting).
     pub work: Duration,
+    /// When the reply before this one arrived: the worker takes jobs one
+    /// at a time, so a job sent earlier waited behind that one until then.
+    pub previous_reply: Instant,
 }
 
 /// Where a frame's reply (or its worker's death) arrives.
@@ -655,13 +658,14 @@ async fn reader(inner: Arc<Inner>, mut consumer: AsyncConsumer, exit: Arc<ExitWa
                     .and_then(|mut p| p.remove(&header.id));
                 match waiter {
                     Some(w) => {
-                        inner
+                        let previous_us = inner
                             .last_reply_us
-                            .store(inner.born.elapsed().as_micros() as u64, Ordering::Release);
+                            .swap(inner.born.elapsed().as_micros() as u64, Ordering::AcqRel);
                         let reply = RawReply {
                             kind: header.kind,
                             payload: std::mem::take(&mut buf),
                             work: Duration::from_micros(header.work_us.into()),
+                            previous_reply: inner.born + Duration::from_micros(previous_us),
                         };
                         let _ = w.send(Ok(reply));
                     }
