@@ -96,6 +96,9 @@ pub struct WindowStats {
     /// Requests sent per second (open loop and ramp: the arrivals).
     #[serde(default)]
     pub sent_per_second: f64,
+    /// The window's length, s (0 in results from before it was kept).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// One second of the run (warm-up included), for the time series.
@@ -484,6 +487,7 @@ async fn measure_windows(
                 record.latency_us.value_at_quantile(0.5) as f64 / 1000.0
             },
             sent_per_second: record.sent as f64 / seconds,
+            seconds,
         };
         progress(&format!(
             "window {}/{window_count}: {:.1} pairs/s, {:.2} of {:.2} requests/s answered",
@@ -628,7 +632,9 @@ fn arrival_rate(shape: LoadShape, warmup: Duration, elapsed: Duration) -> f64 {
 ///   window does not set the bar), and
 /// * it and the window before it together answered at least
 ///   [`KEEP_UP_SHARE`] of the requests that arrived in them (a batch
-///   answers several requests at once, so one window alone is lumpy).
+///   answers several requests at once, so one window alone is lumpy),
+///   not counting those that arrived within [`KNEE_LATENCY_FACTOR`] base
+///   latencies of its end: they are still on their way, not behind.
 ///
 /// Windows before the first answer are still filling and count as keeping
 /// up; with no answer at all, none keeps up.
@@ -648,12 +654,21 @@ pub fn keeping_up(windows: &[WindowStats]) -> Vec<bool> {
                 return true;
             }
             let pair = &windows[i.saturating_sub(1).max(first)..=i];
-            let answered: f64 = pair.iter().map(|w| w.requests_per_second).sum();
-            let arrived: f64 = pair.iter().map(|w| w.sent_per_second).sum();
+            // Counts where the windows' lengths are known, else rates (the
+            // windows are of about one length).
+            let count =
+                |rate: f64, w: &WindowStats| rate * if w.seconds > 0.0 { w.seconds } else { 1.0 };
+            let answered: f64 = pair.iter().map(|w| count(w.requests_per_second, w)).sum();
+            let arrived: f64 = pair.iter().map(|w| count(w.sent_per_second, w)).sum();
             let w = &windows[i];
+            let on_their_way = if w.seconds > 0.0 {
+                w.sent_per_second * KNEE_LATENCY_FACTOR * base / 1000.0
+            } else {
+                0.0
+            };
             w.p50_ms > 0.0
                 && w.p50_ms <= KNEE_LATENCY_FACTOR * base
-                && answered >= KEEP_UP_SHARE * arrived
+                && answered >= KEEP_UP_SHARE * (arrived - on_their_way).max(0.0)
         })
         .collect()
 }
@@ -725,6 +740,7 @@ mod tests {
             offered_per_second: offered,
             p50_ms,
             sent_per_second: offered,
+            seconds: 0.0,
         };
         let ramp = [
             w(0.5, 0.0, 0.0), // nothing answered yet: no baseline
@@ -769,6 +785,23 @@ mod tests {
             w(5.0, 5.0, 1600.0),
         ];
         assert_eq!(knee(&slow_start), Some(3.0));
+
+        // Requests still on their way at a window's end are not behind:
+        // at 0.8 arrivals/s and a 0.5 s median, ~0.8 of a window's 3.2
+        // arrivals are in flight when it ends.
+        let slow = |offered: f64, answered: f64, p50_ms: f64| WindowStats {
+            seconds: 4.0,
+            ..w(offered, answered, p50_ms)
+        };
+        let light = [
+            slow(0.8, 0.6, 480.0),
+            slow(1.1, 0.9, 940.0),
+            slow(1.2, 1.3, 440.0),
+            slow(1.5, 1.4, 2400.0),
+            slow(1.8, 1.6, 2300.0),
+        ];
+        assert_eq!(keeping_up(&light), [true, true, true, false, false]);
+        assert_eq!(knee(&light), Some(1.2));
     }
 
     #[test]

@@ -1291,14 +1291,14 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("0.13× |"), "{md}");
-        // The pipeline table takes the seed's concurrency (16) when measured.
+        // The pipeline table takes the highest stable concurrency up to 16.
         assert!(
             md.contains("| Tokenizer only | 1 | - | off | c=16 | "),
             "{md}"
         );
         // Parallelism on: 13000 / 7100 = 1.83× against the seed's 1.93×: holds.
         assert!(
-            md.contains("| 1.93× | 1.83× | 280 → 150 ms | holds |"),
+            md.contains("| 1.93× | 1.83× (c=16) | 280 → 150 ms | holds |"),
             "{md}"
         );
         assert!(
