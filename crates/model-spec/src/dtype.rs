@@ -21,7 +21,8 @@ pub enum WeightDType {
     Q4_0,
     /// 8-bit integer weights (one scale per output channel) times 8-bit
     /// activations (one scale per token, quantized as each layer runs),
-    /// summed in i32 by AVX-512 VNNI: the fast quantized path, CPU only.
+    /// summed in i32 by AMX, AVX-512 VNNI or AVX2 (whichever the CPU has):
+    /// the fast quantized path, CPU only.
     I8,
 }
 

@@ -185,10 +185,10 @@ impl Engine {
             elapsed_ms = started.elapsed().as_millis() as u64, "engine loaded"
         );
         if config.dtype == WeightDType::I8 && crate::int8_kernel() == crate::Int8Kernel::Portable {
-            // Measured on a 2-core AVX2-only EPYC: i8 2.5 pairs/s, f32 53.8
-            // (`ce-engine-bench --dtypes f32,i8 --pairs 256`).
+            // Measured on a 2-core Zen 5 with CE_INT8_KERNEL=portable: i8 3.6
+            // pairs/s, f32 115 (`ce-engine-bench --dtypes f32,i8 --pairs 512`).
             tracing::warn!(
-                "this CPU has neither AMX nor AVX-512 VNNI: i8 runs the portable integer kernel, about 20x slower than f32 here; serve f32 on this machine"
+                "this CPU has none of AMX, AVX-512 VNNI or AVX2: i8 runs the portable integer kernel, about 30x slower than f32; serve f32 on this machine"
             );
         }
         Ok(Self {

@@ -53,9 +53,9 @@ struct Args {
     /// Skip our server's end-to-end runs (the engine alone is measured).
     #[arg(long)]
     no_served: bool,
-    /// Skip our i8 runs (where the CPU has neither AMX nor AVX-512 VNNI,
-    /// i8 runs the portable kernel, ~20× slower than f32: nothing to learn
-    /// from timing it at a base model's size).
+    /// Skip our i8 runs (where the CPU has none of AMX, AVX-512 VNNI or
+    /// AVX2, i8 runs the portable kernel, ~30× slower than f32: nothing to
+    /// learn from timing it at a base model's size).
     #[arg(long)]
     no_i8: bool,
     /// Skip our bf16 runs.

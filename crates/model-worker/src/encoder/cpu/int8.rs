@@ -14,16 +14,24 @@
 //! The u8 × i8 form is what the CPU's integer matrix instructions multiply,
 //! and the weights are packed once at load into their layout: blocks of 32
 //! output columns, and for each group of 4 inputs, 32 × 4 consecutive bytes.
-//! Three kernels read that one layout, the best the CPU has chosen at start:
+//! Four kernels, the best the CPU has chosen at start:
 //!
 //! * **AMX** (`tdpbusd`, Sapphire Rapids and later): a 16 × 16 tile of i32
 //!   += 16 × 64 u8 · 64 × 16 i8 per instruction, 16 384 products;
 //! * **AVX-512 VNNI** (`vpdpbusd`): 64 products into 16 lanes per
 //!   instruction, four times an f32 FMA's 16;
-//! * **portable** code for every other CPU (correct, slower).
+//! * **AVX2** (`vpmaddwd` on operands widened to i16, then `vpaddd`): 16
+//!   products into 8 lanes per pair of instructions, for the x86 CPUs
+//!   with neither (Haswell to Ice Lake client, AMD Zen 1–3). It reads its
+//!   own copy of the weights in i16, widened from the packed bytes on
+//!   first use, because `vpmaddubsw`, the u8 × i8 instruction AVX2 has,
+//!   saturates at 16 bits: 2 · 255 · 127 does not fit, so it would not
+//!   compute the same integers;
+//! * **portable** code for every other CPU (correct, much slower).
 //!
-//! `CE_INT8_KERNEL=amx|vnni|portable` forces one (falling back when the CPU
-//! lacks it), for comparisons; all three compute the same integers.
+//! `CE_INT8_KERNEL=amx|vnni|avx2|portable` forces one (falling back to the
+//! next when the CPU lacks it), for comparisons; all four compute the same
+//! integers.
 //!
 //! Per-row activation scales keep a token with large activations from
 //! flattening every other token's precision; per-channel weight scales do
@@ -49,6 +57,9 @@ pub struct Scratch {
     scales: Vec<f32>,
     /// Per row: the value level 0 stands for.
     lows: Vec<f32>,
+    /// The AVX2 kernel's copy of `quantized`, zero-extended to i16.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    widened: Vec<i16>,
 }
 
 impl Int8Linear {
@@ -78,6 +89,11 @@ pub struct Int8Linear {
     /// Per output column: `Σk w[o][k]` of the quantized weight, what each
     /// row's offset `lo` multiplies.
     sums: Vec<f32>,
+    /// `packed` sign-extended for the AVX2 kernel, `[out / COLS][depth /
+    /// 2][COLS][2]`; made on the first product that needs it, so the
+    /// other kernels never hold it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    widened: std::sync::OnceLock<Vec<i16>>,
 }
 
 impl Int8Linear {
@@ -110,7 +126,28 @@ impl Int8Linear {
             packed,
             scales,
             sums,
+            widened: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The weights as the AVX2 kernel reads them: each group of 4 depths
+    /// of a column becomes two groups of 2, in i16.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn widened_weights(&self) -> &[i16] {
+        self.widened.get_or_init(|| {
+            let mut wide = vec![0i16; self.packed.len()];
+            let quads = self.depth / 4;
+            for (q, group) in self.packed.chunks_exact(COLS * 4).enumerate() {
+                let (block, quad) = (q / quads, q % quads);
+                for (col, bytes) in group.chunks_exact(4).enumerate() {
+                    for (j, &b) in bytes.iter().enumerate() {
+                        let pair = block * quads * 2 + quad * 2 + j / 2;
+                        wide[pair * COLS * 2 + col * 2 + j % 2] = b as i16;
+                    }
+                }
+            }
+            wide
+        })
     }
 
     /// `dst[rows, outputs] = x[rows, inputs] · Wᵀ` (no bias).
@@ -134,6 +171,13 @@ impl Int8Linear {
                 // SAFETY: `kernel()` chose VNNI only where the CPU has the
                 // features `vnni::block` is compiled for.
                 Kernel::Vnni => unsafe { vnni::block(self, n, scratch, dst) },
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => {
+                    widen_activations(&mut scratch.widened, &scratch.quantized[..n * self.depth]);
+                    // SAFETY: `kernel()` chose AVX2 only where the CPU has it;
+                    // the widened rows are the `n` quantized ones.
+                    unsafe { avx2::block(self, n, scratch, dst) }
+                }
                 _ => self.block_portable(n, scratch, dst),
             }
         }
@@ -194,6 +238,8 @@ pub enum Kernel {
     Amx,
     /// AVX-512 VNNI.
     Vnni,
+    /// AVX2 on operands widened to i16.
+    Avx2,
     /// Plain Rust.
     Portable,
 }
@@ -204,7 +250,23 @@ impl Kernel {
         match self {
             Kernel::Amx => "amx",
             Kernel::Vnni => "vnni",
+            Kernel::Avx2 => "avx2",
             Kernel::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU (and, for AMX, the OS) runs it.
+    fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => amx::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni => vnni::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::available(),
+            Kernel::Portable => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
         }
     }
 }
@@ -214,19 +276,26 @@ impl Kernel {
 pub fn kernel() -> Kernel {
     static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
     *CHOSEN.get_or_init(|| {
+        // Fastest first; a forced kernel starts the search at its place.
+        const BY_SPEED: [Kernel; 4] = [Kernel::Amx, Kernel::Vnni, Kernel::Avx2, Kernel::Portable];
         let wanted = std::env::var("CE_INT8_KERNEL").unwrap_or_default();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if !matches!(wanted.as_str(), "vnni" | "portable") && amx::available() {
-                return Kernel::Amx;
-            }
-            if wanted != "portable" && vnni::available() {
-                return Kernel::Vnni;
-            }
-        }
-        let _ = wanted;
-        Kernel::Portable
+        let from = BY_SPEED
+            .iter()
+            .position(|k| k.as_str() == wanted)
+            .unwrap_or(0);
+        BY_SPEED[from..]
+            .iter()
+            .copied()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Portable)
     })
+}
+
+/// `wide[i] = narrow[i]` (the AVX2 kernel's activations).
+#[cfg(target_arch = "x86_64")]
+fn widen_activations(wide: &mut Vec<i16>, narrow: &[u8]) {
+    wide.clear();
+    wide.extend(narrow.iter().map(|&b| b as i16));
 }
 
 super::kernels::vectorized! {
@@ -356,6 +425,126 @@ mod vnni {
         match n {
             8 => rows!(8),
             7 => rows!(7),
+            6 => rows!(6),
+            5 => rows!(5),
+            4 => rows!(4),
+            3 => rows!(3),
+            2 => rows!(2),
+            _ => rows!(1),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{COLS, Int8Linear, Scratch};
+
+    /// Rows per micro-tile: 6 rows × 2 registers of 8 i32 = 12 of the 16
+    /// registers, leaving two for weights and one for the row's operand.
+    const ROWS: usize = 6;
+    /// Columns per micro-tile: half a packed block.
+    const HALF: usize = COLS / 2;
+
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+
+    /// Multiplies `rows` widened rows by every column block.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `scratch.widened` must hold `rows` rows of
+    /// `w.depth` values and `dst` `rows × w.outputs` floats.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block(w: &Int8Linear, rows: usize, scratch: &Scratch, dst: &mut [f32]) {
+        let a = &scratch.widened;
+        assert!(a.len() >= rows * w.depth && dst.len() >= rows * w.outputs);
+        let wide = w.widened_weights();
+        let pairs = w.depth / 2;
+        for block in 0..w.outputs.div_ceil(COLS) {
+            let panel = &wide[block * pairs * COLS * 2..(block + 1) * pairs * COLS * 2];
+            for half in 0..2 {
+                let o0 = block * COLS + half * HALF;
+                if o0 >= w.outputs {
+                    break;
+                }
+                let cols = HALF.min(w.outputs - o0);
+                let mut r = 0;
+                while r < rows {
+                    let n = ROWS.min(rows - r);
+                    let mut acc = [[_mm256_setzero_si256(); 2]; ROWS];
+                    // SAFETY: rows r..r+n exist in `a` (asserted above) and
+                    // the panel holds `pairs` groups of 64 i16.
+                    unsafe {
+                        tile(
+                            &a[r * w.depth..],
+                            w.depth,
+                            n,
+                            &panel[half * HALF * 2..],
+                            pairs,
+                            &mut acc,
+                        )
+                    };
+                    for (i, lanes) in acc.iter().enumerate().take(n) {
+                        let row = r + i;
+                        let mut values = [0i32; HALF];
+                        // SAFETY: `values` is 16 i32 = two unaligned 32-byte stores.
+                        unsafe {
+                            _mm256_storeu_si256(values.as_mut_ptr().cast(), lanes[0]);
+                            _mm256_storeu_si256(values.as_mut_ptr().add(8).cast(), lanes[1]);
+                        }
+                        w.dequantize(
+                            &values,
+                            scratch,
+                            row,
+                            o0,
+                            &mut dst[row * w.outputs + o0..][..cols],
+                        );
+                    }
+                    r += n;
+                }
+            }
+        }
+    }
+
+    /// The micro-kernel: `n` (≤ ROWS) rows × 16 columns over the whole
+    /// depth; `panel` starts at the half block's first column.
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile(
+        a: &[i16],
+        depth: usize,
+        n: usize,
+        panel: &[i16],
+        pairs: usize,
+        acc: &mut [[__m256i; 2]; ROWS],
+    ) {
+        assert!(a.len() >= (n - 1) * depth + pairs * 2);
+        assert!(panel.len() >= (pairs - 1) * COLS * 2 + HALF * 2);
+        let a = a.as_ptr();
+        let b = panel.as_ptr();
+        macro_rules! rows {
+            ($count:literal) => {{
+                let mut c = [[_mm256_setzero_si256(); 2]; $count];
+                for p in 0..pairs {
+                    // SAFETY: p < pairs and every row index < n were checked
+                    // against the slices' lengths above.
+                    unsafe {
+                        let b0 = _mm256_loadu_si256(b.add(p * COLS * 2).cast());
+                        let b1 = _mm256_loadu_si256(b.add(p * COLS * 2 + 16).cast());
+                        for (i, ci) in c.iter_mut().enumerate() {
+                            let v = _mm256_set1_epi32(
+                                a.add(i * depth + p * 2).cast::<i32>().read_unaligned(),
+                            );
+                            ci[0] = _mm256_add_epi32(ci[0], _mm256_madd_epi16(v, b0));
+                            ci[1] = _mm256_add_epi32(ci[1], _mm256_madd_epi16(v, b1));
+                        }
+                    }
+                }
+                acc[..$count].copy_from_slice(&c);
+            }};
+        }
+        match n {
             6 => rows!(6),
             5 => rows!(5),
             4 => rows!(4),
@@ -510,6 +699,12 @@ mod tests {
                 let mut a = vec![0f32; rows * outputs];
                 unsafe { amx::block(&lin, rows, &scratch, &mut a) };
                 assert_eq!(a, portable, "amx");
+            }
+            if avx2::available() {
+                let mut a = vec![0f32; rows * outputs];
+                widen_activations(&mut scratch.widened, &scratch.quantized[..rows * lin.depth]);
+                unsafe { avx2::block(&lin, rows, &scratch, &mut a) };
+                assert_eq!(a, portable, "avx2");
             }
             println!("int8 kernel in use: {}", kernel().as_str());
         }
