@@ -518,6 +518,15 @@ const TILE: usize = 16;
 pub struct AttentionScratch {
     keys_t: Vec<f32>,
     scores: Vec<f32>,
+    bf16: super::attention_bf16::Scratch,
+}
+
+impl AttentionScratch {
+    /// The score rows and the pair buffers, for the bf16 attention.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(super) fn bf16_parts(&mut self) -> (&mut Vec<f32>, &mut super::attention_bf16::Scratch) {
+        (&mut self.scores, &mut self.bf16)
+    }
 }
 
 /// Where one sequence's heads lie in the packed matrices.
@@ -635,30 +644,7 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
         product::<FMA, AVX512>(
             q, stride, keys_t, padded, dim, queries, padded, scores, padded,
         );
-        match heads.window {
-            None => {
-                for row in scores.chunks_exact_mut(padded) {
-                    #[cfg(target_arch = "x86_64")]
-                    if AVX512 {
-                        // SAFETY: AVX512 is set only by the caller compiled
-                        // for (and dispatched on) AVX-512F.
-                        unsafe { wide::softmax(row, len) };
-                        continue;
-                    }
-                    softmax_in_place::<FMA>(&mut row[..len]);
-                }
-            }
-            Some(window) => {
-                // Keys outside the window get probability 0 (the product
-                // below still reads them, as zeros).
-                for (r, row) in scores.chunks_exact_mut(padded).enumerate() {
-                    let (lo, hi) = (r.saturating_sub(window), (r + window + 1).min(len));
-                    row[..lo].fill(0.0);
-                    row[hi..len].fill(0.0);
-                    softmax_in_place::<FMA>(&mut row[lo..hi]);
-                }
-            }
-        }
+        softmax_scores::<FMA, AVX512>(scores, padded, len, heads.window);
         // context [len, dim] = P [len, len] · V [len, dim]
         product::<FMA, AVX512>(
             scores,
@@ -671,6 +657,43 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
             &mut context[head * dim..],
             hidden,
         );
+    }
+}
+
+/// Each row of `scores` (`padded` wide, `len` keys) turned into attention
+/// probabilities in place: a softmax over the keys in the row's window (all
+/// of them without one), every other column 0. `AVX512` as in
+/// [`attention_heads`] (the bf16 attention calls it with both set).
+#[inline(always)]
+pub(super) fn softmax_scores<const FMA: bool, const AVX512: bool>(
+    scores: &mut [f32],
+    padded: usize,
+    len: usize,
+    window: Option<usize>,
+) {
+    match window {
+        None => {
+            for row in scores.chunks_exact_mut(padded) {
+                #[cfg(target_arch = "x86_64")]
+                if AVX512 {
+                    // SAFETY: AVX512 is set only by the caller compiled
+                    // for (and dispatched on) AVX-512F.
+                    unsafe { wide::softmax(row, len) };
+                    continue;
+                }
+                softmax_in_place::<FMA>(&mut row[..len]);
+            }
+        }
+        Some(window) => {
+            // Keys outside the window get probability 0 (the product
+            // below still reads them, as zeros).
+            for (r, row) in scores.chunks_exact_mut(padded).enumerate() {
+                let (lo, hi) = (r.saturating_sub(window), (r + window + 1).min(len));
+                row[..lo].fill(0.0);
+                row[hi..len].fill(0.0);
+                softmax_in_place::<FMA>(&mut row[lo..hi]);
+            }
+        }
     }
 }
 

@@ -39,6 +39,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+mod attention_bf16;
 pub mod bf16;
 mod decoder;
 pub mod int8;
@@ -60,7 +61,8 @@ use kernels::{Activation, AttentionScratch, Heads, View, matmul};
 use profile::{Stage, timed};
 
 /// The precision of the encoder layers' linear products (embeddings, norms,
-/// attention, activations and the head stay f32 in every one).
+/// softmax, activations and the head stay f32 in every one; attention's two
+/// products follow bf16 and int8 into bf16 where the CPU has AVX512-BF16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     /// f32 weights and products.
@@ -282,6 +284,9 @@ pub struct CpuEncoder {
     head: Head,
     /// About how many tokens one shard holds.
     shard_tokens: usize,
+    /// Attention's products in bf16 ([`attention_bf16`]): the bf16 and
+    /// int8 encoders, where the CPU multiplies bf16.
+    bf16_attention: bool,
     workspaces: Pool<Workspace>,
 }
 
@@ -453,6 +458,7 @@ impl CpuEncoder {
                     Precision::Bf16 => BF16_SHARD_TOKENS,
                     Precision::I8 => I8_SHARD_TOKENS,
                 }),
+            bf16_attention: precision != Precision::F32 && attention_bf16::available(d),
             workspaces: Pool::new(),
         })
     }
@@ -555,18 +561,18 @@ impl CpuEncoder {
                         let (cos, sin) = &self.rotary[rotary.table];
                         kernels::rotary(sequence, r.len(), self.heads, self.head_dim, cos, sin);
                     }
-                    kernels::attention(
-                        sequence,
-                        Heads {
-                            count: self.heads,
-                            dim: self.head_dim,
-                            len: r.len(),
-                            queries: if cls_only { 1 } else { r.len() },
-                            window: layer.rotary.as_ref().and_then(|l| l.window),
-                        },
-                        &mut context[start * h..],
-                        attention,
-                    );
+                    let heads = Heads {
+                        count: self.heads,
+                        dim: self.head_dim,
+                        len: r.len(),
+                        queries: if cls_only { 1 } else { r.len() },
+                        window: layer.rotary.as_ref().and_then(|l| l.window),
+                    };
+                    let context = &mut context[start * h..];
+                    match self.bf16_attention {
+                        true => attention_bf16::attention(sequence, heads, context, attention),
+                        false => kernels::attention(sequence, heads, context, attention),
+                    }
                 }
             });
             if cls_only {
