@@ -229,11 +229,32 @@ impl Engine {
         if !self.runs_cpu_kernels() {
             return format!("candle, {dtype} on {}", self.info.device);
         }
+        let attention = match self.bf16_attention() {
+            true => ", attention in bf16",
+            false => "",
+        };
         match dtype {
-            WeightDType::Bf16 => format!("cpu encoder, bf16 on {}", crate::bf16_kernel().as_str()),
-            WeightDType::I8 => format!("cpu encoder, i8 on {}", crate::int8_kernel().as_str()),
+            WeightDType::Bf16 => format!(
+                "cpu encoder, bf16 on {}{attention}",
+                crate::bf16_kernel().as_str()
+            ),
+            WeightDType::I8 => format!(
+                "cpu encoder, i8 on {}{attention}",
+                crate::int8_kernel().as_str()
+            ),
             other => format!("cpu encoder, {other}"),
         }
+    }
+
+    /// Whether the CPU encoder computes attention's products in bf16
+    /// ([`crate::encoder::cpu::attention_bf16`]): bf16 and i8 encoders on
+    /// CPUs that multiply bf16 at the FMA's rate.
+    fn bf16_attention(&self) -> bool {
+        let c = self.model.config();
+        self.runs_cpu_kernels()
+            && c.decoder.is_none()
+            && matches!(self.info.dtype, WeightDType::Bf16 | WeightDType::I8)
+            && crate::encoder::cpu::attention_bf16::available(c.head_dim())
     }
 
     /// The pair tokenizer matching this model.

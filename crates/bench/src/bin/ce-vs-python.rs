@@ -433,7 +433,7 @@ fn print_report(report: &Report, passages: usize) {
     );
     for p in &report.reduced_peaks {
         println!(
-            "{:?} roofline: {} / {:.2} {} per pair = {:.1} pairs/s (attention, norms and activations stay f32)\n",
+            "{:?} roofline: {} / {:.2} {} per pair = {:.1} pairs/s (norms, softmax and activations stay f32, so it is a ceiling, not a target)\n",
             p.precision,
             p.describe(peak.gflops),
             report.gflop_per_pair,

@@ -62,8 +62,13 @@ async fn i8_replicas_score_as_the_i8_engine_and_close_to_f32() {
         .await
         .unwrap()
         .into_inner();
+    // The default model's heads are 32 wide.
+    let attention = match model_worker::encoder::cpu::attention_bf16::available(32) {
+        true => ", attention in bf16",
+        false => "",
+    };
     let kernel = format!(
-        "cpu encoder, i8 on {}",
+        "cpu encoder, i8 on {}{attention}",
         model_worker::int8_kernel().as_str()
     );
     assert_eq!(info.replicas.len(), 2);

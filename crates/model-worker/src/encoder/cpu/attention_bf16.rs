@@ -19,30 +19,49 @@
 //! 0.9937 either way, golden max |Δ| 5.2e-4 → 6.1e-4; int8 τ 0.926 →
 //! 0.925, max |Δ| vs f32 7.0e-3 → 6.8e-3.
 //!
-//! Heads whose width is not a multiple of 32, and CPUs without
-//! AVX512-BF16, run [`kernels::attention`]; `CE_BF16_ATTENTION=f32`
-//! forces it, for comparisons.
+//! Heads whose width is not a multiple of 32, CPUs without AVX512-BF16
+//! and CPUs that issue `vdpbf16ps` slower than an FMA ([`cpu_runs_it`])
+//! run [`kernels::attention`].
 
 use super::kernels::{self, AttentionScratch, Heads};
 
+/// Whether this CPU runs attention's products in bf16 (for heads whose
+/// width allows, [`available`]): it has AVX-512F/BW and AVX512-BF16, and
+/// issues `vdpbf16ps` at about the rate of an f32 FMA — measured once per
+/// process, because Intel's AMX CPUs issue it at half that rate (twice the
+/// instructions of bf16 work for the same time as f32's FMAs, plus the
+/// rounding), so there bf16 attention would be slower than f32, while AMD
+/// Zen 4/5 issue both at one rate. `CE_BF16_ATTENTION=f32` turns it off,
+/// `=bf16` on wherever the instructions exist.
+pub fn cpu_runs_it() -> bool {
+    static RUNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RUNS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let wanted = std::env::var("CE_BF16_ATTENTION").unwrap_or_default();
+            let features = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16");
+            match wanted.as_str() {
+                "f32" => false,
+                "bf16" => features,
+                // SAFETY: the CPU has the features `wide::dot_rate` needs.
+                _ => features && unsafe { wide::dot_rate() } >= MIN_DOT_RATE,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// `vdpbf16ps` per f32 FMA issued, below which bf16 attention loses: 1.0
+/// measured on a Zen 5; Intel's documented rate is 0.5.
+#[cfg(target_arch = "x86_64")]
+const MIN_DOT_RATE: f64 = 0.75;
+
 /// Whether bf16 attention runs for heads `dim` wide on this CPU.
 pub fn available(dim: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let cpu = *CPU.get_or_init(|| {
-            std::env::var("CE_BF16_ATTENTION").as_deref() != Ok("f32")
-                && std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512bf16")
-        });
-        cpu && dim > 0 && dim.is_multiple_of(32)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = dim;
-        false
-    }
+    cpu_runs_it() && dim > 0 && dim.is_multiple_of(32)
 }
 
 /// Buffers of [`attention`]: bf16 pairs as `u32`, low half first.
@@ -81,6 +100,50 @@ mod wide {
 
     /// Rows per register tile: 6 rows × 2 registers = 12 accumulators.
     const ROWS: usize = 6;
+
+    /// `vdpbf16ps` issued per f32 FMA in the same time: twelve independent
+    /// chains of each (enough to fill every pipe), the best of five short
+    /// runs (~0.1 ms each) so that a preempted run does not decide.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dot_rate() -> f64 {
+        const STEPS: usize = 4096;
+        fn best(run: impl Fn() -> f32) -> f64 {
+            (0..5)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    std::hint::black_box(run());
+                    start.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min)
+        }
+        let fma = best(|| {
+            // Opaque operands: nothing to fold at compile time.
+            let (a, b) = std::hint::black_box((_mm512_set1_ps(0.999), _mm512_set1_ps(1e-3)));
+            let mut acc = [_mm512_set1_ps(1.0); 12];
+            for _ in 0..STEPS {
+                for c in acc.iter_mut() {
+                    *c = _mm512_fmadd_ps(*c, a, b);
+                }
+            }
+            acc.iter().map(|&c| _mm512_reduce_add_ps(c)).sum()
+        });
+        let dot = best(|| {
+            // SAFETY: a register of bf16 pairs is a register of bits.
+            let a: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80)) };
+            let a = std::hint::black_box(a);
+            let mut acc = [_mm512_setzero_ps(); 12];
+            for _ in 0..STEPS {
+                for c in acc.iter_mut() {
+                    *c = _mm512_dpbf16_ps(*c, a, a);
+                }
+            }
+            acc.iter().map(|&c| _mm512_reduce_add_ps(c)).sum()
+        });
+        fma / dot
+    }
 
     fn grow<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
         if buf.len() < len {
@@ -370,5 +433,22 @@ mod tests {
             }
         }
         eprintln!("largest |bf16 − f32| of a context value: {worst:.2e}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_dot_rate_is_measured_where_the_instructions_exist() {
+        if !(std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16"))
+        {
+            return;
+        }
+        // SAFETY: checked just above.
+        let rate = unsafe { wide::dot_rate() };
+        eprintln!(
+            "vdpbf16ps per f32 FMA: {rate:.2}; bf16 attention: {}",
+            cpu_runs_it()
+        );
+        assert!(rate.is_finite() && rate > 0.05 && rate < 20.0, "{rate}");
     }
 }

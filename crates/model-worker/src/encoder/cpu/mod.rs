@@ -39,7 +39,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
-mod attention_bf16;
+pub mod attention_bf16;
 pub mod bf16;
 mod decoder;
 pub mod int8;
