@@ -66,6 +66,7 @@ pub fn available(dim: usize) -> bool {
 
 /// Buffers of [`attention`]: bf16 pairs as `u32`, low half first.
 #[derive(Debug, Default)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Scratch {
     /// `[queries][dim / 2]`.
     queries: Vec<u32>,

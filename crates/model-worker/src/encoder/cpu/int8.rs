@@ -326,7 +326,8 @@ super::kernels::vectorized! {
     }
 }
 
-/// The VNNI and AMX kernels' epilogue in AVX-512 registers.
+/// The SIMD kernels' epilogue, i32 sums to floats in registers: AVX-512 for
+/// the VNNI and AMX kernels, AVX2 for the AVX2 kernel.
 #[cfg(target_arch = "x86_64")]
 mod epilogue {
     use std::arch::x86_64::*;
