@@ -230,8 +230,8 @@ impl Engine {
             return format!("candle, {dtype} on {}", self.info.device);
         }
         let attention = match self.bf16_attention() {
-            true => ", attention in bf16",
-            false => "",
+            Some(unit) => format!(", attention in bf16 on {}", unit.as_str()),
+            None => String::new(),
         };
         match dtype {
             WeightDType::Bf16 => format!(
@@ -246,15 +246,16 @@ impl Engine {
         }
     }
 
-    /// Whether the CPU encoder computes attention's products in bf16
-    /// ([`crate::encoder::cpu::attention_bf16`]): bf16 and i8 encoders on
-    /// CPUs that multiply bf16 at the FMA's rate.
-    fn bf16_attention(&self) -> bool {
+    /// The unit on which the CPU encoder computes attention's products in
+    /// bf16 ([`crate::encoder::cpu::attention_bf16`]): bf16 and i8
+    /// encoders on CPUs with AMX-BF16, or AVX512-BF16 at the FMA's rate;
+    /// `None` where attention runs in f32.
+    fn bf16_attention(&self) -> Option<crate::encoder::cpu::attention_bf16::Unit> {
         let c = self.model.config();
-        self.runs_cpu_kernels()
+        let encoder = self.runs_cpu_kernels()
             && c.decoder.is_none()
-            && matches!(self.info.dtype, WeightDType::Bf16 | WeightDType::I8)
-            && crate::encoder::cpu::attention_bf16::available(c.head_dim())
+            && matches!(self.info.dtype, WeightDType::Bf16 | WeightDType::I8);
+        crate::encoder::cpu::attention_bf16::unit_for(c.head_dim()).filter(|_| encoder)
     }
 
     /// The pair tokenizer matching this model.

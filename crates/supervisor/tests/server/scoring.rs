@@ -63,9 +63,9 @@ async fn i8_replicas_score_as_the_i8_engine_and_close_to_f32() {
         .unwrap()
         .into_inner();
     // The default model's heads are 32 wide.
-    let attention = match model_worker::encoder::cpu::attention_bf16::available(32) {
-        true => ", attention in bf16",
-        false => "",
+    let attention = match model_worker::encoder::cpu::attention_bf16::unit_for(32) {
+        Some(unit) => format!(", attention in bf16 on {}", unit.as_str()),
+        None => String::new(),
     };
     let kernel = format!(
         "cpu encoder, i8 on {}{attention}",

@@ -1,6 +1,7 @@
 //! Self-attention with its two products in bf16, for the bf16 and int8
-//! encoders on CPUs with AVX512-BF16 (`vdpbf16ps`: 32 products into 16 f32 lanes per
-//! instruction, twice an f32 FMA's 16).
+//! encoders on CPUs that multiply bf16: on AMX-BF16 tiles (`tdpbf16ps`,
+//! Sapphire Rapids and later) or with AVX512-BF16 (`vdpbf16ps`: 32
+//! products into 16 f32 lanes per instruction, twice an f32 FMA's 16).
 //!
 //! ```text
 //! Q, K ─ round ─▶ bf16 ─▶ scores = Q Kᵀ (f32 sums) ─▶ softmax in f32 ─▶ P
@@ -8,49 +9,83 @@
 //! ```
 //!
 //! The same shape as [`kernels::attention`] (one sequence at a time, no
-//! pads, register tiles of 6 rows × 32 columns) with bf16 operands in
-//! pairs, the layout `vdpbf16ps` multiplies: Kᵀ as `[dim / 2][keys]` pairs
-//! of consecutive dimensions, V as `[keys / 2][dim]` pairs of consecutive
-//! keys. Attention was the one stage of those encoders left in f32 (13%
-//! of bf16's time and 20% of int8's on a 2-core Zen 5); the linear
-//! products already round (or quantize) these very activations, so the
-//! error it adds is of the same kind and smaller. `ce-engine-bench
-//! --fidelity` measured it on the standard workload: bf16 Kendall τ
-//! 0.9937 either way, golden max |Δ| 5.2e-4 → 6.1e-4; int8 τ 0.926 →
-//! 0.925, max |Δ| vs f32 7.0e-3 → 6.8e-3.
+//! pads) with bf16 operands in pairs, the layout both instructions
+//! multiply: Kᵀ as `[dim / 2][keys]` pairs of consecutive dimensions, V as
+//! `[keys / 2][dim]` pairs of consecutive keys. The AVX512-BF16 products
+//! run on register tiles of 6 rows × 32 columns; the AMX ones on 2 × 2
+//! tiles of 16 × 16 f32, the operands' rows padded to whole tiles (pad
+//! queries and keys are zeros, and no pad row reaches the context).
+//! Attention was the one stage of those encoders left in f32 (13% of
+//! bf16's time and 20% of int8's on a 2-core Zen 5, 20% and 30% on a
+//! 2-core Xeon with AMX); the linear products already round (or quantize)
+//! these very activations, so the error it adds is of the same kind and
+//! smaller. `ce-engine-bench --fidelity` measured it on the standard
+//! workload: bf16 Kendall τ 0.9937 either way, golden max |Δ| 5.2e-4 →
+//! 6.1e-4; int8 τ 0.926 → 0.925, max |Δ| vs f32 7.0e-3 → 6.8e-3.
 //!
-//! Heads whose width is not a multiple of 32, CPUs without AVX512-BF16
-//! and CPUs that issue `vdpbf16ps` slower than an FMA ([`cpu_runs_it`])
-//! run [`kernels::attention`].
+//! Heads whose width is not a multiple of 32, CPUs with neither unit and
+//! CPUs without AMX that issue `vdpbf16ps` slower than an FMA
+//! ([`unit`]) run [`kernels::attention`].
 
 use super::kernels::{self, AttentionScratch, Heads};
 
-/// Whether this CPU runs attention's products in bf16 (for heads whose
-/// width allows, [`available`]): it has AVX-512F/BW and AVX512-BF16, and
-/// issues `vdpbf16ps` at about the rate of an f32 FMA — measured once per
-/// process, because Intel's AMX CPUs issue it at half that rate (twice the
+/// What multiplies attention's bf16 operands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// AMX-BF16 tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX512-BF16 dot products (`vdpbf16ps`).
+    Avx512,
+}
+
+impl Unit {
+    /// Its name, as `CE_BF16_ATTENTION` takes it and `/info` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Amx => "amx",
+            Unit::Avx512 => "avx512",
+        }
+    }
+}
+
+/// How this CPU runs attention's products in bf16 (for heads whose width
+/// allows, [`available`]), chosen once per process; `None`: in f32.
+///
+/// AMX-BF16 wherever the CPU has it and the OS grants the tiles: a tile
+/// product is 8 192 multiply-adds, and attention's products at head width
+/// 32 are exactly one tile deep. Otherwise AVX512-BF16, but only where
+/// `vdpbf16ps` issues at about the rate of an f32 FMA — measured once per
+/// process, because Intel's CPUs issue it at half that rate (twice the
 /// instructions of bf16 work for the same time as f32's FMAs, plus the
-/// rounding), so there bf16 attention would be slower than f32, while AMD
-/// Zen 4/5 issue both at one rate. `CE_BF16_ATTENTION=f32` turns it off,
-/// `=bf16` on wherever the instructions exist.
-pub fn cpu_runs_it() -> bool {
-    static RUNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *RUNS.get_or_init(|| {
+/// rounding), where it would be slower than f32, while AMD Zen 4/5 issue
+/// both at one rate. `CE_BF16_ATTENTION=f32` turns bf16 attention off,
+/// `=amx` or `=avx512` asks for that unit (`avx512` whatever its rate),
+/// `=bf16` for the best unit the CPU has, whatever its rate.
+pub fn unit() -> Option<Unit> {
+    static CHOSEN: std::sync::OnceLock<Option<Unit>> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
             let wanted = std::env::var("CE_BF16_ATTENTION").unwrap_or_default();
-            let features = std::arch::is_x86_feature_detected!("avx512f")
+            let dot = std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512bf16");
+            // The operands are rounded and packed with AVX512-BF16 on
+            // either unit; every AMX-BF16 CPU has it.
+            let amx = dot && super::amx::available(super::amx::Unit::Bf16);
             match wanted.as_str() {
-                "f32" => false,
-                "bf16" => features,
+                "f32" => None,
+                "avx512" => dot.then_some(Unit::Avx512),
+                "amx" => amx.then_some(Unit::Amx),
+                "bf16" if amx => Some(Unit::Amx),
+                "bf16" => dot.then_some(Unit::Avx512),
+                _ if amx => Some(Unit::Amx),
                 // SAFETY: the CPU has the features `wide::dot_rate` needs.
-                _ => features && unsafe { wide::dot_rate() } >= MIN_DOT_RATE,
+                _ => (dot && unsafe { wide::dot_rate() } >= MIN_DOT_RATE).then_some(Unit::Avx512),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        false
+        None
     })
 }
 
@@ -61,7 +96,13 @@ const MIN_DOT_RATE: f64 = 0.75;
 
 /// Whether bf16 attention runs for heads `dim` wide on this CPU.
 pub fn available(dim: usize) -> bool {
-    cpu_runs_it() && dim > 0 && dim.is_multiple_of(32)
+    unit_for(dim).is_some()
+}
+
+/// The unit that multiplies attention's products for heads `dim` wide on
+/// this CPU; `None`: f32.
+pub fn unit_for(dim: usize) -> Option<Unit> {
+    unit().filter(|_| dim > 0 && dim.is_multiple_of(32))
 }
 
 /// Buffers of [`attention`]: bf16 pairs as `u32`, low half first.
@@ -76,19 +117,28 @@ pub struct Scratch {
     probs: Vec<u32>,
     /// `[keys / 2, rounded up][dim]`, a missing last key zero.
     values: Vec<u32>,
+    /// A head's context rows, `[queries][dim]` (AMX: rounded up to whole
+    /// tiles), before they are scaled into the head's columns.
+    context: Vec<f32>,
+    /// Per query row: 1 / the sum of its exponentials.
+    inverse_sums: Vec<f32>,
+    /// Per query row: its largest score.
+    row_maxima: Vec<f32>,
+    /// Per query row and 16 columns of scores: the keys it attends to.
+    key_masks: Vec<u16>,
 }
 
 /// [`kernels::attention`]'s contract (same arguments, same outputs up to
 /// bf16 rounding), its products in bf16 where [`available`]`(heads.dim)`.
 pub fn attention(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut AttentionScratch) {
     #[cfg(target_arch = "x86_64")]
-    if available(heads.dim) && heads.len > 0 {
+    if let (Some(unit), true) = (unit_for(heads.dim), heads.len > 0) {
         let hidden = heads.count * heads.dim;
         assert!(heads.queries <= heads.len, "more queries than tokens");
         assert!(qkv.len() >= heads.len * 3 * hidden && context.len() >= heads.len * hidden);
-        // SAFETY: `available` saw AVX-512F/BW and AVX512-BF16; the shapes
-        // were checked just above.
-        return unsafe { wide::attention(qkv, heads, context, scratch) };
+        // SAFETY: `unit` saw AVX-512F/BW and AVX512-BF16 (and, for AMX,
+        // the tiles granted); the shapes were checked just above.
+        return unsafe { wide::attention(qkv, heads, context, scratch, unit) };
     }
     kernels::attention(qkv, heads, context, scratch)
 }
@@ -97,7 +147,9 @@ pub fn attention(qkv: &[f32], heads: Heads, context: &mut [f32], scratch: &mut A
 mod wide {
     use std::arch::x86_64::*;
 
-    use super::super::kernels::{AttentionScratch, Heads, softmax_scores};
+    use super::super::amx::{TILE_ROWS, Tiles};
+    use super::super::kernels::{AttentionScratch, Heads};
+    use super::{Unit, tiles};
 
     /// Rows per register tile: 6 rows × 2 registers = 12 accumulators.
     const ROWS: usize = 6;
@@ -173,15 +225,17 @@ mod wide {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512F/BW and AVX512-BF16; `qkv` and `context`
-    /// hold `heads.len` rows, `heads.queries <= heads.len`, `heads.dim` is
-    /// a positive multiple of 32.
+    /// The CPU must have AVX-512F/BW and AVX512-BF16, and for
+    /// [`Unit::Amx`] the tiles granted ([`super::super::amx::available`]);
+    /// `qkv` and `context` hold `heads.len` rows, `heads.queries <=
+    /// heads.len`, `heads.dim` is a positive multiple of 32.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub unsafe fn attention(
         qkv: &[f32],
         heads: Heads,
         context: &mut [f32],
         scratch: &mut AttentionScratch,
+        unit: Unit,
     ) {
         let Heads {
             count,
@@ -194,12 +248,26 @@ mod wide {
         let stride = 3 * hidden;
         let padded = len.div_ceil(32) * 32;
         let key_pairs = len.div_ceil(2);
+        // Whole tiles of query rows: the AMX products read and write 16
+        // rows at a time (pad rows are zeros and never reach `context`).
+        let rows = queries.div_ceil(TILE_ROWS) * TILE_ROWS;
         let (scores, s) = scratch.bf16_parts();
-        let scores = grow(scores, queries * padded);
-        let q_pairs = grow(&mut s.queries, queries * half);
+        let scores = grow(scores, rows * padded);
+        let q_pairs = grow(&mut s.queries, rows * half);
         let keys_t = grow(&mut s.keys_t, half * padded);
-        let probs = grow(&mut s.probs, queries * padded / 2);
-        let values = grow(&mut s.values, key_pairs * dim);
+        let probs = grow(&mut s.probs, rows * padded / 2);
+        let values = grow(&mut s.values, padded / 2 * dim);
+        let tile_context = grow(&mut s.context, rows * dim);
+        let inverse_sums = grow(&mut s.inverse_sums, queries);
+        let row_maxima = grow(&mut s.row_maxima, queries);
+        q_pairs[queries * half..].fill(0);
+        probs[queries * padded / 2..].fill(0);
+        values[key_pairs * dim..].fill(0);
+        let _tiles = match unit {
+            // SAFETY: the caller saw the tiles granted.
+            Unit::Amx => Some(unsafe { Tiles::configure() }),
+            Unit::Avx512 => None,
+        };
         // Interleaves two rows' 32 bf16: lanes 2i, 2i + 1 = a[i], b[i].
         let (lo_index, hi_index) = {
             let index = |base: i16| -> __m512i {
@@ -247,20 +315,65 @@ mod wide {
                 keys_t[p * padded + len..(p + 1) * padded].fill(0);
             }
             // scores [queries, padded] = Q · Kᵀ, over dim / 2 pairs.
-            product(
-                q_pairs, half, keys_t, padded, half, queries, padded, scores, padded,
-            );
-            softmax_scores::<true, true>(scores, padded, len, window);
-            // SAFETY: as above; score rows are `padded` (a multiple of 32)
-            // long, the pad columns zero after the softmax.
-            unsafe {
-                for r in 0..queries {
-                    for c in (0..padded).step_by(32) {
-                        let pairs = round32(&scores[r * padded + c..]);
-                        let at = r * padded / 2 + c / 2;
-                        _mm512_storeu_si512(probs[at..at + 16].as_mut_ptr().cast(), pairs);
+            match unit {
+                // SAFETY: the tiles are configured; the operands are
+                // whole tiles (rows padded to 16, dim and padded
+                // multiples of 32).
+                Unit::Amx => unsafe {
+                    tiles::product(
+                        q_pairs, half, keys_t, padded, half, rows, padded, scores, padded,
+                    )
+                },
+                Unit::Avx512 => product(
+                    q_pairs, half, keys_t, padded, half, queries, padded, scores, padded,
+                ),
+            }
+            // P = exp(scores − row max), rounded to bf16 pairs; each row's
+            // 1 / Σ scales its context after the product (the rounding's
+            // relative error is the same before or after the division).
+            // Every row's maximum first: a row's exponentials wait for its
+            // maximum's reduction, which this keeps off that path.
+            let vectors = padded / 16;
+            let masks = grow(&mut s.key_masks, queries * vectors);
+            match window {
+                // Every row reads all `len` keys: one row of masks, copied.
+                None => {
+                    for (v, m) in masks[..vectors].iter_mut().enumerate() {
+                        *m = key_mask(&(0..len), 16 * v);
+                    }
+                    for r in 1..queries {
+                        masks.copy_within(..vectors, r * vectors);
                     }
                 }
+                Some(w) => {
+                    for (r, row) in masks.chunks_exact_mut(vectors).enumerate() {
+                        let keys = r.saturating_sub(w)..(r + w + 1).min(len);
+                        for (v, m) in row.iter_mut().enumerate() {
+                            *m = key_mask(&keys, 16 * v);
+                        }
+                    }
+                }
+            }
+            for (r, max) in row_maxima.iter_mut().enumerate() {
+                let masks = &masks[r * vectors..(r + 1) * vectors];
+                // SAFETY: the CPU has the features; a row of scores is
+                // `padded` floats, one mask per 16 of them.
+                *max = unsafe { row_max(&scores[r * padded..(r + 1) * padded], masks) };
+            }
+            for (r, (inv, &max)) in inverse_sums.iter_mut().zip(row_maxima.iter()).enumerate() {
+                // SAFETY: as above; a row of probabilities is `padded / 2`
+                // pairs.
+                *inv = unsafe {
+                    exp_pairs(
+                        &scores[r * padded..(r + 1) * padded],
+                        &masks[r * vectors..(r + 1) * vectors],
+                        max,
+                        &mut probs[r * padded / 2..(r + 1) * padded / 2],
+                    )
+                };
+            }
+            // SAFETY: as above.
+            unsafe {
                 let zero = [0f32; 32];
                 for kp in 0..key_pairs {
                     for c in (0..dim).step_by(32) {
@@ -278,19 +391,119 @@ mod wide {
                     }
                 }
             }
-            // context [queries, dim] = P · V, over the key pairs.
-            product(
-                probs,
-                padded / 2,
-                values,
-                dim,
-                key_pairs,
-                queries,
-                dim,
-                &mut context[head * dim..],
-                hidden,
-            );
+            // [queries, dim] = P · V, over the key pairs.
+            match unit {
+                // SAFETY: as for the scores; P's rows are `padded / 2`
+                // pairs, V has `padded / 2` rows (the pads zero).
+                Unit::Amx => unsafe {
+                    tiles::product(
+                        probs,
+                        padded / 2,
+                        values,
+                        dim,
+                        padded / 2,
+                        rows,
+                        dim,
+                        tile_context,
+                        dim,
+                    )
+                },
+                Unit::Avx512 => product(
+                    probs,
+                    padded / 2,
+                    values,
+                    dim,
+                    key_pairs,
+                    queries,
+                    dim,
+                    tile_context,
+                    dim,
+                ),
+            }
+            let rows_out = tile_context.chunks_exact(dim).zip(inverse_sums.iter());
+            for (r, (from, &inv)) in rows_out.enumerate() {
+                let to = &mut context[r * hidden + head * dim..][..dim];
+                to.iter_mut().zip(from).for_each(|(t, &f)| *t = f * inv);
+            }
         }
+    }
+
+    /// Lanes `j` of the register at column `i` with `i + j` in `keys`.
+    #[inline(always)]
+    fn key_mask(keys: &std::ops::Range<usize>, i: usize) -> __mmask16 {
+        let below = keys.start.saturating_sub(i).min(16);
+        let upto = keys.end.saturating_sub(i).min(16);
+        (((1u32 << upto) - 1) & !((1u32 << below) - 1)) as __mmask16
+    }
+
+    /// The largest of the row's columns that `masks` (one per 16
+    /// columns, [`key_mask`]) select; at least one is selected.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_max(row: &[f32], masks: &[__mmask16]) -> f32 {
+        assert_eq!(row.len(), masks.len() * 16);
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for (i, &m) in masks.iter().enumerate() {
+            // SAFETY: 16 columns at 16 i < row.len().
+            let v = unsafe { _mm512_loadu_ps(row.as_ptr().add(16 * i)) };
+            max = _mm512_mask_max_ps(max, m, max, v);
+        }
+        _mm512_reduce_max_ps(max)
+    }
+
+    /// `exp(x − max)` of the row's columns that `masks` select, rounded to
+    /// bf16 pairs in `out`, every other column 0; returns 1 / the sum of
+    /// the exponentials before rounding. With [`row_max`], two passes
+    /// where a softmax in f32 and its rounding made four.
+    ///
+    /// The exponential is `2ⁿ · p(r)` with `n = round(x · log₂e)`, `r = x −
+    /// n · ln 2` (two-part ln 2) and `p` the degree-5 Taylor polynomial:
+    /// relative error below 3e-6 on `|r| ≤ ln 2 / 2`, under bf16's 2e-3
+    /// by three orders; `vscalefps` applies `2ⁿ`, underflowing to 0.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F/BW and AVX512-BF16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn exp_pairs(row: &[f32], masks: &[__mmask16], max: f32, out: &mut [u32]) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        let padded = row.len();
+        assert!(padded.is_multiple_of(32) && out.len() * 2 == padded);
+        assert_eq!(masks.len() * 16, padded);
+        let max = _mm512_set1_ps(max);
+        let exp = |x: __m512, m: __mmask16| -> __m512 {
+            let x = _mm512_sub_ps(x, max);
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+            let mut poly = _mm512_set1_ps(1.0 / 120.0);
+            for c in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+                poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
+            }
+            _mm512_maskz_scalef_ps(m, poly, n)
+        };
+        let mut total = _mm512_setzero_ps();
+        for (i, m) in masks.chunks_exact(2).enumerate() {
+            // SAFETY: 32 columns at 32 i < padded, inside `row`; a register
+            // of bf16 pairs is a register of bits; the 16 pairs at 16 i lie
+            // inside `out`.
+            unsafe {
+                let at = row.as_ptr().add(32 * i);
+                let lo = exp(_mm512_loadu_ps(at), m[0]);
+                let hi = exp(_mm512_loadu_ps(at.add(16)), m[1]);
+                total = _mm512_add_ps(total, _mm512_add_ps(lo, hi));
+                let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(out.as_mut_ptr().add(16 * i).cast(), pairs);
+            }
+        }
+        1.0 / _mm512_reduce_add_ps(total)
     }
 
     /// `c[rows, cols] = a[rows, depth] · b[depth, cols]` over bf16 pairs
@@ -380,60 +593,246 @@ mod wide {
     }
 }
 
+/// Attention's products on AMX-BF16 tiles.
+#[cfg(target_arch = "x86_64")]
+mod tiles {
+    use std::arch::asm;
+
+    use super::super::amx::TILE_ROWS;
+
+    /// bf16 pairs in one tile row (64 bytes).
+    const PAIRS: usize = 16;
+
+    /// `c[rows, cols] = a[rows, depth] · b[depth, cols]` in f32, `a` and `b`
+    /// in bf16 pairs (`depth` pairs deep; `b` in the pair layout of
+    /// `tdpbf16ps`), each operand row-major with its row stride in
+    /// elements. Every dimension is whole tiles: `rows` and `depth` a
+    /// multiple of 16, `cols` of 32; 2 × 2 tiles (32 × 32 f32) at a time,
+    /// one row of tiles where 16 rows are left.
+    ///
+    /// # Safety
+    /// The tiles must be configured ([`super::super::amx::Tiles`]).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn product(
+        a: &[u32],
+        a_row: usize,
+        b: &[u32],
+        b_row: usize,
+        depth: usize,
+        rows: usize,
+        cols: usize,
+        c: &mut [f32],
+        c_row: usize,
+    ) {
+        assert!(
+            rows.is_multiple_of(TILE_ROWS)
+                && depth.is_multiple_of(PAIRS)
+                && cols.is_multiple_of(2 * PAIRS)
+                && rows > 0
+                && depth > 0
+        );
+        assert!(a.len() >= (rows - 1) * a_row + depth);
+        assert!(b.len() >= (depth - 1) * b_row + cols);
+        assert!(c.len() >= (rows - 1) * c_row + cols);
+        let (sa, sb, sc) = (a_row * 4, b_row * 4, c_row * 4);
+        let mut r = 0;
+        while r < rows {
+            let both = r + 2 * TILE_ROWS <= rows;
+            for col in (0..cols).step_by(2 * PAIRS) {
+                // SAFETY: every tile load reads 16 rows of 64 bytes at
+                // (row, pair) offsets inside `a` and `b` as asserted above,
+                // and every store writes 16 rows of 16 f32 inside `c`;
+                // the caller configured the tiles.
+                unsafe {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                    for p in (0..depth).step_by(PAIRS) {
+                        let a0 = a.as_ptr().add(r * a_row + p);
+                        let b0 = b.as_ptr().add(p * b_row + col);
+                        if both {
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {sa}*1]",
+                                "tileloadd tmm5, [{a1} + {sa}*1]",
+                                "tileloadd tmm6, [{b0} + {sb}*1]",
+                                "tileloadd tmm7, [{b1} + {sb}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) a0,
+                                a1 = in(reg) a0.add(TILE_ROWS * a_row),
+                                b0 = in(reg) b0,
+                                b1 = in(reg) b0.add(PAIRS),
+                                sa = in(reg) sa,
+                                sb = in(reg) sb,
+                                options(nostack, readonly)
+                            );
+                        } else {
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {sa}*1]",
+                                "tileloadd tmm6, [{b0} + {sb}*1]",
+                                "tileloadd tmm7, [{b1} + {sb}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                a0 = in(reg) a0,
+                                b0 = in(reg) b0,
+                                b1 = in(reg) b0.add(PAIRS),
+                                sa = in(reg) sa,
+                                sb = in(reg) sb,
+                                options(nostack, readonly)
+                            );
+                        }
+                    }
+                    let c0 = c.as_mut_ptr().add(r * c_row + col);
+                    asm!(
+                        "tilestored [{c0} + {sc}*1], tmm0",
+                        "tilestored [{c1} + {sc}*1], tmm1",
+                        c0 = in(reg) c0,
+                        c1 = in(reg) c0.add(PAIRS),
+                        sc = in(reg) sc,
+                        options(nostack)
+                    );
+                    if both {
+                        let c2 = c0.add(TILE_ROWS * c_row);
+                        asm!(
+                            "tilestored [{c2} + {sc}*1], tmm2",
+                            "tilestored [{c3} + {sc}*1], tmm3",
+                            c2 = in(reg) c2,
+                            c3 = in(reg) c2.add(PAIRS),
+                            sc = in(reg) sc,
+                            options(nostack)
+                        );
+                    }
+                }
+            }
+            r += if both { 2 * TILE_ROWS } else { TILE_ROWS };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The bf16 units this CPU has (whatever [`unit`] chose), each to be
+    /// tested.
+    fn units_here() -> Vec<Unit> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let dot = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512bf16");
+            let amx = dot && super::super::amx::available(super::super::amx::Unit::Bf16);
+            [(Unit::Avx512, dot), (Unit::Amx, amx)]
+                .into_iter()
+                .filter_map(|(unit, here)| here.then_some(unit))
+                .collect()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Vec::new()
+    }
+
     /// bf16 attention against the f32 kernel on every shape the encoder
-    /// asks for: ragged lengths, windows, [CLS] alone, two head widths.
+    /// asks for (ragged lengths, windows, [CLS] alone, two head widths,
+    /// lengths across the AMX tiles' 16- and 32-row edges), on every unit
+    /// this CPU has.
     #[test]
     fn bf16_attention_is_f32_attention_to_bf16_precision() {
-        if !available(32) {
+        let units = units_here();
+        if units.is_empty() {
             eprintln!("no AVX512-BF16 here: the f32 fallback is the f32 kernel");
         }
-        let mut worst = 0f32;
-        for (count, dim) in [(3, 32), (2, 64)] {
-            let hidden = count * dim;
-            for (len, window) in [1usize, 2, 5, 33, 70]
-                .into_iter()
-                .flat_map(|len| [(len, None), (len, Some(3))])
-            {
-                let qkv: Vec<f32> = (0..len * 3 * hidden)
-                    .map(|i| (((i * 7919) % 251) as f32 - 125.0) * 0.004)
-                    .collect();
-                for queries in [len, 1] {
-                    let heads = Heads {
-                        count,
-                        dim,
-                        len,
-                        queries,
-                        window,
-                    };
-                    let mut want = vec![0f32; len * hidden];
-                    kernels::attention(&qkv, heads, &mut want, &mut AttentionScratch::default());
-                    // Scratch reused from the whole layer's shape, as the
-                    // encoder reuses it across sequences.
-                    let mut scratch = AttentionScratch::default();
-                    let whole = Heads {
-                        queries: len,
-                        ..heads
-                    };
-                    attention(&qkv, whole, &mut vec![0f32; len * hidden], &mut scratch);
-                    let mut got = vec![7f32; len * hidden];
-                    attention(&qkv, heads, &mut got, &mut scratch);
-                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                        if i < queries * hidden {
-                            let d = (g - w).abs();
-                            worst = worst.max(d);
-                            assert!(d < 5e-3, "dim {dim}, len {len}, {window:?}: {g} vs {w}");
-                        } else {
-                            assert_eq!(*g, 7.0, "row past the queries written");
+        for unit in units {
+            let mut worst = 0f32;
+            for (count, dim) in [(3, 32), (2, 64)] {
+                let hidden = count * dim;
+                for (len, window) in [1usize, 2, 5, 16, 17, 33, 48, 70]
+                    .into_iter()
+                    .flat_map(|len| [(len, None), (len, Some(3))])
+                {
+                    let qkv: Vec<f32> = (0..len * 3 * hidden)
+                        .map(|i| (((i * 7919) % 251) as f32 - 125.0) * 0.004)
+                        .collect();
+                    for queries in [len, 1] {
+                        let heads = Heads {
+                            count,
+                            dim,
+                            len,
+                            queries,
+                            window,
+                        };
+                        let mut want = vec![0f32; len * hidden];
+                        let mut scratch = AttentionScratch::default();
+                        kernels::attention(&qkv, heads, &mut want, &mut scratch);
+                        // Scratch reused from the whole layer's shape, as
+                        // the encoder reuses it across sequences (stale
+                        // rows past this sequence's must not count).
+                        let whole = Heads {
+                            queries: len,
+                            ..heads
+                        };
+                        let mut got = vec![7f32; len * hidden];
+                        // SAFETY: `units_here` saw the unit's features;
+                        // the buffers hold `len` rows.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            wide::attention(
+                                &qkv,
+                                whole,
+                                &mut vec![0f32; len * hidden],
+                                &mut scratch,
+                                unit,
+                            );
+                            wide::attention(&qkv, heads, &mut got, &mut scratch, unit);
+                        }
+                        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                            if i < queries * hidden {
+                                let d = (g - w).abs();
+                                worst = worst.max(d);
+                                assert!(
+                                    d < 5e-3,
+                                    "{unit:?}, dim {dim}, len {len}, {window:?}: {g} vs {w}"
+                                );
+                            } else {
+                                assert_eq!(*g, 7.0, "{unit:?}: row past the queries written");
+                            }
                         }
                     }
                 }
             }
+            eprintln!("{unit:?}: largest |bf16 − f32| of a context value: {worst:.2e}");
         }
-        eprintln!("largest |bf16 − f32| of a context value: {worst:.2e}");
+    }
+
+    /// The public entry point runs the chosen unit (or f32) on the same
+    /// contract.
+    #[test]
+    fn the_chosen_unit_answers_through_the_entry_point() {
+        let (count, dim, len) = (2, 32, 21);
+        let hidden = count * dim;
+        let qkv: Vec<f32> = (0..len * 3 * hidden)
+            .map(|i| (((i * 31) % 97) as f32 - 48.0) * 0.01)
+            .collect();
+        let heads = Heads {
+            count,
+            dim,
+            len,
+            queries: len,
+            window: None,
+        };
+        let mut want = vec![0f32; len * hidden];
+        kernels::attention(&qkv, heads, &mut want, &mut AttentionScratch::default());
+        let mut got = vec![0f32; len * hidden];
+        attention(&qkv, heads, &mut got, &mut AttentionScratch::default());
+        eprintln!("bf16 attention unit here: {:?}", unit_for(dim));
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 5e-3, "{g} vs {w}");
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -447,8 +846,8 @@ mod tests {
         // SAFETY: checked just above.
         let rate = unsafe { wide::dot_rate() };
         eprintln!(
-            "vdpbf16ps per f32 FMA: {rate:.2}; bf16 attention: {}",
-            cpu_runs_it()
+            "vdpbf16ps per f32 FMA: {rate:.2}; bf16 attention: {:?}",
+            unit()
         );
         assert!(rate.is_finite() && rate > 0.05 && rate < 20.0, "{rate}");
     }
