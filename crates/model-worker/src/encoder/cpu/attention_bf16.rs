@@ -31,6 +31,7 @@ use super::kernels::{self, AttentionScratch, Heads};
 
 /// What multiplies attention's bf16 operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub enum Unit {
     /// AMX-BF16 tiles (`tdpbf16ps`).
     Amx,
@@ -721,26 +722,23 @@ mod tests {
 
     /// The bf16 units this CPU has (whatever [`unit`] chose), each to be
     /// tested.
+    #[cfg(target_arch = "x86_64")]
     fn units_here() -> Vec<Unit> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let dot = std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512bf16");
-            let amx = dot && super::super::amx::available(super::super::amx::Unit::Bf16);
-            [(Unit::Avx512, dot), (Unit::Amx, amx)]
-                .into_iter()
-                .filter_map(|(unit, here)| here.then_some(unit))
-                .collect()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        Vec::new()
+        let dot = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512bf16");
+        let amx = dot && super::super::amx::available(super::super::amx::Unit::Bf16);
+        [(Unit::Avx512, dot), (Unit::Amx, amx)]
+            .into_iter()
+            .filter_map(|(unit, here)| here.then_some(unit))
+            .collect()
     }
 
     /// bf16 attention against the f32 kernel on every shape the encoder
     /// asks for (ragged lengths, windows, [CLS] alone, two head widths,
     /// lengths across the AMX tiles' 16- and 32-row edges), on every unit
-    /// this CPU has.
+    /// this CPU has. (No other architecture has a bf16 unit.)
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn bf16_attention_is_f32_attention_to_bf16_precision() {
         let units = units_here();
@@ -779,7 +777,6 @@ mod tests {
                         let mut got = vec![7f32; len * hidden];
                         // SAFETY: `units_here` saw the unit's features;
                         // the buffers hold `len` rows.
-                        #[cfg(target_arch = "x86_64")]
                         unsafe {
                             wide::attention(
                                 &qkv,
