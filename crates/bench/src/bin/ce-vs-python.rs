@@ -47,7 +47,8 @@ struct Args {
     python: String,
     /// The Python stacks to run, in order (the first is the ratios'
     /// baseline): torch, onnx, onnx-int8, openvino, openvino-bf16,
-    /// openvino-int8.
+    /// openvino-int8. `--backends ''` runs none: ours alone, with our f32
+    /// engine as the ratios' baseline (no Python environment needed).
     #[arg(long, value_delimiter = ',', default_value = "torch")]
     backends: Vec<String>,
     /// Skip our server's end-to-end runs (the engine alone is measured).
@@ -223,7 +224,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     let mut python = Vec::new();
-    for backend in &args.backends {
+    for backend in args.backends.iter().filter(|b| !b.is_empty()) {
         let result = run_python(&args, backend, &pairs_file, cores)?;
         if result.scores.len() != ours.len() {
             bail!(
