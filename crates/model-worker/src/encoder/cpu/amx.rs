@@ -1,6 +1,7 @@
-//! What the integer and bf16 AMX kernels share: whether this CPU and OS
-//! let the process use the tile registers, and the one tile configuration
-//! both kernels run under.
+//! What the AMX kernels (the integer and bf16 products, bf16 attention)
+//! share: whether this CPU and OS let the process use the tile registers,
+//! the one tile configuration they all run under, and the 2 × 2 tile block
+//! they all compute — accumulators tmm0–tmm3, operands tmm4–tmm7.
 //!
 //! Rust has no stable AMX intrinsics; the kernels drive the tiles with
 //! inline assembly, which needs no compiler support beyond the assembler.
@@ -101,5 +102,141 @@ impl Drop for Tiles {
         // SAFETY: tiles were configured by `configure`; none is in use past
         // this point.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// A 2 × 2 block of accumulators: tmm0 top left, tmm1 top right, tmm2
+/// bottom left, tmm3 bottom right, each 16 × 16 four-byte sums; tmm4–5 hold
+/// the block's two A tiles (top, bottom rows), tmm6–7 its two B tiles (left,
+/// right columns). A block with one row of tiles uses tmm0, tmm1, tmm4, tmm6
+/// and tmm7.
+pub mod two_by_two {
+    use std::arch::asm;
+
+    use super::{TILE_BYTES, TILE_ROWS};
+
+    /// Which tile multiply a step runs.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Multiply {
+        /// `tdpbusd`: u8 × i8 quads into i32.
+        Int8,
+        /// `tdpbf16ps`: bf16 pairs into f32.
+        Bf16,
+    }
+
+    /// Zeroes the accumulators.
+    ///
+    /// # Safety
+    /// The tiles must be configured ([`super::Tiles`]).
+    #[inline(always)]
+    pub unsafe fn zero() {
+        // SAFETY: forwarded; tilezero touches only tile registers.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            )
+        };
+    }
+
+    /// One depth step: the A tiles from `a` and `a` + 16 rows (rows
+    /// `a_stride` bytes apart), the B tiles from `b` and `b` + 64 bytes
+    /// (rows `b_stride` bytes apart), then the four products; `two_rows`
+    /// false: the top row of tiles alone (no bottom A tile is read).
+    ///
+    /// # Safety
+    /// The tiles must be configured; each tile read (16 rows of 64 bytes at
+    /// its stride) must lie inside its operand.
+    #[inline(always)]
+    pub unsafe fn step(
+        multiply: Multiply,
+        two_rows: bool,
+        a: *const u8,
+        a_stride: usize,
+        b: *const u8,
+        b_stride: usize,
+    ) {
+        // SAFETY: forwarded from the caller (the bottom A tile is formed
+        // and read only with `two_rows`).
+        unsafe {
+            let b1 = b.add(TILE_BYTES);
+            macro_rules! run {
+                ($op:literal) => {
+                    if two_rows {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            concat!($op, " tmm0, tmm4, tmm6"),
+                            concat!($op, " tmm1, tmm4, tmm7"),
+                            concat!($op, " tmm2, tmm5, tmm6"),
+                            concat!($op, " tmm3, tmm5, tmm7"),
+                            a0 = in(reg) a,
+                            a1 = in(reg) a.add(TILE_ROWS * a_stride),
+                            b0 = in(reg) b,
+                            b1 = in(reg) b1,
+                            sa = in(reg) a_stride,
+                            sb = in(reg) b_stride,
+                            options(nostack, readonly)
+                        )
+                    } else {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            concat!($op, " tmm0, tmm4, tmm6"),
+                            concat!($op, " tmm1, tmm4, tmm7"),
+                            a0 = in(reg) a,
+                            b0 = in(reg) b,
+                            b1 = in(reg) b1,
+                            sa = in(reg) a_stride,
+                            sb = in(reg) b_stride,
+                            options(nostack, readonly)
+                        )
+                    }
+                };
+            }
+            match multiply {
+                Multiply::Int8 => run!("tdpbusd"),
+                Multiply::Bf16 => run!("tdpbf16ps"),
+            }
+        }
+    }
+
+    /// Stores the accumulators as 16 (`two_rows` false) or 32 rows of 32
+    /// four-byte sums at `out`, rows `row_bytes` apart.
+    ///
+    /// # Safety
+    /// The tiles must be configured; `out` must be valid for those rows of
+    /// 128 bytes at that stride.
+    #[inline(always)]
+    pub unsafe fn store(two_rows: bool, out: *mut u8, row_bytes: usize) {
+        // SAFETY: forwarded; each store writes 16 rows of 64 bytes at one
+        // quarter of the block.
+        unsafe {
+            asm!(
+                "tilestored [{c0} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                c0 = in(reg) out,
+                c1 = in(reg) out.add(TILE_BYTES),
+                s = in(reg) row_bytes,
+                options(nostack)
+            );
+            if two_rows {
+                let bottom = out.add(TILE_ROWS * row_bytes);
+                asm!(
+                    "tilestored [{c2} + {s}*1], tmm2",
+                    "tilestored [{c3} + {s}*1], tmm3",
+                    c2 = in(reg) bottom,
+                    c3 = in(reg) bottom.add(TILE_BYTES),
+                    s = in(reg) row_bytes,
+                    options(nostack)
+                );
+            }
+        }
     }
 }

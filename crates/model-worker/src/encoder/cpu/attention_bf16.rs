@@ -597,9 +597,8 @@ mod wide {
 /// Attention's products on AMX-BF16 tiles.
 #[cfg(target_arch = "x86_64")]
 mod tiles {
-    use std::arch::asm;
-
     use super::super::amx::TILE_ROWS;
+    use super::super::amx::two_by_two::{self, Multiply};
 
     /// bf16 pairs in one tile row (64 bytes).
     const PAIRS: usize = 16;
@@ -642,73 +641,16 @@ mod tiles {
             for col in (0..cols).step_by(2 * PAIRS) {
                 // SAFETY: every tile load reads 16 rows of 64 bytes at
                 // (row, pair) offsets inside `a` and `b` as asserted above,
-                // and every store writes 16 rows of 16 f32 inside `c`;
+                // and every store writes 16 rows of 2 × 16 f32 inside `c`;
                 // the caller configured the tiles.
                 unsafe {
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack, nomem)
-                    );
+                    two_by_two::zero();
                     for p in (0..depth).step_by(PAIRS) {
-                        let a0 = a.as_ptr().add(r * a_row + p);
-                        let b0 = b.as_ptr().add(p * b_row + col);
-                        if both {
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {sa}*1]",
-                                "tileloadd tmm5, [{a1} + {sa}*1]",
-                                "tileloadd tmm6, [{b0} + {sb}*1]",
-                                "tileloadd tmm7, [{b1} + {sb}*1]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                "tdpbf16ps tmm2, tmm5, tmm6",
-                                "tdpbf16ps tmm3, tmm5, tmm7",
-                                a0 = in(reg) a0,
-                                a1 = in(reg) a0.add(TILE_ROWS * a_row),
-                                b0 = in(reg) b0,
-                                b1 = in(reg) b0.add(PAIRS),
-                                sa = in(reg) sa,
-                                sb = in(reg) sb,
-                                options(nostack, readonly)
-                            );
-                        } else {
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {sa}*1]",
-                                "tileloadd tmm6, [{b0} + {sb}*1]",
-                                "tileloadd tmm7, [{b1} + {sb}*1]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                a0 = in(reg) a0,
-                                b0 = in(reg) b0,
-                                b1 = in(reg) b0.add(PAIRS),
-                                sa = in(reg) sa,
-                                sb = in(reg) sb,
-                                options(nostack, readonly)
-                            );
-                        }
+                        let a0 = a.as_ptr().add(r * a_row + p).cast();
+                        let b0 = b.as_ptr().add(p * b_row + col).cast();
+                        two_by_two::step(Multiply::Bf16, both, a0, sa, b0, sb);
                     }
-                    let c0 = c.as_mut_ptr().add(r * c_row + col);
-                    asm!(
-                        "tilestored [{c0} + {sc}*1], tmm0",
-                        "tilestored [{c1} + {sc}*1], tmm1",
-                        c0 = in(reg) c0,
-                        c1 = in(reg) c0.add(PAIRS),
-                        sc = in(reg) sc,
-                        options(nostack)
-                    );
-                    if both {
-                        let c2 = c0.add(TILE_ROWS * c_row);
-                        asm!(
-                            "tilestored [{c2} + {sc}*1], tmm2",
-                            "tilestored [{c3} + {sc}*1], tmm3",
-                            c2 = in(reg) c2,
-                            c3 = in(reg) c2.add(PAIRS),
-                            sc = in(reg) sc,
-                            options(nostack)
-                        );
-                    }
+                    two_by_two::store(both, c.as_mut_ptr().add(r * c_row + col).cast(), sc);
                 }
             }
             r += if both { 2 * TILE_ROWS } else { TILE_ROWS };

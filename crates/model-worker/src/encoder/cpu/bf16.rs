@@ -342,9 +342,8 @@ mod avx512 {
 /// Intel AMX-BF16 (the tiles themselves: [`super::amx`]).
 #[cfg(target_arch = "x86_64")]
 mod amx {
-    use std::arch::asm;
-
-    use super::super::amx::{TILE_BYTES, TILE_ROWS, Tiles, Unit};
+    use super::super::amx::two_by_two::{self, Multiply};
+    use super::super::amx::{Tiles, Unit};
     use super::{Bf16Linear, COLS, DEPTH_STEP, PASS_ROWS};
 
     /// Whether the CPU has AMX-BF16 and the process may use the tiles.
@@ -381,37 +380,20 @@ mod amx {
                     // rows r..r+32 (depths step*32..+32) and 16 pairs of
                     // depths of the panel, all inside the slices above.
                     let a0 = pass[step * DEPTH_STEP..].as_ptr();
-                    let a1 = pass[TILE_ROWS * w.depth + step * DEPTH_STEP..].as_ptr();
                     let b0 = panel[step * (DEPTH_STEP / 2) * COLS * 2..].as_ptr();
-                    let b1 = panel[step * (DEPTH_STEP / 2) * COLS * 2 + TILE_BYTES / 2..].as_ptr();
                     // SAFETY: the four loads stay inside `pass` and `panel`
                     // (see above); the tiles were configured.
                     unsafe {
                         if step == 0 {
-                            asm!(
-                                "tilezero tmm0",
-                                "tilezero tmm1",
-                                "tilezero tmm2",
-                                "tilezero tmm3",
-                                options(nostack, nomem)
-                            );
+                            two_by_two::zero();
                         }
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {sa}*1]",
-                            "tileloadd tmm5, [{a1} + {sa}*1]",
-                            "tileloadd tmm6, [{b0} + {sb}*1]",
-                            "tileloadd tmm7, [{b1} + {sb}*1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0,
-                            a1 = in(reg) a1,
-                            b0 = in(reg) b0,
-                            b1 = in(reg) b1,
-                            sa = in(reg) a_stride,
-                            sb = in(reg) b_stride,
-                            options(nostack, readonly)
+                        two_by_two::step(
+                            Multiply::Bf16,
+                            true,
+                            a0.cast(),
+                            a_stride,
+                            b0.cast(),
+                            b_stride,
                         );
                     }
                 }
@@ -422,40 +404,16 @@ mod amx {
                     let row_bytes = w.outputs * 4;
                     // SAFETY: rows r..r+32 and columns o0..o0+32 lie inside
                     // `dst` (asserted above, and this pass is whole).
-                    unsafe { store(out, row_bytes, w.outputs) };
+                    unsafe { two_by_two::store(true, out.cast(), row_bytes) };
                 } else {
                     // SAFETY: `c` is 32 rows of 32 f32.
-                    unsafe { store(c.as_mut_ptr(), COLS * 4, COLS) };
+                    unsafe { two_by_two::store(true, c.as_mut_ptr().cast(), COLS * 4) };
                     for i in 0..real {
                         dst[(r + i) * w.outputs + o0..][..cols]
                             .copy_from_slice(&c[i * COLS..i * COLS + cols]);
                     }
                 }
             }
-        }
-    }
-
-    /// Stores accumulators 0–3 as rows 0–31 × columns 0–31 at `out`, rows
-    /// `row_bytes` apart (`row` floats).
-    ///
-    /// # Safety
-    /// `out` must be valid for 32 rows of 32 floats at that stride.
-    unsafe fn store(out: *mut f32, row_bytes: usize, row: usize) {
-        // SAFETY: forwarded from the caller; each store writes 16 rows of
-        // 64 bytes at one quarter of the 32 × 32 block.
-        unsafe {
-            asm!(
-                "tilestored [{c0} + {s}*1], tmm0",
-                "tilestored [{c1} + {s}*1], tmm1",
-                "tilestored [{c2} + {s}*1], tmm2",
-                "tilestored [{c3} + {s}*1], tmm3",
-                c0 = in(reg) out,
-                c1 = in(reg) out.add(16),
-                c2 = in(reg) out.add(TILE_ROWS * row),
-                c3 = in(reg) out.add(TILE_ROWS * row + 16),
-                s = in(reg) row_bytes,
-                options(nostack)
-            );
         }
     }
 }

@@ -693,11 +693,10 @@ mod avx2 {
 /// Intel AMX-INT8 (the tiles themselves: [`super::amx`]).
 #[cfg(target_arch = "x86_64")]
 mod amx {
-    use std::arch::asm;
-
     use std::arch::x86_64::_mm512_loadu_si512;
 
-    use super::super::amx::{TILE_ROWS, Tiles};
+    use super::super::amx::Tiles;
+    use super::super::amx::two_by_two::{self, Multiply};
     use super::epilogue::Columns;
     use super::{COLS, DEPTH_STEP, Int8Linear, Scratch};
 
@@ -742,58 +741,18 @@ mod amx {
                     // r..r+32 (depths step*64..+64) and 16 groups of 4
                     // depths of the panel, all inside the slices above.
                     let a0 = a[step * DEPTH_STEP..].as_ptr();
-                    let a1 = a[TILE_ROWS * a_stride + step * DEPTH_STEP..].as_ptr();
                     let b0 = panel[step * 16 * b_stride..].as_ptr();
-                    let b1 = panel[step * 16 * b_stride + 64..].as_ptr();
                     // SAFETY: the four loads stay inside `a` and `panel` (see
                     // above); the tiles were configured by ldtilecfg.
                     unsafe {
                         if step == 0 {
-                            asm!(
-                                "tilezero tmm0",
-                                "tilezero tmm1",
-                                "tilezero tmm2",
-                                "tilezero tmm3",
-                                options(nostack, nomem)
-                            );
+                            two_by_two::zero();
                         }
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {sa}*1]",
-                            "tileloadd tmm5, [{a1} + {sa}*1]",
-                            "tileloadd tmm6, [{b0} + {sb}*1]",
-                            "tileloadd tmm7, [{b1} + {sb}*1]",
-                            "tdpbusd tmm0, tmm4, tmm6",
-                            "tdpbusd tmm1, tmm4, tmm7",
-                            "tdpbusd tmm2, tmm5, tmm6",
-                            "tdpbusd tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0,
-                            a1 = in(reg) a1,
-                            b0 = in(reg) b0,
-                            b1 = in(reg) b1,
-                            sa = in(reg) a_stride,
-                            sb = in(reg) b_stride,
-                            options(nostack, readonly)
-                        );
+                        two_by_two::step(Multiply::Int8, true, a0, a_stride, b0.cast(), b_stride);
                     }
                 }
-                let out = c.as_mut_ptr();
-                let row_bytes = COLS * 4;
-                // SAFETY: `c` is 32 rows of 32 i32; each store writes 16 rows
-                // of 64 bytes at a quarter of it.
-                unsafe {
-                    asm!(
-                        "tilestored [{c0} + {s}*1], tmm0",
-                        "tilestored [{c1} + {s}*1], tmm1",
-                        "tilestored [{c2} + {s}*1], tmm2",
-                        "tilestored [{c3} + {s}*1], tmm3",
-                        c0 = in(reg) out,
-                        c1 = in(reg) out.add(16),
-                        c2 = in(reg) out.add(TILE_ROWS * COLS),
-                        c3 = in(reg) out.add(TILE_ROWS * COLS + 16),
-                        s = in(reg) row_bytes,
-                        options(nostack)
-                    );
-                }
+                // SAFETY: `c` is 32 rows of 32 i32 (128 bytes a row).
+                unsafe { two_by_two::store(true, c.as_mut_ptr().cast(), COLS * 4) };
                 for i in 0..ROWS.min(rows - r) {
                     let row = r + i;
                     let sums = &c[i * COLS..(i + 1) * COLS];
