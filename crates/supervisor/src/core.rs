@@ -238,9 +238,11 @@ impl Core {
     }
 
     /// The index of the model named `name` (`None` or empty: the default);
-    /// an unknown name is NOT_FOUND, listing the names served.
+    /// an unknown name is NOT_FOUND, listing the names served. Names match
+    /// exactly (`" minilm"` is not `"minilm"`), as the OpenAPI document's
+    /// `enum` of them says.
     pub fn model_index(&self, name: Option<&str>) -> Result<usize, ApiError> {
-        let name = match name.map(str::trim) {
+        let name = match name {
             None | Some("") => return Ok(self.default_model),
             Some(name) => name,
         };

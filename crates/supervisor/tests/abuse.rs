@@ -672,6 +672,26 @@ fn compat_cases() -> Vec<Case> {
             404,
             "not served here"
         )),
+        case!("v2/rerank: a served name with spaces around it", |c| {
+            expect_http(
+                post_json(
+                    c.http,
+                    "/v2/rerank",
+                    r#"{"model":" minilm-l6-ce ","query":"q","documents":["a"]}"#,
+                ),
+                404,
+                "not served here",
+            )
+        }),
+        case!("v1/score: an empty model is the default", |c| expect_http(
+            post_json(
+                c.http,
+                "/v1/score",
+                r#"{"model":"","text_1":"q","text_2":"a"}"#
+            ),
+            200,
+            "\"score\""
+        )),
         case!("v2/rerank: max_tokens_per_doc over the server's", |c| {
             let body = json!({"model": "minilm-l6-ce", "query": "q", "documents": ["a"], "max_tokens_per_doc": 1u64 << 40}).to_string();
             expect_http(

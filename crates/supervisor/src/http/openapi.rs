@@ -160,8 +160,9 @@ impl Limits {
 }
 
 /// `doc` with this server's limits as schema bounds (`maxItems`,
-/// `maxLength`, `maximum`) and its served model names as the only values
-/// of `model`: what the types alone cannot know.
+/// `maxLength`, `maximum`) and its served model names (and `""`, the
+/// default) as the only values of `model`: what the types alone cannot
+/// know.
 pub fn with_limits(mut doc: Value, limits: &Limits, models: &[String]) -> Value {
     let Some(schemas) = doc.pointer_mut("/components/schemas") else {
         return doc;
@@ -188,7 +189,10 @@ pub fn with_limits(mut doc: Value, limits: &Limits, models: &[String]) -> Value 
             "maximum",
             json!(limits.doc_tokens),
         );
+        // "" is the default model's other spelling (a proto3 string's
+        // default, so gRPC clients send it), accepted on every route.
         let mut names: Vec<Value> = models.iter().map(|m| json!(m)).collect();
+        names.push(json!(""));
         if body != "CohereV2RerankBody" {
             names.push(Value::Null);
         }
@@ -258,6 +262,13 @@ mod tests {
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
+        // The served names and "" (the default) are the only models; v2
+        // requires one, the other routes also take null.
+        let models =
+            |body: &str| doc["components"]["schemas"][body]["properties"]["model"]["enum"].clone();
+        assert_eq!(models("RerankBody"), json!(["a", "b", "", null]));
+        assert_eq!(models("ScoreBody"), json!(["a", "b", "", null]));
+        assert_eq!(models("CohereV2RerankBody"), json!(["a", "b", ""]));
         let v2 = &doc["components"]["schemas"]["CohereV2RerankBody"];
         assert!(
             v2["properties"]["instruction"].is_null(),
