@@ -12,17 +12,19 @@ use utoipa::ToSchema;
 
 /// An optional count as JSON Schema's `integer` admits it: a JSON integer,
 /// or a number with no fractional part (`3.0`), which serde alone refuses.
+/// One past `usize` (JSON has no bound; serde reads `1e31` as a float) is
+/// `usize::MAX`: a `top_n` that large keeps every document, and a limit
+/// that large meets the server's own limit check, with its precise error.
 fn optional_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
         return Ok(None);
     };
     if let Some(u) = n.as_u64() {
-        return usize::try_from(u)
-            .map(Some)
-            .map_err(serde::de::Error::custom);
+        return Ok(Some(usize::try_from(u).unwrap_or(usize::MAX)));
     }
     match n.as_f64() {
-        Some(f) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => Ok(Some(f as usize)),
+        // `as` saturates a float past usize::MAX.
+        Some(f) if f.is_finite() && f.fract() == 0.0 && f >= 0.0 => Ok(Some(f as usize)),
         _ => Err(serde::de::Error::custom(format!(
             "{n} is not a count (a whole number from 0)"
         ))),
@@ -425,6 +427,29 @@ mod tests {
         let again: RerankBody =
             serde_json::from_str(&serde_json::to_string(&body).unwrap()).unwrap();
         assert_eq!(again, body);
+    }
+
+    #[test]
+    fn counts_are_whole_numbers_and_saturate_past_usize() {
+        let top_n = |json: &str| {
+            serde_json::from_str::<CohereRerankBody>(&format!(
+                r#"{{"query":"q","documents":["a"],"top_n":{json}}}"#
+            ))
+            .map(|b| b.top_n)
+        };
+        assert_eq!(top_n("3").unwrap(), Some(3));
+        assert_eq!(top_n("3.0").unwrap(), Some(3));
+        assert_eq!(top_n("null").unwrap(), None);
+        // Schema-valid integers past u64, as schemathesis sends them.
+        assert_eq!(
+            top_n("26907955555549688901983820316672").unwrap(),
+            Some(usize::MAX)
+        );
+        assert_eq!(top_n("1e31").unwrap(), Some(usize::MAX));
+        for bad in ["-1", "2.5", "-0.5"] {
+            let err = top_n(bad).unwrap_err().to_string();
+            assert!(err.contains("is not a count"), "{bad}: {err}");
+        }
     }
 
     #[test]

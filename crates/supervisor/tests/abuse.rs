@@ -683,6 +683,18 @@ fn compat_cases() -> Vec<Case> {
                 "not served here",
             )
         }),
+        case!(
+            "v2/rerank: a top_n past every integer type keeps every document",
+            |c| expect_http(
+                post_json(
+                    c.http,
+                    "/v2/rerank",
+                    r#"{"model":"minilm-l6-ce","query":"q","documents":["a","b"],"top_n":26907955555549688901983820316672}"#
+                ),
+                200,
+                "\"index\":1"
+            )
+        ),
         case!("v1/score: an empty model is the default", |c| expect_http(
             post_json(
                 c.http,
