@@ -20,8 +20,11 @@
 //! 2-core Xeon with AMX); the linear products already round (or quantize)
 //! these very activations, so the error it adds is of the same kind and
 //! smaller. `ce-engine-bench --fidelity` measured it on the standard
-//! workload: bf16 Kendall τ 0.9937 either way, golden max |Δ| 5.2e-4 →
-//! 6.1e-4; int8 τ 0.926 → 0.925, max |Δ| vs f32 7.0e-3 → 6.8e-3.
+//! workload: on a Zen 5 (AVX512-BF16), bf16 Kendall τ 0.9937 either way,
+//! golden max |Δ| 5.2e-4 → 6.1e-4; int8 τ 0.926 → 0.925, max |Δ| vs f32
+//! 7.0e-3 → 6.8e-3. On a Xeon with AMX (`CE_BF16_ATTENTION=f32` vs AMX,
+//! with the fused softmax below): bf16 τ 0.9943 → 0.9933, golden 5.6e-4 →
+//! 6.0e-4; int8 τ 0.926 → 0.923, max |Δ| 7.0e-3 → 6.4e-3.
 //!
 //! Heads whose width is not a multiple of 32, CPUs with neither unit and
 //! CPUs without AMX that issue `vdpbf16ps` slower than an FMA

@@ -663,9 +663,9 @@ fn attention_heads<const FMA: bool, const AVX512: bool>(
 /// Each row of `scores` (`padded` wide, `len` keys) turned into attention
 /// probabilities in place: a softmax over the keys in the row's window (all
 /// of them without one), every other column 0. `AVX512` as in
-/// [`attention_heads`] (the bf16 attention calls it with both set).
+/// [`attention_heads`].
 #[inline(always)]
-pub(super) fn softmax_scores<const FMA: bool, const AVX512: bool>(
+fn softmax_scores<const FMA: bool, const AVX512: bool>(
     scores: &mut [f32],
     padded: usize,
     len: usize,
