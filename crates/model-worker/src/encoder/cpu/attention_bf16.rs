@@ -267,6 +267,29 @@ mod wide {
         q_pairs[queries * half..].fill(0);
         probs[queries * padded / 2..].fill(0);
         values[key_pairs * dim..].fill(0);
+        // The keys each query row attends to, one mask per 16 columns of
+        // scores: the same for every head.
+        let vectors = padded / 16;
+        let masks = grow(&mut s.key_masks, queries * vectors);
+        match window {
+            // Every row reads all `len` keys: one row of masks, copied.
+            None => {
+                for (v, m) in masks[..vectors].iter_mut().enumerate() {
+                    *m = key_mask(&(0..len), 16 * v);
+                }
+                for r in 1..queries {
+                    masks.copy_within(..vectors, r * vectors);
+                }
+            }
+            Some(w) => {
+                for (r, row) in masks.chunks_exact_mut(vectors).enumerate() {
+                    let keys = r.saturating_sub(w)..(r + w + 1).min(len);
+                    for (v, m) in row.iter_mut().enumerate() {
+                        *m = key_mask(&keys, 16 * v);
+                    }
+                }
+            }
+        }
         let _tiles = match unit {
             // SAFETY: the caller saw the tiles granted.
             Unit::Amx => Some(unsafe { Tiles::configure() }),
@@ -337,27 +360,6 @@ mod wide {
             // relative error is the same before or after the division).
             // Every row's maximum first: a row's exponentials wait for its
             // maximum's reduction, which this keeps off that path.
-            let vectors = padded / 16;
-            let masks = grow(&mut s.key_masks, queries * vectors);
-            match window {
-                // Every row reads all `len` keys: one row of masks, copied.
-                None => {
-                    for (v, m) in masks[..vectors].iter_mut().enumerate() {
-                        *m = key_mask(&(0..len), 16 * v);
-                    }
-                    for r in 1..queries {
-                        masks.copy_within(..vectors, r * vectors);
-                    }
-                }
-                Some(w) => {
-                    for (r, row) in masks.chunks_exact_mut(vectors).enumerate() {
-                        let keys = r.saturating_sub(w)..(r + w + 1).min(len);
-                        for (v, m) in row.iter_mut().enumerate() {
-                            *m = key_mask(&keys, 16 * v);
-                        }
-                    }
-                }
-            }
             for (r, max) in row_maxima.iter_mut().enumerate() {
                 let masks = &masks[r * vectors..(r + 1) * vectors];
                 // SAFETY: the CPU has the features; a row of scores is
