@@ -155,6 +155,12 @@ impl Engine {
             Some(DecoderHead::YesNo) => Some(yes_no_tokens(&tokenizer)?),
             _ => None,
         };
+        let calibration = match (config.dtype, decoder_head) {
+            (WeightDType::I8, None) if crate::int8_smoothing() => {
+                Some(crate::encoder::cpu::calibration::text_batch(&tokenizer)?)
+            }
+            _ => None,
+        };
         let model = CrossEncoder::load(
             &files.weights,
             model_config,
@@ -164,6 +170,7 @@ impl Engine {
             LoadOptions {
                 yes_no_tokens,
                 prefix_reuse: config.prefix_reuse,
+                calibration,
             },
         )?;
         let c = model.config();
@@ -223,7 +230,8 @@ impl Engine {
     /// What computes this model, as `/info` shows it: the CPU encoder with
     /// its precision and the kernel this CPU runs it on (`bf16 on f32`: a
     /// CPU without AVX512-BF16 or AMX-BF16 multiplies the rounded numbers in
-    /// f32), or candle with its dtype and device.
+    /// f32; `smoothed`: an int8 encoder calibrated as [`crate::encoder::cpu::calibration`]
+    /// says), or candle with its dtype and device.
     pub fn kernel(&self) -> String {
         let dtype = self.info.dtype;
         if !self.runs_cpu_kernels() {
@@ -238,10 +246,16 @@ impl Engine {
                 "cpu encoder, bf16 on {}{attention}",
                 crate::bf16_kernel().as_str()
             ),
-            WeightDType::I8 => format!(
-                "cpu encoder, i8 on {}{attention}",
-                crate::int8_kernel().as_str()
-            ),
+            WeightDType::I8 => {
+                let smoothed = match self.model.int8_smoothed() {
+                    true => ", smoothed",
+                    false => "",
+                };
+                format!(
+                    "cpu encoder, i8 on {}{smoothed}{attention}",
+                    crate::int8_kernel().as_str()
+                )
+            }
             other => format!("cpu encoder, {other}"),
         }
     }

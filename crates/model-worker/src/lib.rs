@@ -41,6 +41,8 @@ pub use ce_model_spec::{
 };
 pub use dtype::CandleDType;
 pub use encoder::cpu::bf16::{Kernel as Bf16Kernel, kernel as bf16_kernel};
-pub use encoder::cpu::int8::{Kernel as Int8Kernel, kernel as int8_kernel};
+pub use encoder::cpu::int8::{
+    Kernel as Int8Kernel, kernel as int8_kernel, smoothing as int8_smoothing,
+};
 pub use engine::{BatchScores, Engine, EngineConfig, ModelInfo};
 pub use error::EngineError;

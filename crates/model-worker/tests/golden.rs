@@ -204,3 +204,54 @@ fn reduced_precisions_stay_close_to_f32() {
         }
     }
 }
+
+/// Largest and mean |a − b|.
+fn abs_errors(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let errors: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs()).collect();
+    let max = errors.iter().cloned().fold(0f32, f32::max);
+    (max, errors.iter().sum::<f32>() / errors.len() as f32)
+}
+
+#[test]
+fn int8_smoothing_brings_logits_closer_to_f32() {
+    use model_worker::encoder::{CrossEncoder, LoadOptions, cpu::calibration};
+    use model_worker::{ModelConfig, ModelFiles};
+    // The same int8 encoder with and without the calibrated smoothing, on
+    // every golden pair: the default model's residual stream has channels
+    // ten times the others, which per-row scales alone cannot absorb.
+    let fixture = support::fixture();
+    let pairs: Vec<&support::GoldenPair> = fixture.pairs.iter().collect();
+    let batch = batch_of(&pairs);
+    let reference = engine(WeightDType::F32);
+    let want = reference.score(&batch).unwrap().logits;
+    let files = ModelFiles::resolve(&support::model_dir().to_string_lossy()).unwrap();
+    let config = ModelConfig::from_file(&files.config).unwrap();
+    let text = calibration::text_batch(reference.tokenizer()).unwrap();
+    let errors = |calibration: Option<TokenBatch>| {
+        let model = CrossEncoder::load(
+            &files.weights,
+            config.clone(),
+            WeightDType::I8,
+            &candle_core::Device::Cpu,
+            EngineConfig::new("").attention,
+            LoadOptions {
+                calibration,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(model.runs_cpu_kernels());
+        abs_errors(&model.forward(&batch).unwrap().logits, &want)
+    };
+    let (plain_max, plain_mean) = errors(None);
+    let (smoothed_max, smoothed_mean) = errors(Some(text));
+    println!(
+        "i8 vs f32 over {} pairs: unsmoothed max {plain_max:.2e} mean {plain_mean:.2e}; smoothed max {smoothed_max:.2e} mean {smoothed_mean:.2e}",
+        pairs.len()
+    );
+    assert!(
+        smoothed_mean < 0.8 * plain_mean,
+        "smoothing: mean |Δ| {smoothed_mean} vs {plain_mean} unsmoothed"
+    );
+    assert!(smoothed_max <= 4e-3, "smoothed: max |Δ| {smoothed_max}");
+}

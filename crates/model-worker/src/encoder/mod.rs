@@ -555,12 +555,15 @@ enum Encoder {
 }
 
 /// What a model needs beyond its files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
     /// A yes/no reranker's "no" and "yes" token ids (from its tokenizer).
     pub yes_no_tokens: Option<[u32; 2]>,
     /// Whether the CPU decoder computes a prefix its sequences share once.
     pub prefix_reuse: bool,
+    /// Text, tokenized, on which the CPU encoder calibrates its int8
+    /// smoothing ([`cpu::calibration`]); `None`: int8 unsmoothed.
+    pub calibration: Option<TokenBatch>,
 }
 
 impl Default for LoadOptions {
@@ -568,6 +571,7 @@ impl Default for LoadOptions {
         Self {
             yes_no_tokens: None,
             prefix_reuse: true,
+            calibration: None,
         }
     }
 }
@@ -629,9 +633,15 @@ impl CrossEncoder {
             (_, true) => Encoder::CandleDecoder(decoder::CandleDecoder::load(
                 &r, &config, dtype, device, num_labels, head_rows,
             )?),
-            (Some(precision), false) if cpu_kernels => Encoder::Cpu(Box::new(
-                cpu::CpuEncoder::load(&r, &config, num_labels, precision)?,
-            )),
+            (Some(precision), false) if cpu_kernels => {
+                Encoder::Cpu(Box::new(cpu::CpuEncoder::load(
+                    &r,
+                    &config,
+                    num_labels,
+                    precision,
+                    options.calibration.as_ref(),
+                )?))
+            }
             (_, false) => {
                 Encoder::Candle(CandleEncoder::load(&r, &config, dtype, device, num_labels)?)
             }
@@ -669,6 +679,12 @@ impl CrossEncoder {
     /// The device the model runs on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether the CPU encoder runs this model in int8 with the
+    /// residual stream's products smoothed ([`cpu::calibration`]).
+    pub fn int8_smoothed(&self) -> bool {
+        matches!(&self.encoder, Encoder::Cpu(e) if e.smoothed())
     }
 
     /// Whether the CPU encoder (rather than candle) runs this model.

@@ -67,8 +67,12 @@ async fn i8_replicas_score_as_the_i8_engine_and_close_to_f32() {
         Some(unit) => format!(", attention in bf16 on {}", unit.as_str()),
         None => String::new(),
     };
+    let smoothed = match model_worker::int8_smoothing() {
+        true => ", smoothed",
+        false => "",
+    };
     let kernel = format!(
-        "cpu encoder, i8 on {}{attention}",
+        "cpu encoder, i8 on {}{smoothed}{attention}",
         model_worker::int8_kernel().as_str()
     );
     assert_eq!(info.replicas.len(), 2);
