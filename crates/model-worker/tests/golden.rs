@@ -241,10 +241,23 @@ fn int8_smoothing_brings_logits_closer_to_f32() {
         )
         .unwrap();
         assert!(model.runs_cpu_kernels());
-        abs_errors(&model.forward(&batch).unwrap().logits, &want)
+        let smoothed = model.int8_smoothed();
+        (
+            abs_errors(&model.forward(&batch).unwrap().logits, &want),
+            smoothed,
+        )
     };
-    let (plain_max, plain_mean) = errors(None);
-    let (smoothed_max, smoothed_mean) = errors(Some(text));
+    let ((plain_max, plain_mean), plain_smoothed) = errors(None);
+    let ((smoothed_max, smoothed_mean), smoothed) = errors(Some(text));
+    assert!(!plain_smoothed && smoothed);
+    // Calibration text the model cannot read (a token id past its
+    // vocabulary) loads it unsmoothed, not at all: the same scores as
+    // without calibration.
+    let mut unreadable = TokenBatch::default();
+    unreadable.push(&[101, u32::MAX - 1, 102], &[0, 0, 0]);
+    let (fallback, fallback_smoothed) = errors(Some(unreadable));
+    assert!(!fallback_smoothed);
+    assert_eq!(fallback, (plain_max, plain_mean));
     println!(
         "i8 vs f32 over {} pairs: unsmoothed max {plain_max:.2e} mean {plain_mean:.2e}; smoothed max {smoothed_max:.2e} mean {smoothed_mean:.2e}",
         pairs.len()
