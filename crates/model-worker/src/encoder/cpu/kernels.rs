@@ -7,9 +7,9 @@
 //! The default `x86_64` target only promises SSE2, so without this the
 //! compiler would vectorize four lanes wide on a machine that has sixteen.
 //!
-//! `exp` and `erf` are polynomial approximations that vectorize (libm's are
-//! scalar calls): `exp` is within 2 ulp, `erf` within 6e-7 absolute, far
-//! below the engine's 1e-4 tolerance on logits.
+//! `exp` and `erf` are polynomial (`erf`: rational) approximations that
+//! vectorize (libm's are scalar calls): `exp` is within 2 ulp, `erf` within
+//! 4e-7 absolute, far below the engine's 1e-4 tolerance on logits.
 
 use gemm::Parallelism;
 
@@ -183,18 +183,45 @@ pub fn exp<const FMA: bool>(x: f32) -> f32 {
     p * scale
 }
 
-/// The error function (Abramowitz & Stegun 7.1.26: |error| < 1.5e-7, plus
-/// f32 rounding: < 6e-7 in all).
+/// The error function, as `x · P(x²) / Q(x²)` (degree 5 over degree 5)
+/// on |x| ≤ 3.9 and ±1 beyond (erf(3.9) = 1 − 3.5e-8): |error| < 2.4e-8
+/// in exact arithmetic, < 4e-7 evaluated in f32 (the test measures it).
+/// A least-squares rational fit made for this kernel: ten FMAs and one
+/// division, where Abramowitz & Stegun 7.1.26 (the formula before it) took
+/// a division, five FMAs and an `exp` — half the instructions. GELU on a
+/// 128 × 1536 shard, best of 200: 162–166 → 95–105 µs; its share of the
+/// int8 encoder's time 9.8–10.3% → 6.4–6.6% (2-core Xeon with AMX).
 #[inline(always)]
 pub fn erf<const FMA: bool>(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / madd::<FMA>(0.327_591_1, a, 1.0);
-    let poly = madd::<FMA>(t, 1.061_405_4, -1.453_152);
-    let poly = madd::<FMA>(poly, t, 1.421_413_8);
-    let poly = madd::<FMA>(poly, t, -0.284_496_74);
-    let poly = madd::<FMA>(poly, t, 0.254_829_6) * t;
-    let y = 1.0 - poly * exp::<FMA>(-a * a);
-    y.copysign(x)
+    const P: [f32; 6] = [
+        // erf'(0): the fit found it too.
+        std::f32::consts::FRAC_2_SQRT_PI,
+        0.189_664_72,
+        0.052_685_548,
+        3.744_336_8e-3,
+        2.862_592_2e-4,
+        2.079_682_6e-6,
+    ];
+    const Q: [f32; 5] = [
+        0.501_418_3,
+        0.113_834_88,
+        0.014_923_673,
+        1.160_912_1e-3,
+        3.847_108_7e-5,
+    ];
+    let a = x.abs().min(3.9);
+    let z = a * a;
+    let p = madd::<FMA>(P[5], z, P[4]);
+    let p = madd::<FMA>(p, z, P[3]);
+    let p = madd::<FMA>(p, z, P[2]);
+    let p = madd::<FMA>(p, z, P[1]);
+    let p = madd::<FMA>(p, z, P[0]);
+    let q = madd::<FMA>(Q[4], z, Q[3]);
+    let q = madd::<FMA>(q, z, Q[2]);
+    let q = madd::<FMA>(q, z, Q[1]);
+    let q = madd::<FMA>(q, z, Q[0]);
+    let q = madd::<FMA>(q, z, 1.0);
+    ((a * p) / q).min(1.0).copysign(x)
 }
 
 /// `tanh`, through `exp` (relative error ~1e-7 away from 0, exact sign).
@@ -978,29 +1005,49 @@ mod tests {
         assert!(exp::<false>(1000.0).is_finite());
     }
 
-    /// erf by its Taylor series in f64 (converges fast for |x| <= 3).
+    /// erf in f64: its Taylor series up to 3 (where it converges fast),
+    /// 1 − erfc by erfc's continued fraction beyond.
     fn erf_reference(x: f64) -> f64 {
-        let (mut term, mut total) = (x, x);
-        for n in 1..200 {
-            term *= -x * x / n as f64;
-            total += term / (2 * n + 1) as f64;
-        }
-        total * 2.0 / std::f64::consts::PI.sqrt()
+        let a = x.abs();
+        let value = if a <= 3.0 {
+            let (mut term, mut total) = (a, a);
+            for n in 1..200 {
+                term *= -a * a / n as f64;
+                total += term / (2 * n + 1) as f64;
+            }
+            total * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            let mut fraction = a;
+            for n in (1..200).rev() {
+                fraction = a + (n as f64 / 2.0) / fraction;
+            }
+            1.0 - (-a * a).exp() / (std::f64::consts::PI.sqrt() * fraction)
+        };
+        value.copysign(x)
     }
 
     #[test]
     fn erf_and_tanh_are_accurate() {
-        for i in -3000..=3000 {
-            let x = i as f32 / 1000.0;
-            let e = (erf::<false>(x) as f64 - erf_reference(x as f64)).abs();
-            // 1.5e-7 from the approximation, the rest from f32 rounding
-            // (worst near |x| = 0.25, where 1 - p·e^(-x²) cancels).
-            assert!(e < 6e-7, "erf({x}): error {e:e}");
-            let t = (tanh::<false>(x) as f64 - (x as f64).tanh()).abs();
-            assert!(t < 3e-7, "tanh({x}): error {t:e}");
+        let mut worst = 0f64;
+        for i in -12_000..=12_000 {
+            let x = i as f32 / 2000.0;
+            let want = erf_reference(x as f64);
+            for (fused, got) in [(false, erf::<false>(x)), (true, erf::<true>(x))] {
+                let e = (got as f64 - want).abs();
+                worst = worst.max(e);
+                // 2.4e-8 from the approximation, the rest f32 rounding.
+                assert!(e < 4e-7, "erf({x}), fused {fused}: error {e:e}");
+            }
+            if x.abs() <= 3.0 {
+                let t = (tanh::<false>(x) as f64 - (x as f64).tanh()).abs();
+                assert!(t < 3e-7, "tanh({x}): error {t:e}");
+            }
         }
+        println!("erf: worst |error| {worst:e} over [-6, 6]");
         assert_eq!(erf::<false>(9.0), 1.0);
         assert_eq!(erf::<false>(-9.0), -1.0);
+        assert_eq!(erf::<true>(f32::MAX), 1.0);
+        assert_eq!(erf::<false>(0.0), 0.0);
         assert_eq!(tanh::<false>(50.0), 1.0);
     }
 
