@@ -33,7 +33,7 @@ use ce_model_spec::{DecoderHead, ModelConfig, Tensor as T};
 
 use super::kernels::{self, Activation, View, matmul};
 use super::profile::{Stage, timed};
-use super::{CpuLinear, LinearScratch, Pool, Precision, embedding_row, grown, to_vec};
+use super::{Buffers, CpuLinear, LinearScratch, Pool, Precision, embedding_row, grown, to_vec};
 use crate::encoder::{ForwardOutput, WeightReader, rotary_table};
 use crate::error::{EngineError, Result};
 
@@ -464,15 +464,6 @@ impl CpuDecoder {
         });
     }
 }
-
-/// The scratch buffers [`CpuDecoder::finish_layer`] grows.
-type Buffers<'a> = (
-    &'a mut Vec<f32>,
-    &'a mut Vec<f32>,
-    &'a mut Vec<f32>,
-    &'a mut Vec<f32>,
-    &'a mut LinearScratch,
-);
 
 /// Causal attention of `queries` (rows of `seg`) over the segment's prefix
 /// and its own rows up to each query, every query head reading its group's

@@ -270,6 +270,17 @@ struct Workspace {
     products: LinearScratch,
 }
 
+/// The scratch buffers the rest of a layer grows, encoder and decoder
+/// alike: normed rows, a product's output, the feed-forward block's inner
+/// and gated activations, and the products' own buffers.
+type Buffers<'a> = (
+    &'a mut Vec<f32>,
+    &'a mut Vec<f32>,
+    &'a mut Vec<f32>,
+    &'a mut Vec<f32>,
+    &'a mut LinearScratch,
+);
+
 fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -705,6 +716,14 @@ impl CpuEncoder {
                     }
                 }
             });
+            let observed = peaks.map(|p| (p, index));
+            let buffers = (
+                &mut *normed,
+                &mut *out,
+                &mut *inner,
+                &mut *gated,
+                &mut *products,
+            );
             if cls_only {
                 let (mut cls_hidden, cls_context) = timed(Stage::Norms, || {
                     (
@@ -712,34 +731,12 @@ impl CpuEncoder {
                         gather_rows(context, h, &cls_rows),
                     )
                 });
-                self.finish_layer(
-                    layer,
-                    &mut cls_hidden,
-                    &cls_context,
-                    n,
-                    out,
-                    inner,
-                    gated,
-                    normed,
-                    products,
-                    peaks.map(|p| (p, index)),
-                );
+                self.finish_layer(layer, &mut cls_hidden, &cls_context, n, buffers, observed);
                 timed(Stage::Norms, || {
                     hidden[..n * h].copy_from_slice(&cls_hidden)
                 });
             } else {
-                self.finish_layer(
-                    layer,
-                    hidden,
-                    context,
-                    rows,
-                    out,
-                    inner,
-                    gated,
-                    normed,
-                    products,
-                    peaks.map(|p| (p, index)),
-                );
+                self.finish_layer(layer, hidden, context, rows, buffers, observed);
             }
         }
 
@@ -800,18 +797,13 @@ impl CpuEncoder {
     /// projection and residual, feed-forward and residual, with the norms
     /// after (post-norm) or before (pre-norm) each block; `observed`: where
     /// to record the feed-forward input's peaks, with the layer's index.
-    #[allow(clippy::too_many_arguments)]
     fn finish_layer(
         &self,
         layer: &Layer,
         hidden: &mut [f32],
         context: &[f32],
         rows: usize,
-        out: &mut Vec<f32>,
-        inner: &mut Vec<f32>,
-        gated: &mut Vec<f32>,
-        normed: &mut Vec<f32>,
-        products: &mut LinearScratch,
+        (normed, out, inner, gated, products): Buffers,
         observed: Option<(&ActivationPeaks, usize)>,
     ) {
         let h = self.hidden;
