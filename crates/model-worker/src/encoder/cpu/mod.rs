@@ -381,6 +381,12 @@ fn shard_tokens(precision: Precision) -> usize {
         })
 }
 
+/// Whether attention's products run in bf16 ([`attention_bf16`]): for the
+/// bf16 and int8 encoders, where the CPU multiplies bf16 at heads `dim` wide.
+fn attention_in_bf16(precision: Precision, dim: usize) -> bool {
+    precision != Precision::F32 && attention_bf16::available(dim)
+}
+
 fn to_vec(t: &candle_core::Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
@@ -539,7 +545,7 @@ impl CpuEncoder {
             rotary,
             head,
             shard_tokens: shard_tokens(precision),
-            bf16_attention: precision != Precision::F32 && attention_bf16::available(d),
+            bf16_attention: attention_in_bf16(precision, d),
             smoothed: false,
             workspaces: Pool::new(),
         })
@@ -579,7 +585,7 @@ impl CpuEncoder {
             })
             .collect();
         self.shard_tokens = shard_tokens(Precision::I8);
-        self.bf16_attention = attention_bf16::available(self.head_dim);
+        self.bf16_attention = attention_in_bf16(Precision::I8, self.head_dim);
         // The calibration's buffers were sized for f32 shards.
         self.workspaces = Pool::new();
         self
