@@ -51,6 +51,8 @@
 //!
 //! [Smoothing]: Int8Linear::quantize_smoothed
 
+use std::ops::Range;
+
 /// Output columns per packed block: two AVX-512 registers of i32, or two
 /// AMX tiles.
 const COLS: usize = 32;
@@ -62,6 +64,29 @@ const ROWS: usize = 8;
 /// Rows quantized and multiplied per pass, so that their bytes stay in cache
 /// while every column block reads them.
 const ROW_BLOCK: usize = 192;
+/// Quantized rows, in bytes, that go through every column block before the
+/// next rows do: half a 48 KB L1 (Xeons with AMX, Zen 4 and 5), so that
+/// those rows and one weight panel (12 KB at depth 384) stay in L1 across
+/// the column blocks, where a pass's rows (128 × 384 bytes in an int8
+/// shard) pushed each other out and every block reread them from L2.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const GROUP_BYTES: usize = 24 * 1024;
+
+/// The order a kernel multiplies `rows` rows by `w`'s column blocks in:
+/// (a group of rows, a column block), each group (whole micro-tiles of
+/// `tile_rows`, about [`GROUP_BYTES`]) through every block before the next.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn passes(
+    w: &Int8Linear,
+    rows: usize,
+    tile_rows: usize,
+) -> impl Iterator<Item = (Range<usize>, usize)> {
+    let group = (GROUP_BYTES / w.depth.max(1) / tile_rows).max(1) * tile_rows;
+    let blocks = w.outputs.div_ceil(COLS);
+    (0..rows)
+        .step_by(group)
+        .flat_map(move |g| (0..blocks).map(move |b| (g..(g + group).min(rows), b)))
+}
 
 /// Activation buffers reused across products.
 #[derive(Debug, Default)]
@@ -560,7 +585,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::epilogue::Columns;
-    use super::{COLS, Int8Linear, ROWS, Scratch};
+    use super::{COLS, Int8Linear, ROWS, Scratch, passes};
 
     pub fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -577,15 +602,15 @@ mod vnni {
     pub unsafe fn block(w: &Int8Linear, rows: usize, scratch: &Scratch, dst: &mut [f32]) {
         assert!(scratch.quantized.len() >= rows * w.depth && dst.len() >= rows * w.outputs);
         let quads = w.depth / 4;
-        for block in 0..w.outputs.div_ceil(COLS) {
+        for (group, block) in passes(w, rows, ROWS) {
             let panel = &w.packed[block * quads * COLS * 4..(block + 1) * quads * COLS * 4];
             let o0 = block * COLS;
             let cols = COLS.min(w.outputs - o0);
             // SAFETY: the CPU has AVX-512F; columns o0..o0 + cols exist.
             let columns = unsafe { Columns::load(w, o0, cols) };
-            let mut r = 0;
-            while r < rows {
-                let n = ROWS.min(rows - r);
+            let mut r = group.start;
+            while r < group.end {
+                let n = ROWS.min(group.end - r);
                 let mut acc = [[_mm512_setzero_si512(); 2]; ROWS];
                 // SAFETY: rows r..r+n exist in the scratch (asserted above)
                 // and the panel holds `quads` groups of 128 bytes.
@@ -792,16 +817,10 @@ mod amx {
     use super::super::amx::Tiles;
     use super::super::amx::two_by_two::{self, Multiply};
     use super::epilogue::Columns;
-    use super::{COLS, DEPTH_STEP, Int8Linear, Scratch};
+    use super::{COLS, DEPTH_STEP, Int8Linear, Scratch, passes};
 
     /// Rows per pass: two A tiles of 16.
     pub const ROWS: usize = 32;
-    /// Quantized rows, in bytes, that go through every column block before
-    /// the next rows do: half the 48 KB L1 of the Xeons with AMX, so those
-    /// rows and one 12 KB weight panel (depth 384) stay in L1 across the
-    /// column blocks, where a whole shard's rows (128 × 384 bytes) pushed
-    /// each other out and every block reread them from L2.
-    const GROUP_BYTES: usize = 24 * 1024;
 
     /// Whether the CPU has AMX-INT8 and the process may use the tiles (and
     /// AVX-512F, which every AMX CPU has, for the epilogue).
@@ -828,19 +847,13 @@ mod amx {
         let mut c = [0i32; ROWS * COLS];
         // SAFETY: the caller checked `available`.
         let _tiles = unsafe { Tiles::configure() };
-        // Groups of rows (whole passes), each through every column block.
-        let group = (GROUP_BYTES / w.depth / ROWS).max(1) * ROWS;
-        let blocks = w.outputs.div_ceil(COLS);
-        let passes = (0..rows)
-            .step_by(group)
-            .flat_map(|g| (0..blocks).map(move |b| (g, b)));
-        for (first, block) in passes {
+        for (group, block) in passes(w, rows, ROWS) {
             let panel = &w.packed[block * quads * COLS * 4..(block + 1) * quads * COLS * 4];
             let o0 = block * COLS;
             let cols = COLS.min(w.outputs - o0);
             // SAFETY: `available` saw AVX-512F; columns o0..o0 + cols exist.
             let columns = unsafe { Columns::load(w, o0, cols) };
-            for r in (first..(first + group).min(rows)).step_by(ROWS) {
+            for r in group.step_by(ROWS) {
                 let a = &scratch.quantized[r * a_stride..(r + ROWS) * a_stride];
                 for step in 0..w.depth / DEPTH_STEP {
                     // Each tile load reads 16 rows of 64 bytes: A rows
