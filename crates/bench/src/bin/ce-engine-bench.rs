@@ -79,6 +79,14 @@ struct Args {
     /// each dtype's time went. Adds two clock reads per stage.
     #[arg(long)]
     profile: bool,
+    /// Passes over the workload per dtype, the dtypes interleaved (every
+    /// dtype once per round, each round starting one dtype later), so that
+    /// a machine whose speed drifts during the run slows every dtype alike.
+    /// pairs/s is the median pass's, "vs f32" the median of each round's
+    /// ratio; `--max-seconds` holds per pass. Above 1, every engine stays
+    /// loaded for the whole run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    rounds: u64,
     /// An LLM reranker's shared prompt prefix computed once (`on`), every
     /// sequence whole (`off`), or each dtype both ways (`both`).
     #[arg(long, value_enum, default_value_t = PrefixReuse::On)]
@@ -107,9 +115,17 @@ struct DtypeResult {
     dtype: WeightDType,
     /// Whether a shared prompt prefix was computed once (LLM rerankers).
     prefix_reuse: bool,
+    /// Pairs scored in a pass.
     pairs: usize,
+    /// Seconds over every pass.
     seconds: f64,
+    /// The median pass's (with `--rounds 1`, the only pass's).
     pairs_per_second: f64,
+    /// Each round's pass, in round order.
+    round_pairs_per_second: Vec<f64>,
+    /// Its pairs/s over f32's (prefix reuse on) in the same round: the
+    /// median over rounds.
+    vs_f32: Option<f64>,
     tokens_per_second: f64,
     linear_padding_ratio: f64,
     attention_padding_ratio: f64,
@@ -126,6 +142,166 @@ struct DtypeResult {
     fidelity: Option<Fidelity>,
     /// With `--golden`: the largest |logit − transformers| on the golden pairs.
     golden_max_abs_diff: Option<f32>,
+}
+
+/// One timed pass of an engine over the workload's batches.
+#[derive(Debug, Default)]
+struct Pass {
+    pairs: usize,
+    tokens: usize,
+    /// Attention slots computed, pads included.
+    slots: usize,
+    flops: f64,
+    seconds: f64,
+    /// Each batch's first logits, when they are kept for `--fidelity`.
+    scored: Vec<Vec<f32>>,
+    /// With `--profile`: seconds per stage over every thread.
+    stages: Vec<(&'static str, f64)>,
+}
+
+impl Pass {
+    /// Scores `batches` in order until they run out or `max_seconds` pass.
+    fn run(
+        engine: &Engine,
+        batches: &[TokenBatch],
+        batch_flops: &[f64],
+        max_seconds: f64,
+        profiled: bool,
+        keep_scores: bool,
+    ) -> anyhow::Result<Self> {
+        let mut pass = Pass::default();
+        profile::enable(profiled);
+        let started = Instant::now();
+        for (batch, batch_flop) in batches.iter().zip(batch_flops) {
+            let scores = engine.score(batch)?;
+            if keep_scores {
+                pass.scored.push(scores.first_logits());
+            }
+            pass.pairs += batch.len();
+            pass.tokens += scores.tokens;
+            pass.slots += scores.attention_slots;
+            pass.flops += batch_flop;
+            if started.elapsed().as_secs_f64() > max_seconds {
+                break;
+            }
+        }
+        pass.seconds = started.elapsed().as_secs_f64();
+        if profiled {
+            pass.stages = profile::seconds()
+                .into_iter()
+                .map(|(stage, s)| (stage.as_str(), s))
+                .collect();
+        }
+        profile::enable(false);
+        Ok(pass)
+    }
+
+    fn pairs_per_second(&self) -> f64 {
+        self.pairs as f64 / self.seconds
+    }
+}
+
+/// One dtype (and prefix setting) under test: its engine while it is
+/// needed, and its passes.
+struct Contender {
+    dtype: WeightDType,
+    prefix_reuse: bool,
+    engine: Option<Engine>,
+    runs_cpu_kernels: bool,
+    load_seconds: f64,
+    passes: Vec<Pass>,
+    golden_max_abs_diff: Option<f32>,
+}
+
+impl Contender {
+    fn new(dtype: WeightDType, prefix_reuse: bool, engine: Engine, load_seconds: f64) -> Self {
+        Self {
+            dtype,
+            prefix_reuse,
+            runs_cpu_kernels: engine.runs_cpu_kernels(),
+            engine: Some(engine),
+            load_seconds,
+            passes: Vec::new(),
+            golden_max_abs_diff: None,
+        }
+    }
+
+    fn add(&mut self, pass: Pass) {
+        self.passes.push(pass);
+    }
+
+    /// Pairs/s of each pass, round by round.
+    fn rates(&self) -> Vec<f64> {
+        self.passes.iter().map(Pass::pairs_per_second).collect()
+    }
+
+    /// The report's row: the median pass's rates (the only pass's, with
+    /// one round), the ratio to f32 as the median of the rounds' own
+    /// ratios, stages summed over the passes, fidelity from the first.
+    fn result(
+        self,
+        reference: Option<&[Vec<f32>]>,
+        f32_rates: Option<&[f64]>,
+        gemm_peak: f64,
+        own_peak: f64,
+    ) -> DtypeResult {
+        let rates = self.rates();
+        let pairs_per_second = median(&rates);
+        let first = &self.passes[0];
+        // Per pair of the first pass (every pass scores the same batches
+        // from the start, so the ratios hold for the median one too).
+        let per_pair = |total: f64| total / first.pairs.max(1) as f64;
+        let useful_gflops = pairs_per_second * per_pair(first.flops) / 1e9;
+        let vs_f32 = f32_rates
+            .filter(|f| f.len() == rates.len())
+            .map(|f| median(&rates.iter().zip(f).map(|(r, f)| r / f).collect::<Vec<_>>()));
+        let mut stages: Vec<(&'static str, f64)> =
+            first.stages.iter().map(|&(n, _)| (n, 0.0)).collect();
+        for pass in &self.passes {
+            for ((_, total), (_, s)) in stages.iter_mut().zip(&pass.stages) {
+                *total += s;
+            }
+        }
+        DtypeResult {
+            dtype: self.dtype,
+            prefix_reuse: self.prefix_reuse,
+            pairs: first.pairs,
+            seconds: self.passes.iter().map(|p| p.seconds).sum(),
+            pairs_per_second,
+            round_pairs_per_second: rates,
+            vs_f32,
+            tokens_per_second: pairs_per_second * per_pair(first.tokens as f64),
+            linear_padding_ratio: 1.0,
+            attention_padding_ratio: first.slots as f64 / first.tokens.max(1) as f64,
+            useful_gflops,
+            fraction_of_peak: useful_gflops / gemm_peak,
+            fraction_of_own_peak: useful_gflops / own_peak,
+            stages,
+            load_seconds: self.load_seconds,
+            fidelity: reference
+                .map(|want| Fidelity::of(&first.scored, &want[..first.scored.len()])),
+            golden_max_abs_diff: self.golden_max_abs_diff,
+        }
+    }
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// A row's name: the dtype, and the prefix setting when it is off.
+fn label(dtype: WeightDType, prefix_reuse: bool) -> String {
+    match prefix_reuse {
+        true => dtype.to_string(),
+        false => format!("{dtype}, prefix reuse off"),
+    }
 }
 
 /// The golden fixture's pairs: token ids and transformers' logits.
@@ -216,10 +392,7 @@ impl Fidelity {
 impl DtypeResult {
     /// The row's name: the dtype, and the prefix setting when it is off.
     fn label(&self) -> String {
-        match self.prefix_reuse {
-            true => self.dtype.to_string(),
-            false => format!("{}, prefix reuse off", self.dtype),
-        }
+        label(self.dtype, self.prefix_reuse)
     }
 }
 
@@ -315,90 +488,92 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let gflop_per_pair = batch_flops.iter().sum::<f64>() / total_pairs as f64 / 1e9;
 
-    let mut results = Vec::new();
-    let runs = args
+    let settings: Vec<(WeightDType, bool)> = args
         .dtypes
         .iter()
-        .flat_map(|&d| args.prefix_reuse.settings().iter().map(move |&r| (d, r)));
-    for (dtype, prefix_reuse) in runs {
-        let mut engine_config = EngineConfig::new(&args.model);
-        engine_config.dtype = dtype;
-        engine_config.prefix_reuse = prefix_reuse;
-        engine_config.device = args.device;
-        let load_started = Instant::now();
-        let engine = Engine::load(&engine_config)?;
-        gpu = gpu.or_else(|| engine.gpu().cloned());
-        let load_seconds = load_started.elapsed().as_secs_f64();
-        // Warm-up: first-touch of weights and allocator growth.
-        engine.score(&batches[0])?;
-
-        let (mut pairs, mut tokens, mut slots, mut flops) = (0usize, 0usize, 0usize, 0f64);
-        let profiled = args.profile && engine.runs_cpu_kernels();
-        profile::enable(profiled);
-        let mut scored = Vec::new();
-        let started = Instant::now();
-        for (batch, batch_flop) in batches.iter().zip(&batch_flops) {
-            let scores = engine.score(batch)?;
-            if reference_scores.is_some() {
-                scored.push(scores.first_logits());
+        .flat_map(|&d| args.prefix_reuse.settings().iter().map(move |&r| (d, r)))
+        .collect();
+    let rounds = args.rounds as usize;
+    let mut contenders: Vec<Contender> = Vec::with_capacity(settings.len());
+    for round in 0..rounds {
+        // Each round starts one dtype later, so that none always runs
+        // first (or right after the same neighbour).
+        for k in 0..settings.len() {
+            let i = (round + k) % settings.len();
+            if round == 0 {
+                let (dtype, prefix_reuse) = settings[i];
+                let mut engine_config = EngineConfig::new(&args.model);
+                engine_config.dtype = dtype;
+                engine_config.prefix_reuse = prefix_reuse;
+                engine_config.device = args.device;
+                let load_started = Instant::now();
+                let engine = Engine::load(&engine_config)?;
+                gpu = gpu.or_else(|| engine.gpu().cloned());
+                let load_seconds = load_started.elapsed().as_secs_f64();
+                // Warm-up: first-touch of weights and allocator growth.
+                engine.score(&batches[0])?;
+                contenders.push(Contender::new(dtype, prefix_reuse, engine, load_seconds));
             }
-            pairs += batch.len();
-            tokens += scores.tokens;
-            slots += scores.attention_slots;
-            flops += batch_flop;
-            if started.elapsed().as_secs_f64() > args.max_seconds {
-                break;
+            let c = &mut contenders[i];
+            let Some(engine) = &c.engine else {
+                continue;
+            };
+            let profiled = args.profile && engine.runs_cpu_kernels();
+            let pass = Pass::run(
+                engine,
+                &batches,
+                &batch_flops,
+                args.max_seconds,
+                profiled,
+                round == 0 && reference_scores.is_some(),
+            )?;
+            if round == 0 {
+                c.golden_max_abs_diff = golden
+                    .as_ref()
+                    .map(|g| g.max_abs_diff(engine))
+                    .transpose()?;
+            }
+            eprintln!(
+                "{}{}: {:.1} pairs/s over {} pairs",
+                label(c.dtype, c.prefix_reuse),
+                match rounds {
+                    1 => String::new(),
+                    _ => format!(" (round {} of {rounds})", round + 1),
+                },
+                pass.pairs_per_second(),
+                pass.pairs
+            );
+            c.add(pass);
+            // One round: each engine is freed before the next loads, as
+            // without rounds; several keep every engine loaded.
+            if rounds == 1 {
+                c.engine = None;
             }
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let stages = match profiled {
-            true => profile::seconds()
-                .into_iter()
-                .map(|(stage, s)| (stage.as_str(), s))
-                .collect(),
-            false => Vec::new(),
-        };
-        profile::enable(false);
-        let golden_max_abs_diff = golden
-            .as_ref()
-            .map(|g| g.max_abs_diff(&engine))
-            .transpose()?;
-        let useful_gflops = flops / seconds / 1e9;
-        let own_peak = reduced_peaks
-            .iter()
-            .find(|p| match p.precision {
-                Reduced::I8 => dtype == WeightDType::I8,
-                Reduced::Bf16 => dtype == WeightDType::Bf16,
-            })
-            .filter(|_| engine.runs_cpu_kernels())
-            .map_or(peak.gflops, |p| p.gops);
-        let r = DtypeResult {
-            dtype,
-            prefix_reuse,
-            pairs,
-            seconds,
-            pairs_per_second: pairs as f64 / seconds,
-            tokens_per_second: tokens as f64 / seconds,
-            linear_padding_ratio: 1.0,
-            attention_padding_ratio: slots as f64 / tokens as f64,
-            useful_gflops,
-            fraction_of_peak: useful_gflops / peak.gflops,
-            fraction_of_own_peak: useful_gflops / own_peak,
-            stages,
-            load_seconds,
-            fidelity: reference_scores
-                .as_ref()
-                .map(|want| Fidelity::of(&scored, &want[..scored.len()])),
-            golden_max_abs_diff,
-        };
-        eprintln!(
-            "{}: {:.1} pairs/s over {} pairs",
-            r.label(),
-            r.pairs_per_second,
-            r.pairs
-        );
-        results.push(r);
     }
+    let f32_rates = contenders
+        .iter()
+        .find(|c| c.dtype == WeightDType::F32 && c.prefix_reuse)
+        .map(|c| c.rates());
+    let results: Vec<DtypeResult> = contenders
+        .into_iter()
+        .map(|c| {
+            let own_peak = reduced_peaks
+                .iter()
+                .find(|p| match p.precision {
+                    Reduced::I8 => c.dtype == WeightDType::I8,
+                    Reduced::Bf16 => c.dtype == WeightDType::Bf16,
+                })
+                .filter(|_| c.runs_cpu_kernels)
+                .map_or(peak.gflops, |p| p.gops);
+            c.result(
+                reference_scores.as_deref(),
+                f32_rates.as_deref(),
+                peak.gflops,
+                own_peak,
+            )
+        })
+        .collect();
 
     let report = Report {
         device: args.device.to_string(),
@@ -446,24 +621,36 @@ fn print_markdown(r: &Report) {
     for p in &r.reduced_peaks {
         println!("{}\n", p.describe(r.gemm_peak.gflops));
     }
+    let rounds = r
+        .results
+        .first()
+        .map_or(1, |x| x.round_pairs_per_second.len());
+    if rounds > 1 {
+        println!(
+            "{rounds} rounds, the dtypes interleaved: pairs/s is the median pass's (the slowest and fastest passes in brackets), vs f32 the median of each round's ratio\n"
+        );
+    }
     println!(
         "| dtype | pairs | pairs/s | tokens/s | padded/real (linear) | padded/real (attention) | useful GFLOP/s | % of f32 GEMM peak | % of its product's peak | vs f32 |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let f32_rate = r
-        .results
-        .iter()
-        .find(|x| x.dtype == WeightDType::F32 && x.prefix_reuse)
-        .map(|x| x.pairs_per_second);
     for x in &r.results {
-        let vs = f32_rate.map_or("–".to_string(), |f| {
-            format!("{:.2}×", x.pairs_per_second / f)
-        });
+        let vs = x.vs_f32.map_or("–".to_string(), |v| format!("{v:.2}×"));
+        let rate = match x.round_pairs_per_second.len() {
+            0 | 1 => format!("{:.1}", x.pairs_per_second),
+            _ => {
+                let (lo, hi) = x
+                    .round_pairs_per_second
+                    .iter()
+                    .fold((f64::INFINITY, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                format!("{:.1} ({lo:.1}–{hi:.1})", x.pairs_per_second)
+            }
+        };
         println!(
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.3} | {:.1} | {:.1}% | {:.1}% | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.3} | {:.1} | {:.1}% | {:.1}% | {} |",
             x.label(),
             x.pairs,
-            x.pairs_per_second,
+            rate,
             x.tokens_per_second,
             x.linear_padding_ratio,
             x.attention_padding_ratio,
@@ -543,5 +730,18 @@ fn print_profile(results: &[DtypeResult]) {
             .map(|(r, total)| format!("{:.1}%", 100.0 * r.stages[row].1 / total))
             .collect();
         println!("| {name} | {} |", cells.join(" | "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_is_the_middle_pass() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert!(median(&[]).is_nan());
     }
 }
