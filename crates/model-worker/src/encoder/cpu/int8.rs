@@ -65,10 +65,11 @@ const ROWS: usize = 8;
 /// while every column block reads them.
 const ROW_BLOCK: usize = 192;
 /// Quantized rows, in bytes, that go through every column block before the
-/// next rows do: half a 48 KB L1 (Xeons with AMX, Zen 4 and 5), so that
-/// those rows and one weight panel (12 KB at depth 384) stay in L1 across
-/// the column blocks, where a pass's rows (128 × 384 bytes in an int8
-/// shard) pushed each other out and every block reread them from L2.
+/// next rows do: half the 48 KB L1 of the Xeons with AMX and of Zen 5, so
+/// that those rows and one weight panel (12 KB at depth 384) stay in L1
+/// across the column blocks, where a pass's rows (128 × 384 bytes in an
+/// int8 shard) pushed each other out and every block reread them from L2.
+/// (Zen 4's L1 is 32 KB: there the pair overflows it by a little.)
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const GROUP_BYTES: usize = 24 * 1024;
 
@@ -421,13 +422,20 @@ fn quantize_activations(
     lows: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe {
-            quantize_avx512::quantize_activations(x, inputs, depth, input_scales, out, scales, lows)
-        };
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let rows = x.chunks_exact(inputs).zip(out.chunks_exact_mut(depth));
+    for ((row, q), (scale, low)) in rows.zip(scales.iter_mut().zip(lows.iter_mut())) {
+        let q = &mut q[..inputs];
+        #[cfg(target_arch = "x86_64")]
+        if avx512 {
+            // SAFETY: the CPU has AVX-512F.
+            (*scale, *low) = unsafe { quantize_avx512::row_to_levels(row, input_scales, q) };
+            continue;
+        }
+        let mut levels = (0.0, 0.0);
+        row_to_levels_portable(row, input_scales, q, &mut levels);
+        (*scale, *low) = levels;
     }
-    quantize_activations_portable(x, inputs, depth, input_scales, out, scales, lows)
 }
 
 /// Adding 1.5 · 2^23 rounds a float in [0, 2^22) to the nearest integer
@@ -444,25 +452,6 @@ mod quantize_avx512 {
     use std::arch::x86_64::*;
 
     use super::ROUND;
-
-    /// # Safety
-    /// The CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn quantize_activations(
-        x: &[f32],
-        inputs: usize,
-        depth: usize,
-        input_scales: Option<&[f32]>,
-        out: &mut [u8],
-        scales: &mut [f32],
-        lows: &mut [f32],
-    ) {
-        assert!(depth >= inputs && input_scales.is_none_or(|m| m.len() >= inputs));
-        let rows = x.chunks_exact(inputs).zip(out.chunks_exact_mut(depth));
-        for ((row, q), (scale, low)) in rows.zip(scales.iter_mut().zip(lows.iter_mut())) {
-            (*scale, *low) = row_to_levels(row, input_scales, &mut q[..inputs]);
-        }
-    }
 
     /// The lanes of `mask` from `row[i..]`, times `input_scales[i..]`
     /// where given; 0 elsewhere.
@@ -489,10 +478,17 @@ mod quantize_avx512 {
         }
     }
 
-    #[inline]
+    /// One row's levels into `q` (as long as `row`); its (scale, lo).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
-    fn row_to_levels(row: &[f32], input_scales: Option<&[f32]>, q: &mut [u8]) -> (f32, f32) {
-        assert_eq!(row.len(), q.len());
+    pub unsafe fn row_to_levels(
+        row: &[f32],
+        input_scales: Option<&[f32]>,
+        q: &mut [u8],
+    ) -> (f32, f32) {
+        assert!(row.len() == q.len() && input_scales.is_none_or(|m| m.len() >= row.len()));
         let len = row.len();
         // Four chains of each, so that a min waits for the one four back;
         // whole registers unmasked, the ragged end masked.
@@ -540,15 +536,13 @@ mod quantize_avx512 {
 }
 
 super::kernels::vectorized! {
-    /// [`quantize_activations`] where the CPU has no AVX-512.
-    fn quantize_activations_portable(
-        x: &[f32],
-        inputs: usize,
-        depth: usize,
+    /// One row's levels into `q` (as long as `row`); its (scale, lo) into
+    /// `levels`. [`quantize_activations`] where the CPU has no AVX-512.
+    fn row_to_levels_portable(
+        row: &[f32],
         input_scales: Option<&[f32]>,
-        out: &mut [u8],
-        scales: &mut [f32],
-        lows: &mut [f32],
+        q: &mut [u8],
+        levels: &mut (f32, f32),
     ) {
         #[inline(always)]
         fn row_to_levels(values: impl Iterator<Item = f32> + Clone, q: &mut [u8]) -> (f32, f32) {
@@ -563,13 +557,10 @@ super::kernels::vectorized! {
             }
             (s, lo)
         }
-        let rows = x.chunks_exact(inputs).zip(out.chunks_exact_mut(depth));
-        for ((row, q), (scale, low)) in rows.zip(scales.iter_mut().zip(lows.iter_mut())) {
-            (*scale, *low) = match input_scales {
-                Some(m) => row_to_levels(row.iter().zip(m).map(|(v, m)| v * m), q),
-                None => row_to_levels(row.iter().copied(), q),
-            };
-        }
+        *levels = match input_scales {
+            Some(m) => row_to_levels(row.iter().zip(m).map(|(v, m)| v * m), q),
+            None => row_to_levels(row.iter().copied(), q),
+        };
     }
 }
 
@@ -1119,38 +1110,28 @@ mod tests {
             for input_scales in [None, Some(&smoothing[..])] {
                 let run = |simd: bool| {
                     let mut q = vec![7u8; rows * depth];
-                    let (mut s, mut l) = (vec![0f32; rows], vec![0f32; rows]);
-                    match simd {
-                        // SAFETY: AVX-512F checked above.
-                        true => unsafe {
-                            quantize_avx512::quantize_activations(
-                                &x,
-                                inputs,
-                                depth,
-                                input_scales,
-                                &mut q,
-                                &mut s,
-                                &mut l,
-                            )
-                        },
-                        false => quantize_activations_portable(
-                            &x,
-                            inputs,
-                            depth,
-                            input_scales,
-                            &mut q,
-                            &mut s,
-                            &mut l,
-                        ),
+                    let mut levels = Vec::new();
+                    for (row, q) in x.chunks_exact(inputs).zip(q.chunks_exact_mut(depth)) {
+                        let q = &mut q[..inputs];
+                        levels.push(match simd {
+                            // SAFETY: AVX-512F checked above.
+                            true => unsafe { quantize_avx512::row_to_levels(row, input_scales, q) },
+                            false => {
+                                let mut l = (0.0, 0.0);
+                                row_to_levels_portable(row, input_scales, q, &mut l);
+                                l
+                            }
+                        });
                     }
-                    (q, s, l)
+                    (q, levels)
                 };
                 let (want, got) = (run(false), run(true));
                 let what = format!("{inputs} inputs, smoothed {}", input_scales.is_some());
                 assert_eq!(got.0, want.0, "levels, {what}");
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got.1), bits(&want.1), "scales, {what}");
-                assert_eq!(got.2, want.2, "lows, {what}");
+                for ((gs, gl), (ws, wl)) in got.1.iter().zip(&want.1) {
+                    assert_eq!(gs.to_bits(), ws.to_bits(), "scale, {what}");
+                    assert_eq!(gl, wl, "low, {what}");
+                }
             }
         }
     }
