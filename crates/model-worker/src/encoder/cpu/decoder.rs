@@ -33,7 +33,7 @@ use ce_model_spec::{DecoderHead, ModelConfig, Tensor as T};
 
 use super::kernels::{self, Activation, View, matmul};
 use super::profile::{Stage, timed};
-use super::{Buffers, CpuLinear, LinearScratch, Pool, Precision, embedding_row, grown, to_vec};
+use super::{CpuLinear, LayerBuffers, Pool, Precision, embedding_row, grown, to_vec};
 use crate::encoder::{ForwardOutput, WeightReader, rotary_table};
 use crate::error::{EngineError, Result};
 
@@ -106,16 +106,12 @@ pub struct CpuDecoder {
 #[derive(Debug, Default)]
 struct Workspace {
     hidden: Vec<f32>,
-    normed: Vec<f32>,
     qkv: Vec<f32>,
     context: Vec<f32>,
-    out: Vec<f32>,
-    inner: Vec<f32>,
-    gated: Vec<f32>,
     keys: Vec<f32>,
     values: Vec<f32>,
     scores: Vec<f32>,
-    products: LinearScratch,
+    buffers: LayerBuffers,
 }
 
 /// Sequences of a batch whose first `shared` tokens are the same.
@@ -317,16 +313,12 @@ impl CpuDecoder {
         let rows = plan.ids.len();
         let Workspace {
             hidden,
-            normed,
             qkv,
             context,
-            out,
-            inner,
-            gated,
             keys,
             values,
             scores,
-            products,
+            buffers,
         } = ws;
         let hidden = grown(hidden, rows * h);
         timed(Stage::Embed, || -> Result<()> {
@@ -345,13 +337,15 @@ impl CpuDecoder {
         let last = self.layers.len().saturating_sub(1);
         for (index, layer) in self.layers.iter().enumerate() {
             let final_layer = index == last;
-            let normed_rows = grown(normed, rows * h);
+            let normed_rows = grown(&mut buffers.normed, rows * h);
             timed(Stage::Norms, || {
                 kernels::rms_norm_into(hidden, normed_rows, &layer.input_norm, s.eps)
             });
             let qkv = grown(qkv, rows * s.qkv_width());
             timed(Stage::Qkv, || {
-                layer.qkv.product(normed_rows, rows, qkv, products);
+                layer
+                    .qkv
+                    .product(normed_rows, rows, qkv, &mut buffers.products);
                 kernels::add_bias(qkv, layer.qkv.bias());
             });
             timed(Stage::Attention, || {
@@ -370,13 +364,6 @@ impl CpuDecoder {
                     attend(s, qkv, seg, queries, context, (keys, values, scores));
                 }
             });
-            let buffers = (
-                &mut *normed,
-                &mut *out,
-                &mut *inner,
-                &mut *gated,
-                &mut *products,
-            );
             if final_layer {
                 // The rest of the last layer on the members' last rows only.
                 let mut last_hidden = gather(hidden, h, &last_rows);
@@ -396,7 +383,8 @@ impl CpuDecoder {
             let mut pooled = vec![0f32; members * h];
             kernels::rms_norm_into(&last_hidden, &mut pooled, &self.final_norm, s.eps);
             let mut logits = vec![0f32; members * self.head.outputs()];
-            self.head.product(&pooled, members, &mut logits, products);
+            self.head
+                .product(&pooled, members, &mut logits, &mut buffers.products);
             Ok((logits, pooled))
         })
     }
@@ -435,29 +423,31 @@ impl CpuDecoder {
         layer: &DecoderLayer,
         hidden: &mut [f32],
         context: &[f32],
-        (normed, out, inner, gated, products): Buffers,
+        buffers: &mut LayerBuffers,
     ) {
         let h = self.shape.hidden;
         let rows = hidden.len() / h;
-        let out = grown(out, rows * h);
+        let out = grown(&mut buffers.out, rows * h);
         timed(Stage::AttentionOut, || {
-            layer.out.product(context, rows, out, products)
+            layer.out.product(context, rows, out, &mut buffers.products)
         });
-        let normed = grown(normed, rows * h);
+        let normed = grown(&mut buffers.normed, rows * h);
         timed(Stage::Norms, || {
             kernels::add_residual(hidden, out, layer.out.bias());
             kernels::rms_norm_into(hidden, normed, &layer.post_norm, self.shape.eps);
         });
-        let inner = grown(inner, rows * layer.gate_up.outputs());
+        let inner = grown(&mut buffers.inner, rows * layer.gate_up.outputs());
         timed(Stage::FeedForwardIn, || {
-            layer.gate_up.product(normed, rows, inner, products)
+            layer
+                .gate_up
+                .product(normed, rows, inner, &mut buffers.products)
         });
-        let gated = grown(gated, rows * layer.gate_up.outputs() / 2);
+        let gated = grown(&mut buffers.gated, rows * layer.gate_up.outputs() / 2);
         timed(Stage::Activation, || {
             kernels::gated_activation(inner, layer.gate_up.bias(), Activation::Silu, gated)
         });
         timed(Stage::FeedForwardOut, || {
-            layer.down.product(gated, rows, out, products)
+            layer.down.product(gated, rows, out, &mut buffers.products)
         });
         timed(Stage::Norms, || {
             kernels::add_residual(hidden, out, layer.down.bias())

@@ -260,26 +260,27 @@ struct Layer {
 #[derive(Debug, Default)]
 struct Workspace {
     hidden: Vec<f32>,
-    normed: Vec<f32>,
     qkv: Vec<f32>,
     context: Vec<f32>,
-    out: Vec<f32>,
-    inner: Vec<f32>,
-    gated: Vec<f32>,
     attention: AttentionScratch,
-    products: LinearScratch,
+    buffers: LayerBuffers,
 }
 
 /// The scratch buffers the rest of a layer grows, encoder and decoder
-/// alike: normed rows, a product's output, the feed-forward block's inner
-/// and gated activations, and the products' own buffers.
-type Buffers<'a> = (
-    &'a mut Vec<f32>,
-    &'a mut Vec<f32>,
-    &'a mut Vec<f32>,
-    &'a mut Vec<f32>,
-    &'a mut LinearScratch,
-);
+/// alike (each shard's workspace holds one).
+#[derive(Debug, Default)]
+struct LayerBuffers {
+    /// Normed rows.
+    normed: Vec<f32>,
+    /// A product's output.
+    out: Vec<f32>,
+    /// The feed-forward block's inner activations.
+    inner: Vec<f32>,
+    /// Its gated activations (GeGLU, SwiGLU).
+    gated: Vec<f32>,
+    /// The products' own buffers.
+    products: LinearScratch,
+}
 
 fn grown(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
@@ -650,18 +651,20 @@ impl CpuEncoder {
         let rows = batch.range(pairs.end - 1).end - first_row;
         let Workspace {
             hidden,
-            normed,
             qkv,
             context,
-            out,
-            inner,
-            gated,
             attention,
-            products,
+            buffers,
         } = ws;
         let hidden = grown(hidden, rows * h);
         timed(Stage::Embed, || {
-            self.embed(batch, pairs.clone(), first_row, hidden, products)
+            self.embed(
+                batch,
+                pairs.clone(),
+                first_row,
+                hidden,
+                &mut buffers.products,
+            )
         })?;
         let n = pairs.len();
         let cls_rows: Vec<usize> = pairs
@@ -675,7 +678,7 @@ impl CpuEncoder {
             // state itself.
             let input: &[f32] = match (&layer.attention_norm, self.modern) {
                 (Some(norm), true) => {
-                    let normed = grown(normed, rows * h);
+                    let normed = grown(&mut buffers.normed, rows * h);
                     timed(Stage::Norms, || {
                         norm.normalize_into(hidden, normed, self.eps)
                     });
@@ -688,7 +691,7 @@ impl CpuEncoder {
             }
             let qkv = grown(qkv, rows * 3 * h);
             timed(Stage::Qkv, || {
-                layer.qkv.product(input, rows, qkv, products);
+                layer.qkv.product(input, rows, qkv, &mut buffers.products);
                 kernels::add_bias(qkv, layer.qkv.bias());
             });
 
@@ -723,13 +726,6 @@ impl CpuEncoder {
                 }
             });
             let observed = peaks.map(|p| (p, index));
-            let buffers = (
-                &mut *normed,
-                &mut *out,
-                &mut *inner,
-                &mut *gated,
-                &mut *products,
-            );
             if cls_only {
                 let (mut cls_hidden, cls_context) = timed(Stage::Norms, || {
                     (
@@ -763,7 +759,7 @@ impl CpuEncoder {
                 }
                 Pooling::Mean => {
                     if let Some(norm) = &self.final_norm {
-                        let normed = grown(normed, rows * h);
+                        let normed = grown(&mut buffers.normed, rows * h);
                         norm.normalize_into(hidden, normed, self.eps);
                         hidden.copy_from_slice(normed);
                     }
@@ -783,7 +779,9 @@ impl CpuEncoder {
                 }
             }
             let mut vector = vec![0f32; n * h];
-            self.head.dense.product(&pooled, n, &mut vector, products);
+            self.head
+                .dense
+                .product(&pooled, n, &mut vector, &mut buffers.products);
             kernels::bias_activation(&mut vector, self.head.dense.bias(), self.head.activation);
             if let Some(norm) = &self.head.norm {
                 let copy = vector.clone();
@@ -792,7 +790,7 @@ impl CpuEncoder {
             let mut logits = vec![0f32; n * self.head.classifier.outputs()];
             self.head
                 .classifier
-                .product(&vector, n, &mut logits, products);
+                .product(&vector, n, &mut logits, &mut buffers.products);
             kernels::add_bias(&mut logits, self.head.classifier.bias());
             (logits, vector)
         });
@@ -809,7 +807,7 @@ impl CpuEncoder {
         hidden: &mut [f32],
         context: &[f32],
         rows: usize,
-        (normed, out, inner, gated, products): Buffers,
+        buffers: &mut LayerBuffers,
         observed: Option<(&ActivationPeaks, usize)>,
     ) {
         let h = self.hidden;
@@ -819,28 +817,34 @@ impl CpuEncoder {
                 peaks.observe(index, Observed::FeedForwardIn, input, h);
             }
         };
-        let out = grown(out, rows * h);
+        let out = grown(&mut buffers.out, rows * h);
         timed(Stage::AttentionOut, || {
-            layer.attention_out.product(context, rows, out, products)
+            layer
+                .attention_out
+                .product(context, rows, out, &mut buffers.products)
         });
-        let inner = grown(inner, rows * layer.intermediate.outputs());
+        let inner = grown(&mut buffers.inner, rows * layer.intermediate.outputs());
         if self.modern {
-            let normed = grown(normed, rows * h);
+            let normed = grown(&mut buffers.normed, rows * h);
             timed(Stage::Norms, || {
                 kernels::add_residual(hidden, out, layer.attention_out.bias());
                 layer.output_norm.normalize_into(hidden, normed, self.eps);
             });
             observe(normed);
             timed(Stage::FeedForwardIn, || {
-                layer.intermediate.product(normed, rows, inner, products)
+                layer
+                    .intermediate
+                    .product(normed, rows, inner, &mut buffers.products)
             });
             let width = layer.intermediate.outputs() / 2;
-            let gated = grown(gated, rows * width);
+            let gated = grown(&mut buffers.gated, rows * width);
             timed(Stage::Activation, || {
                 kernels::gated_activation(inner, layer.intermediate.bias(), self.activation, gated)
             });
             timed(Stage::FeedForwardOut, || {
-                layer.output.product(gated, rows, out, products)
+                layer
+                    .output
+                    .product(gated, rows, out, &mut buffers.products)
             });
             timed(Stage::Norms, || {
                 kernels::add_residual(hidden, out, layer.output.bias())
@@ -854,13 +858,17 @@ impl CpuEncoder {
         }
         observe(hidden);
         timed(Stage::FeedForwardIn, || {
-            layer.intermediate.product(hidden, rows, inner, products)
+            layer
+                .intermediate
+                .product(hidden, rows, inner, &mut buffers.products)
         });
         timed(Stage::Activation, || {
             kernels::bias_activation(inner, layer.intermediate.bias(), self.activation)
         });
         timed(Stage::FeedForwardOut, || {
-            layer.output.product(inner, rows, out, products)
+            layer
+                .output
+                .product(inner, rows, out, &mut buffers.products)
         });
         timed(Stage::Norms, || {
             layer
