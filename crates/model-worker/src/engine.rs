@@ -155,9 +155,14 @@ impl Engine {
             Some(DecoderHead::YesNo) => Some(yes_no_tokens(&tokenizer)?),
             _ => None,
         };
-        let calibration = match (config.dtype, decoder_head) {
-            (WeightDType::I8, None) if crate::int8_smoothing() => {
-                Some(crate::encoder::cpu::calibration::text_batch(&tokenizer)?)
+        let calibration = match config.dtype {
+            WeightDType::I8 if crate::int8_smoothing() => {
+                use crate::encoder::cpu::calibration;
+                let max_tokens = match decoder_head {
+                    Some(_) => calibration::DECODER_TOKENS,
+                    None => usize::MAX,
+                };
+                Some(calibration::text_batch(&tokenizer, max_tokens)?)
             }
             _ => None,
         };

@@ -226,7 +226,7 @@ fn int8_smoothing_brings_logits_closer_to_f32() {
     let want = reference.score(&batch).unwrap().logits;
     let files = ModelFiles::resolve(&support::model_dir().to_string_lossy()).unwrap();
     let config = ModelConfig::from_file(&files.config).unwrap();
-    let text = calibration::text_batch(reference.tokenizer()).unwrap();
+    let text = calibration::text_batch(reference.tokenizer(), usize::MAX).unwrap();
     let errors = |calibration: Option<TokenBatch>| {
         let model = CrossEncoder::load(
             &files.weights,

@@ -561,8 +561,8 @@ pub struct LoadOptions {
     pub yes_no_tokens: Option<[u32; 2]>,
     /// Whether the CPU decoder computes a prefix its sequences share once.
     pub prefix_reuse: bool,
-    /// Text, tokenized, on which the CPU encoder calibrates its int8
-    /// smoothing ([`cpu::calibration`]); `None`: int8 unsmoothed.
+    /// Text, tokenized, on which the CPU encoder or decoder calibrates its
+    /// int8 smoothing ([`cpu::calibration`]); `None`: int8 unsmoothed.
     pub calibration: Option<TokenBatch>,
 }
 
@@ -628,6 +628,7 @@ impl CrossEncoder {
                     head_rows,
                     precision,
                     options.prefix_reuse,
+                    options.calibration.as_ref(),
                 )?))
             }
             (_, true) => Encoder::CandleDecoder(decoder::CandleDecoder::load(
@@ -681,10 +682,15 @@ impl CrossEncoder {
         &self.device
     }
 
-    /// Whether the CPU encoder runs this model in int8 with the
-    /// residual stream's products smoothed ([`cpu::calibration`]).
+    /// Whether the CPU encoder or decoder runs this model in int8 with the
+    /// products that read the residual stream smoothed
+    /// ([`cpu::calibration`]).
     pub fn int8_smoothed(&self) -> bool {
-        matches!(&self.encoder, Encoder::Cpu(e) if e.smoothed())
+        match &self.encoder {
+            Encoder::Cpu(e) => e.smoothed(),
+            Encoder::CpuDecoder(d) => d.smoothed(),
+            Encoder::Candle(_) | Encoder::CandleDecoder(_) => false,
+        }
     }
 
     /// Whether the CPU encoder (rather than candle) runs this model.

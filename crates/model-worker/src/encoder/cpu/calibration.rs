@@ -13,6 +13,12 @@
 //! of the benchmark's workload (English word salad, unlike this text)
 //! reach, and the Kendall τ of i8 against f32 on that workload moves from
 //! 0.923 to 0.962 (see [`super::int8::SMOOTHING_ALPHA`]).
+//!
+//! The CPU decoder (Qwen3 rerankers) calibrates on the same text in its
+//! prompt, on the first pairs within [`DECODER_TOKENS`], and does it layer
+//! by layer as the model loads: each layer is read in f32, run on the
+//! text's hidden states, observed, quantized and its f32 weights dropped,
+//! so that loading never holds more than one layer in f32.
 
 use std::sync::Mutex;
 
@@ -24,11 +30,24 @@ use crate::error::Result;
 /// Query, tab, passage; one pair a line.
 const PAIRS: &str = include_str!("calibration.tsv");
 
-/// The calibration pairs as `tokenizer` encodes them, in one batch.
-pub fn text_batch(tokenizer: &PairTokenizer) -> Result<TokenBatch> {
+/// Tokens of the calibration text a decoder (an LLM reranker) reads: the
+/// first pairs that fit, prompts included. Every token of it costs a
+/// forward pass of the whole f32 model at load, and an LLM's is a hundred
+/// times an encoder's (Qwen3-Reranker-0.6B: ~1 GFLOP a token, 8B: ~15),
+/// while the channels smoothing is for stand out on any text.
+pub const DECODER_TOKENS: usize = 1024;
+
+/// The calibration pairs as `tokenizer` encodes them (with its prompt, if
+/// it has one), in one batch: in order, as many as fit in `max_tokens`
+/// tokens, and the first whatever its length.
+pub fn text_batch(tokenizer: &PairTokenizer, max_tokens: usize) -> Result<TokenBatch> {
     let mut batch = TokenBatch::default();
     for (query, passage) in PAIRS.lines().filter_map(|line| line.split_once('\t')) {
-        tokenizer.encode_into(&mut batch, query, passage, Truncation::Right)?;
+        let (ids, types) = tokenizer.encode_pair(query, passage, Truncation::Right)?;
+        if !batch.is_empty() && batch.total_tokens() + ids.len() > max_tokens {
+            break;
+        }
+        batch.push(&ids, &types);
     }
     Ok(batch)
 }

@@ -25,12 +25,18 @@
 //! for the cost of the documents alone. Groups are found from the token ids
 //! themselves, so nothing upstream has to mark a prefix, and requests with
 //! different queries batched together simply form different groups.
+//!
+//! In int8 the two products that read a normed copy of the residual stream
+//! are smoothed as the encoder's are ([`super::int8`]) where calibration
+//! finds outlier channels in their inputs ([`DecoderLayer::into_int8`]),
+//! calibrated layer by layer as the model loads ([`super::calibration`]).
 
 use std::ops::Range;
 
 use ce_common::TokenBatch;
 use ce_model_spec::{DecoderHead, ModelConfig, Tensor as T};
 
+use super::calibration::{ActivationPeaks, LayerPeaks, Observed};
 use super::kernels::{self, Activation, View, matmul};
 use super::profile::{Stage, timed};
 use super::{CpuLinear, LayerBuffers, Pool, Precision, embedding_row, grown, to_vec};
@@ -62,6 +68,75 @@ struct DecoderLayer {
     /// `[gate | up]` rows, `2F`.
     gate_up: CpuLinear,
     down: CpuLinear,
+}
+
+impl DecoderLayer {
+    /// Layer `i`'s weights, its products in `precision`.
+    fn load(
+        r: &WeightReader,
+        c: &ModelConfig,
+        shape: Shape,
+        i: usize,
+        precision: Precision,
+    ) -> Result<Self> {
+        let (h, d) = (shape.hidden, shape.head_dim);
+        let vector = |tensor: T, len: usize| -> Result<Vec<f32>> {
+            to_vec(&r.get(len, &r.names.weight(tensor))?)
+        };
+        let (mut weight, mut bias) = (Vec::new(), Vec::new());
+        for (part, rows) in [
+            (T::Query(i), shape.q_width()),
+            (T::Key(i), shape.kv_heads * d),
+            (T::Value(i), shape.kv_heads * d),
+        ] {
+            let (w, b) = r.linear(part, rows, h)?;
+            weight.extend(to_vec(&w)?);
+            bias.extend(to_vec(&b)?);
+        }
+        let (mut gate_up, mut gate_up_bias) = (Vec::new(), Vec::new());
+        for part in [T::Gate(i), T::FeedForwardIn(i)] {
+            let (w, b) = r.linear(part, c.intermediate_size, h)?;
+            gate_up.extend(to_vec(&w)?);
+            gate_up_bias.extend(to_vec(&b)?);
+        }
+        let mut q_norm = vector(T::QueryNorm(i), d)?;
+        let scale = 1.0 / (d as f32).sqrt();
+        q_norm.iter_mut().for_each(|g| *g *= scale);
+        Ok(Self {
+            input_norm: vector(T::AttentionNorm(i), h)?,
+            qkv: CpuLinear::from_parts(weight, bias, shape.qkv_width(), h, precision)?,
+            q_norm,
+            k_norm: vector(T::KeyNorm(i), d)?,
+            out: CpuLinear::load(r, T::AttentionOutput(i), h, shape.q_width(), precision)?,
+            post_norm: vector(T::FeedForwardNorm(i), h)?,
+            gate_up: CpuLinear::from_parts(
+                gate_up,
+                gate_up_bias,
+                2 * c.intermediate_size,
+                h,
+                precision,
+            )?,
+            down: CpuLinear::load(r, T::FeedForwardOut(i), h, c.intermediate_size, precision)?,
+        })
+    }
+
+    /// This f32 layer in int8, the two products that read a normed copy of
+    /// the residual stream (Q K V and gate|up) smoothed for `peaks` where
+    /// they show outlier channels, as in the encoder ([`super::int8`]).
+    /// The attention output's and the down product's are not: smoothing
+    /// the attention output halved the error on the 64-wide fixtures but
+    /// raised it at Qwen3-Reranker-0.6B's size (random weights, i8 vs f32
+    /// mean |Δ| 0.61 → 0.66 alone), and the down product's (SwiGLU's
+    /// product of two projections) measured worse on the classifier.
+    fn into_int8(self, peaks: &LayerPeaks) -> Self {
+        Self {
+            qkv: self.qkv.into_int8(Some(&peaks.qkv)),
+            out: self.out.into_int8(None),
+            gate_up: self.gate_up.into_int8(Some(&peaks.feed_forward_in)),
+            down: self.down.into_int8(None),
+            ..self
+        }
+    }
 }
 
 /// The shapes every pass reads.
@@ -100,6 +175,9 @@ pub struct CpuDecoder {
     prefix_reuse: bool,
     shard_tokens: usize,
     workspaces: Pool<Workspace>,
+    /// Whether the int8 layers' normed products are smoothed
+    /// ([`DecoderLayer::into_int8`]).
+    smoothed: bool,
 }
 
 /// Reusable activation buffers of one shard.
@@ -158,6 +236,7 @@ impl CpuDecoder {
         head_rows: Option<[u32; 2]>,
         precision: Precision,
         prefix_reuse: bool,
+        calibration: Option<&TokenBatch>,
     ) -> Result<Self> {
         let Some(spec) = &c.decoder else {
             return Err(EngineError::Weights(format!(
@@ -176,51 +255,6 @@ impl CpuDecoder {
         let vector = |tensor: T, len: usize| -> Result<Vec<f32>> {
             to_vec(&r.get(len, &r.names.weight(tensor))?)
         };
-        let scale = 1.0 / (d as f32).sqrt();
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| {
-                let (mut weight, mut bias) = (Vec::new(), Vec::new());
-                for (part, rows) in [
-                    (T::Query(i), shape.q_width()),
-                    (T::Key(i), shape.kv_heads * d),
-                    (T::Value(i), shape.kv_heads * d),
-                ] {
-                    let (w, b) = r.linear(part, rows, h)?;
-                    weight.extend(to_vec(&w)?);
-                    bias.extend(to_vec(&b)?);
-                }
-                let (mut gate_up, mut gate_up_bias) = (Vec::new(), Vec::new());
-                for part in [T::Gate(i), T::FeedForwardIn(i)] {
-                    let (w, b) = r.linear(part, c.intermediate_size, h)?;
-                    gate_up.extend(to_vec(&w)?);
-                    gate_up_bias.extend(to_vec(&b)?);
-                }
-                let mut q_norm = vector(T::QueryNorm(i), d)?;
-                q_norm.iter_mut().for_each(|g| *g *= scale);
-                Ok(DecoderLayer {
-                    input_norm: vector(T::AttentionNorm(i), h)?,
-                    qkv: CpuLinear::from_parts(weight, bias, shape.qkv_width(), h, precision)?,
-                    q_norm,
-                    k_norm: vector(T::KeyNorm(i), d)?,
-                    out: CpuLinear::load(r, T::AttentionOutput(i), h, shape.q_width(), precision)?,
-                    post_norm: vector(T::FeedForwardNorm(i), h)?,
-                    gate_up: CpuLinear::from_parts(
-                        gate_up,
-                        gate_up_bias,
-                        2 * c.intermediate_size,
-                        h,
-                        precision,
-                    )?,
-                    down: CpuLinear::load(
-                        r,
-                        T::FeedForwardOut(i),
-                        h,
-                        c.intermediate_size,
-                        precision,
-                    )?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         let word = to_vec(&r.matrix(T::WordEmbeddings, c.vocab_size, h)?)?;
         let head = match (spec.head, head_rows) {
             (DecoderHead::Classifier, _) => {
@@ -246,10 +280,10 @@ impl CpuDecoder {
             }
         };
         let (cos, sin) = rotary_table(spec.rope_theta, d, c.max_sequence_len());
-        Ok(Self {
+        let mut decoder = Self {
             shape,
             word,
-            layers,
+            layers: Vec::with_capacity(c.num_hidden_layers),
             final_norm: vector(T::FinalNorm, h)?,
             head,
             cos,
@@ -261,12 +295,76 @@ impl CpuDecoder {
                 .filter(|&t| t > 0)
                 .unwrap_or(SHARD_TOKENS),
             workspaces: Pool::new(),
-        })
+            smoothed: false,
+        };
+        let mut calibration = match (precision, calibration) {
+            (Precision::I8, Some(text)) => match decoder.calibration(text) {
+                Ok(shards) => Some(shards),
+                Err(e) => {
+                    // As the encoder: a model that cannot read the text
+                    // still serves, unsmoothed.
+                    tracing::warn!("int8 calibration failed, so the model is not smoothed: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        for i in 0..c.num_hidden_layers {
+            let layer = match &mut calibration {
+                // Layer by layer, so that only one layer is ever held in
+                // f32: an 8B model's f32 weights would need 32 GB.
+                Some(shards) => {
+                    let layer = DecoderLayer::load(r, c, shape, i, Precision::F32)?;
+                    let peaks = decoder.observe_layer(&layer, shards);
+                    layer.into_int8(&peaks)
+                }
+                None => DecoderLayer::load(r, c, shape, i, precision)?,
+            };
+            decoder.layers.push(layer);
+        }
+        decoder.smoothed = decoder
+            .layers
+            .iter()
+            .any(|l| l.qkv.is_smoothed() || l.gate_up.is_smoothed());
+        Ok(decoder)
     }
 
-    /// Scores a validated batch.
-    pub(in crate::encoder) fn forward(&self, batch: &TokenBatch) -> Result<ForwardOutput> {
+    /// Whether this int8 decoder's normed products are smoothed.
+    pub(in crate::encoder) fn smoothed(&self) -> bool {
+        self.smoothed
+    }
+
+    /// The calibration text embedded, in shards as [`CpuDecoder::forward`]
+    /// would cut it (its shared prompt computed once), ready for the
+    /// layers to run on as they load.
+    fn calibration(&self, text: &TokenBatch) -> Result<Vec<(ShardPlan, Workspace)>> {
+        self.plans(text)
+            .into_iter()
+            .map(|plan| {
+                let mut ws = Workspace::default();
+                self.embed(&plan, &mut ws.hidden)?;
+                Ok((plan, ws))
+            })
+            .collect()
+    }
+
+    /// Runs f32 `layer` on every calibration shard (advancing their hidden
+    /// states to its output): the peaks of its observed products' inputs.
+    fn observe_layer(
+        &self,
+        layer: &DecoderLayer,
+        shards: &mut [(ShardPlan, Workspace)],
+    ) -> LayerPeaks {
         use rayon::prelude::*;
+        let peaks = ActivationPeaks::new(1);
+        shards
+            .par_iter_mut()
+            .for_each(|(plan, ws)| self.run_layer(layer, plan, ws, None, Some(&peaks)));
+        peaks.into_layers().pop().unwrap_or_default()
+    }
+
+    /// `batch` in prefix groups (or every sequence whole) and shards.
+    fn plans(&self, batch: &TokenBatch) -> Vec<ShardPlan> {
         let groups = match self.prefix_reuse {
             true => prefix_groups(batch, MIN_SHARED_PREFIX),
             false => (0..batch.len())
@@ -276,12 +374,18 @@ impl CpuDecoder {
                 })
                 .collect(),
         };
-        let plans = shard_plans(
+        shard_plans(
             batch,
             &groups,
             self.shard_tokens,
             rayon::current_num_threads(),
-        );
+        )
+    }
+
+    /// Scores a validated batch.
+    pub(in crate::encoder) fn forward(&self, batch: &TokenBatch) -> Result<ForwardOutput> {
+        use rayon::prelude::*;
+        let plans = self.plans(batch);
         let computed: usize = plans.iter().map(|p| p.ids.len()).sum();
         let parts: Vec<Result<(Vec<f32>, Vec<f32>)>> = plans
             .par_iter()
@@ -308,6 +412,61 @@ impl CpuDecoder {
     /// Runs one shard's segments through the whole model on this thread:
     /// the logits and final-normed last hidden state of each member.
     fn forward_shard(&self, plan: &ShardPlan, ws: &mut Workspace) -> Result<(Vec<f32>, Vec<f32>)> {
+        let h = self.shape.hidden;
+        self.embed(plan, &mut ws.hidden)?;
+        // Only each member's last token is read after the last layer.
+        let last_rows: Vec<usize> = plan
+            .segments
+            .iter()
+            .filter(|seg| seg.member.is_some())
+            .map(|seg| seg.rows.end - 1)
+            .collect();
+        let last = self.layers.len().saturating_sub(1);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let final_rows = (index == last).then_some(last_rows.as_slice());
+            self.run_layer(layer, plan, ws, final_rows, None);
+        }
+        let members = last_rows.len();
+        let (hidden, buffers) = (&ws.hidden, &mut ws.buffers);
+        timed(Stage::Head, || {
+            let last_hidden: Vec<f32> = match self.layers.is_empty() {
+                true => gather(hidden, h, &last_rows),
+                false => hidden[..members * h].to_vec(),
+            };
+            let mut pooled = vec![0f32; members * h];
+            kernels::rms_norm_into(&last_hidden, &mut pooled, &self.final_norm, self.shape.eps);
+            let mut logits = vec![0f32; members * self.head.outputs()];
+            self.head
+                .product(&pooled, members, &mut logits, &mut buffers.products);
+            Ok((logits, pooled))
+        })
+    }
+
+    /// The shard's rows' token embeddings into `hidden`.
+    fn embed(&self, plan: &ShardPlan, hidden: &mut Vec<f32>) -> Result<()> {
+        let h = self.shape.hidden;
+        let hidden = grown(hidden, plan.ids.len() * h);
+        timed(Stage::Embed, || -> Result<()> {
+            for (row, &id) in hidden.chunks_exact_mut(h).zip(&plan.ids) {
+                row.copy_from_slice(embedding_row(&self.word, h, id as usize, "token id")?);
+            }
+            Ok(())
+        })
+    }
+
+    /// One layer on the shard's hidden state in `ws`. `final_rows`: the
+    /// last layer, whose output only those rows (each member's last) need,
+    /// so everything after attention runs on them alone and their outputs
+    /// end up first in `ws.hidden`. `peaks`: where the inputs of the two
+    /// normed products are recorded (calibration).
+    fn run_layer(
+        &self,
+        layer: &DecoderLayer,
+        plan: &ShardPlan,
+        ws: &mut Workspace,
+        final_rows: Option<&[usize]>,
+        peaks: Option<&ActivationPeaks>,
+    ) {
         let s = self.shape;
         let h = s.hidden;
         let rows = plan.ids.len();
@@ -320,73 +479,47 @@ impl CpuDecoder {
             scores,
             buffers,
         } = ws;
-        let hidden = grown(hidden, rows * h);
-        timed(Stage::Embed, || -> Result<()> {
-            for (row, &id) in hidden.chunks_exact_mut(h).zip(&plan.ids) {
-                row.copy_from_slice(embedding_row(&self.word, h, id as usize, "token id")?);
-            }
-            Ok(())
-        })?;
-        // Only each member's last token is read after the last layer.
-        let last_rows: Vec<usize> = plan
-            .segments
-            .iter()
-            .filter(|seg| seg.member.is_some())
-            .map(|seg| seg.rows.end - 1)
-            .collect();
-        let last = self.layers.len().saturating_sub(1);
-        for (index, layer) in self.layers.iter().enumerate() {
-            let final_layer = index == last;
-            let normed_rows = grown(&mut buffers.normed, rows * h);
-            timed(Stage::Norms, || {
-                kernels::rms_norm_into(hidden, normed_rows, &layer.input_norm, s.eps)
-            });
-            let qkv = grown(qkv, rows * s.qkv_width());
-            timed(Stage::Qkv, || {
-                layer
-                    .qkv
-                    .product(normed_rows, rows, qkv, &mut buffers.products);
-                kernels::add_bias(qkv, layer.qkv.bias());
-            });
-            timed(Stage::Attention, || {
-                self.norm_and_rotate(layer, qkv, &plan.positions)
-            });
-            let context = grown(context, rows * s.q_width());
-            timed(Stage::Attention, || {
-                for seg in &plan.segments {
-                    if final_layer && seg.member.is_none() {
-                        continue;
-                    }
-                    let queries = match final_layer {
-                        true => seg.rows.end - 1..seg.rows.end,
-                        false => seg.rows.clone(),
-                    };
-                    attend(s, qkv, seg, queries, context, (keys, values, scores));
-                }
-            });
-            if final_layer {
-                // The rest of the last layer on the members' last rows only.
-                let mut last_hidden = gather(hidden, h, &last_rows);
-                let last_context = gather(context, s.q_width(), &last_rows);
-                self.finish_layer(layer, &mut last_hidden, &last_context, buffers);
-                hidden[..last_hidden.len()].copy_from_slice(&last_hidden);
-            } else {
-                self.finish_layer(layer, hidden, context, buffers);
-            }
+        let hidden = &mut hidden[..rows * h];
+        let normed_rows = grown(&mut buffers.normed, rows * h);
+        timed(Stage::Norms, || {
+            kernels::rms_norm_into(hidden, normed_rows, &layer.input_norm, s.eps)
+        });
+        if let Some(peaks) = peaks {
+            peaks.observe(0, Observed::Qkv, normed_rows, h);
         }
-        let members = last_rows.len();
-        timed(Stage::Head, || {
-            let last_hidden: Vec<f32> = match self.layers.is_empty() {
-                true => gather(hidden, h, &last_rows),
-                false => hidden[..members * h].to_vec(),
-            };
-            let mut pooled = vec![0f32; members * h];
-            kernels::rms_norm_into(&last_hidden, &mut pooled, &self.final_norm, s.eps);
-            let mut logits = vec![0f32; members * self.head.outputs()];
-            self.head
-                .product(&pooled, members, &mut logits, &mut buffers.products);
-            Ok((logits, pooled))
-        })
+        let qkv = grown(qkv, rows * s.qkv_width());
+        timed(Stage::Qkv, || {
+            layer
+                .qkv
+                .product(normed_rows, rows, qkv, &mut buffers.products);
+            kernels::add_bias(qkv, layer.qkv.bias());
+        });
+        timed(Stage::Attention, || {
+            self.norm_and_rotate(layer, qkv, &plan.positions)
+        });
+        let context = grown(context, rows * s.q_width());
+        timed(Stage::Attention, || {
+            for seg in &plan.segments {
+                if final_rows.is_some() && seg.member.is_none() {
+                    continue;
+                }
+                let queries = match final_rows {
+                    Some(_) => seg.rows.end - 1..seg.rows.end,
+                    None => seg.rows.clone(),
+                };
+                attend(s, qkv, seg, queries, context, (keys, values, scores));
+            }
+        });
+        match final_rows {
+            Some(last_rows) => {
+                // The rest of the last layer on the members' last rows only.
+                let mut last_hidden = gather(hidden, h, last_rows);
+                let last_context = gather(context, s.q_width(), last_rows);
+                self.finish_layer(layer, &mut last_hidden, &last_context, buffers, peaks);
+                hidden[..last_hidden.len()].copy_from_slice(&last_hidden);
+            }
+            None => self.finish_layer(layer, hidden, context, buffers, peaks),
+        }
     }
 
     /// Per-head RMSNorm of every row's queries and keys, then their rotary
@@ -417,13 +550,15 @@ impl CpuDecoder {
     }
 
     /// The rest of a layer after attention on `hidden`'s rows: output
-    /// projection and residual, RMSNorm, SwiGLU and residual.
+    /// projection and residual, RMSNorm, SwiGLU and residual (`peaks`: as
+    /// [`CpuDecoder::run_layer`]'s).
     fn finish_layer(
         &self,
         layer: &DecoderLayer,
         hidden: &mut [f32],
         context: &[f32],
         buffers: &mut LayerBuffers,
+        peaks: Option<&ActivationPeaks>,
     ) {
         let h = self.shape.hidden;
         let rows = hidden.len() / h;
@@ -436,6 +571,9 @@ impl CpuDecoder {
             kernels::add_residual(hidden, out, layer.out.bias());
             kernels::rms_norm_into(hidden, normed, &layer.post_norm, self.shape.eps);
         });
+        if let Some(peaks) = peaks {
+            peaks.observe(0, Observed::FeedForwardIn, normed, h);
+        }
         let inner = grown(&mut buffers.inner, rows * layer.gate_up.outputs());
         timed(Stage::FeedForwardIn, || {
             layer

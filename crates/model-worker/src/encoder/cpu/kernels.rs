@@ -148,6 +148,30 @@ pub fn matmul(dst: &mut [f32], dst_row: usize, lhs: View, rhs: View) {
     }
 }
 
+/// `src`, a row-major `[rows, cols]` matrix, as `[cols, rows]`: in square
+/// blocks, each output row's run written in order while the block's source
+/// rows stay in cache. Element by element, every write to a weight
+/// matrix's transpose missed the cache: 50 ms for a 4096 × 1024 one
+/// against 14 ms so (9 of them allocating the result), which is most of
+/// what loading a layer of Qwen3-0.6B in f32, or quantizing it, costs.
+pub fn transpose(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 32;
+    assert_eq!(src.len(), rows * cols, "transpose: shape");
+    let mut dst = vec![0f32; rows * cols];
+    for r0 in (0..rows).step_by(BLOCK) {
+        let r1 = (r0 + BLOCK).min(rows);
+        for c0 in (0..cols).step_by(BLOCK) {
+            for c in c0..(c0 + BLOCK).min(cols) {
+                let run = &mut dst[c * rows + r0..c * rows + r1];
+                for (r, out) in (r0..r1).zip(run) {
+                    *out = src[r * cols + c];
+                }
+            }
+        }
+    }
+    dst
+}
+
 /// `a · b + c`, fused when `FMA`.
 #[inline(always)]
 fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -988,6 +1012,26 @@ fn softmax_in_place<const FMA: bool>(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transpose_moves_every_element_once() {
+        // Ragged against the 32-wide blocks in both directions, and a
+        // single row and column.
+        for (rows, cols) in [(1, 1), (1, 70), (70, 1), (33, 65), (64, 96), (100, 37)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&src, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} ({r}, {c})"
+                    );
+                }
+            }
+            assert_eq!(transpose(&t, cols, rows), src, "{rows}x{cols} twice");
+        }
+    }
 
     #[test]
     fn exp_is_accurate_over_the_softmax_range() {

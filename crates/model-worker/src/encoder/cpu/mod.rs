@@ -132,21 +132,17 @@ impl CpuLinear {
             }
             Precision::F32 => {}
         }
-        let mut weight_t = vec![0f32; out * inp];
-        for o in 0..out {
-            for i in 0..inp {
-                weight_t[i * out + o] = weight[o * inp + i];
-            }
-        }
         Ok(Self::F32 {
-            weight_t,
+            weight_t: kernels::transpose(&weight, out, inp),
             bias,
             inputs: inp,
         })
     }
 
     /// An f32 layer quantized to int8, smoothed for `activation_peaks`
-    /// where given; a layer in another precision is returned as it is.
+    /// where given and showing outlier channels
+    /// ([`int8::has_outlier_channels`]); a layer in another precision is
+    /// returned as it is.
     fn into_int8(self, activation_peaks: Option<&[f32]>) -> Self {
         let Self::F32 {
             weight_t,
@@ -157,19 +153,19 @@ impl CpuLinear {
             return self;
         };
         let outputs = bias.len();
-        let mut weight = vec![0f32; outputs * inputs];
-        for (i, row) in weight_t.chunks_exact(outputs).enumerate() {
-            for (o, &w) in row.iter().enumerate() {
-                weight[o * inputs + i] = w;
-            }
-        }
+        let weight = kernels::transpose(&weight_t, inputs, outputs);
         let weight = match activation_peaks {
-            Some(peaks) if peaks.len() == inputs => {
+            Some(peaks) if peaks.len() == inputs && int8::has_outlier_channels(peaks) => {
                 Int8Linear::quantize_smoothed(&weight, outputs, inputs, peaks)
             }
             _ => Int8Linear::quantize(&weight, outputs, inputs),
         };
         Self::I8 { weight, bias }
+    }
+
+    /// Whether it is an int8 layer whose inputs are smoothed.
+    fn is_smoothed(&self) -> bool {
+        matches!(self, Self::I8 { weight, .. } if weight.is_smoothed())
     }
 
     fn outputs(&self) -> usize {
@@ -567,7 +563,6 @@ impl CpuEncoder {
     /// input (after GELU) and the attention output's are left as they are,
     /// as smoothing them measured worse (τ 0.962 → 0.956 with all four).
     fn into_int8(mut self, peaks: Option<Vec<LayerPeaks>>) -> Self {
-        self.smoothed = peaks.is_some();
         let peaks = peaks.unwrap_or_default();
         let layers = std::mem::take(&mut self.layers);
         self.layers = layers
@@ -585,6 +580,10 @@ impl CpuEncoder {
                 ..layer
             })
             .collect();
+        self.smoothed = self
+            .layers
+            .iter()
+            .any(|l| l.qkv.is_smoothed() || l.intermediate.is_smoothed());
         self.shard_tokens = shard_tokens(Precision::I8);
         self.bf16_attention = attention_in_bf16(Precision::I8, self.head_dim);
         // The calibration's buffers were sized for f32 shards.
