@@ -156,6 +156,10 @@ pub const SMOOTHING_ALPHA: f32 = 0.65;
 /// workload). The products it helps are far above: the default model's
 /// 3.4–5.8 (Q K V) and 15–21 (the feed-forward input), and 20–38 in the
 /// Qwen3 fixture with outlier channels (`decoder_int8_smoothing_absorbs_outlier_channels`).
+/// Between the two the evidence is mixed: a random-weight ELECTRA-base's
+/// ratios grow with depth from 1.9 to 6.3, and smoothing its layers above
+/// 3 raised its Kendall τ vs f32 (0.75 → 0.77) and its mean |Δ| (0.007 →
+/// 0.014) alike.
 pub const OUTLIER_RATIO: f32 = 3.0;
 
 /// Whether `activation_peaks` (one per input channel, from calibration)
