@@ -71,14 +71,27 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// Layer `i`'s weights, its products in `precision`.
+    /// Layer `i`'s weights, its products in `precision`, or `None`: f32 as
+    /// read, to calibrate on before quantizing ([`CpuLinear::F32AsRead`]).
     fn load(
         r: &WeightReader,
         c: &ModelConfig,
         shape: Shape,
         i: usize,
-        precision: Precision,
+        precision: Option<Precision>,
     ) -> Result<Self> {
+        let linear = |weight: Vec<f32>, bias: Vec<f32>, out: usize, inp: usize| match precision {
+            Some(precision) => CpuLinear::from_parts(weight, bias, out, inp, precision),
+            None => Ok(CpuLinear::F32AsRead {
+                weight,
+                bias,
+                inputs: inp,
+            }),
+        };
+        let read = |tensor: T, out: usize, inp: usize| -> Result<CpuLinear> {
+            let (w, b) = r.linear(tensor, out, inp)?;
+            linear(to_vec(&w)?, to_vec(&b)?, out, inp)
+        };
         let (h, d) = (shape.hidden, shape.head_dim);
         let vector = |tensor: T, len: usize| -> Result<Vec<f32>> {
             to_vec(&r.get(len, &r.names.weight(tensor))?)
@@ -104,23 +117,17 @@ impl DecoderLayer {
         q_norm.iter_mut().for_each(|g| *g *= scale);
         Ok(Self {
             input_norm: vector(T::AttentionNorm(i), h)?,
-            qkv: CpuLinear::from_parts(weight, bias, shape.qkv_width(), h, precision)?,
+            qkv: linear(weight, bias, shape.qkv_width(), h)?,
             q_norm,
             k_norm: vector(T::KeyNorm(i), d)?,
-            out: CpuLinear::load(r, T::AttentionOutput(i), h, shape.q_width(), precision)?,
+            out: read(T::AttentionOutput(i), h, shape.q_width())?,
             post_norm: vector(T::FeedForwardNorm(i), h)?,
-            gate_up: CpuLinear::from_parts(
-                gate_up,
-                gate_up_bias,
-                2 * c.intermediate_size,
-                h,
-                precision,
-            )?,
-            down: CpuLinear::load(r, T::FeedForwardOut(i), h, c.intermediate_size, precision)?,
+            gate_up: linear(gate_up, gate_up_bias, 2 * c.intermediate_size, h)?,
+            down: read(T::FeedForwardOut(i), h, c.intermediate_size)?,
         })
     }
 
-    /// This f32 layer in int8, the two products that read a normed copy of
+    /// This f32 layer (as read) in int8, the two products that read a normed copy of
     /// the residual stream (Q K V and gate|up) smoothed for `peaks` where
     /// they show outlier channels, as in the encoder ([`super::int8`]).
     /// The attention output's and the down product's are not: smoothing
@@ -314,11 +321,11 @@ impl CpuDecoder {
                 // Layer by layer, so that only one layer is ever held in
                 // f32: an 8B model's f32 weights would need 32 GB.
                 Some(shards) => {
-                    let layer = DecoderLayer::load(r, c, shape, i, Precision::F32)?;
+                    let layer = DecoderLayer::load(r, c, shape, i, None)?;
                     let peaks = decoder.observe_layer(&layer, shards);
                     layer.into_int8(&peaks)
                 }
-                None => DecoderLayer::load(r, c, shape, i, precision)?,
+                None => DecoderLayer::load(r, c, shape, i, Some(precision))?,
             };
             decoder.layers.push(layer);
         }

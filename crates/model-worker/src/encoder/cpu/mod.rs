@@ -84,6 +84,17 @@ enum CpuLinear {
         bias: Vec<f32>,
         inputs: usize,
     },
+    /// f32 weight as read, row-major `[out, in]`: a layer the int8
+    /// decoder runs on its calibration text and then quantizes
+    /// ([`CpuLinear::into_int8`]), held so only for that moment. Its
+    /// product reads the weight transposed in place, and quantizing it
+    /// needs no transpose back: two whole-matrix copies fewer per product,
+    /// a third of what calibrating a layer cost.
+    F32AsRead {
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        inputs: usize,
+    },
     /// bf16 weight; activations rounded at run time.
     Bf16 { weight: Bf16Linear, bias: Vec<f32> },
     /// Integer weight; activations quantized per row at run time.
@@ -144,16 +155,24 @@ impl CpuLinear {
     /// ([`int8::has_outlier_channels`]); a layer in another precision is
     /// returned as it is.
     fn into_int8(self, activation_peaks: Option<&[f32]>) -> Self {
-        let Self::F32 {
-            weight_t,
-            bias,
-            inputs,
-        } = self
-        else {
-            return self;
+        let (weight, bias, inputs) = match self {
+            Self::F32 {
+                weight_t,
+                bias,
+                inputs,
+            } => (
+                kernels::transpose(&weight_t, inputs, bias.len()),
+                bias,
+                inputs,
+            ),
+            Self::F32AsRead {
+                weight,
+                bias,
+                inputs,
+            } => (weight, bias, inputs),
+            other => return other,
         };
         let outputs = bias.len();
-        let weight = kernels::transpose(&weight_t, inputs, outputs);
         let weight = match activation_peaks {
             Some(peaks) if peaks.len() == inputs && int8::has_outlier_channels(peaks) => {
                 Int8Linear::quantize_smoothed(&weight, outputs, inputs, peaks)
@@ -170,13 +189,19 @@ impl CpuLinear {
 
     fn outputs(&self) -> usize {
         match self {
-            Self::F32 { bias, .. } | Self::Bf16 { bias, .. } | Self::I8 { bias, .. } => bias.len(),
+            Self::F32 { bias, .. }
+            | Self::F32AsRead { bias, .. }
+            | Self::Bf16 { bias, .. }
+            | Self::I8 { bias, .. } => bias.len(),
         }
     }
 
     fn bias(&self) -> &[f32] {
         match self {
-            Self::F32 { bias, .. } | Self::Bf16 { bias, .. } | Self::I8 { bias, .. } => bias,
+            Self::F32 { bias, .. }
+            | Self::F32AsRead { bias, .. }
+            | Self::Bf16 { bias, .. }
+            | Self::I8 { bias, .. } => bias,
         }
     }
 
@@ -193,6 +218,15 @@ impl CpuLinear {
                     out,
                     View::rows(x, rows, *inputs),
                     View::rows(weight_t, *inputs, out),
+                );
+            }
+            Self::F32AsRead { weight, inputs, .. } => {
+                let out = self.outputs();
+                matmul(
+                    dst,
+                    out,
+                    View::rows(x, rows, *inputs),
+                    View::rows(weight, out, *inputs).t(),
                 );
             }
             Self::Bf16 { weight, .. } => weight.product(x, rows, dst, &mut scratch.bf16),
@@ -1004,6 +1038,47 @@ mod tests {
             b.push(&vec![1; l], &vec![0; l]);
         }
         b
+    }
+
+    #[test]
+    fn an_f32_layer_as_read_multiplies_and_quantizes_as_the_transposed_one() {
+        let (out, inp, rows) = (40, 70, 5);
+        let weight: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let bias: Vec<f32> = (0..out).map(|o| o as f32 * 0.01).collect();
+        let x: Vec<f32> = (0..rows * inp)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let transposed = || {
+            CpuLinear::from_parts(weight.clone(), bias.clone(), out, inp, Precision::F32).unwrap()
+        };
+        let as_read = || CpuLinear::F32AsRead {
+            weight: weight.clone(),
+            bias: bias.clone(),
+            inputs: inp,
+        };
+        let product = |layer: &CpuLinear| {
+            let mut dst = vec![0f32; rows * out];
+            layer.product(&x, rows, &mut dst, &mut LinearScratch::default());
+            dst
+        };
+        assert_eq!((as_read().outputs(), as_read().bias()), (out, &bias[..]));
+        for (p, q) in product(&transposed()).iter().zip(&product(&as_read())) {
+            assert!((p - q).abs() <= 1e-5 * p.abs().max(1.0), "{p} vs {q}");
+        }
+        // Quantized, both are the same int8 layer, smoothed or not.
+        let peaks: Vec<f32> = (0..inp)
+            .map(|k| if k == 3 { 30.0 } else { 1.0 + k as f32 * 0.01 })
+            .collect();
+        for peaks in [None, Some(&peaks[..])] {
+            let (a, b) = (transposed().into_int8(peaks), as_read().into_int8(peaks));
+            assert_eq!(
+                (a.is_smoothed(), b.is_smoothed()),
+                (peaks.is_some(), peaks.is_some())
+            );
+            assert_eq!(product(&a), product(&b), "smoothed: {}", peaks.is_some());
+        }
     }
 
     #[test]
