@@ -88,8 +88,9 @@ enum CpuLinear {
     /// decoder runs on its calibration text and then quantizes
     /// ([`CpuLinear::into_int8`]), held so only for that moment. Its
     /// product reads the weight transposed in place, and quantizing it
-    /// needs no transpose back: two whole-matrix copies fewer per product,
-    /// a third of what calibrating a layer cost.
+    /// needs no transpose back: two whole-matrix copies fewer per product
+    /// (calibrated i8 load of a Qwen3 at 0.6B's size, two cores: 10.2–11.6
+    /// → 8.5–10.9 s).
     F32AsRead {
         weight: Vec<f32>,
         bias: Vec<f32>,
@@ -593,7 +594,8 @@ impl CpuEncoder {
     }
 
     /// This f32 encoder in int8, the products that read the residual
-    /// stream smoothed for `peaks` where given: the feed-forward output's
+    /// stream smoothed for `peaks` where given and where they show outlier
+    /// channels ([`CpuLinear::into_int8`]): the feed-forward output's
     /// input (after GELU) and the attention output's are left as they are,
     /// as smoothing them measured worse (τ 0.962 → 0.956 with all four).
     fn into_int8(mut self, peaks: Option<Vec<LayerPeaks>>) -> Self {
