@@ -28,7 +28,7 @@
 //!
 //! Heads whose width is not a multiple of 32, CPUs with neither unit and
 //! CPUs without AMX that issue `vdpbf16ps` slower than an FMA
-//! ([`unit`]) run [`kernels::attention`].
+//! ([`unit()`]) run [`kernels::attention`].
 
 use super::kernels::{self, AttentionScratch, Heads};
 

@@ -7,7 +7,7 @@
 //! the model's own tokenizer, so every model is calibrated the same way
 //! and loading needs nothing beyond the model's files. What it has to
 //! find is coarse — the few channels whose peaks are ten times the rest,
-//! which BERT-like models show on every input, [CLS] and [SEP] rows above
+//! which BERT-like models show on every input, `[CLS]` and `[SEP]` rows above
 //! all — so a small sample is enough: on the default model (1 186 tokens)
 //! the peaks of the largest channels come within 15% of what 1 024 pairs
 //! of the benchmark's workload (English word salad, unlike this text)

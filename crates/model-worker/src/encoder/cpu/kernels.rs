@@ -2,7 +2,7 @@
 //! element-wise passes around it.
 //!
 //! Every element-wise kernel is written once as plain Rust over slices with
-//! 16-wide accumulators, then compiled three times by [`vectorized!`]: for
+//! 16-wide accumulators, then compiled three times by `vectorized!`: for
 //! AVX-512, for AVX2+FMA and for the baseline target, picked at run time.
 //! The default `x86_64` target only promises SSE2, so without this the
 //! compiler would vectorize four lanes wide on a machine that has sixteen.
@@ -590,7 +590,7 @@ pub struct Heads {
     /// Tokens in the sequence.
     pub len: usize,
     /// Query rows computed: the first `queries` tokens attend (every token
-    /// is a key and value). `len` for a whole layer; 1 where only [CLS]'s
+    /// is a key and value). `len` for a whole layer; 1 where only `[CLS]`'s
     /// output is read.
     pub queries: usize,
     /// Sliding-window attention: query `r` attends only to keys at most

@@ -27,7 +27,7 @@ pub enum Stage {
     Activation,
     /// The feed-forward down product.
     FeedForwardOut,
-    /// Residual adds and layer norms, and the gathers of [CLS] rows.
+    /// Residual adds and layer norms, and the gathers of `[CLS]` rows.
     Norms,
     /// Pooling, the head's dense layer and the classifier.
     Head,
