@@ -127,9 +127,10 @@ impl DecoderLayer {
         })
     }
 
-    /// This f32 layer (as read) in int8, the two products that read a normed copy of
-    /// the residual stream (Q K V and gate|up) smoothed for `peaks` where
-    /// they show outlier channels, as in the encoder ([`super::int8`]).
+    /// This f32 layer (as read) in int8, the two products that read a
+    /// normed copy of the residual stream (Q K V and gate|up) smoothed for
+    /// `peaks` where they show outlier channels, as in the encoder
+    /// ([`super::int8`]).
     /// The attention output's and the down product's are not: smoothing
     /// the attention output halved the error on the 64-wide fixtures but
     /// raised it at Qwen3-Reranker-0.6B's size (random weights, i8 vs f32
@@ -182,9 +183,6 @@ pub struct CpuDecoder {
     prefix_reuse: bool,
     shard_tokens: usize,
     workspaces: Pool<Workspace>,
-    /// Whether the int8 layers' normed products are smoothed
-    /// ([`DecoderLayer::into_int8`]).
-    smoothed: bool,
 }
 
 /// Reusable activation buffers of one shard.
@@ -302,7 +300,6 @@ impl CpuDecoder {
                 .filter(|&t| t > 0)
                 .unwrap_or(SHARD_TOKENS),
             workspaces: Pool::new(),
-            smoothed: false,
         };
         let mut calibration = match (precision, calibration) {
             (Precision::I8, Some(text)) => match decoder.calibration(text) {
@@ -329,16 +326,15 @@ impl CpuDecoder {
             };
             decoder.layers.push(layer);
         }
-        decoder.smoothed = decoder
-            .layers
-            .iter()
-            .any(|l| l.qkv.is_smoothed() || l.gate_up.is_smoothed());
         Ok(decoder)
     }
 
-    /// Whether this int8 decoder's normed products are smoothed.
+    /// Whether this int8 decoder's normed products are smoothed
+    /// ([`DecoderLayer::into_int8`]).
     pub(in crate::encoder) fn smoothed(&self) -> bool {
-        self.smoothed
+        self.layers
+            .iter()
+            .any(|l| l.qkv.is_smoothed() || l.gate_up.is_smoothed())
     }
 
     /// The calibration text embedded, in shards as [`CpuDecoder::forward`]

@@ -359,9 +359,6 @@ pub struct CpuEncoder {
     /// Attention's products in bf16 ([`attention_bf16`]): the bf16 and
     /// int8 encoders, where the CPU multiplies bf16.
     bf16_attention: bool,
-    /// Whether the int8 products that read the residual stream are
-    /// smoothed ([`int8`], [`calibration`]).
-    smoothed: bool,
     workspaces: Pool<Workspace>,
 }
 
@@ -578,7 +575,6 @@ impl CpuEncoder {
             head,
             shard_tokens: shard_tokens(precision),
             bf16_attention: attention_in_bf16(precision, d),
-            smoothed: false,
             workspaces: Pool::new(),
         })
     }
@@ -616,10 +612,6 @@ impl CpuEncoder {
                 ..layer
             })
             .collect();
-        self.smoothed = self
-            .layers
-            .iter()
-            .any(|l| l.qkv.is_smoothed() || l.intermediate.is_smoothed());
         self.shard_tokens = shard_tokens(Precision::I8);
         self.bf16_attention = attention_in_bf16(Precision::I8, self.head_dim);
         // The calibration's buffers were sized for f32 shards.
@@ -627,9 +619,12 @@ impl CpuEncoder {
         self
     }
 
-    /// Whether this int8 encoder's residual-stream products are smoothed.
+    /// Whether this int8 encoder's residual-stream products are smoothed
+    /// ([`int8`], [`calibration`]).
     pub(super) fn smoothed(&self) -> bool {
-        self.smoothed
+        self.layers
+            .iter()
+            .any(|l| l.qkv.is_smoothed() || l.intermediate.is_smoothed())
     }
 
     /// Scores a validated batch: its shards spread over the compute threads.
